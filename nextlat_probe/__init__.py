@@ -1,0 +1,29 @@
+"""nextlat_probe: train NextLat and GPT hooked transformers on worlds with exact belief
+states, and measure what their hidden states learned.
+
+Pipeline: ``worlds`` -> ``models`` -> ``training`` -> ``activations`` -> ``analysis`` ->
+``plots`` / ``report``. Heavy libraries (torch, transformer-lens) are imported only by the
+parts that need them, so ``import nextlat_probe`` and every CLI's ``--help`` stay fast.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "load_checkpoint": "nextlat_probe.checkpoint",
+    "save_checkpoint": "nextlat_probe.checkpoint",
+    "CheckpointError": "nextlat_probe.checkpoint",
+    "make_world": "nextlat_probe.worlds",
+    "world_from_spec": "nextlat_probe.worlds",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'nextlat_probe' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]

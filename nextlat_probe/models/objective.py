@@ -1,0 +1,142 @@
+"""Training objectives: next-token cross-entropy (GPT) and NextLat (SPEC §1).
+
+    L = L_CE + lambda_h · L_next-h + lambda_KL · L_KL
+
+Everything comes from ONE forward pass of the transformer: the logits for L_CE and the
+live (non-detached) last-block residual stream, captured by a forward hook. (TransformerLens's
+``run_with_cache`` detaches what it stores, which would cut the gradient that NextLat sends
+into the transformer through p_psi's input h_t.)
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from .dynamics import LatentDynamics
+from .transformer import frozen_head_params, token_embeddings
+
+
+@dataclass(frozen=True)
+class ObjectiveConfig:
+    objective: str = "gpt"  # "gpt" | "nextlat"
+    horizon: int = 1  # d: roll-out depth of p_psi
+    lambda_h: float = 1.0
+    lambda_kl: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.objective not in ("gpt", "nextlat"):
+            raise ValueError(f"objective must be 'gpt' or 'nextlat', got {self.objective!r}")
+        if not isinstance(self.horizon, int) or self.horizon < 1:
+            raise ValueError(f"horizon must be a positive integer, got {self.horizon!r}")
+        if self.lambda_h < 0 or self.lambda_kl < 0:
+            raise ValueError("lambda_h and lambda_kl must be non-negative")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def normalize_latent(resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+    """LayerNorm without affine parameters: the latent space NextLat predicts in."""
+    return F.layer_norm(resid, resid.shape[-1:])
+
+
+def masked_cross_entropy(
+    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], target_mask: Bool[Tensor, "batch pos"]
+) -> Tensor:
+    """Mean CE of logits[:, t] against tokens[:, t+1] over positions where token t+1 is a target."""
+    lp = logits[:, :-1].float().log_softmax(-1)
+    nll = -lp.gather(-1, tokens[:, 1:, None])[..., 0]
+    m = target_mask[:, 1:].to(nll.dtype)
+    return (nll * m).sum() / m.sum().clamp_min(1.0)
+
+
+def _frozen_logits(model, x: Tensor) -> Tensor:
+    """softmax input U_frozen · LN(x): the model's own output head with detached weights."""
+    w, b, W_U, b_U = (p.detach() for p in frozen_head_params(model))
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    if getattr(model.cfg, "normalization_type", "LN") == "RMS":
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+    else:
+        x = F.layer_norm(x, x.shape[-1:], w, b, eps)
+    return x @ W_U + b_U
+
+
+def nextlat_latent_losses(
+    model,
+    dynamics: LatentDynamics,
+    h: Float[Tensor, "batch pos d_model"],
+    tokens: Int[Tensor, "batch pos"],
+    valid: Bool[Tensor, "batch pos"],
+    horizon: int,
+    with_kl: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """(L_next-h, L_KL) for normalised live latents ``h``.
+
+    For every start t and step i = 1..d: ĥ_{t+i} = p_psi(ĥ_{t+i-1}, e(x_{t+i})) with
+    ĥ_t = h_t (live: the gradient reaches the transformer here), target stopgrad(h_{t+i}).
+    A pair counts when both h_t and h_{t+i} are at valid (non-padding) positions.
+    Each loss is the mean over valid pairs at step i, averaged over i = 1..d.
+    """
+    emb = token_embeddings(model, tokens).detach()  # e(x): detached, SPEC §1
+    target = h.detach()
+    L = h.shape[1]
+    zero = h.new_zeros(())
+    loss_h, loss_kl = zero, zero
+    steps = 0
+    pred = h
+    for i in range(1, horizon + 1):
+        if L - i <= 0:
+            break
+        # pred[:, t] holds ĥ_{t+i-1} for start t; consume the token at t+i.
+        pred = dynamics(pred[:, : L - i], emb[:, i:])
+        tgt = target[:, i:]
+        m = (valid[:, : L - i] & valid[:, i:]).to(h.dtype)
+        denom = m.sum().clamp_min(1.0)
+        sl1 = F.smooth_l1_loss(pred, tgt, reduction="none").mean(-1)
+        loss_h = loss_h + (sl1 * m).sum() / denom
+        if with_kl:
+            logp_true = _frozen_logits(model, tgt).float().log_softmax(-1)
+            logp_pred = _frozen_logits(model, pred).float().log_softmax(-1)
+            kl = (logp_true.exp() * (logp_true - logp_pred)).sum(-1)
+            loss_kl = loss_kl + (kl * m).sum() / denom
+        steps += 1
+    steps = max(steps, 1)
+    return loss_h / steps, loss_kl / steps
+
+
+def compute_losses(
+    model,
+    dynamics: LatentDynamics | None,
+    tokens: Int[Tensor, "batch pos"],
+    target_mask: Bool[Tensor, "batch pos"],
+    valid: Bool[Tensor, "batch pos"] | None,
+    cfg: ObjectiveConfig,
+    last_hook: str,
+) -> dict[str, Tensor]:
+    """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT)."""
+    if cfg.objective == "gpt" or dynamics is None:
+        logits = model(tokens)
+        ce = masked_cross_entropy(logits, tokens, target_mask)
+        zero = ce.new_zeros(())
+        return {"loss": ce, "ce": ce, "next_h": zero, "kl": zero}
+
+    store: dict[str, Tensor] = {}
+
+    def keep(resid, hook):  # keeps the LIVE tensor (graph attached)
+        store["resid"] = resid
+        return resid
+
+    with model.hooks(fwd_hooks=[(last_hook, keep)]):
+        logits = model(tokens)
+    ce = masked_cross_entropy(logits, tokens, target_mask)
+    h = normalize_latent(store["resid"])
+    if valid is None:
+        valid = torch.ones_like(tokens, dtype=torch.bool)
+    need_kl = cfg.lambda_kl > 0
+    next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl)
+    loss = ce + cfg.lambda_h * next_h + cfg.lambda_kl * kl
+    return {"loss": loss, "ce": ce, "next_h": next_h, "kl": kl}

@@ -1,0 +1,1 @@
+"""Training loop for GPT and NextLat models (see ``trainer.train``)."""
