@@ -224,7 +224,7 @@ def train(
             losses = compute_losses(model, dynamics, t, tm, pm, ocfg, last_hook)
             if not torch.isfinite(losses["loss"]):
                 raise TrainingDiverged(
-                    f"loss became {float(losses['loss'])} at step {step}; stopped. "
+                    f"loss became {float(losses['loss'].detach())} at step {step}; stopped. "
                     f"Last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none written yet'}"
                 )
             opt.zero_grad(set_to_none=True)

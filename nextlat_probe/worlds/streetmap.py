@@ -1,0 +1,414 @@
+"""Directed street maps for the taxi world: nodes are intersections, every edge carries one
+of eight compass directions, and a node has at most one edge per direction.
+
+Two sources of maps:
+
+- ``StreetMap.from_json(path)`` reads an edge-list JSON file such as the real Manhattan
+  graph of Vafa et al. (``{"directions": [...], "edges": [[src, dir, dst], ...]}`` with
+  integer node ids; optional ``nodes`` and ``coords``).
+- ``synthetic_manhattan(...)`` draws a small Manhattan-like grid (one-way streets, a
+  diagonal "Broadway", a park, removed intersections), strongly connected and seeded, so
+  the default world trains on a laptop CPU.
+
+Node *indices* ``0..N-1`` are what every array uses; ``node_ids`` keeps the original ids
+(the map file's integers), whose decimal strings are the taxi world's node tokens.
+The dense successor table ``succ[node, direction]`` (-1 = no edge) makes walks, legality
+checks and exact predictive distributions plain numpy gathers.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse import csgraph
+
+from .base import WorldError
+
+DIRECTIONS: tuple[str, ...] = ("N", "S", "E", "W", "NE", "NW", "SE", "SW")
+DIR_INDEX: dict[str, int] = {d: i for i, d in enumerate(DIRECTIONS)}
+#: index of the opposite direction (N<->S, E<->W, NE<->SW, NW<->SE)
+OPPOSITE = np.array([1, 0, 3, 2, 7, 6, 5, 4], dtype=np.int64)
+#: compass angle (degrees, counter-clockwise from east) at the centre of each direction
+DIR_ANGLE = np.array([90.0, 270.0, 0.0, 180.0, 45.0, 135.0, 315.0, 225.0])
+
+
+def compass_direction(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
+    """Index into ``DIRECTIONS`` of the 45-degree compass sector of displacement(s) (dx, dy)."""
+    angle = np.degrees(np.arctan2(np.asarray(dy, float), np.asarray(dx, float)))
+    sector = np.round(angle / 45.0).astype(np.int64) % 8  # 0 = E, 1 = NE, 2 = N, ...
+    by_sector = np.array([DIR_INDEX[d] for d in ("E", "NE", "N", "NW", "W", "SW", "S", "SE")])
+    return by_sector[sector]
+
+
+class StreetMap:
+    """A directed street graph with compass-labelled edges.
+
+    n_nodes: number of intersections (indices ``0..n_nodes-1``).
+    edges: iterable of ``(src, direction, dst)`` with node *indices* and a direction name
+        (or its index into ``DIRECTIONS``); at most one edge per ``(src, direction)``.
+    coords: optional float ``[n_nodes, 2]`` (x east, y north).
+    node_ids: original integer ids (default ``0..n_nodes-1``); tokens are their strings.
+    """
+
+    def __init__(self, n_nodes: int, edges: Iterable[Any], coords: Any = None,
+                 node_ids: Iterable[int] | None = None, name: str = "streets") -> None:
+        self.name = str(name)
+        n = int(n_nodes)
+        if n <= 0:
+            raise WorldError(f"map {self.name!r}: needs at least one node, got {n_nodes}")
+        rows = list(edges)
+        src = np.empty(len(rows), dtype=np.int64)
+        dirs = np.empty(len(rows), dtype=np.int64)
+        dst = np.empty(len(rows), dtype=np.int64)
+        for k, e in enumerate(rows):
+            try:
+                s, d, t = e
+            except (TypeError, ValueError):
+                raise WorldError(f"map {self.name!r}: edge {k} = {e!r} is not (src, direction, dst)") from None
+            d = DIR_INDEX.get(d, d) if isinstance(d, str) else d
+            if not isinstance(d, (int, np.integer)) or not 0 <= int(d) < 8:
+                raise WorldError(f"map {self.name!r}: edge {k} = {e!r} has unknown direction {e[1]!r}")
+            if not all(isinstance(v, (int, np.integer)) and 0 <= int(v) < n for v in (s, t)):
+                raise WorldError(f"map {self.name!r}: edge {k} = {e!r} names a node outside 0..{n - 1}")
+            src[k], dirs[k], dst[k] = int(s), int(d), int(t)
+        succ = np.full((n, 8), -1, dtype=np.int64)
+        slot = src * 8 + dirs
+        uniq, first, counts = np.unique(slot, return_index=True, return_counts=True)
+        if (counts > 1).any():
+            k = int(np.flatnonzero(slot == uniq[np.argmax(counts > 1)])[1])
+            raise WorldError(f"map {self.name!r}: edge {k} = {rows[k]!r} is a second edge from node "
+                             f"{src[k]} in direction {DIRECTIONS[dirs[k]]}")
+        succ.reshape(-1)[slot] = dst
+        order = np.argsort(slot, kind="stable")
+        self.edge_src, self.edge_dir, self.edge_dst = src[order], dirs[order], dst[order]
+        self.succ = succ
+        self.succ.setflags(write=False)
+        ids = list(range(n)) if node_ids is None else [int(v) for v in node_ids]
+        if len(ids) != n or len(set(ids)) != n:
+            raise WorldError(f"map {self.name!r}: node_ids must be {n} distinct integers")
+        self.node_ids = ids
+        self.id_to_index = {v: i for i, v in enumerate(ids)}
+        if coords is not None:
+            c = np.asarray(coords, dtype=np.float64)
+            if c.shape != (n, 2) or not np.isfinite(c).all():
+                raise WorldError(f"map {self.name!r}: coords must be finite [{n}, 2], got shape {c.shape}")
+            coords = c
+        self.coords: np.ndarray | None = coords
+
+    # --- basic properties ---------------------------------------------------------------
+    @property
+    def n_nodes(self) -> int:
+        return int(self.succ.shape[0])
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.edge_src.size)
+
+    @property
+    def out_degree(self) -> np.ndarray:
+        """int64 ``[N]``: number of outgoing edges of each node."""
+        return (self.succ >= 0).sum(axis=1)
+
+    @property
+    def node_names(self) -> list[str]:
+        """Node token names: the original ids as decimal strings."""
+        return [str(v) for v in self.node_ids]
+
+    def edges(self) -> list[tuple[int, str, int]]:
+        """``[(src index, direction name, dst index), ...]`` sorted by (src, direction)."""
+        return [(int(s), DIRECTIONS[int(d)], int(t))
+                for s, d, t in zip(self.edge_src, self.edge_dir, self.edge_dst)]
+
+    # --- graph algorithms (scipy.sparse.csgraph) ----------------------------------------
+    def adjacency(self) -> sp.csr_matrix:
+        """``[N, N]`` sparse matrix counting the edges ``i -> j`` (a pair can be linked in
+        two directions, e.g. a self-loop labelled twice)."""
+        n = self.n_nodes
+        return sp.csr_matrix((np.ones(self.n_edges), (self.edge_src, self.edge_dst)), shape=(n, n))
+
+    def transition_matrix(self, succ: np.ndarray | None = None) -> sp.csr_matrix:
+        """Row-stochastic ``[N, N]`` matrix of the uniform random walk over the edges of
+        ``succ`` (default: this map's); rows of nodes without edges are zero."""
+        succ = self.succ if succ is None else succ
+        n = succ.shape[0]
+        s, d = np.nonzero(succ >= 0)
+        deg = (succ >= 0).sum(axis=1)
+        return sp.csr_matrix((1.0 / deg[s], (s, succ[s, d])), shape=(n, n))
+
+    def strong_components(self) -> tuple[int, np.ndarray]:
+        """(number of strongly connected components, label of each node)."""
+        n_comp, labels = csgraph.connected_components(self.adjacency(), directed=True,
+                                                      connection="strong")
+        return int(n_comp), labels
+
+    def is_strongly_connected(self) -> bool:
+        return self.strong_components()[0] == 1
+
+    def largest_scc(self) -> np.ndarray:
+        """Sorted int64 indices of the nodes of the largest strongly connected component
+        (ties broken towards the component holding the smallest node index)."""
+        _, labels = self.strong_components()
+        sizes = np.bincount(labels)
+        return np.flatnonzero(labels == int(np.argmax(sizes))).astype(np.int64)
+
+    def shortest_path_lengths(self, sources: Iterable[int] | None = None) -> np.ndarray:
+        """float ``[k, N]``: number of turns from each source to every node (inf = unreachable);
+        all pairs when ``sources`` is None."""
+        idx = None if sources is None else np.asarray(list(sources), dtype=np.int64)
+        return csgraph.shortest_path(self.adjacency(), directed=True, unweighted=True, indices=idx)
+
+    def distances_to(self, targets: Iterable[int]) -> np.ndarray:
+        """float ``[k, N]``: number of turns from every node to each target (inf = unreachable),
+        by breadth-first search from the targets on the reversed graph."""
+        idx = np.asarray(list(targets), dtype=np.int64)
+        return csgraph.shortest_path(self.adjacency().T.tocsr(), directed=True, unweighted=True,
+                                     indices=idx)
+
+    def subgraph(self, nodes: Iterable[int], name: str | None = None) -> StreetMap:
+        """The map restricted to ``nodes`` (indices, kept in increasing order) and the edges
+        between them; original ids and coordinates are kept."""
+        keep = np.unique(np.asarray(list(nodes), dtype=np.int64))
+        new = np.full(self.n_nodes, -1, dtype=np.int64)
+        new[keep] = np.arange(keep.size)
+        ok = (new[self.edge_src] >= 0) & (new[self.edge_dst] >= 0)
+        edges = zip(new[self.edge_src[ok]], self.edge_dir[ok], new[self.edge_dst[ok]])
+        return StreetMap(keep.size, edges, coords=None if self.coords is None else self.coords[keep],
+                         node_ids=[self.node_ids[i] for i in keep], name=name or self.name)
+
+    def direction_errors(self) -> np.ndarray:
+        """Indices of edges whose label is not the compass sector of their displacement
+        (empty without coordinates; self-loops are skipped)."""
+        if self.coords is None:
+            return np.zeros(0, dtype=np.int64)
+        delta = self.coords[self.edge_dst] - self.coords[self.edge_src]
+        moving = np.abs(delta).sum(axis=1) > 0
+        wrong = compass_direction(delta[:, 0], delta[:, 1]) != self.edge_dir
+        return np.flatnonzero(moving & wrong)
+
+    # --- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict in the edge-list file format (original node ids)."""
+        ids = self.node_ids
+        out: dict[str, Any] = {
+            "name": self.name,
+            "directions": list(DIRECTIONS),
+            "nodes": list(ids),
+            "edges": [[ids[int(s)], DIRECTIONS[int(d)], ids[int(t)]]
+                      for s, d, t in zip(self.edge_src, self.edge_dir, self.edge_dst)],
+        }
+        if self.coords is not None:
+            out["coords"] = self.coords.tolist()
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "map") -> StreetMap:
+        """Build from the edge-list format. ``source`` names the data in error messages.
+
+        Keys: ``directions`` (the labels used, all in ``DIRECTIONS``), ``edges``
+        (``[[src_id, direction, dst_id], ...]``, integer ids), optional ``nodes`` (all ids,
+        fixing the index order; default: sorted ids seen in edges), optional ``coords``
+        (a list aligned with ``nodes`` or a dict ``{"id": [x, y]}``), optional ``name``.
+        """
+        if not isinstance(data, dict):
+            raise WorldError(f"{source}: a street map must be a JSON object, got {type(data).__name__}")
+        for key in ("directions", "edges"):
+            if key not in data:
+                raise WorldError(f"{source}: missing key {key!r} (need 'directions' and 'edges')")
+        labels = data["directions"]
+        if not isinstance(labels, list) or not all(isinstance(d, str) for d in labels):
+            raise WorldError(f"{source}: 'directions' must be a list of strings, got {labels!r}")
+        unknown = [d for d in labels if d not in DIR_INDEX]
+        if unknown:
+            raise WorldError(f"{source}: 'directions' has unknown label {unknown[0]!r} "
+                             f"(use {' '.join(DIRECTIONS)})")
+        allowed = set(labels)
+        raw = data["edges"]
+        if not isinstance(raw, list):
+            raise WorldError(f"{source}: 'edges' must be a list of [src, direction, dst]")
+
+        def is_id(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        for k, e in enumerate(raw):
+            if not (isinstance(e, list) and len(e) == 3):
+                raise WorldError(f"{source}: edges[{k}] = {e!r} is not [src, direction, dst]")
+            if not (is_id(e[0]) and is_id(e[2])):
+                raise WorldError(f"{source}: edges[{k}] = {e!r}: node ids must be integers")
+            if not isinstance(e[1], str) or e[1] not in allowed:
+                raise WorldError(f"{source}: edges[{k}] = {e!r}: unknown direction {e[1]!r} "
+                                 f"(use {' '.join(labels)})")
+        if "nodes" in data:
+            ids = data["nodes"]
+            if not isinstance(ids, list) or not all(is_id(v) for v in ids):
+                raise WorldError(f"{source}: 'nodes' must be a list of integer ids")
+            if len(set(ids)) != len(ids):
+                raise WorldError(f"{source}: 'nodes' lists an id twice")
+        else:
+            ids = sorted({e[0] for e in raw} | {e[2] for e in raw})
+        if not ids:
+            raise WorldError(f"{source}: the map has no nodes")
+        index = {v: i for i, v in enumerate(ids)}
+        seen: dict[tuple[int, str], int] = {}
+        edges = []
+        for k, (s, d, t) in enumerate(raw):
+            if s not in index or t not in index:
+                raise WorldError(f"{source}: edges[{k}] = {raw[k]!r} uses a node not in 'nodes'")
+            if (s, d) in seen:
+                raise WorldError(f"{source}: edges[{k}] = {raw[k]!r} duplicates edges[{seen[s, d]}] "
+                                 f"(two edges from node {s} in direction {d})")
+            seen[s, d] = k
+            edges.append((index[s], d, index[t]))
+        coords = data.get("coords")
+        if isinstance(coords, dict):
+            try:
+                coords = [coords[str(v)] for v in ids]
+            except KeyError as exc:
+                raise WorldError(f"{source}: 'coords' has no entry for node {exc.args[0]}") from None
+        if coords is not None:
+            try:
+                c = np.asarray(coords, dtype=np.float64)
+            except (TypeError, ValueError):
+                raise WorldError(f"{source}: 'coords' must be numeric [x, y] pairs") from None
+            if c.shape != (len(ids), 2):
+                raise WorldError(f"{source}: 'coords' must hold {len(ids)} [x, y] pairs, got shape {c.shape}")
+            coords = c
+        name = data.get("name", Path(source).stem if source != "map" else "streets")
+        return cls(len(ids), edges, coords=coords, node_ids=ids, name=str(name))
+
+    def to_json(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict()))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> StreetMap:
+        """Read an edge-list JSON map; any problem is a one-line ``WorldError`` naming the
+        file (and the offending entry)."""
+        p = Path(path)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
+            raise WorldError(f"{p}: cannot read street map ({reason})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WorldError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.from_dict(data, source=str(p))
+
+    def __repr__(self) -> str:
+        return f"StreetMap({self.name!r}, nodes={self.n_nodes}, edges={self.n_edges})"
+
+
+# grid offsets (avenue step, street step) of each direction in the synthetic generator;
+# avenues are two units apart and streets one, so diagonals move 1 avenue and 2 streets
+_GRID_STEP = {"N": (0, 1), "S": (0, -1), "E": (1, 0), "W": (-1, 0),
+              "NE": (1, 2), "NW": (-1, 2), "SE": (1, -2), "SW": (-1, -2)}
+
+
+def synthetic_manhattan(n_avenues: int = 6, n_streets: int = 6, seed: int = 0, *,
+                        rotation_deg: float = 10.0, two_way_frac: float = 0.25,
+                        n_diagonals: int | None = None, park: bool = True,
+                        removed_frac: float = 0.03) -> StreetMap:
+    """A seeded Manhattan-like street map, strongly connected.
+
+    Avenues run north-south (``n_avenues`` of them, two length units apart) and streets
+    east-west (``n_streets``, one unit apart), on a grid rotated ``rotation_deg`` degrees
+    counter-clockwise. Streets are one-way in alternating directions except every fifth
+    (a two-way crosstown street); avenues alternate too, each two-way with probability
+    ``two_way_frac``. ``n_diagonals`` "Broadway"-like lines (default one per 8 avenues or
+    streets, at least one) cut across at 45 degrees (one avenue per two streets), one-way or
+    two-way at random. A "park" (a block of interior intersections) and a fraction
+    ``removed_frac`` of other interior intersections are removed.
+
+    Strong connectivity is then guaranteed by keeping the largest weakly connected part and
+    adding the reverse of every edge that joins two different strongly connected components
+    (which makes the condensation strongly connected). The reverse of a grid edge always
+    lands back on its source, so at most one edge per (node, direction) still holds.
+    Direction labels match the coordinates as long as ``|rotation_deg| < 22.5``.
+    """
+    A, S = int(n_avenues), int(n_streets)
+    if A < 2 or S < 2:
+        raise WorldError(f"synthetic_manhattan: need at least 2 avenues and 2 streets, got {A}x{S}")
+    if not abs(rotation_deg) < 22.5:
+        raise WorldError(f"synthetic_manhattan: |rotation_deg| must be < 22.5 so labels match "
+                         f"the compass, got {rotation_deg}")
+    if not (0.0 <= two_way_frac <= 1.0 and 0.0 <= removed_frac < 0.5):
+        raise WorldError("synthetic_manhattan: two_way_frac must lie in [0, 1] and removed_frac in [0, 0.5)")
+    rng = np.random.default_rng(seed)
+    alive = np.ones((A, S), dtype=bool)
+    if park and A >= 5 and S >= 5:
+        pw, ph = max(1, A // 5), max(1, S // 4)
+        i0, j0 = int(rng.integers(1, A - pw)), int(rng.integers(1, S - ph))
+        alive[i0:i0 + pw, j0:j0 + ph] = False
+    if removed_frac > 0 and A >= 4 and S >= 4:
+        inner = np.argwhere(alive[1:-1, 1:-1]) + 1
+        k = min(len(inner), int(round(removed_frac * A * S)))
+        for i, j in inner[rng.choice(len(inner), size=k, replace=False)]:
+            alive[i, j] = False
+
+    edges: set[tuple[int, int, str]] = set()  # (i, j, direction) in grid coordinates
+
+    def add(i: int, j: int, d: str) -> None:
+        di, dj = _GRID_STEP[d]
+        if 0 <= i + di < A and 0 <= j + dj < S and alive[i, j] and alive[i + di, j + dj]:
+            edges.add((i, j, d))
+
+    street_phase, avenue_phase = int(rng.integers(2)), int(rng.integers(2))
+    two_way_avenue = rng.random(A) < two_way_frac
+    for j in range(S):
+        two_way = j % 5 == 2
+        for i in range(A - 1):
+            if two_way or (j + street_phase) % 2 == 0:
+                add(i, j, "E")
+            if two_way or (j + street_phase) % 2 == 1:
+                add(i + 1, j, "W")
+    for i in range(A):
+        for j in range(S - 1):
+            if two_way_avenue[i] or (i + avenue_phase) % 2 == 0:
+                add(i, j, "N")
+            if two_way_avenue[i] or (i + avenue_phase) % 2 == 1:
+                add(i, j + 1, "S")
+    if n_diagonals is None:
+        n_diagonals = max(1, max(A, S) // 8)
+    for _ in range(int(n_diagonals)):
+        forward, back = ("NE", "SW") if rng.random() < 0.5 else ("NW", "SE")
+        mode = int(rng.integers(3))  # 0: forward only, 1: back only, 2: two-way
+        i, j = int(rng.integers(A)), 0
+        di, dj = _GRID_STEP[forward]
+        while 0 <= i + di < A and j + dj < S:
+            if mode in (0, 2):
+                add(i, j, forward)
+            if mode in (1, 2):
+                add(i + di, j + dj, back)
+            i, j = i + di, j + dj
+
+    # index the intersections in street-major order, then keep the largest weak component
+    index = np.full((A, S), -1, dtype=np.int64)
+    cells = [(i, j) for j in range(S) for i in range(A) if alive[i, j]]
+    for k, (i, j) in enumerate(cells):
+        index[i, j] = k
+    triples = sorted((int(index[i, j]), DIR_INDEX[d], int(index[i + _GRID_STEP[d][0], j + _GRID_STEP[d][1]]))
+                     for i, j, d in edges)
+    theta = math.radians(rotation_deg)
+    g = np.array(cells, dtype=np.float64) * np.array([2.0, 1.0])
+    rot = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    coords = g @ rot.T
+    name = f"synthetic-{A}x{S}-seed{seed}"
+    m = StreetMap(len(cells), triples, coords=coords, name=name)
+    _, weak = csgraph.connected_components(m.adjacency(), directed=True, connection="weak")
+    if weak.max() > 0:
+        m = m.subgraph(np.flatnonzero(weak == np.argmax(np.bincount(weak))), name=name)
+        m = StreetMap(m.n_nodes, m.edges(), coords=m.coords, name=name)  # ids 0..N-1 again
+    n_comp, labels = m.strong_components()
+    if n_comp > 1:
+        cross = labels[m.edge_src] != labels[m.edge_dst]
+        extra = {(int(t), int(OPPOSITE[d]), int(s))
+                 for s, d, t in zip(m.edge_src[cross], m.edge_dir[cross], m.edge_dst[cross])}
+        have = {(int(s), int(d), int(t)) for s, d, t in zip(m.edge_src, m.edge_dir, m.edge_dst)}
+        m = StreetMap(m.n_nodes, sorted(have | extra), coords=m.coords, name=name)
+    if not m.is_strongly_connected():  # pragma: no cover - guaranteed by the repair above
+        raise WorldError(f"synthetic_manhattan: could not make {name} strongly connected")
+    return m

@@ -1,0 +1,121 @@
+"""Training loop: reproducibility, exact resume, NaN handling, the CLI."""
+import json
+
+import pytest
+import torch
+
+from nextlat_probe.checkpoint import load_checkpoint, read_checkpoint
+from nextlat_probe.training import trainer as trainer_mod
+from nextlat_probe.training.config import TrainConfig
+from nextlat_probe.training.trainer import TrainingDiverged, train
+
+from helpers import run_cli
+
+
+def cfg(**kw):
+    base = dict(world="mess3", objective="nextlat", horizon=2, steps=20, batch_size=8, seq_len=10, eval_every=5, save_every=5, n_val=16, device="cpu", warmup_steps=3, preset="tiny")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def state(path):
+    d = read_checkpoint(path)
+    return d["model"], d["dynamics"], d["step"]
+
+
+def assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_same_seed_same_checkpoint_and_different_seed_differs(tmp_path):
+    a = train(cfg(steps=6), tmp_path / "a", progress=False).checkpoint
+    b = train(cfg(steps=6), tmp_path / "b", progress=False).checkpoint
+    c = train(cfg(steps=6, seed=1), tmp_path / "c", progress=False).checkpoint
+    assert_same(state(a)[0], state(b)[0])
+    assert not torch.equal(state(a)[0]["embed.weight"], state(c)[0]["embed.weight"])
+
+
+@pytest.mark.parametrize("objective", ["gpt", "nextlat"])
+def test_resume_is_bit_exact(tmp_path, objective):
+    straight = train(cfg(objective=objective), tmp_path / "straight", progress=False).checkpoint
+    half = train(cfg(objective=objective), tmp_path / "resumed", progress=False, stop_at=10).checkpoint
+    assert state(half)[2] == 10
+    resumed = train(None, tmp_path / "resumed", resume=half, progress=False).checkpoint
+    m1, d1, s1 = state(straight)
+    m2, d2, s2 = state(resumed)
+    assert s1 == s2 == 20
+    assert_same(m1, m2)
+    if objective == "nextlat":
+        assert_same(d1, d2)
+    # and the optimiser state too
+    o1, o2 = read_checkpoint(straight)["optimizer"], read_checkpoint(resumed)["optimizer"]
+    for k in o1["state"]:
+        assert torch.equal(o1["state"][k]["exp_avg"], o2["state"][k]["exp_avg"])
+
+
+def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    real = trainer_mod.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 8:  # step 8: after the step-5 checkpoint
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="step 8"):
+        train(cfg(), tmp_path / "run", progress=False)
+    m, _, step = state(tmp_path / "run" / "ckpt.pt")
+    assert step == 5
+    assert all(torch.isfinite(v).all() for v in m.values() if v.is_floating_point())
+
+
+def test_metrics_log_has_every_term_and_floor(tmp_path):
+    res = train(cfg(steps=10), tmp_path / "m", progress=False)
+    recs = [json.loads(line) for line in open(res.metrics_path)]
+    steps = [r for r in recs if "ce" in r]
+    assert steps and all({"loss", "ce", "next_h", "kl", "tokens_per_s", "lr"} <= r.keys() for r in steps)
+    for r in steps:  # total = CE + 1·next_h + 1·KL (default lambdas)
+        assert r["loss"] == pytest.approx(r["ce"] + r["next_h"] + r["kl"], rel=1e-5)
+    evals = [r for r in recs if "val_loss" in r]
+    assert evals[-1]["step"] == 10
+    # the floor is the exact cross-entropy of the world on the validation tokens
+    from nextlat_probe.worlds import make_world
+
+    world = make_world("mess3")
+    val = world.sample(16, 10, seed=trainer_mod.val_rng(0)).tokens
+    assert evals[-1]["val_floor"] == pytest.approx(world.exact_cross_entropy(val), rel=1e-9)
+
+
+def test_load_checkpoint_round_trip(tmp_path):
+    res = train(cfg(steps=4), tmp_path / "r", progress=False)
+    ck = load_checkpoint(res.checkpoint)
+    assert ck.objective == "nextlat" and ck.step == 4 and ck.dynamics is not None
+    assert ck.world.spec() == read_checkpoint(res.checkpoint)["world_spec"]
+    tokens = torch.as_tensor(ck.world.sample(4, 10, seed=3).tokens)
+    with torch.no_grad():
+        logits = ck.model(tokens)
+    val = ck.world.sample(16, 10, seed=trainer_mod.val_rng(0)).tokens
+    assert trainer_mod.evaluate_ce(ck.model, ck.world, val) == pytest.approx(ck.metrics["val_loss"], rel=1e-5)
+    assert logits.shape == (4, 10, ck.world.vocab_size)
+
+
+def test_train_cli_and_errors(tmp_path):
+    out = tmp_path / "cli"
+    r = run_cli("nextlat_probe.train", "--world", "z1r", "--objective", "gpt", "--steps", "5", "--batch-size", "4", "--seq-len", "8", "--out", str(out), "--no-progress", "--n-val", "8")
+    assert r.returncode == 0, r.stderr
+    assert "exact floor" in r.stdout and (out / "ckpt.pt").is_file()
+    again = run_cli("nextlat_probe.train", "--world", "z1r", "--steps", "5", "--out", str(out))
+    assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    r = run_cli("nextlat_probe.train", "--resume", str(bad))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and str(bad) in r.stderr
+    r = run_cli("nextlat_probe.train", "--world", "mess3", "--map-size", "4", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "--map-size" in r.stderr
+    r = run_cli("nextlat_probe.train", "--world", "mess3", "--steps", "-1", "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
