@@ -158,7 +158,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
     from .models.config import ModelConfig
     from .models.dynamics import LatentDynamics
     from .models.objective import ObjectiveConfig
-    from .models.transformer import build_transformer, resolve_device
+    from .models.transformer import build_transformer, move, resolve_device
     from .worlds import WorldError, world_from_spec
 
     data = read_checkpoint(path)
@@ -178,7 +178,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
         model.load_state_dict(data["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
         raise CheckpointError(p, f"weights do not match the model config ({str(exc).splitlines()[0][:160]})") from None
-    model.to(dev).eval()
+    move(model, dev).eval()
     dyn = None
     if data.get("dynamics") is not None:
         dyn = LatentDynamics(**data["dynamics_config"])

@@ -99,3 +99,36 @@ def parse_layers(text: str, n_layers: int) -> list[int]:
             raise UsageError(f"--layers: layer {v} out of range for a {n_layers}-layer model")
         out.append(v)
     return out
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Plain-text table. ``columns``: (key, header, format spec such as '.2f' or '')."""
+
+    def cell(v: Any, fmt: str) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float) and v != v:
+            return "nan"
+        try:
+            return format(v, fmt) if fmt else str(v)
+        except (TypeError, ValueError):
+            return str(v)
+
+    body = [[cell(r.get(k), f) for k, _, f in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
+    return "\n".join(lines)
+
+
+def add_checkpoint_args(p, n_seqs: int = 256, seeds: bool = True) -> None:
+    """Arguments shared by the analysis CLIs."""
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
+    p.add_argument("--n-seqs", type=int, default=n_seqs, help="number of sequences to analyse")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the training length)")
+    if seeds:
+        p.add_argument("--seed", type=int, default=0, help="seed of the analysed sequences")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    p.add_argument("--json", action="store_true", help="print one JSON document and nothing else on stdout")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")

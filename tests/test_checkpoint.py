@@ -5,8 +5,12 @@ import pickle
 import pytest
 import torch
 
-from nextlat_probe.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
-from helpers import run_cli
+from nextlat_probe.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+)
 
 MARKER = "nextlat_probe_pwned_marker"
 
@@ -68,7 +72,7 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
         def __reduce__(self):
             raise RuntimeError("disk on fire")
 
-    with pytest.raises(Exception):
+    with pytest.raises((RuntimeError, pickle.PicklingError), match="disk on fire"):
         save_checkpoint({"objective": "gpt", "x": Boom()}, path)
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]  # no temp files left

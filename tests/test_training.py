@@ -3,13 +3,12 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
 from nextlat_probe.checkpoint import load_checkpoint, read_checkpoint
 from nextlat_probe.training import trainer as trainer_mod
 from nextlat_probe.training.config import TrainConfig
 from nextlat_probe.training.trainer import TrainingDiverged, train
-
-from helpers import run_cli
 
 
 def cfg(**kw):

@@ -25,6 +25,16 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return dev
 
 
+def move(model, device):
+    """``model.to(device)`` without TransformerLens's "Moving model to device" print (which
+    would corrupt a CLI's ``--json`` stdout)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        return model.to(device)
+
+
 def build_transformer(cfg: ModelConfig, seed: int = 0, device: str | torch.device | None = None) -> "TransformerBridge":
     """A randomly initialised TransformerLens-native transformer (no hub access)."""
     from transformer_lens.config import TransformerBridgeConfig
@@ -44,7 +54,7 @@ def build_transformer(cfg: ModelConfig, seed: int = 0, device: str | torch.devic
     )
     model = TransformerBridge.boot_native(tl_cfg)
     if device is not None:
-        model = model.to(resolve_device(device))
+        model = move(model, resolve_device(device))
     return model
 
 

@@ -22,7 +22,7 @@ from ..checkpoint import plain, read_checkpoint, save_checkpoint
 from ..models.config import ModelConfig
 from ..models.dynamics import LatentDynamics
 from ..models.objective import ObjectiveConfig, compute_losses, masked_cross_entropy
-from ..models.transformer import build_transformer, final_hook_name, resolve_device
+from ..models.transformer import build_transformer, final_hook_name, move, resolve_device
 from ..worlds import World, make_world, world_from_spec
 from .config import TrainConfig
 
@@ -96,7 +96,7 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device):
     mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size)
     ocfg = ObjectiveConfig(cfg.objective, cfg.horizon, float(cfg.lambda_h), float(cfg.lambda_kl))
     torch.manual_seed(cfg.seed)
-    model = build_transformer(mcfg, seed=cfg.seed).to(device)
+    model = move(build_transformer(mcfg, seed=cfg.seed), device)
     dynamics = None
     if cfg.objective == "nextlat":
         torch.manual_seed(cfg.seed + 1)

@@ -56,13 +56,15 @@ class A5(World):
 
     def __init__(self) -> None:
         self.elements: list[tuple[int, ...]] = [p for p in itertools.permutations(range(5)) if _is_even(p)]
-        index = {p: k for k, p in enumerate(self.elements)}
-        perms = np.array(self.elements)  # [60, 5]
-        # mul[a, b] = index of a∘b, i.e. the permutation i -> a[b[i]]
-        comp = perms[:, None, :][np.arange(60)[:, None, None], perms[None, :, :]]  # [60, 60, 5]
-        self.mul = np.array([[index[tuple(c)] for c in row] for row in comp], dtype=np.int64)
+        perms = np.array(self.elements, dtype=np.int64)  # [60, 5]
+        # a permutation read as a base-5 number; sorted tuples <=> sorted codes
+        weights = 5 ** np.arange(4, -1, -1)
+        codes = perms @ weights
+        # mul[a, b] = index of a∘b, the permutation i -> a[b[i]]
+        comp = perms[np.arange(60)[:, None, None], perms[None, :, :]]  # comp[a, b, i] = a[b[i]]
+        self.mul = np.searchsorted(codes, comp @ weights).astype(np.int64)
         self.mul.setflags(write=False)
-        self.identity = index[tuple(range(5))]
+        self.identity = 0  # (0, 1, 2, 3, 4) sorts first
         self._names = [_cycle_name(p) for p in self.elements]
 
     # --- vocabulary / states ----------------------------------------------------------

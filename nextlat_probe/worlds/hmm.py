@@ -20,6 +20,7 @@ import scipy.linalg
 from .base import Sample, World, WorldError, as_rng, check_tokens
 
 ROW_TOL = 1e-8
+SMALL_S = 32  # up to this many hidden states, batched einsum beats BLAS matmuls
 
 
 @dataclass
@@ -101,7 +102,7 @@ class HMM(World):
         if len(set(token_names)) != V:
             raise WorldError(f"{self._who}: token names are not unique: {token_names}")
         self._token_names = token_names
-        # E[i, x] = P(emit x | in i); Tcat[i, x*S + j] = T[x, i, j] for one matmul per step
+        # E[i, x] = P(emit x | in i); Tcat[i, x*S + j] = T[x, i, j] for one matmul over all x
         self.emission = self.T.sum(axis=2).T.copy()
         self._Tcat = self.T.transpose(1, 0, 2).reshape(S, V * S).copy()
 
@@ -206,10 +207,8 @@ class HMM(World):
         V, S, _ = self.T.shape
         out = np.empty((n, length, S))
         eta = np.broadcast_to(self.initial, (n, S))
-        rows = np.arange(n)
         for t in range(length):
-            # all V updates in one matmul, then keep the block of each row's token
-            u = (eta @ self._Tcat).reshape(n, V, S)[rows, tokens[:, t]]
+            u = self._advance(eta, tokens[:, t])
             z = u.sum(axis=1)
             if (z <= 0).any():
                 i = int(np.flatnonzero(z <= 0)[0])
@@ -220,6 +219,18 @@ class HMM(World):
             out[:, t] = eta
         return out
 
+    def _advance(self, eta: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Unnormalised ``eta[i] @ T[x[i]]`` for every row ``i``. Few states: one batched
+        product over gathered ``T[x]`` (BLAS is slow on such skinny matrices); many states:
+        one matmul per token value, so no ``[n, S, S]`` gather is ever built."""
+        if self.n_states <= SMALL_S:
+            return np.einsum("ns,nsj->nj", eta, self.T[x])
+        out = np.empty(eta.shape)
+        for v in np.unique(x):
+            rows = x == v
+            out[rows] = eta[rows] @ self.T[v]
+        return out
+
     def next_token_probs(self, tokens: np.ndarray) -> np.ndarray:
         """float64 ``[n, length, V]``: ``P(x_{t+1} | x_0..x_t) = eta_t T[x] 1``."""
         return self.beliefs(tokens) @ self.emission
@@ -228,7 +239,10 @@ class HMM(World):
     def _step(self, beliefs: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """All one-token successors of a weighted set of beliefs (zero-probability ones dropped)."""
         V, S, _ = self.T.shape
-        u = (beliefs @ self._Tcat).reshape(-1, V, S)  # [K, V, S]
+        if S <= SMALL_S:
+            u = np.einsum("ks,xsj->kxj", beliefs, self.T)  # [K, V, S]
+        else:
+            u = (beliefs @ self._Tcat).reshape(-1, V, S)
         z = u.sum(axis=2)  # [K, V] = P(x | belief)
         keep = z > 0
         new_b = u[keep] / z[keep][:, None]
@@ -375,13 +389,13 @@ class RRXOR(HMM):
     def __init__(self, p1: float = 0.5, p2: float = 0.5) -> None:
         _check_prob("RRXOR", p1=p1, p2=p2)
         p1, p2 = float(p1), float(p2)
-        S, Z, O, Tr, F = range(5)
+        start, zero, one, true, false = range(5)
         T = np.zeros((2, 5, 5))
-        T[0, S, Z], T[1, S, O] = 1 - p1, p1  # first bit
-        T[0, Z, F], T[1, Z, Tr] = 1 - p2, p2  # second bit; 0 xor b = b
-        T[0, O, Tr], T[1, O, F] = 1 - p2, p2  # 1 xor b = not b
-        T[1, Tr, S] = 1.0  # XOR bit
-        T[0, F, S] = 1.0
+        T[0, start, zero], T[1, start, one] = 1 - p1, p1  # first bit
+        T[0, zero, false], T[1, zero, true] = 1 - p2, p2  # second bit; 0 xor b = b
+        T[0, one, true], T[1, one, false] = 1 - p2, p2  # 1 xor b = not b
+        T[1, true, start] = 1.0  # the XOR bit
+        T[0, false, start] = 1.0
         self.params = {"p1": p1, "p2": p2}
         super().__init__(T, name="rrxor")
 

@@ -1,0 +1,121 @@
+"""Taxi-world tools for the shell: check trips against a street map, sample trips, map info.
+
+    python -m nextlat_probe.taxi check --map manhattan_streets.json trips.txt [--json]
+    python -m nextlat_probe.taxi sample --map manhattan_streets.json --n 10 [--walk random]
+    python -m nextlat_probe.taxi sample --map-size 6 --n 10 --seed 0
+    python -m nextlat_probe.taxi info --map-size 6 [--write map.json] [--json]
+
+Trips are text, one per line: ``origin dest d_1 ... d_k end`` with the map's node ids and
+turns N S E W NE NW SE SW. ``check`` counts trips whose every turn is a street (legal) and
+that also end at their destination (valid); lines with unknown tokens count as neither.
+Without ``--map`` the synthetic ``--map-size`` map drawn with ``--map-seed`` is used.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .cli import UsageError, print_json, run_main
+
+
+def _add_map_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("map (one of)")
+    g.add_argument("--map", type=Path, default=None, help="edge-list JSON map (e.g. manhattan_streets.json)")
+    g.add_argument("--map-size", default=None,
+                   help="synthetic Manhattan-like map with N x N (or AxS) intersections (default 6)")
+    g.add_argument("--map-seed", type=int, default=0, help="seed of the synthetic map")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nextlat_probe.taxi",
+                                description="Taxi-world tools: check or sample trips on a street map.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="{check,sample,info}")
+
+    c = sub.add_parser("check", help="count legal and valid trips in a text file",
+                       description="Count trips (one per line: origin dest turns... end) whose turns "
+                       "are all streets of the map (legal) and that end at their destination (valid).")
+    c.add_argument("sequences", type=Path, help="text file of trips")
+    _add_map_options(c)
+    c.add_argument("--json", action="store_true", help="print one JSON object {n, legal, valid}")
+
+    s = sub.add_parser("sample", help="write sampled trips in the text format to stdout",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_map_options(s)
+    s.add_argument("--n", type=int, default=10, help="number of trips")
+    s.add_argument("--walk", choices=("random", "shortest", "noisy"), default="random", help="trip source")
+    s.add_argument("--min-len", type=int, default=None, help="random walks: fewest turns (default 4)")
+    s.add_argument("--max-len", type=int, default=None,
+                   help="most turns (random default 40; shortest/noisy default from the map's diameter)")
+    s.add_argument("--noise", type=float, default=None, help="noisy: probability of a random turn (default 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the trips")
+
+    i = sub.add_parser("info", help="print the map's size and connectivity")
+    _add_map_options(i)
+    i.add_argument("--write", type=Path, default=None, help="also write the map as edge-list JSON here")
+    i.add_argument("--json", action="store_true", help="print one JSON object")
+    return p
+
+
+def _load_map(args: argparse.Namespace):
+    from .worlds.streetmap import StreetMap, synthetic_manhattan
+
+    if args.map is not None and args.map_size is not None:
+        raise UsageError("give either --map or --map-size, not both")
+    if args.map is not None:
+        return StreetMap.from_json(args.map)
+    size = "6" if args.map_size is None else str(args.map_size)
+    a, _, s = size.lower().partition("x")
+    try:
+        n_av, n_st = int(a), int(s or a)
+    except ValueError:
+        raise UsageError(f"--map-size {size!r}: expected N or AxS, e.g. 6 or 8x12") from None
+    return synthetic_manhattan(n_av, n_st, seed=args.map_seed)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    street_map = _load_map(args)
+    if args.command == "check":
+        from .worlds.taxi import check_sequences, parse_sequences
+
+        if not args.sequences.is_file():
+            raise UsageError(f"{args.sequences}: no such file")
+        res = check_sequences(street_map, parse_sequences(args.sequences, street_map))
+        out = {"n": int(res["legal"].size), "legal": int(res["legal"].sum()), "valid": int(res["valid"].sum())}
+        if args.json:
+            print_json(out)
+        else:
+            n = max(out["n"], 1)
+            print(f"n      {out['n']}")
+            print(f"legal  {out['legal']} ({100 * out['legal'] / n:.1f}%)")
+            print(f"valid  {out['valid']} ({100 * out['valid'] / n:.1f}%)")
+        return 0
+    if args.command == "sample":
+        from .worlds.taxi import Taxi
+
+        if args.n < 0:
+            raise UsageError(f"--n must be >= 0, got {args.n}")
+        world = Taxi(street_map, walk=args.walk, min_len=args.min_len, max_len=args.max_len,
+                     noise=args.noise)
+        for line in world.to_text(world.sample(args.n, seed=args.seed).tokens):
+            print(line)
+        return 0
+    # info
+    n_comp, _ = street_map.strong_components()
+    deg = street_map.out_degree
+    info = {"name": street_map.name, "nodes": street_map.n_nodes, "edges": street_map.n_edges,
+            "strongly_connected": n_comp == 1, "strong_components": n_comp,
+            "largest_scc": int(street_map.largest_scc().size), "dead_ends": int((deg == 0).sum()),
+            "max_out_degree": int(deg.max()), "coords": street_map.coords is not None}
+    if args.write is not None:
+        street_map.to_json(args.write)
+    if args.json:
+        print_json(info)
+    else:
+        for k, v in info.items():
+            print(f"{k:20s} {v}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
