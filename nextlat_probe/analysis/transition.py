@@ -172,7 +172,7 @@ def fit_posthoc_dynamics(
     horizon_train: int = 1,
     mask: Any = None,
     steps: int = 1000,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     batch_size: int = 512,
     d_hidden: int | None = None,
     weight_decay: float = 0.0,
@@ -184,6 +184,8 @@ def fit_posthoc_dynamics(
     kind: ``"mlp"`` (a ``LatentDynamics``, the same form as NextLat's p_psi) or ``"linear"``
         (``LinearDynamics``).
     horizon_train: roll-out length of the SmoothL1 training targets (1 = one step).
+    d_hidden: MLP width; defaults to max(D, 64) so that very small latents are not fitted
+        by a starved network (for D >= 64 this is p_psi's own default H = D).
     The MLP trains with Adam for ``steps`` minibatches of (sequence, start) pairs whose
     targets t+1..t+horizon_train lie inside the sequence and the mask, with a cosine
     learning-rate decay. The linear model is solved in closed form for one-step targets
@@ -216,7 +218,7 @@ def fit_posthoc_dynamics(
     gen = torch.Generator().manual_seed(seed)
     model: nn.Module
     if kind == "mlp":
-        model = LatentDynamics(D, d_embed=Et.shape[-1], d_hidden=d_hidden)
+        model = LatentDynamics(D, d_embed=Et.shape[-1], d_hidden=d_hidden or max(D, 64))
     else:
         model = LinearDynamics(D, d_embed=Et.shape[-1])
         _fit_linear_closed_form(
@@ -335,7 +337,7 @@ def transition_consistency(
     kinds: tuple[str, ...] = ("mlp", "linear"),
     horizon_train: int = 1,
     steps: int = 1000,
-    lr: float = 3e-3,
+    lr: float = 1e-2,
     decimals: int = 6,
     seed: int = 0,
     device: str | torch.device = "cpu",

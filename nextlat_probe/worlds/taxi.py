@@ -375,6 +375,12 @@ class Taxi(World):
         return self.walk_nodes
 
     @property
+    def prompt_length(self) -> int:
+        """Leading positions whose hidden states analyses drop by default: the origin token
+        (visible mode), where the destination, and so the state, is not yet known."""
+        return 1 if self.origin == "visible" else 0
+
+    @property
     def default_length(self) -> int:
         """Shortest padded length that holds every trip (``max_len`` + the prompt + end)."""
         return self.max_len + (1 if self.origin == "hidden" else 3)
