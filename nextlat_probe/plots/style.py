@@ -95,15 +95,14 @@ RCPARAMS: dict[str, Any] = {
 }
 
 
-def figsize(column: str = "single", aspect: float = 0.75, rows: int = 1) -> tuple[float, float]:
-    """(width, height) in inches for a ``column`` ("single" or "double") figure; the height
-    is ``aspect`` x the width of one panel row for single-column figures and
-    ``aspect`` x half the width for double-column ones (panels keep their shape)."""
+def figsize(column: str = "single", aspect: float = 0.75, rows: int = 1, cols: int = 1) -> tuple[float, float]:
+    """(width, height) in inches of a figure of ``rows`` x ``cols`` panels spanning one
+    paper column ("single", 3.25 in) or the full text width ("double", 6.75 in); each
+    panel is ``aspect`` (height / width) as tall as it is wide."""
     if column not in COLUMN_WIDTHS:
         raise ValueError(f"column must be 'single' or 'double', got {column!r}")
     w = COLUMN_WIDTHS[column]
-    base = w if column == "single" else w / 2
-    return w, base * aspect * rows
+    return w, w / max(cols, 1) * aspect * max(rows, 1)
 
 
 def infer_objective(name: str | None) -> str | None:
@@ -349,12 +348,14 @@ def map_edges(true_map: Any, undirected: bool = True) -> np.ndarray:
     return e.astype(np.int64)
 
 
-def map_layout(true_map: Any, mds_max_nodes: int = 1500) -> np.ndarray:
+def map_layout(true_map: Any, mds_max_nodes: int = 1500, n_pivots: int = 100) -> np.ndarray:
     """Node positions [N, 2] for drawing: the map's ``coords`` when it has them; otherwise
-    classical MDS of undirected graph distances (small maps: distances read as lengths)
-    or, above ``mds_max_nodes``, a spectral layout (two smallest non-trivial eigenvectors
-    of the normalised Laplacian, by shift-invert ``eigsh``: well under a second for the
-    4,579-node Manhattan map). Deterministic: eigenvector signs are fixed."""
+    multidimensional scaling of the undirected hop distances, so a street grid comes out
+    as a grid (units: hops). Classical MDS for components up to ``mds_max_nodes`` nodes,
+    pivot MDS (Brandes & Pich 2006: distances to ``n_pivots`` farthest-point pivots only)
+    above, so the 4,579-node Manhattan map takes a fraction of a second and N x N
+    matrices are never built. Connected components are laid out separately, largest
+    first, side by side. Deterministic (fixed pivots and signs)."""
     coords = getattr(true_map, "coords", None)
     if coords is not None:
         return np.asarray(coords, dtype=np.float64)
@@ -363,30 +364,49 @@ def map_layout(true_map: Any, mds_max_nodes: int = 1500) -> np.ndarray:
 
     succ = map_successors(true_map)
     n = succ.shape[0]
-    if n == 1:
-        return np.zeros((1, 2))
     e = map_edges(succ)
     A = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
-    A = ((A + A.T) > 0).astype(np.float64)
-    if n <= mds_max_nodes:
-        D = csgraph.shortest_path(A, directed=False, unweighted=True)
-        finite = np.isfinite(D)
-        D[~finite] = (D[finite].max() if finite.any() else 0.0) + 1.0
-        J = np.eye(n) - 1.0 / n
-        Bm = -0.5 * J @ (D**2) @ J
-        w, v = np.linalg.eigh(Bm)
-        v, w = v[:, ::-1][:, :2], np.maximum(w[::-1][:2], 0.0)
-        Y = v * np.sqrt(w)
-    else:
-        import scipy.sparse.linalg as spla
+    A = ((A + A.T) > 0).astype(np.float64).tocsr()
+    n_comp, labels = csgraph.connected_components(A, directed=False)
+    sizes = np.bincount(labels, minlength=n_comp)
+    out = np.zeros((n, 2))
+    x0 = 0.0
+    for c in np.argsort(-sizes, kind="stable"):
+        nodes = np.flatnonzero(labels == c)
+        sub = A[nodes][:, nodes]
+        Y = _mds(sub, mds_max_nodes, n_pivots) if nodes.size > 1 else np.zeros((1, 2))
+        Y = Y - Y.min(axis=0)
+        out[nodes] = Y + np.array([x0, 0.0])
+        x0 += float(Y[:, 0].max()) + 2.0
+    return out
 
-        deg = np.asarray(A.sum(axis=1)).ravel()
-        inv = 1.0 / np.sqrt(np.where(deg > 0, deg, 1.0))
-        L = sp.eye(n) - sp.diags(inv) @ A @ sp.diags(inv)
-        v0 = np.random.default_rng(0).standard_normal(n)
-        w, v = spla.eigsh(L.tocsc(), k=3, sigma=-1e-3, which="LM", v0=v0)
-        order = np.argsort(w)
-        Y = (v[:, order[1:3]] * inv[:, None])
+
+def _mds(A: Any, mds_max_nodes: int, n_pivots: int) -> np.ndarray:
+    """2-D MDS of one connected undirected graph (classical, or pivot MDS when large)."""
+    from scipy.sparse import csgraph
+
+    n = A.shape[0]
+    if n <= mds_max_nodes:
+        D2 = csgraph.shortest_path(A, directed=False, unweighted=True) ** 2
+        B = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
+        w, v = np.linalg.eigh(B)
+        Y = v[:, ::-1][:, :2] * np.sqrt(np.maximum(w[::-1][:2], 0.0))
+    else:
+        k = min(n_pivots, n)
+        pivots = [0]
+        D = np.empty((k, n))
+        D[0] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=0)
+        nearest = D[0].copy()
+        for i in range(1, k):  # farthest-point pivots spread over the whole map
+            pivots.append(int(np.argmax(nearest)))
+            D[i] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=pivots[-1])
+            nearest = np.minimum(nearest, D[i])
+        D2 = (D**2).T  # [n, k]
+        C = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
+        U, S, _ = np.linalg.svd(C, full_matrices=False)
+        Y = U[:, :2] * np.sqrt(S[:2] * np.sqrt(n / k))
+    if Y.shape[1] < 2:
+        Y = np.hstack([Y, np.zeros((n, 2 - Y.shape[1]))])
     sign = np.sign(Y[np.abs(Y).argmax(axis=0), np.arange(2)])
     return Y * np.where(sign == 0, 1.0, sign)
 
@@ -440,3 +460,141 @@ def polylines_xy(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     gap = np.full((paths.shape[0], 1, 2), np.nan)
     flat = np.concatenate([paths, gap], axis=1).reshape(-1, 2)
     return flat[:, 0], flat[:, 1]
+
+
+# --------------------------------------------------------------------------------------
+# per-figure data preparation (one implementation for both backends)
+# --------------------------------------------------------------------------------------
+def pick_layer(records: list[dict[str, Any]], layer: str | None) -> list[dict[str, Any]]:
+    """Records of one layer: ``layer``, else 'final' if present, else the deepest layer
+    (the last one listed for the first checkpoint)."""
+    if layer is None and records:
+        first = group_by(records)[record_name(records[0])]
+        layer = "final" if any(r.get("layer") == "final" for r in records) else first[-1].get("layer")
+    return [r for r in records if r.get("layer") == layer]
+
+
+def simplex_panels(panels: list[dict[str, Any]], max_points: int | None = 4000, seed: int = 0) -> tuple[list[dict[str, Any]], bool]:
+    """Project every panel with one shared projection: [{title, xy, rgb}], is_simplex.
+    Points are the predictions (or the true beliefs when ``pred`` is None), coloured by
+    the true belief; at most ``max_points`` per panel (same rows in every backend)."""
+    if not panels:
+        raise ValueError("belief simplex: no panels")
+    trues = [np.asarray(p["true"], dtype=np.float64).reshape(-1, np.asarray(p["true"]).shape[-1]) for p in panels]
+    proj, is_simplex = belief_projection(trues)
+    out = []
+    for p, T in zip(panels, trues):
+        P = T if p.get("pred") is None else np.asarray(p["pred"], dtype=np.float64).reshape(T.shape)
+        idx = subsample(len(T), max_points, seed)
+        out.append({"title": str(p.get("title", "")), "xy": proj(P[idx]), "rgb": belief_colors(T[idx])})
+    return out, is_simplex
+
+
+def control_value(rec: dict[str, Any], metric: str = "r2") -> float | None:
+    """Shuffled-belief control of ``metric`` in a probe record, under either name."""
+    for key in (f"shuffled_{metric}", f"control_{metric}"):
+        if rec.get(key) is not None:
+            return rec[key]
+    return None
+
+
+def transition_dict(result: Any) -> dict[str, Any]:
+    """A TransitionResult or its ``to_dict()`` as a plain dict."""
+    return result.to_dict() if hasattr(result, "to_dict") else dict(result)
+
+
+TRAIN_PANELS = [("val_loss", "validation loss"), ("ce", "train cross-entropy"), ("next_h", "train next_h (latent)"), ("kl", "train KL")]
+
+
+def training_series(runs: dict[str, Any], objectives: dict[str, str] | None = None) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]], float | None]:
+    """Per run: {metric: (steps, values)} for each of ``TRAIN_PANELS`` plus ``val_floor``;
+    the run styles; and the floor shared by all runs (None when they differ). ``runs``
+    values are record lists or paths to ``metrics.jsonl`` files. Metrics that are all
+    zero (GPT's latent losses) are left out."""
+    recs = {k: (read_metrics(v) if isinstance(v, (str, Path)) else list(v)) for k, v in runs.items()}
+    objs = dict(objectives or {})
+    for k, v in recs.items():
+        objs.setdefault(k, run_objective(v))
+    series: dict[str, dict[str, Any]] = {}
+    for name, rows in recs.items():
+        ev = sorted((r for r in rows if metric_kind(r) == "eval"), key=lambda r: r["step"])
+        tr = sorted((r for r in rows if metric_kind(r) == "train"), key=lambda r: r["step"])
+        s: dict[str, Any] = {}
+        for key, _ in TRAIN_PANELS:
+            src = ev if key == "val_loss" else tr
+            pts = [(r["step"], r[key]) for r in src if r.get(key) is not None]
+            if pts and any(v != 0 for _, v in pts):
+                s[key] = (as_float_array([p[0] for p in pts]), as_float_array([p[1] for p in pts]))
+        floors = [r.get("val_floor") for r in ev if r.get("val_floor") is not None]
+        s["val_floor"] = float(floors[-1]) if floors else None
+        series[name] = s
+    floor = common_value(s["val_floor"] for s in series.values())
+    return series, checkpoint_styles(recs, objs), floor
+
+
+_ROW_KEYS = ("model", "name", "objective", "checkpoint")
+
+
+def table_columns(rows: list[dict[str, Any]], columns: list[str] | None = None) -> list[str]:
+    """Metric columns of world-model rows: ``columns``, else every key other than the
+    model name/objective and interval companions (``*_low``, ``*_high``, ``*_ci``)."""
+    if columns is not None:
+        return list(columns)
+    out: list[str] = []
+    for r in rows:
+        for k in r:
+            if k in _ROW_KEYS or k.endswith(("_low", "_high", "_ci")) or k in out:
+                continue
+            out.append(k)
+    return out
+
+
+def table_cell(row: dict[str, Any], col: str) -> tuple[float, float, float]:
+    """(value, low, high) of a metric in a row; bounds may also sit in ``{col}_ci`` or
+    ``{col}_low`` / ``{col}_high``."""
+    v, lo, hi = interval(row.get(col))
+    if f"{col}_ci" in row and row[f"{col}_ci"] is not None:
+        lo, hi = (float("nan") if x is None else float(x) for x in row[f"{col}_ci"])
+    if row.get(f"{col}_low") is not None:
+        lo = float(row[f"{col}_low"])
+    if row.get(f"{col}_high") is not None:
+        hi = float(row[f"{col}_high"])
+    return v, lo, hi
+
+
+def format_cell(v: float, lo: float, hi: float, fmt: str = ".3g") -> str:
+    """'0.987 [0.971, 0.994]' (or just the value when there is no interval)."""
+    if not np.isfinite(v):
+        return "—"
+    s = format(v, fmt)
+    if np.isfinite(lo) and np.isfinite(hi):
+        s += f" [{format(lo, fmt)}, {format(hi, fmt)}]"
+    return s
+
+
+def map_panels(true_map: Any, panels: list[dict[str, Any]], curvature: float = 0.25) -> tuple[list[dict[str, Any]], np.ndarray]:
+    """Geometry of every map panel: true edges as segments at the panel's node positions,
+    recovered / missing edges straight, invented edges as Bezier curves. Edges of a
+    panel's ``edges`` that are not in the true map count as invented."""
+    base = map_layout(true_map)
+    true_edges = map_edges(true_map)
+    out = []
+    for p in panels:
+        xy = base if p.get("coords") is None else np.asarray(p["coords"], dtype=np.float64)
+        if xy.shape != base.shape:
+            raise ValueError(f"map panel {p.get('title')!r}: coords must be [{base.shape[0]}, 2], got {xy.shape}")
+        rec, inv = split_invented(true_map, p.get("edges"), p.get("invented"))
+        inv = inv[inv[:, 0] != inv[:, 1]] if len(inv) else inv
+        miss = as_edges(p.get("missing"))
+        out.append({
+            "title": str(p.get("title", "")),
+            "coords": xy,
+            "true": segments(xy, true_edges),
+            "recovered": segments(xy, rec),
+            "missing": segments(xy, miss),
+            "invented": bezier_curves(xy[inv[:, 0]], xy[inv[:, 1]], curvature) if len(inv) else np.zeros((0, 2, 2)),
+            "n_recovered": len(rec),
+            "n_invented": len(inv),
+            "n_missing": len(miss),
+        })
+    return out, base

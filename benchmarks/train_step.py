@@ -1,0 +1,294 @@
+"""Cost of one training step: GPT vs NextLat (d = 1, d = 8) vs a bare TransformerLens step.
+
+    .venv/bin/python benchmarks/train_step.py                  # tiny + small, ~4 min on 2 CPU cores
+    .venv/bin/python benchmarks/train_step.py --quick          # ~1 min
+    .venv/bin/python benchmarks/train_step.py --device cuda --presets small --steps 100
+    .venv/bin/python benchmarks/train_step.py --breakdown      # where the time goes, per part
+
+SPEC §1 promises that NextLat is cheap: a d = 1 step should cost about what a GPT step
+costs (paper: 1.00x) and a d = 8 step well under 2x (paper: 1.79x); and our GPT step (masked
+CE, gradient clipping, two AdamW parameter groups, LR schedule) should cost about what the
+plainest TransformerLens step costs. The benchmark checks exactly those ratios.
+
+How it measures, and why:
+- Every variant lives in ONE process, is built at the same size and steps on the SAME batch
+  (taxi trips, batch 64, the world's default length), so only the objective differs.
+- The GPT and NextLat steps are the trainer's own step (``trainer._build`` for the model,
+  optimiser and schedule; then compute_losses -> zero_grad -> backward -> clip_grad_norm_
+  -> AdamW -> LambdaLR), so the numbers are what ``nextlat_probe.train`` pays.
+- Variants are stepped round-robin, one step each per round, in an order rotated every
+  round: drifting machine load (other jobs, thermal throttling) then hits every variant
+  alike instead of whichever happened to run last. Warm-up rounds are discarded and
+  medians are reported (robust to the occasional descheduled step). "paired" is the
+  median over rounds of (variant time / GPT time in the same round), a second estimate
+  that cancels slow drift even more directly.
+- On CUDA every timed step is bracketed by ``torch.cuda.synchronize`` (kernels are async).
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+#: Timed steps per variant (full, quick). ``small`` is ~15x the work of ``tiny`` on CPU.
+DEFAULT_STEPS = {"tiny": (40, 15), "small": (15, 4), "mini": (25, 8)}
+#: (variant, baseline it is compared with, target ratio, paper's ratio or None)
+TARGETS = {
+    "GPT": ("TL bare", 1.05, None),
+    "NextLat d=1": ("GPT", 1.10, 1.00),
+    "NextLat d=8": ("GPT", 1.60, 1.79),
+}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--presets", default="tiny,small", help="comma-separated model presets (tiny, mini, small)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per variant (default: per preset)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed warm-up rounds (default 5, --quick 3)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--quick", action="store_true", help="fewer steps: about one minute on 2 CPU cores")
+    p.add_argument("--world", default="taxi", help="world whose tokens form the batch (default taxi)")
+    p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
+    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the world's default length)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--breakdown", action="store_true", help="also time the parts of each step (forward, latent loss, backward, optimiser)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    from nextlat_probe.cli import UsageError
+    from nextlat_probe.models.config import PRESETS
+
+    args.presets = [s.strip() for s in args.presets.split(",") if s.strip()]
+    for s in args.presets:
+        if s not in PRESETS:
+            raise UsageError(f"unknown preset {s!r}; choose from {', '.join(PRESETS)}")
+    for name in ("steps", "batch", "threads"):
+        v = getattr(args, name)
+        if v is not None and v < 1:
+            raise UsageError(f"--{name} must be a positive integer, got {v}")
+    if args.warmup is not None and args.warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
+    return args
+
+
+@dataclass
+class Variant:
+    name: str
+    step: Callable[[], None]
+    parts: dict[str, Any] | None = None  # the trainer's objects, for --breakdown
+    times: list[float] = field(default_factory=list)  # seconds per timed step
+
+
+def build_variants(preset: str, world, tokens, device) -> list[Variant]:
+    """The four variants at one model size, all stepping on the same batch."""
+    import torch
+
+    from nextlat_probe.models.config import ModelConfig
+    from nextlat_probe.models.objective import compute_losses
+    from nextlat_probe.models.transformer import build_transformer, final_hook_name, move
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import _build, to_batch
+
+    seq_len = tokens.shape[1]
+    t, tm, pm = to_batch(world, tokens, device)
+
+    def trainer_variant(name: str, objective: str, horizon: int) -> Variant:
+        cfg = TrainConfig(objective=objective, horizon=horizon, preset=preset, device=str(device))
+        mcfg, ocfg, model, dynamics, opt, sched = _build(cfg, world, seq_len, device)
+        model.train()
+        hook = final_hook_name(mcfg)
+        params = [p for g in opt.param_groups for p in g["params"]]
+
+        def step() -> None:  # the body of trainer.train's loop, minus data and logging
+            losses = compute_losses(model, dynamics, t, tm, pm, ocfg, hook)
+            if not torch.isfinite(losses["loss"]):
+                raise RuntimeError(f"{objective} d={horizon}: loss became non-finite")
+            opt.zero_grad(set_to_none=True)
+            losses["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
+            opt.step()
+            sched.step()
+
+        parts = dict(model=model, dynamics=dynamics, opt=opt, sched=sched, ocfg=ocfg, hook=hook,
+                     params=params, clip=cfg.grad_clip, batch=(t, tm, pm))
+        return Variant(name, step, parts)
+
+    # Bare TransformerLens: the simplest possible training step, same model size and batch
+    # (the config is the one trainer._build makes).
+    mcfg = ModelConfig.from_preset(preset, n_ctx=seq_len, d_vocab=world.vocab_size)
+    torch.manual_seed(0)
+    bare = move(build_transformer(mcfg, seed=0), device)
+    bare.train()
+    bare_opt = torch.optim.AdamW(bare.parameters(), lr=1e-3)
+
+    def bare_step() -> None:
+        loss = bare(t, return_type="loss")
+        bare_opt.zero_grad()
+        loss.backward()
+        bare_opt.step()
+
+    return [
+        Variant("TL bare", bare_step),
+        trainer_variant("GPT", "gpt", 1),
+        trainer_variant("NextLat d=1", "nextlat", 1),
+        trainer_variant("NextLat d=8", "nextlat", 8),
+    ]
+
+
+def run_round_robin(variants: list[Variant], warmup: int, steps: int, sync: Callable[[], None]) -> None:
+    """One step per variant per round, order rotated each round; warm-up rounds untimed."""
+    n = len(variants)
+    for r in range(warmup + steps):
+        for k in range(n):
+            v = variants[(r + k) % n]
+            sync()
+            t0 = time.perf_counter()
+            v.step()
+            sync()
+            if r >= warmup:
+                v.times.append(time.perf_counter() - t0)
+
+
+def summarise(preset: str, variants: list[Variant]) -> list[dict]:
+    by_name = {v.name: v for v in variants}
+    med = {v.name: statistics.median(v.times) for v in variants}
+    rows = []
+    for v in variants:
+        row = {"preset": preset, "variant": v.name, "ms": 1e3 * med[v.name], "steps_s": 1.0 / med[v.name],
+               "iqr_ms": 1e3 * _iqr(v.times), "base": None}
+        if v.name in TARGETS:
+            base, target, paper = TARGETS[v.name]
+            row.update(base=base, ratio=med[v.name] / med[base], target=target, paper=paper,
+                       paired=statistics.median(a / b for a, b in zip(v.times, by_name[base].times)))
+        rows.append(row)
+    return rows
+
+
+def _iqr(xs: list[float]) -> float:
+    if len(xs) < 4:
+        return float("nan")
+    q = statistics.quantiles(xs, n=4)
+    return q[2] - q[0]
+
+
+def print_table(rows: list[dict]) -> None:
+    head = f"{'preset':<7} {'variant':<12} {'ms/step':>9} {'IQR ms':>8} {'steps/s':>8}  {'ratio':>14} {'paired':>7}  {'target':>8} {'paper':>6}  result"
+    print(head)
+    print("-" * len(head))
+    for r in rows:
+        line = f"{r['preset']:<7} {r['variant']:<12} {r['ms']:9.1f} {r['iqr_ms']:8.1f} {r['steps_s']:8.2f}  "
+        if r["base"] is None:
+            line += f"{'(baseline)':>14}"
+        else:
+            paper = f"{r['paper']:.2f}x" if r["paper"] is not None else "-"
+            verdict = "PASS" if r["ratio"] <= r["target"] else "MISS"
+            line += (f"{r['ratio']:6.2f}x {r['base']:<7} {r['paired']:6.2f}x  "
+                     f"<={r['target']:.2f}x {paper:>6}  {verdict}")
+        print(line)
+
+
+def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> None:
+    """Median time of each part of the GPT/NextLat steps (the work of ``compute_losses``,
+    split at its seams): forward + CE, NextLat's latent losses, backward, optimiser.
+    Each variant runs ``steps`` more steps here, one variant after another."""
+    import torch
+
+    from nextlat_probe.models.objective import (
+        masked_cross_entropy,
+        nextlat_latent_losses,
+        normalize_latent,
+    )
+
+    store: dict[str, Any] = {}
+
+    def keep(resid, hook):  # the live last-block residual, as compute_losses keeps it
+        store["resid"] = resid
+        return resid
+
+    def now() -> float:
+        sync()
+        return time.perf_counter()
+
+    print(f"{'variant':<12} {'forward+CE':>11} {'latent':>8} {'backward':>9} {'optimiser':>10}   (median ms)")
+    for v in variants:
+        if v.parts is None:
+            continue
+        p = v.parts
+        model, dynamics, ocfg = p["model"], p["dynamics"], p["ocfg"]
+        t, tm, pm = p["batch"]
+        times: dict[str, list[float]] = {"fwd": [], "lat": [], "bwd": [], "opt": []}
+        for _ in range(steps):
+            clock = [now()]
+            if dynamics is None:
+                loss = masked_cross_entropy(model(t), t, tm)
+                clock += [now(), now()]
+            else:
+                with model.hooks(fwd_hooks=[(p["hook"], keep)]):
+                    logits = model(t)
+                ce = masked_cross_entropy(logits, t, tm)
+                clock.append(now())
+                h = normalize_latent(store.pop("resid"))
+                nh, kl = nextlat_latent_losses(model, dynamics, h, t, pm, ocfg.horizon, with_kl=ocfg.lambda_kl > 0)
+                loss = ce + ocfg.lambda_h * nh + ocfg.lambda_kl * kl
+                clock.append(now())
+            p["opt"].zero_grad(set_to_none=True)
+            loss.backward()
+            clock.append(now())
+            torch.nn.utils.clip_grad_norm_(p["params"], p["clip"])
+            p["opt"].step()
+            p["sched"].step()
+            clock.append(now())
+            for key, a, b in zip(times, clock, clock[1:]):
+                times[key].append(b - a)
+        med = {k: 1e3 * statistics.median(x) for k, x in times.items()}
+        print(f"{v.name:<12} {med['fwd']:11.1f} {med['lat']:8.1f} {med['bwd']:9.1f} {med['opt']:10.1f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from nextlat_probe.models.transformer import resolve_device
+    from nextlat_probe.training.trainer import default_seq_len
+    from nextlat_probe.worlds import make_world
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        from nextlat_probe.cli import UsageError
+
+        raise UsageError(str(exc)) from None
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    world = make_world(args.world)
+    seq_len = args.seq_len or default_seq_len(world)
+    tokens = world.sample(args.batch, seq_len, seed=args.seed).tokens
+    warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    print(f"training-step benchmark: world={args.world} batch={tokens.shape[0]} seq_len={tokens.shape[1]} "
+          f"device={dev_name} torch={torch.__version__}")
+    print("variants stepped round-robin on the same batch; medians over timed steps\n")
+
+    rows = []
+    for preset in args.presets:
+        steps = args.steps or DEFAULT_STEPS.get(preset, (20, 6))[1 if args.quick else 0]
+        variants = build_variants(preset, world, tokens, device)
+        t0 = time.perf_counter()
+        run_round_robin(variants, warmup, steps, sync)
+        print(f"[{preset}: {warmup} warm-up + {steps} timed rounds in {time.perf_counter() - t0:.0f} s]", flush=True)
+        rows += summarise(preset, variants)
+        if args.breakdown:
+            breakdown(variants, max(3, steps // 2), sync)
+    print()
+    print_table(rows)
+    print("\nratio = median(variant) / median(baseline); paired = median over rounds of the same-round ratio.")
+    print("Targets: GPT <= 1.05x bare TransformerLens; NextLat d=1 <= 1.10x GPT (paper 1.00x); d=8 <= 1.60x GPT (paper 1.79x).")
+    return 0
+
+
+if __name__ == "__main__":
+    from nextlat_probe.cli import run_main
+
+    run_main(main)
