@@ -23,10 +23,15 @@ How it measures, and why:
   median over rounds of (variant time / GPT time in the same round), a second estimate
   that cancels slow drift even more directly.
 - On CUDA every timed step is bracketed by ``torch.cuda.synchronize`` (kernels are async).
+- On CPU torch runs single-threaded by default (``--threads``): at these sizes a second
+  intra-op thread buys little, and when anything else shares the cores, oversubscribed
+  threads make steps 5-10x slower and far noisier, swamping the ratios being measured.
+  The load average is printed so a noisy run can be recognised.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -52,7 +57,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--world", default="taxi", help="world whose tokens form the batch (default taxi)")
     p.add_argument("--batch", type=int, default=64, help="batch size (default 64)")
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the world's default length)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1, see the module docstring)")
     p.add_argument("--breakdown", action="store_true", help="also time the parts of each step (forward, latent loss, backward, optimiser)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -67,6 +72,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         v = getattr(args, name)
         if v is not None and v < 1:
             raise UsageError(f"--{name} must be a positive integer, got {v}")
+    if args.seq_len is not None and args.seq_len < 2:
+        raise UsageError(f"--seq-len must be at least 2, got {args.seq_len}")
     if args.warmup is not None and args.warmup < 0:
         raise UsageError(f"--warmup must be >= 0, got {args.warmup}")
     return args
@@ -122,18 +129,31 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
     bare.train()
     bare_opt = torch.optim.AdamW(bare.parameters(), lr=1e-3)
 
-    def bare_step() -> None:
+    def bare_step() -> None:  # the TransformerLens README's loop
         loss = bare(t, return_type="loss")
         bare_opt.zero_grad()
         loss.backward()
         bare_opt.step()
 
     return [
-        Variant("TL bare", bare_step),
+        Variant("TL bare", bare_step, dict(model=bare, dynamics=None, opt=bare_opt, batch=(t, tm, pm))),
         trainer_variant("GPT", "gpt", 1),
         trainer_variant("NextLat d=1", "nextlat", 1),
         trainer_variant("NextLat d=8", "nextlat", 8),
     ]
+
+
+def matmul_share(preset: str, seq_len: int, vocab: int) -> tuple[float, float]:
+    """(p_psi, KL heads) multiply-adds per roll-out step, as a fraction of the transformer's
+    per token: a floor on what each NextLat roll-out step must add to a GPT step."""
+    from nextlat_probe.models.config import ModelConfig
+
+    c = ModelConfig.from_preset(preset)
+    d, hd = c.d_model, c.d_dynamics or c.d_model
+    attn = c.n_heads * c.d_head
+    transformer = c.n_layers * (4 * d * attn + 2 * d * c.d_mlp + 2 * attn * seq_len) + d * vocab
+    p_psi = 2 * d * hd + hd * hd + hd * d
+    return p_psi / transformer, 2 * d * vocab / transformer
 
 
 def run_round_robin(variants: list[Variant], warmup: int, steps: int, sync: Callable[[], None]) -> None:
@@ -189,8 +209,9 @@ def print_table(rows: list[dict]) -> None:
 
 
 def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> None:
-    """Median time of each part of the GPT/NextLat steps (the work of ``compute_losses``,
-    split at its seams): forward + CE, NextLat's latent losses, backward, optimiser.
+    """Median time of each part of every step (for GPT/NextLat the work of ``compute_losses``,
+    split at its seams): forward + CE, NextLat's latent losses, backward, optimiser (with
+    gradient clipping and the LR schedule, except for the bare step).
     Each variant runs ``steps`` more steps here, one variant after another."""
     import torch
 
@@ -212,15 +233,17 @@ def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> 
 
     print(f"{'variant':<12} {'forward+CE':>11} {'latent':>8} {'backward':>9} {'optimiser':>10}   (median ms)")
     for v in variants:
-        if v.parts is None:
-            continue
         p = v.parts
-        model, dynamics, ocfg = p["model"], p["dynamics"], p["ocfg"]
+        bare = "ocfg" not in p
+        model, dynamics, ocfg = p["model"], p["dynamics"], p.get("ocfg")
         t, tm, pm = p["batch"]
         times: dict[str, list[float]] = {"fwd": [], "lat": [], "bwd": [], "opt": []}
         for _ in range(steps):
             clock = [now()]
-            if dynamics is None:
+            if bare:
+                loss = model(t, return_type="loss")
+                clock += [now(), now()]
+            elif dynamics is None:
                 loss = masked_cross_entropy(model(t), t, tm)
                 clock += [now(), now()]
             else:
@@ -235,9 +258,11 @@ def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> 
             p["opt"].zero_grad(set_to_none=True)
             loss.backward()
             clock.append(now())
-            torch.nn.utils.clip_grad_norm_(p["params"], p["clip"])
+            if not bare:
+                torch.nn.utils.clip_grad_norm_(p["params"], p["clip"])
             p["opt"].step()
-            p["sched"].step()
+            if not bare:
+                p["sched"].step()
             clock.append(now())
             for key, a, b in zip(times, clock, clock[1:]):
                 times[key].append(b - a)
@@ -259,14 +284,17 @@ def main(argv: list[str] | None = None) -> int:
         from nextlat_probe.cli import UsageError
 
         raise UsageError(str(exc)) from None
-    if args.threads:
+    if device.type == "cpu":
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     world = make_world(args.world)
     seq_len = args.seq_len or default_seq_len(world)
     tokens = world.sample(args.batch, seq_len, seed=args.seed).tokens
     warmup = args.warmup if args.warmup is not None else (3 if args.quick else 5)
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
+    if device.type == "cuda":
+        dev_name = torch.cuda.get_device_name(device)
+    else:
+        dev_name = f"cpu ({torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
     print(f"training-step benchmark: world={args.world} batch={tokens.shape[0]} seq_len={tokens.shape[1]} "
           f"device={dev_name} torch={torch.__version__}")
     print("variants stepped round-robin on the same batch; medians over timed steps\n")
@@ -279,6 +307,10 @@ def main(argv: list[str] | None = None) -> int:
         run_round_robin(variants, warmup, steps, sync)
         print(f"[{preset}: {warmup} warm-up + {steps} timed rounds in {time.perf_counter() - t0:.0f} s]", flush=True)
         rows += summarise(preset, variants)
+        share, kl_share = matmul_share(preset, seq_len, world.vocab_size)
+        rollout = sum(max(seq_len - i, 0) for i in range(1, 9)) / seq_len  # step i covers L - i starts
+        print(f"[{preset}: one roll-out step adds {100 * share:.0f}% (p_psi) + {100 * kl_share:.0f}% (KL heads) to the "
+              f"transformer's matmul work; by matmul work alone d=8 ~ {1 + rollout * (share + kl_share):.2f}x GPT]", flush=True)
         if args.breakdown:
             breakdown(variants, max(3, steps // 2), sync)
     print()

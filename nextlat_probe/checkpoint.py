@@ -133,6 +133,7 @@ class LoadedCheckpoint:
     step: int
     metrics: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    label: str | None = None  # display name override (e.g. to tell two "gpt" runs apart)
 
     @property
     def objective(self) -> str:
@@ -140,7 +141,9 @@ class LoadedCheckpoint:
 
     @property
     def name(self) -> str:
-        """Short label: the run folder name, or the file stem."""
+        """Short label: ``label`` if set, else the run folder name, or the file stem."""
+        if self.label:
+            return self.label
         p = Path(self.path)
         return p.parent.name if p.name == "ckpt.pt" and p.parent.name else p.stem
 

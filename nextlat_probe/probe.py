@@ -132,10 +132,10 @@ def probe_checkpoints(
                 r = coordinate_regression(H[tr][mtr], xy[tr][mtr], H[te][mte], xy[te][mte])
                 rec.update(xy_r2=r.r2)
             records.append(rec)
-        emb = [r for r in records if r["path"] == ck.path and r["layer"] == "embed"]
+        emb = [r for r in records if r["checkpoint"] == ck.name and r["layer"] == "embed"]
         if emb and "r2" in emb[0]:
             for r in records:
-                if r["path"] == ck.path:
+                if r["checkpoint"] == ck.name:
                     r["embedding_baseline_r2"] = emb[0]["r2"]
     return ProbeReport(records, panels)
 

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 import numpy as np
 import scipy.linalg
 
-from .stats import CHUNK_ROWS, AnalysisError, CrossStats, as_numpy, as_rows
+from .stats import AnalysisError, CrossStats, as_numpy, as_rows, chunk_rows
 
 #: ridge strengths tried by ``alpha="cv"`` (absolute, as in sklearn's Ridge)
 DEFAULT_ALPHAS: tuple[float, ...] = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0, 1e3, 1e4)
@@ -265,8 +265,9 @@ class LinearProbe:
         self._check_fitted()
         X = as_rows(X, "LinearProbe.predict X", self.n_features_in_)
         out = np.empty((X.shape[0], self.n_targets_))
-        for i in range(0, X.shape[0], CHUNK_ROWS):
-            out[i : i + CHUNK_ROWS] = X[i : i + CHUNK_ROWS].astype(np.float64) @ self.coef_ + self.intercept_
+        step = chunk_rows(X.shape[1])
+        for i in range(0, X.shape[0], step):
+            out[i : i + step] = X[i : i + step].astype(np.float64) @ self.coef_ + self.intercept_
         return out
 
     def score(self, X: Any, Y: Any) -> dict[str, Any]:

@@ -22,8 +22,14 @@ import numpy as np
 
 from ..cli import UsageError
 
-#: rows per float64 chunk in ``update``: bounds the temporary copy at CHUNK x D x 8 bytes
-CHUNK_ROWS = 65536
+#: elements per float64 chunk in ``update``: bounds the temporary copy at 16 MiB whatever
+#: the input dtype, while chunks stay large enough for BLAS to run at full speed
+CHUNK_ELEMENTS = 1 << 21
+
+
+def chunk_rows(dim: int) -> int:
+    """Rows per chunk for arrays with ``dim`` columns."""
+    return max(256, min(65536, CHUNK_ELEMENTS // max(int(dim), 1)))
 
 
 class AnalysisError(UsageError, ValueError):
@@ -98,8 +104,9 @@ class SufficientStats:
     def update(self, X: Any) -> SufficientStats:
         """Add rows ``X`` (``[N, dim]`` or ``[..., dim]``); returns self."""
         X = as_rows(X, "SufficientStats.update", self.dim)
-        for i in range(0, X.shape[0], CHUNK_ROWS):
-            c = X[i : i + CHUNK_ROWS].astype(np.float64)
+        step = chunk_rows(self.dim)
+        for i in range(0, X.shape[0], step):
+            c = X[i : i + step].astype(np.float64)
             _check_finite(c, "SufficientStats.update")
             m = c.mean(axis=0)
             c -= m
@@ -168,9 +175,10 @@ class CrossStats:
         Y = as_rows(Y, "CrossStats.update Y", self.dim_y)
         if X.shape[0] != Y.shape[0]:
             raise AnalysisError(f"CrossStats.update: X has {X.shape[0]} rows but Y has {Y.shape[0]}")
-        for i in range(0, X.shape[0], CHUNK_ROWS):
-            x = X[i : i + CHUNK_ROWS].astype(np.float64)
-            y = Y[i : i + CHUNK_ROWS].astype(np.float64)
+        step = chunk_rows(self.dim_x + self.dim_y)
+        for i in range(0, X.shape[0], step):
+            x = X[i : i + step].astype(np.float64)
+            y = Y[i : i + step].astype(np.float64)
             _check_finite(x, "CrossStats.update X")
             _check_finite(y, "CrossStats.update Y")
             mx, my = x.mean(axis=0), y.mean(axis=0)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..models.dynamics import LatentDynamics
-from .stats import AnalysisError, as_numpy, as_rows
+from .stats import AnalysisError, as_numpy, as_rows, chunk_rows
 
 
 # --------------------------------------------------------------------------------------
@@ -49,7 +49,7 @@ def relative_error(pred: Any, target: Any, mean: Any = None) -> float:
 
 
 def _as_tensor(x: Any, name: str, device: torch.device | str, dtype=torch.float32) -> torch.Tensor:
-    t = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
+    t = x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x))
     if t.ndim != 3:
         raise AnalysisError(f"{name}: expected [n, L, D], got shape {tuple(t.shape)}")
     if not torch.isfinite(t).all():
@@ -298,8 +298,9 @@ def belief_consistency(H: Any, beliefs: Any, decimals: int = 6) -> float:
     return grouped_consistency(H, np.round(B, decimals) + 0.0)  # + 0.0 folds -0.0 into 0.0
 
 
-def _consistency(X: np.ndarray, inv: np.ndarray, chunk: int = 65536) -> float:
+def _consistency(X: np.ndarray, inv: np.ndarray) -> float:
     N = X.shape[0]
+    chunk = chunk_rows(X.shape[1])
     G = int(inv.max()) + 1
     counts = np.bincount(inv, minlength=G).astype(np.float64)
     sums = np.zeros((G, X.shape[1]))

@@ -23,6 +23,7 @@ from .style import (
     TRAIN_PANELS,
     as_float_array,
     checkpoint_styles,
+    common_limits,
     control_value,
     format_cell,
     group_by,
@@ -71,28 +72,10 @@ def write_report(sections: list[tuple[str, Any]], path: str | Path, title: str =
     """Several figures on one offline page, plotly.js inlined once.
 
     sections: ``(heading, content)`` pairs; content is a plotly Figure or an HTML string
-    (e.g. a table) inserted as is."""
-    import html
+    (e.g. a table) inserted as is. (``plots.page.write_page`` also takes captions.)"""
+    from .page import write_page
 
-    parts = [
-        "<!DOCTYPE html><html><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}</style>",
-        f"</head><body><h1>{html.escape(title)}</h1>",
-    ]
-    first = True
-    for heading, content in sections:
-        parts.append(f"<h2>{html.escape(str(heading))}</h2>")
-        if hasattr(content, "to_html"):
-            parts.append(content.to_html(include_plotlyjs=first, full_html=False))
-            first = False
-        else:
-            parts.append(str(content))
-    parts.append("</body></html>")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_page([(heading, "", content) for heading, content in sections], path, title=title)
 
 
 def _styles(records: list[dict[str, Any]], key: str | None = None) -> dict[str, dict[str, Any]]:
@@ -206,6 +189,7 @@ def belief_simplex_figure(panels: list[dict[str, Any]], max_points: int | None =
     proj, is_simplex = simplex_panels(panels, max_points, seed)
     fig = make_subplots(rows=1, cols=len(proj), subplot_titles=[p["title"] for p in proj], horizontal_spacing=0.03)
     tri = np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]])
+    xr, yr = common_limits([p["xy"] for p in proj] + ([SIMPLEX_CORNERS] if is_simplex else []))
     for k, p in enumerate(proj, start=1):
         if is_simplex:
             fig.add_trace(go.Scatter(x=tri[:, 0], y=tri[:, 1], mode="lines", line=dict(color="#444444", width=1),
@@ -217,7 +201,8 @@ def belief_simplex_figure(panels: list[dict[str, Any]], max_points: int | None =
             row=1, col=k,
         )
         anchor = "x" if k == 1 else f"x{k}"
-        fig.update_yaxes(scaleanchor=anchor, scaleratio=1, row=1, col=k)
+        fig.update_xaxes(range=xr, row=1, col=k)
+        fig.update_yaxes(range=yr, scaleanchor=anchor, scaleratio=1, row=1, col=k)
         if is_simplex:
             fig.update_xaxes(visible=False, row=1, col=k)
             fig.update_yaxes(visible=False, row=1, col=k)

@@ -148,18 +148,6 @@ def checkpoint_styles(names: Iterable[str], objectives: dict[str, str | None] | 
     return out
 
 
-def hex_to_rgb(color: str) -> tuple[float, float, float]:
-    """'#RRGGBB' -> floats in [0, 1]."""
-    c = color.lstrip("#")
-    return tuple(int(c[i : i + 2], 16) / 255.0 for i in (0, 2, 4))  # type: ignore[return-value]
-
-
-def rgba(color: str, alpha: float) -> str:
-    """'#RRGGBB' -> plotly 'rgba(r,g,b,a)'."""
-    r, g, b = (round(255 * v) for v in hex_to_rgb(color))
-    return f"rgba({r},{g},{b},{alpha})"
-
-
 # --------------------------------------------------------------------------------------
 # records
 # --------------------------------------------------------------------------------------
@@ -348,7 +336,7 @@ def map_edges(true_map: Any, undirected: bool = True) -> np.ndarray:
     return e.astype(np.int64)
 
 
-def map_layout(true_map: Any, mds_max_nodes: int = 1500, n_pivots: int = 100) -> np.ndarray:
+def map_layout(true_map: Any, mds_max_nodes: int = 1000, n_pivots: int = 100) -> np.ndarray:
     """Node positions [N, 2] for drawing: the map's ``coords`` when it has them; otherwise
     multidimensional scaling of the undirected hop distances, so a street grid comes out
     as a grid (units: hops). Classical MDS for components up to ``mds_max_nodes`` nodes,
@@ -389,8 +377,11 @@ def _mds(A: Any, mds_max_nodes: int, n_pivots: int) -> np.ndarray:
     if n <= mds_max_nodes:
         D2 = csgraph.shortest_path(A, directed=False, unweighted=True) ** 2
         B = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
-        w, v = np.linalg.eigh(B)
-        Y = v[:, ::-1][:, :2] * np.sqrt(np.maximum(w[::-1][:2], 0.0))
+        import scipy.linalg
+
+        top = min(2, n)
+        w, v = scipy.linalg.eigh(B, subset_by_index=[n - top, n - 1])
+        Y = v[:, ::-1] * np.sqrt(np.maximum(w[::-1], 0.0))
     else:
         k = min(n_pivots, n)
         pivots = [0]
@@ -403,8 +394,12 @@ def _mds(A: Any, mds_max_nodes: int, n_pivots: int) -> np.ndarray:
             nearest = np.minimum(nearest, D[i])
         D2 = (D**2).T  # [n, k]
         C = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
-        U, S, _ = np.linalg.svd(C, full_matrices=False)
-        Y = U[:, :2] * np.sqrt(S[:2] * np.sqrt(n / k))
+        w, V = np.linalg.eigh(C.T @ C)  # k x k: the top right singular vectors of C
+        V, S = V[:, ::-1][:, :2], np.sqrt(np.maximum(w[::-1][:2], 0.0))
+        Y = (C @ V) / np.sqrt(np.where(S > 0, S, 1.0))  # = U S^(1/2)
+        # least-squares scale to hops, from the distances to the pivots we already have
+        L = np.linalg.norm(Y[None, :, :] - Y[pivots][:, None, :], axis=-1)
+        Y = Y * (float((L * D).sum()) / max(float((L * L).sum()), 1e-300))
     if Y.shape[1] < 2:
         Y = np.hstack([Y, np.zeros((n, 2 - Y.shape[1]))])
     sign = np.sign(Y[np.abs(Y).argmax(axis=0), np.arange(2)])
@@ -484,10 +479,25 @@ def simplex_panels(panels: list[dict[str, Any]], max_points: int | None = 4000, 
     proj, is_simplex = belief_projection(trues)
     out = []
     for p, T in zip(panels, trues):
-        P = T if p.get("pred") is None else np.asarray(p["pred"], dtype=np.float64).reshape(T.shape)
+        P = T if p.get("pred") is None else np.asarray(p["pred"], dtype=np.float64)
+        if P.size != T.size:
+            raise ValueError(f"belief panel {p.get('title')!r}: pred has shape {P.shape}, true beliefs {T.shape}")
+        P = P.reshape(T.shape)
         idx = subsample(len(T), max_points, seed)
         out.append({"title": str(p.get("title", "")), "xy": proj(P[idx]), "rgb": belief_colors(T[idx])})
     return out, is_simplex
+
+
+def common_limits(xys: list[np.ndarray], pad: float = 0.04) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shared (x range, y range) of several point sets, padded, so panels compare at a glance."""
+    pts = np.vstack([np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in xys])
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return (0.0, 1.0), (0.0, 1.0)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.maximum(hi - lo, 1e-12)
+    lo, hi = lo - pad * span, hi + pad * span
+    return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
 
 
 def control_value(rec: dict[str, Any], metric: str = "r2") -> float | None:

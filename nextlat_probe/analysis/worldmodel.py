@@ -1,0 +1,812 @@
+"""Taxi world-model metrics (Vafa et al. 2024; NextLat paper, Table 1).
+
+Every metric talks to the model only through a *predictor*: a callable
+``predict(tokens int64 [n, L]) -> float [n, L, V]`` of next-token probabilities (row
+``t`` is the distribution of token ``t + 1``), the same convention as
+``World.next_token_probs``. ``model_predictor`` wraps a transformer, ``oracle_predictor``
+is the exact world (a perfect model), and any plain function works too, so the metrics
+can be checked on hand-built predictors without training anything.
+
+Validity is judged by the street map as a deterministic automaton (Vafa et al.): after
+``origin dest d_1 .. d_t`` the taxi is at node ``n``; a turn ``d`` is *legal* iff the map
+has an edge ``(n, d)``; ``end`` is legal iff ``n == dest``; after ``end`` nothing but
+padding follows. Node tokens or padding in the middle of a trip are never legal.
+
+Metrics (all on fresh trips drawn from the world's own sampler with ``seed``; every one
+returns a count, the number of trials and a Wilson 95% interval, see ``Rate``):
+
+- **next-token validity** (teacher forced): at every target position of a true trip (the
+  turns and the final ``end``) the top-1 prediction over the whole vocabulary must be a
+  legal turn from the current node, or ``end`` while the taxi stands at the destination
+  (for random walks ``end`` is legal at the destination only, even mid-walk). Unit: one
+  target position (positions of one trip are not independent, so the interval is
+  optimistic).
+- **valid trajectories**: greedy generation from each held-out ``(origin, dest)`` prompt for
+  at most ``max_turns`` turns (default ``3 * world.max_len``, capped by the model's
+  context). ``legal``: every generated turn is a street and the trip is well formed
+  (``check_sequences``' legal); ``valid``: legal, ended, and ``end`` at the destination.
+- **sequence compression** (Vafa et al.): a prefix ``A`` is cut from a true trip after
+  ``k`` turns, and a different prefix ``B`` with the same destination, the same current
+  node and the same number of turns ``k`` is drawn by a backward random walk from that
+  node (the turn count is matched because, for bounded random walks, the exact
+  next-token distribution depends on it through the length prior; Vafa et al. also
+  match lengths). ``n_continuations`` continuations are sampled from the model after
+  ``A`` with epsilon-cutoff sampling (tokens with probability < epsilon removed, the rest
+  renormalised), each until ``end``, a non-turn token or the turn budget. A pair passes
+  when every token of every continuation has probability > epsilon under the model
+  after ``B``. Unit: one prefix pair (all-or-nothing, as Vafa et al.); the fraction of
+  single continuations accepted is reported too. A model that ignores the state passes
+  trivially; read it together with distinction.
+- **distinction precision / recall** at the Myhill–Nerode boundary: two true trips cut
+  after the same number of turns ``k`` at *different* (node, destination) states. For
+  suffixes over the trip alphabet (8 turns and ``end``; ``end`` closes a suffix) of at
+  most ``suffix_len`` tokens, enumerated exactly:
+
+      true boundary A->B  = { u + x : u accepted from both states, u + x accepted from A
+                              but not from B }            (minimal distinguishing suffixes)
+      model boundary A->B = the same with "accepted" = every token has model probability
+                            > epsilon after the prefix
+
+  and symmetrically B->A. Precision = |model ∩ true| / |model|, recall =
+  |model ∩ true| / |true|, pooled over pairs and both directions (Vafa et al. average a
+  per-pair precision with an empty model boundary counted as 1; pooling keeps a binomial
+  count and leaves precision undefined (NaN) when the model distinguishes nothing).
+  ``truth="world"`` (default) takes "accepted" from the world's exact support
+  (probability > 0), i.e. the language the model was trained on: for bounded random
+  walks that includes the length prior and the largest strongly connected component,
+  and the exact model scores 1 whenever its positive probabilities exceed epsilon.
+  ``truth="map"`` uses the street map's automaton alone (Vafa et al.'s definition); the
+  exact model then loses points wherever the length budget rules out a legal turn.
+- **detour robustness**: greedy generation as above, but at each step, while the trip is
+  legal and the taxi is not at the destination, with probability ``p`` the model's token
+  is replaced by a legal turn after which the destination can still be reached within
+  the turn budget: ``random`` (uniform, other than the model's pick when possible),
+  ``least_likely`` (lowest model probability) or ``second_most_likely`` (highest model
+  probability other than the model's pick). Success is reported as legal and as valid.
+  (Vafa et al.'s rule; the NextLat paper uses random detours with p = 0.75.)
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..worlds.base import WorldError
+from .stats import AnalysisError
+
+EPSILON = 0.01
+DETOUR_KINDS = ("random", "least_likely", "second_most_likely")
+DETOUR_PROBS = (0.75, 0.01)
+TRUTHS = ("world", "map")
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
+# --------------------------------------------------------------------------------------
+# binomial rates with Wilson intervals
+# --------------------------------------------------------------------------------------
+def wilson_interval(count: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for ``count`` successes out of ``n`` (NaNs when ``n == 0``).
+
+    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0%
+    or 100%, which is exactly where world-model metrics live."""
+    count, n = int(count), int(n)
+    if n <= 0:
+        return float("nan"), float("nan")
+    if not 0 <= count <= n:
+        raise AnalysisError(f"wilson_interval: count {count} outside [0, {n}]")
+    p = count / n
+    z2 = z * z
+    denom = 1.0 + z2 / n
+    centre = (p + z2 / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
+    lo = 0.0 if count == 0 else max(0.0, centre - half)  # exact ends, no rounding residue
+    hi = 1.0 if count == n else min(1.0, centre + half)
+    return lo, hi
+
+
+@dataclass(frozen=True)
+class Rate:
+    """``count`` successes out of ``n`` trials, with the rate and its Wilson 95% interval."""
+
+    count: int
+    n: int
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.n if self.n else float("nan")
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        return wilson_interval(self.count, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        lo, hi = self.ci
+        return {"rate": self.rate, "count": int(self.count), "n": int(self.n), "ci_low": lo, "ci_high": hi}
+
+    def __str__(self) -> str:
+        lo, hi = self.ci
+        return f"{self.rate:.3f} [{lo:.3f}, {hi:.3f}] ({self.count}/{self.n})"
+
+
+# --------------------------------------------------------------------------------------
+# predictors
+# --------------------------------------------------------------------------------------
+class Predictor:
+    """Next-token probabilities ``[n, L, V]`` for token arrays ``[n, L]``.
+
+    ``max_length``: the longest input the predictor accepts (a transformer's context), or
+    None. ``last`` and ``token_probs`` exist so that large vocabularies (the real
+    Manhattan map has 4,589 tokens) never need ``[n, L, V]`` at once; subclasses override
+    them when they can do better than slicing ``__call__``.
+    """
+
+    max_length: int | None = None
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def last(self, tokens: np.ndarray) -> np.ndarray:
+        """``[n, V]``: the distribution of the token after each row."""
+        return self(tokens)[:, -1]
+
+    def token_probs(self, tokens: np.ndarray) -> np.ndarray:
+        """``[n, L - 1]``: probability of ``tokens[:, t + 1]`` given ``tokens[:, :t + 1]``."""
+        probs = self(tokens[:, :-1])
+        return np.take_along_axis(probs, tokens[:, 1:, None], axis=2)[..., 0]
+
+    def top1(self, tokens: np.ndarray) -> np.ndarray:
+        """int64 ``[n, L]``: the most likely next token at every position."""
+        return self(tokens).argmax(axis=-1)
+
+
+class _FunctionPredictor(Predictor):
+    def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_length: int | None = None):
+        self.fn = fn
+        self.max_length = max_length
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        return np.asarray(self.fn(np.asarray(tokens, dtype=np.int64)), dtype=np.float64)
+
+
+def as_predictor(predict: Any) -> Predictor:
+    """A ``Predictor`` from a predictor or a plain function ``tokens -> [n, L, V]``."""
+    if isinstance(predict, Predictor):
+        return predict
+    if callable(predict):
+        return _FunctionPredictor(predict, getattr(predict, "max_length", None))
+    raise AnalysisError(f"predictor must be callable, got {type(predict).__name__}")
+
+
+class ModelPredictor(Predictor):
+    """Softmax of a transformer's logits, under ``torch.no_grad`` and in row batches.
+
+    The model is put in eval mode. ``max_length`` is its context ``n_ctx``."""
+
+    def __init__(self, model, batch_size: int = 256):
+        self.model = model.eval()
+        self.batch_size = int(batch_size)
+        self.max_length = int(model.cfg.n_ctx)
+
+    def _run(self, tokens: np.ndarray, mode: str) -> np.ndarray:
+        """mode: ``all`` (float32 [n, L, V]), ``last`` ([n, V]), ``gather`` ([n, L - 1],
+        the probability of each next token) or ``top1`` (int64 [n, L])."""
+        import torch
+
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim != 2:
+            raise AnalysisError(f"predictor: tokens must be [n, L], got shape {tokens.shape}")
+        fed = tokens.shape[1] - (mode == "gather")
+        if fed > self.max_length:
+            raise AnalysisError(f"predictor: {fed} tokens exceed the model's context of {self.max_length}")
+        dev = next(self.model.parameters()).device
+        out = []
+        with torch.no_grad():
+            for s in range(0, tokens.shape[0], self.batch_size):
+                t = torch.as_tensor(tokens[s:s + self.batch_size], device=dev)
+                if mode == "gather":
+                    logp = torch.log_softmax(self.model(t[:, :-1]).float(), dim=-1)
+                    out.append(logp.gather(-1, t[:, 1:, None])[..., 0].exp().double().cpu().numpy())
+                    continue
+                logits = self.model(t).float()
+                if mode == "top1":
+                    out.append(logits.argmax(dim=-1).cpu().numpy())
+                elif mode == "last":
+                    out.append(torch.softmax(logits[:, -1], dim=-1).double().cpu().numpy())
+                else:
+                    out.append(torch.softmax(logits, dim=-1).cpu().numpy())
+        if not out:
+            V = int(self.model.cfg.d_vocab)
+            shapes = {"gather": (0, max(fed, 0)), "last": (0, V), "top1": (0, tokens.shape[1]),
+                      "all": (0, tokens.shape[1], V)}
+            return np.zeros(shapes[mode])
+        return np.concatenate(out)
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run(tokens, "all")
+
+    def last(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run(tokens, "last")
+
+    def token_probs(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run(tokens, "gather")
+
+    def top1(self, tokens: np.ndarray) -> np.ndarray:
+        return self._run(tokens, "top1")
+
+
+def model_predictor(model, batch_size: int = 256) -> ModelPredictor:
+    """Wrap a transformer (``model(tokens) -> logits [n, L, V]``) as a predictor."""
+    return ModelPredictor(model, batch_size=batch_size)
+
+
+class OraclePredictor(Predictor):
+    """The exact world as a model: ``world.next_token_probs`` wherever the prefix is
+    possible under the world.
+
+    Greedy detours and distinction suffixes can lead to prefixes of probability zero
+    (a detour that outlasts the length prior, an illegal suffix token); the world has
+    no posterior there and raises. Such positions get the distribution of a perfect
+    navigator instead: ``end`` at the destination, else the first turn (``DIRECTIONS``
+    order) on a shortest path of the full map, so the oracle still knows the map and its
+    goal after any legal detour. (Malformed prefixes get ``end``.)"""
+
+    def __init__(self, world):
+        check_taxi_world(world)
+        self.world = world
+        self._dist: dict[int, np.ndarray] = {}
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        w = self.world
+        tokens = np.asarray(tokens, dtype=np.int64)
+        probs, possible = _exact_where_possible(w, tokens)
+        if possible.all():
+            return probs
+        tr = trace_trips(w, tokens)
+        rows, cols = np.nonzero(~possible)
+        fill = np.zeros((rows.size, w.vocab_size))
+        first = cols == 0
+        fill[first, :w.map.n_nodes] = 1.0 / w.map.n_nodes
+        rest = ~first
+        r, c = rows[rest], cols[rest]
+        node, dest = tr["node"][r, c], tr["dest"][r]
+        ended, ok = tr["ended"][r, c], tr["ok"][r, c]
+        choice = np.full(r.size, w.end_id)
+        choice[ended] = w.pad_id
+        steer = ok & ~ended & (node != dest)
+        if steer.any():
+            choice[steer] = self._shortest_turn(node[steer], dest[steer])
+        fill[np.flatnonzero(rest), choice] = 1.0
+        probs[rows, cols] = fill
+        return probs
+
+    def _shortest_turn(self, node: np.ndarray, dest: np.ndarray) -> np.ndarray:
+        """Token of the first shortest-path turn (full map) from node to dest; end if none."""
+        w = self.world
+        need = [int(g) for g in np.unique(dest) if int(g) not in self._dist]
+        if need:
+            for g, row in zip(need, w.map.distances_to(need)):
+                self._dist[g] = row
+        succ = np.asarray(w.map.succ)
+        nb = succ[node]
+        dist = np.stack([self._dist[int(g)] for g in dest])  # [k, N]
+        here = dist[np.arange(node.size), node]
+        nxt = np.where(nb >= 0, dist[np.arange(node.size)[:, None], np.clip(nb, 0, None)], np.inf)
+        on_path = np.isfinite(here)[:, None] & (nxt == here[:, None] - 1)
+        return np.where(on_path.any(axis=1), w.dir0 + np.argmax(on_path, axis=1), w.end_id)
+
+
+def oracle_predictor(world) -> OraclePredictor:
+    """The perfect model of ``world`` (see ``OraclePredictor``)."""
+    return OraclePredictor(world)
+
+
+def _exact_where_possible(world, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(``world.next_token_probs`` where defined, bool ``[n, L]`` "tokens 0..t possible").
+
+    Fast path: one call when every row is possible. Otherwise the rows are grown one
+    position at a time, asking the world only about prefixes known to be possible."""
+    n, L = tokens.shape
+    try:
+        return world.next_token_probs(tokens), np.ones((n, L), dtype=bool)
+    except WorldError:
+        pass
+    out = np.zeros((n, L, world.vocab_size))
+    possible = np.zeros((n, L), dtype=bool)
+    if L == 0:
+        return out, possible
+    possible[:, 0] = np.isin(tokens[:, 0], world.walk_nodes)
+    for p in range(L):
+        rows = np.flatnonzero(possible[:, p])
+        if rows.size == 0:
+            break
+        pr = world.next_token_probs(tokens[rows, :p + 1])[:, p]
+        out[rows, p] = pr
+        if p + 1 < L:
+            possible[rows, p + 1] = pr[np.arange(rows.size), tokens[rows, p + 1]] > 0
+    return out, possible
+
+
+# --------------------------------------------------------------------------------------
+# the street map as an automaton
+# --------------------------------------------------------------------------------------
+def check_taxi_world(world) -> None:
+    """Raise ``AnalysisError`` unless ``world`` is a visible-origin taxi world."""
+    if getattr(world, "name", None) != "taxi":
+        raise AnalysisError(f"world-model metrics need a taxi world, got {getattr(world, 'name', type(world).__name__)!r}")
+    if getattr(world, "origin", "visible") != "visible":
+        raise AnalysisError("world-model metrics need the visible-origin taxi world (origin and destination tokens)")
+
+
+def trace_trips(world, tokens: np.ndarray) -> dict[str, np.ndarray]:
+    """Follow ``origin dest d_1 .. end pad ..`` rows through the full street map.
+
+    Per position ``t`` (state after token ``t``): ``node`` (current intersection; frozen
+    at the last legal position), ``turns`` (turn tokens so far), ``ok`` (tokens ``0..t``
+    are a legal trip prefix: nodes first, legal turns, ``end`` only at the destination,
+    only padding after it) and ``ended``; per row ``dest`` (-1 if the second token is
+    not a node). Loops over positions, vectorised over rows."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    n, L = tokens.shape
+    N, dir0 = world.map.n_nodes, world.dir0
+    succ = np.asarray(world.map.succ)
+    node = np.zeros((n, L), dtype=np.int64)
+    turns = np.zeros((n, L), dtype=np.int64)
+    ok = np.zeros((n, L), dtype=bool)
+    ended = np.zeros((n, L), dtype=bool)
+    dest = np.full(n, -1, dtype=np.int64)
+    if L == 0:
+        return dict(node=node, turns=turns, ok=ok, ended=ended, dest=dest)
+    is_node = (tokens >= 0) & (tokens < N)
+    cur = np.where(is_node[:, 0], tokens[:, 0], 0)
+    good = is_node[:, 0].copy()
+    done = np.zeros(n, dtype=bool)
+    t = np.zeros(n, dtype=np.int64)
+    node[:, 0], ok[:, 0] = cur, good
+    if L > 1:
+        dest = np.where(is_node[:, 1], tokens[:, 1], -1)
+        good = good & is_node[:, 1]
+        node[:, 1], ok[:, 1] = cur, good
+    for p in range(2, L):
+        tok = tokens[:, p]
+        d = tok - dir0
+        is_dir = (d >= 0) & (d < 8)
+        nxt = succ[cur, np.clip(d, 0, 7)]
+        walking = good & ~done
+        move = walking & is_dir & (nxt >= 0)
+        stop = walking & (tok == world.end_id) & (cur == dest)
+        good = np.where(done, good & (tok == world.pad_id), move | stop)
+        cur = np.where(move, nxt, cur)
+        t = t + (walking & is_dir)
+        done = done | (walking & (tok == world.end_id))
+        node[:, p], turns[:, p], ok[:, p], ended[:, p] = cur, t, good, done
+    return dict(node=node, turns=turns, ok=ok, ended=ended, dest=dest)
+
+
+def legal_next(world, node: np.ndarray, dest: np.ndarray) -> np.ndarray:
+    """bool ``[..., 9]``: legal next trip tokens (8 turns in ``DIRECTIONS`` order, then
+    ``end``) at intersection ``node`` with destination ``dest``."""
+    succ = np.asarray(world.map.succ)
+    node = np.asarray(node)
+    return np.concatenate([succ[node] >= 0, (node == np.asarray(dest))[..., None]], axis=-1)
+
+
+def _trip_ids(world) -> np.ndarray:
+    """Token ids of the trip alphabet: the 8 turns then ``end`` (contiguous)."""
+    return np.arange(world.dir0, world.end_id + 1)
+
+
+# --------------------------------------------------------------------------------------
+# generation
+# --------------------------------------------------------------------------------------
+def _sample_rows(probs: np.ndarray, rng: np.random.Generator, epsilon: float) -> np.ndarray:
+    """Epsilon-cutoff sampling: drop tokens with probability < epsilon, renormalise, draw
+    (rows where nothing survives take their argmax)."""
+    q = np.where(probs >= epsilon, probs, 0.0)
+    c = np.cumsum(q, axis=1)
+    total = c[:, -1]
+    u = rng.random(probs.shape[0]) * total
+    idx = np.minimum((c <= u[:, None]).sum(axis=1), probs.shape[1] - 1)
+    return np.where(total > 0, idx, probs.argmax(axis=1))
+
+
+def _detour(world, kind: str, probs: np.ndarray, pick: np.ndarray, allowed: np.ndarray,
+            u: np.ndarray) -> np.ndarray:
+    """Token replacing the model's ``pick`` on rows with a non-empty ``allowed`` [r, 8]."""
+    d_pick = pick - world.dir0
+    not_pick = allowed & (np.arange(8)[None, :] != d_pick[:, None])
+    others = np.where(not_pick.any(axis=1, keepdims=True), not_pick, allowed)
+    turn_p = probs[:, world.dir0:world.dir0 + 8]
+    if kind == "random":
+        c = np.cumsum(others, axis=1)
+        d = np.minimum((c <= (u * c[:, -1])[:, None]).sum(axis=1), 7)
+    elif kind == "least_likely":
+        d = np.argmin(np.where(allowed, turn_p, np.inf), axis=1)
+    elif kind == "second_most_likely":
+        d = np.argmax(np.where(others, turn_p, -np.inf), axis=1)
+    else:
+        raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
+    return world.dir0 + d
+
+
+def generate(predict: Any, world, prefixes: np.ndarray, n_new: int, *, sample: bool = False,
+             epsilon: float = EPSILON, rng: np.random.Generator | None = None,
+             detour: str | None = None, detour_p: float = 0.0, max_turns: int | None = None) -> np.ndarray:
+    """Extend equal-length ``prefixes`` ``[n, P]`` by up to ``n_new`` tokens.
+
+    Greedy (top-1 over the whole vocabulary) unless ``sample`` (epsilon-cutoff sampling).
+    A row stops after ``end`` or any other non-turn token; the rest is padding. With
+    ``detour`` (greedy only) the detour rule of the module docstring applies with
+    probability ``detour_p`` per step; ``max_turns`` is the turn budget it protects.
+    Returns int64 ``[n, P + n_new]``. All rows are predicted together at every step."""
+    predict = as_predictor(predict)
+    prefixes = np.asarray(prefixes, dtype=np.int64)
+    n, P = prefixes.shape
+    rng = np.random.default_rng() if rng is None else rng
+    tokens = np.full((n, P + n_new), world.pad_id, dtype=np.int64)
+    tokens[:, :P] = prefixes
+    tr = trace_trips(world, prefixes)
+    node, turns = tr["node"][:, -1].copy(), tr["turns"][:, -1].copy()
+    ok, dest = tr["ok"][:, -1].copy(), tr["dest"]
+    alive = ~tr["ended"][:, -1]
+    succ = np.asarray(world.map.succ)
+    dist = None
+    if detour is not None:
+        if max_turns is None:
+            raise AnalysisError("generate: detours need max_turns (the turn budget)")
+        dests, col = np.unique(np.clip(dest, 0, None), return_inverse=True)
+        dist = world.map.distances_to(dests)[col]  # [n, N] turns to each row's destination
+    for s in range(n_new):
+        u_detour, u_pick = rng.random(n), rng.random(n)  # drawn for all rows: reproducible
+        rows = np.flatnonzero(alive)
+        if rows.size == 0:
+            break
+        p = P + s
+        probs = predict.last(tokens[rows, :p])
+        tok = _sample_rows(probs, rng, epsilon) if sample else probs.argmax(axis=1)
+        if detour is not None and detour_p > 0:
+            nd = node[rows]
+            nb = succ[nd]
+            left = max_turns - turns[rows] - 1
+            reach = dist[rows[:, None], np.clip(nb, 0, None)] <= left[:, None]
+            allowed = (nb >= 0) & reach
+            go = ok[rows] & (nd != dest[rows]) & (u_detour[rows] < detour_p) & allowed.any(axis=1)
+            if go.any():
+                tok[go] = _detour(world, detour, probs[go], tok[go], allowed[go], u_pick[rows][go])
+        tokens[rows, p] = tok
+        d = tok - world.dir0
+        is_turn = (d >= 0) & (d < 8)
+        nxt = succ[node[rows], np.clip(d, 0, 7)]
+        move = is_turn & (nxt >= 0)
+        ok[rows] &= move | ((tok == world.end_id) & (node[rows] == dest[rows]))
+        node[rows] = np.where(move, nxt, node[rows])
+        turns[rows] += is_turn
+        alive[rows[~is_turn]] = False
+    return tokens
+
+
+def turn_budget(world, predict: Any, prompt_len: int = 2, max_turns: int | None = None) -> int:
+    """Turns a generation may take: ``max_turns`` (default ``3 * world.max_len``), capped so
+    that ``prompt + turns`` stays within the predictor's context (``end`` is the next
+    token, predicted from the last position)."""
+    want = 3 * int(world.max_len) if max_turns is None else int(max_turns)
+    cap = getattr(as_predictor(predict), "max_length", None)
+    if cap is not None:
+        want = min(want, int(cap) - prompt_len)
+    if want < 1:
+        raise AnalysisError(f"no room to generate: context {cap} leaves {want} turns after the prompt")
+    return want
+
+
+# --------------------------------------------------------------------------------------
+# the metrics
+# --------------------------------------------------------------------------------------
+def next_token_validity(predict: Any, world, tokens: np.ndarray, batch_size: int = 256) -> Rate:
+    """Teacher-forced top-1 validity over the target positions of true trips ``tokens``."""
+    predict = as_predictor(predict)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    tr = trace_trips(world, tokens)
+    rows, cols = np.nonzero(world.target_mask(tokens))
+    good = 0
+    n_rows = tokens.shape[0]
+    for s in range(0, n_rows, batch_size):
+        sel = (rows >= s) & (rows < s + batch_size)
+        if not sel.any():
+            continue
+        top = predict.top1(tokens[s:s + batch_size, :-1])  # position t predicts token t + 1
+        r, c = rows[sel], cols[sel]
+        pred = top[r - s, c - 1]
+        legal = legal_next(world, tr["node"][r, c - 1], tr["dest"][r])
+        j = pred - world.dir0
+        in_trip = (j >= 0) & (j < 9)
+        good += int((in_trip & legal[np.arange(r.size), np.clip(j, 0, 8)] & tr["ok"][r, c - 1]).sum())
+    return Rate(good, int(rows.size))
+
+
+def trajectory_validity(predict: Any, world, prompts: np.ndarray, max_turns: int | None = None,
+                        detour: str | None = None, detour_p: float = 0.0,
+                        rng: np.random.Generator | None = None) -> tuple[Rate, Rate, np.ndarray]:
+    """Greedy trips from ``(origin, dest)`` prompts ``[n, 2]`` (optionally with detours).
+    Returns (legal, valid, generated tokens)."""
+    from ..worlds.taxi import check_sequences
+
+    prompts = np.asarray(prompts, dtype=np.int64)
+    budget = turn_budget(world, predict, 2, max_turns)
+    out = generate(predict, world, prompts, budget + 1, rng=rng, detour=detour, detour_p=detour_p,
+                   max_turns=budget)
+    chk = check_sequences(world.map, out)
+    return Rate(int(chk["legal"].sum()), len(out)), Rate(int(chk["valid"].sum()), len(out)), out
+
+
+def _backward_prefixes(world, node: np.ndarray, dest: np.ndarray, k: np.ndarray,
+                       rng: np.random.Generator, width: int | None = None) -> np.ndarray:
+    """Prefixes ``[n, width]`` (default ``2 + max k``; padded) of ``k`` turns ending at
+    ``node``: a backward random walk over the world's walkable edges, uniform over the
+    incoming edges of each node."""
+    ws = np.asarray(world.walk_succ)
+    src, d = np.nonzero(ws >= 0)
+    dst = ws[src, d]
+    order = np.argsort(dst, kind="stable")
+    src, d, dst = src[order], d[order], dst[order]
+    start = np.searchsorted(dst, np.arange(world.map.n_nodes))
+    indeg = np.bincount(dst, minlength=world.map.n_nodes)
+    n, K = node.size, int(k.max()) if k.size else 0
+    out = np.full((n, 2 + K if width is None else width), world.pad_id, dtype=np.int64)
+    cur = node.copy()
+    for step in range(K):
+        act = step < k
+        e = start[cur] + (rng.random(n) * np.maximum(indeg[cur], 1)).astype(np.int64)
+        e = np.minimum(e, dst.size - 1)
+        pos = 2 + k - 1 - step  # turns are written from the last backwards
+        r = np.flatnonzero(act)
+        out[r, pos[r]] = world.dir0 + d[e[r]]
+        cur = np.where(act, src[e], cur)
+    out[:, 0], out[:, 1] = cur, dest
+    return out
+
+
+def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: float = EPSILON,
+                n_continuations: int = 10, max_turns: int | None = None,
+                retries: int = 10) -> dict[str, Any]:
+    """Sequence compression on trips ``sample`` (a ``Sample`` of true trips); see the module
+    docstring. Returns ``{"pairs": Rate, "continuations": Rate, "skipped": int}`` where
+    skipped counts states reachable by one prefix only (no different prefix found)."""
+    predict = as_predictor(predict)
+    L = np.asarray(sample.extras["lengths"], dtype=np.int64)
+    keep = np.flatnonzero(L >= 1)
+    k = rng.integers(1, L[keep] + 1)
+    node = sample.states[keep, 1 + k, 0]
+    dest = sample.extras["dest"][keep]
+    B = _backward_prefixes(world, node, dest, k, rng)
+    width = B.shape[1]
+    A = np.where(np.arange(width)[None, :] < 2 + k[:, None], sample.tokens[keep, :width], world.pad_id)
+    same = (A == B).all(axis=1)
+    for _ in range(retries):
+        if not same.any():
+            break
+        idx = np.flatnonzero(same)
+        B[idx] = _backward_prefixes(world, node[idx], dest[idx], k[idx], rng, width)
+        same[idx] = (A[idx] == B[idx]).all(axis=1)
+    use = np.flatnonzero(~same)
+    budget = turn_budget(world, predict, 2, max_turns)
+    cap = getattr(predict, "max_length", None)
+    M = int(n_continuations)
+    pairs_ok = conts_ok = n_pairs = 0
+    for kk in np.unique(k[use]):
+        g = use[k[use] == kk]
+        P = 2 + int(kk)
+        n_new = max(1, budget - int(kk) + 1)
+        if cap is not None:
+            n_new = min(n_new, int(cap) + 1 - P)
+        a = np.repeat(A[g, :P], M, axis=0)
+        b = np.repeat(B[g, :P], M, axis=0)
+        cont = generate(predict, world, a, n_new, sample=True, epsilon=epsilon, rng=rng)[:, P:]
+        scored = np.concatenate([b, cont], axis=1)
+        p = predict.token_probs(scored)[:, P - 1:]  # probabilities of the continuation tokens
+        # a continuation runs up to and including its first non-turn token
+        d = cont - world.dir0
+        stop = ~((d >= 0) & (d < 8))
+        first = np.where(stop.any(axis=1), stop.argmax(axis=1), n_new - 1)
+        inside = np.arange(n_new)[None, :] <= first[:, None]
+        accepted = np.where(inside, p > epsilon, True).all(axis=1)
+        conts_ok += int(accepted.sum())
+        pairs_ok += int(accepted.reshape(-1, M).all(axis=1).sum())
+        n_pairs += g.size
+    return {"pairs": Rate(pairs_ok, n_pairs), "continuations": Rate(conts_ok, n_pairs * M),
+            "skipped": int(same.sum())}
+
+
+def _distinction_group(predict: Predictor, world, A: np.ndarray, B: np.ndarray, suffix_len: int,
+                       epsilon: float, truth: str, return_sets: bool = False) -> dict[str, Any]:
+    """Boundary counts for prefix pairs ``A``, ``B`` of equal length (rows pair up).
+
+    Enumerates suffix prefixes ``u`` level by level, keeping those accepted from both
+    states by the truth or by the model (only those can be extended into a minimal
+    boundary element)."""
+    trip = _trip_ids(world)
+    m = A.shape[0]
+    tr_a, tr_b = trace_trips(world, A), trace_trips(world, B)
+    pair = np.arange(m)
+    suffix = np.zeros((m, 0), dtype=np.int64)
+    v_a, v_b = tr_a["ok"][:, -1].copy(), tr_b["ok"][:, -1].copy()
+    a_a, a_b = np.ones(m, bool), np.ones(m, bool)
+    n_a, n_b = tr_a["node"][:, -1].copy(), tr_b["node"][:, -1].copy()
+    d_a, d_b = tr_a["dest"], tr_b["dest"]
+    succ = np.asarray(world.map.succ)
+    counts = {"true": 0, "model": 0, "both": 0}
+    sets: dict[str, set] = {"true_ab": set(), "true_ba": set(), "model_ab": set(), "model_ba": set()}
+
+    def accept(prefix: np.ndarray, need: np.ndarray, model: bool) -> np.ndarray:
+        out = np.zeros((prefix.shape[0], 9), dtype=bool)
+        rows = np.flatnonzero(need)
+        if rows.size == 0:
+            return out
+        if model:
+            out[rows] = predict.last(prefix[rows])[:, trip] > epsilon
+        elif truth == "world":
+            out[rows] = world.next_token_probs(prefix[rows])[:, -1, trip] > 0
+        return out
+
+    for level in range(int(suffix_len)):
+        xa = np.concatenate([A[pair], suffix], axis=1)
+        xb = np.concatenate([B[pair], suffix], axis=1)
+        da, db = d_a[pair], d_b[pair]
+        if truth == "map":
+            ta = legal_next(world, n_a, da) & v_a[:, None]
+            tb = legal_next(world, n_b, db) & v_b[:, None]
+        else:
+            ta, tb = accept(xa, v_a, False), accept(xb, v_b, False)
+        ma, mb = accept(xa, a_a, True), accept(xb, a_b, True)
+        jt = (v_a & v_b)[:, None]
+        jm = (a_a & a_b)[:, None]
+        t_ab, t_ba = jt & ta & ~tb, jt & tb & ~ta
+        m_ab, m_ba = jm & ma & ~mb, jm & mb & ~ma
+        counts["true"] += int(t_ab.sum() + t_ba.sum())
+        counts["model"] += int(m_ab.sum() + m_ba.sum())
+        counts["both"] += int((t_ab & m_ab).sum() + (t_ba & m_ba).sum())
+        if return_sets:
+            for key, arr in (("true_ab", t_ab), ("true_ba", t_ba), ("model_ab", m_ab), ("model_ba", m_ba)):
+                for r, x in zip(*np.nonzero(arr)):
+                    sets[key].add(tuple(int(v) for v in suffix[r]) + (int(trip[x]),))
+        if level + 1 >= suffix_len:
+            break
+        grow = (jt & ta & tb) | (jm & ma & mb)
+        grow[:, 8] = False  # end closes a suffix
+        r, x = np.nonzero(grow)
+        if r.size == 0:
+            break
+        pair, suffix = pair[r], np.concatenate([suffix[r], trip[x][:, None]], axis=1)
+        v_a, v_b = v_a[r] & ta[r, x], v_b[r] & tb[r, x]
+        a_a, a_b = a_a[r] & ma[r, x], a_b[r] & mb[r, x]
+        n_a = np.where(succ[n_a[r], x] >= 0, succ[n_a[r], x], n_a[r])
+        n_b = np.where(succ[n_b[r], x] >= 0, succ[n_b[r], x], n_b[r])
+    out: dict[str, Any] = dict(counts)
+    if return_sets:
+        out["sets"] = sets
+    return out
+
+
+def distinction_sets(predict: Any, world, prefix_a, prefix_b, suffix_len: int = 3,
+                     epsilon: float = EPSILON, truth: str = "world") -> dict[str, set]:
+    """The four boundaries of ONE prefix pair as sets of token-id tuples:
+    ``true_ab``, ``true_ba``, ``model_ab``, ``model_ba`` (see the module docstring)."""
+    if truth not in TRUTHS:
+        raise AnalysisError(f"truth must be one of {', '.join(TRUTHS)}, got {truth!r}")
+    A = np.asarray(prefix_a, dtype=np.int64)[None, :]
+    B = np.asarray(prefix_b, dtype=np.int64)[None, :]
+    if A.shape != B.shape:
+        raise AnalysisError("distinction_sets: the two prefixes must have the same length")
+    return _distinction_group(as_predictor(predict), world, A, B, suffix_len, epsilon, truth, return_sets=True)["sets"]
+
+
+def distinction(predict: Any, world, sample, rng: np.random.Generator, epsilon: float = EPSILON,
+                suffix_len: int = 3, truth: str = "world") -> dict[str, Any]:
+    """Distinction precision / recall over pairs of trips in ``sample``; see the module
+    docstring. Each trip is paired with another random trip; both are cut after the same
+    number of turns; pairs at the same (node, destination) state are skipped."""
+    if truth not in TRUTHS:
+        raise AnalysisError(f"truth must be one of {', '.join(TRUTHS)}, got {truth!r}")
+    predict = as_predictor(predict)
+    n = len(sample)
+    if n < 2:
+        return {"precision": Rate(0, 0), "recall": Rate(0, 0), "pairs": 0, "skipped": 0}
+    i = np.arange(n)
+    j = (i + 1 + rng.integers(0, n - 1, size=n)) % n
+    L = np.asarray(sample.extras["lengths"], dtype=np.int64)
+    k = rng.integers(1, np.maximum(np.minimum(L[i], L[j]), 1) + 1)
+    st_i = sample.states[i, 1 + k, :2]
+    st_j = sample.states[j, 1 + k, :2]
+    differ = (st_i != st_j).any(axis=1) & (np.minimum(L[i], L[j]) >= 1)
+    tot = {"true": 0, "model": 0, "both": 0}
+    for kk in np.unique(k[differ]):
+        g = np.flatnonzero(differ & (k == kk))
+        P = 2 + int(kk)
+        res = _distinction_group(predict, world, sample.tokens[i[g], :P], sample.tokens[j[g], :P],
+                                 suffix_len, epsilon, truth)
+        for key in tot:
+            tot[key] += res[key]
+    return {"precision": Rate(tot["both"], tot["model"]), "recall": Rate(tot["both"], tot["true"]),
+            "pairs": int(differ.sum()), "skipped": int((~differ).sum())}
+
+
+# --------------------------------------------------------------------------------------
+# everything at once
+# --------------------------------------------------------------------------------------
+@dataclass
+class WorldModelResult:
+    """All taxi world-model metrics of one predictor (each a ``Rate``)."""
+
+    next_token: Rate
+    trajectory_legal: Rate
+    trajectory_valid: Rate
+    compression: Rate
+    compression_continuations: Rate
+    distinction_precision: Rate
+    distinction_recall: Rate
+    #: ``{"random@0.75": {"legal": Rate, "valid": Rate}, ...}``
+    detour: dict[str, dict[str, Rate]] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in ("next_token", "trajectory_legal", "trajectory_valid", "compression",
+                     "compression_continuations", "distinction_precision", "distinction_recall"):
+            out[name] = getattr(self, name).to_dict()
+        out["detour"] = {key: {k: r.to_dict() for k, r in v.items()} for key, v in self.detour.items()}
+        out["settings"] = dict(self.settings)
+        out["counts"] = dict(self.counts)
+        return out
+
+
+def detour_key(kind: str, p: float) -> str:
+    return f"{kind}@{p:g}"
+
+
+def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0, epsilon: float = EPSILON,
+                         max_turns: int | None = None, n_continuations: int = 10, suffix_len: int = 3,
+                         detour_probs: tuple[float, ...] = DETOUR_PROBS,
+                         detour_kinds: tuple[str, ...] = DETOUR_KINDS, truth: str = "world") -> WorldModelResult:
+    """Every metric of the module docstring on ``n_pairs`` fresh trips drawn from ``world``
+    with ``seed`` (the same trips for every predictor given the same world and seed)."""
+    check_taxi_world(world)
+    predict = as_predictor(predict)
+    if n_pairs < 1:
+        raise AnalysisError(f"n_pairs must be positive, got {n_pairs}")
+    if not 0 < epsilon < 1:
+        raise AnalysisError(f"epsilon must lie in (0, 1), got {epsilon}")
+    if truth not in TRUTHS:
+        raise AnalysisError(f"truth must be one of {', '.join(TRUTHS)}, got {truth!r}")
+    for kind in detour_kinds:
+        if kind not in DETOUR_KINDS:
+            raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
+    sample = world.sample(int(n_pairs), seed=np.random.default_rng([int(seed), 0x7A]))
+    budget = turn_budget(world, predict, 2, max_turns)
+    nt = next_token_validity(predict, world, sample.tokens)
+    prompts = sample.tokens[:, :2]
+    legal, valid, _ = trajectory_validity(predict, world, prompts, budget)
+    comp = compression(predict, world, sample, np.random.default_rng([int(seed), 1]), epsilon,
+                       n_continuations, budget)
+    dist = distinction(predict, world, sample, np.random.default_rng([int(seed), 2]), epsilon, suffix_len, truth)
+    detours: dict[str, dict[str, Rate]] = {}
+    for pi, p in enumerate(detour_probs):
+        for ki, kind in enumerate(detour_kinds):
+            rng = np.random.default_rng([int(seed), 3, pi, ki])
+            lg, vd, _ = trajectory_validity(predict, world, prompts, budget, detour=kind, detour_p=float(p), rng=rng)
+            detours[detour_key(kind, p)] = {"legal": lg, "valid": vd}
+    settings = {"n_pairs": int(n_pairs), "seed": int(seed), "epsilon": float(epsilon), "max_turns": budget,
+                "n_continuations": int(n_continuations), "suffix_len": int(suffix_len), "truth": truth,
+                "detour_probs": [float(p) for p in detour_probs], "detour_kinds": list(detour_kinds)}
+    counts = {"compression_skipped": comp["skipped"], "distinction_pairs": dist["pairs"],
+              "distinction_skipped": dist["skipped"]}
+    return WorldModelResult(next_token=nt, trajectory_legal=legal, trajectory_valid=valid,
+                            compression=comp["pairs"], compression_continuations=comp["continuations"],
+                            distinction_precision=dist["precision"], distinction_recall=dist["recall"],
+                            detour=detours, settings=settings, counts=counts)
+
+
+__all__ = ["EPSILON", "DETOUR_KINDS", "DETOUR_PROBS", "Rate", "wilson_interval", "Predictor", "ModelPredictor",
+           "OraclePredictor", "model_predictor", "oracle_predictor", "as_predictor", "trace_trips", "legal_next",
+           "generate", "turn_budget", "next_token_validity", "trajectory_validity", "compression", "distinction",
+           "distinction_sets", "WorldModelResult", "evaluate_world_model", "detour_key", "check_taxi_world"]
