@@ -96,6 +96,32 @@ def table(records: list[dict[str, Any]]) -> str:
     return format_table(rows, cols) + "\n" + note
 
 
+def figure_rows(records: list[dict[str, Any]], detour: str = "random@0.75") -> list[dict[str, Any]]:
+    """Rows for ``plots.interactive.worldmodel_table_figure`` / ``plots.paper.worldmodel_plot``:
+    one per checkpoint, metric cells as ``(rate, ci_low, ci_high)`` (NaN when undefined)."""
+    nan = float("nan")
+
+    def cell(r: dict[str, Any]) -> tuple[float, float, float]:
+        if not r or not r.get("n"):
+            return nan, nan, nan
+        return tuple(nan if r[k] is None else float(r[k]) for k in ("rate", "ci_low", "ci_high"))  # type: ignore[return-value]
+
+    short = {"next_token": "next-token", "trajectory_legal": "legal traj.", "trajectory_valid": "valid traj.",
+             "compression": "compression", "distinction_precision": "distinction P",
+             "distinction_recall": "distinction R"}
+    rows = []
+    for r in records:
+        row: dict[str, Any] = {"model": r["checkpoint"], "objective": r["objective"]}
+        row.update({label: cell(r[key]) for key, label in short.items()})
+        if detour in r["detour"]:
+            kind, p = detour.split("@")
+            row[f"detour ({kind}, p={p})"] = cell(r["detour"][detour]["valid"])
+        row["eff. rank"] = r["effective_rank"]
+        row["val loss"] = nan if r["val_loss"] is None else r["val_loss"]
+        rows.append(row)
+    return rows
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nextlat_probe.worldmodel",

@@ -46,7 +46,7 @@ def test_wilson_interval_against_hand_and_root_finding():
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)  # textbook value
     # the Wilson interval is {p : |phat - p| <= z sqrt(p (1 - p) / n)}: solve that directly
     for k, n in [(8, 10), (3, 40), (97, 100)]:
-        f = lambda p: (k / n - p) ** 2 - wm.Z95 ** 2 * p * (1 - p) / n  # noqa: E731
+        f = lambda p, k=k, n=n: (k / n - p) ** 2 - wm.Z95 ** 2 * p * (1 - p) / n  # noqa: E731
         lo, hi = wm.wilson_interval(k, n)
         assert lo == pytest.approx(brentq(f, 1e-12, k / n), abs=1e-9)
         assert hi == pytest.approx(brentq(f, k / n, 1 - 1e-12), abs=1e-9)
@@ -256,17 +256,24 @@ def test_worldmodel_cli_table_and_json(tiny_taxi_ckpts, capsys):
     import torch
 
     from nextlat_probe.checkpoint import load_checkpoint
-    from nextlat_probe.worldmodel import main
+    from nextlat_probe.worldmodel import main, table
 
     paths = [str(tiny_taxi_ckpts["gpt"]), str(tiny_taxi_ckpts["nextlat"])]
     args = [*paths, "--n-pairs", "24", "--rank-seqs", "16", "--continuations", "3", "--seed", "5"]
-    assert main(args) == 0
-    text = capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    recs = json.loads(capsys.readouterr().out)  # one JSON document, nothing else
+    text = table(recs)  # what main prints without --json
     for label in ("next-token validity", "every turn legal", "compression", "distinction recall",
                   "detour random p=0.75", "eff. rank", "val loss", "gpt", "nextlat"):
         assert label in text
-    assert main([*args, "--json"]) == 0
-    recs = json.loads(capsys.readouterr().out)
+    nt = recs[1]["next_token"]
+    assert f"{100 * nt['rate']:.1f} [{100 * nt['ci_low']:.1f}, {100 * nt['ci_high']:.1f}]" in text
+    from nextlat_probe.plots.interactive import worldmodel_table_figure
+    from nextlat_probe.worldmodel import figure_rows
+
+    rows = figure_rows(recs)
+    assert rows[1]["next-token"] == (nt["rate"], nt["ci_low"], nt["ci_high"])
+    worldmodel_table_figure(rows)  # the plotting layer reads these rows
     assert [r["objective"] for r in recs] == ["gpt", "nextlat"]
     for r in recs:
         assert r["effective_rank"] > 1 and r["val_loss"] is not None

@@ -305,7 +305,7 @@ def hop_distances(street_map: StreetMap, sources: np.ndarray | None = None) -> n
     return csgraph.shortest_path(und, directed=False, unweighted=True, indices=sources)
 
 
-def layout_coords(street_map: StreetMap, max_landmarks: int = 300, seed: int = 0) -> np.ndarray:
+def layout_coords(street_map: StreetMap, max_landmarks: int = 128, seed: int = 0) -> np.ndarray:
     """The map's coordinates, or a 2-D classical MDS of undirected hop distances.
 
     Maps with more than ``max_landmarks`` nodes use landmark MDS (de Silva & Tenenbaum
@@ -330,11 +330,13 @@ def layout_coords(street_map: StreetMap, max_landmarks: int = 300, seed: int = 0
     from scipy.linalg import eigh
 
     vals, vecs = eigh((B + B.T) / 2, subset_by_index=[max(m - 2, 0), m - 1])  # the two largest
-    lam, v = np.clip(vals[::-1], 1e-12, None), vecs[:, ::-1]
+    lam, v = vals[::-1], vecs[:, ::-1]
     if lam.size < 2:  # a two-node map
-        lam, v = np.append(lam, 1e-12), np.column_stack([v, np.zeros(m)])
+        lam, v = np.append(lam, 0.0), np.column_stack([v, np.zeros(m)])
+    # an axis without spread (e.g. a map that is a single street) stays at 0
+    inv = np.where(lam > 1e-9 * max(lam.max(), 1e-300), 1.0 / np.sqrt(np.clip(lam, 1e-300, None)), 0.0)
     mean = delta.mean(axis=1)
-    return -0.5 * (D2 - mean[:, None]).T @ (v / np.sqrt(lam))
+    return -0.5 * (D2 - mean[:, None]).T @ (v * inv)
 
 
 def _procrustes(ref: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, float]:

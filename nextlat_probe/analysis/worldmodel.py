@@ -160,6 +160,19 @@ class Predictor:
         """int64 ``[n, L]``: the most likely next token at every position."""
         return self(tokens).argmax(axis=-1)
 
+    def at(self, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """``[n, V]``: the distribution of the token after position ``pos[i]`` of row ``i``
+        (ragged prefixes in one padded array; what follows ``pos[i]`` is ignored)."""
+        pos = np.asarray(pos, dtype=np.int64)
+        out = None
+        for p in np.unique(pos):
+            rows = np.flatnonzero(pos == p)
+            probs = self.last(tokens[rows, :p + 1])
+            if out is None:
+                out = np.zeros((pos.size, probs.shape[1]))
+            out[rows] = probs
+        return np.zeros((0, 0)) if out is None else out
+
 
 class _FunctionPredictor(Predictor):
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_length: int | None = None):
@@ -197,6 +210,10 @@ class ModelPredictor(Predictor):
         tokens = np.asarray(tokens, dtype=np.int64)
         if tokens.ndim != 2:
             raise AnalysisError(f"predictor: tokens must be [n, L], got shape {tokens.shape}")
+        pos = None
+        if isinstance(mode, tuple):  # ("at", positions)
+            mode, pos = mode
+            tokens = tokens[:, :int(pos.max()) + 1] if pos.size else tokens[:, :1]
         fed = tokens.shape[1] - (mode == "gather")
         if fed > self.max_length:
             raise AnalysisError(f"predictor: {fed} tokens exceed the model's context of {self.max_length}")
@@ -210,7 +227,10 @@ class ModelPredictor(Predictor):
                     out.append(logp.gather(-1, t[:, 1:, None])[..., 0].exp().double().cpu().numpy())
                     continue
                 logits = self.model(t).float()
-                if mode == "top1":
+                if mode == "at":
+                    p = torch.as_tensor(pos[s:s + self.batch_size], device=dev)
+                    out.append(torch.softmax(logits[torch.arange(t.shape[0], device=dev), p], dim=-1).double().cpu().numpy())
+                elif mode == "top1":
                     out.append(logits.argmax(dim=-1).cpu().numpy())
                 elif mode == "last":
                     out.append(torch.softmax(logits[:, -1], dim=-1).double().cpu().numpy())
@@ -218,7 +238,7 @@ class ModelPredictor(Predictor):
                     out.append(torch.softmax(logits, dim=-1).cpu().numpy())
         if not out:
             V = int(self.model.cfg.d_vocab)
-            shapes = {"gather": (0, max(fed, 0)), "last": (0, V), "top1": (0, tokens.shape[1]),
+            shapes = {"gather": (0, max(fed, 0)), "last": (0, V), "at": (0, V), "top1": (0, tokens.shape[1]),
                       "all": (0, tokens.shape[1], V)}
             return np.zeros(shapes[mode])
         return np.concatenate(out)
@@ -234,6 +254,9 @@ class ModelPredictor(Predictor):
 
     def top1(self, tokens: np.ndarray) -> np.ndarray:
         return self._run(tokens, "top1")
+
+    def at(self, tokens: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        return self._run(tokens, ("at", np.asarray(pos, dtype=np.int64)))
 
 
 def model_predictor(model, batch_size: int = 256) -> ModelPredictor:
@@ -430,51 +453,73 @@ def _detour(world, kind: str, probs: np.ndarray, pick: np.ndarray, allowed: np.n
     return world.dir0 + d
 
 
-def generate(predict: Any, world, prefixes: np.ndarray, n_new: int, *, sample: bool = False,
-             epsilon: float = EPSILON, rng: np.random.Generator | None = None,
-             detour: str | None = None, detour_p: float = 0.0, max_turns: int | None = None) -> np.ndarray:
-    """Extend equal-length ``prefixes`` ``[n, P]`` by up to ``n_new`` tokens.
+def generate(predict: Any, world, prefixes: np.ndarray, n_new: int | np.ndarray, *,
+             lengths: np.ndarray | None = None, sample: bool = False, epsilon: float = EPSILON,
+             rng: np.random.Generator | None = None, detour: Any = None, detour_p: Any = 0.0,
+             max_turns: int | None = None) -> np.ndarray:
+    """Extend ``prefixes`` ``[n, W]`` (row ``i`` holds ``lengths[i]`` tokens, default all
+    ``W``) by up to ``n_new`` tokens (an int or one per row).
 
     Greedy (top-1 over the whole vocabulary) unless ``sample`` (epsilon-cutoff sampling).
-    A row stops after ``end`` or any other non-turn token; the rest is padding. With
-    ``detour`` (greedy only) the detour rule of the module docstring applies with
-    probability ``detour_p`` per step; ``max_turns`` is the turn budget it protects.
-    Returns int64 ``[n, P + n_new]``. All rows are predicted together at every step."""
+    A row stops after ``end`` or any other non-turn token; its remaining cells are
+    padding. ``detour`` (greedy only; a kind, or one kind or None per row) applies the
+    detour rule of the module docstring with probability ``detour_p`` (scalar or per
+    row) at each step; ``max_turns`` is the turn budget it protects. Returns int64
+    ``[n, W + max n_new]``; row ``i``'s new tokens start at ``lengths[i]``. All rows are
+    predicted together: one predictor call per step."""
     predict = as_predictor(predict)
     prefixes = np.asarray(prefixes, dtype=np.int64)
-    n, P = prefixes.shape
+    n, W = prefixes.shape
+    lengths = np.full(n, W, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
+    limit = np.broadcast_to(np.asarray(n_new, dtype=np.int64), (n,))
+    steps = int(limit.max()) if n else 0
     rng = np.random.default_rng() if rng is None else rng
-    tokens = np.full((n, P + n_new), world.pad_id, dtype=np.int64)
-    tokens[:, :P] = prefixes
+    tokens = np.full((n, W + steps), world.pad_id, dtype=np.int64)
+    tokens[:, :W] = np.where(np.arange(W)[None, :] < lengths[:, None], prefixes, world.pad_id)
     tr = trace_trips(world, prefixes)
-    node, turns = tr["node"][:, -1].copy(), tr["turns"][:, -1].copy()
-    ok, dest = tr["ok"][:, -1].copy(), tr["dest"]
-    alive = ~tr["ended"][:, -1]
+    at = (np.arange(n), lengths - 1)
+    node, turns, ok = tr["node"][at].copy(), tr["turns"][at].copy(), tr["ok"][at].copy()
+    dest = tr["dest"]
+    alive = ~tr["ended"][at] & (limit > 0)
     succ = np.asarray(world.map.succ)
-    dist = None
+    kinds = np.full(n, -1, dtype=np.int64)
     if detour is not None:
+        names = [detour] * n if isinstance(detour, str) else list(detour)
+        for kind in set(names) - {None}:
+            if kind not in DETOUR_KINDS:
+                raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
+        kinds = np.array([-1 if k is None else DETOUR_KINDS.index(k) for k in names], dtype=np.int64)
+    p_detour = np.broadcast_to(np.asarray(detour_p, dtype=np.float64), (n,))
+    detouring = (kinds >= 0) & (p_detour > 0)
+    dist = None
+    if detouring.any():
         if max_turns is None:
             raise AnalysisError("generate: detours need max_turns (the turn budget)")
-        dests, col = np.unique(np.clip(dest, 0, None), return_inverse=True)
-        dist = world.map.distances_to(dests)[col]  # [n, N] turns to each row's destination
-    for s in range(n_new):
+        dests, dest_col = np.unique(np.clip(dest, 0, None), return_inverse=True)
+        dist = world.map.distances_to(dests)  # [k, N] turns to each destination
+    cur = lengths.copy()  # next cell to fill
+    for s in range(steps):
         u_detour, u_pick = rng.random(n), rng.random(n)  # drawn for all rows: reproducible
+        alive &= s < limit
         rows = np.flatnonzero(alive)
         if rows.size == 0:
             break
-        p = P + s
-        probs = predict.last(tokens[rows, :p])
+        c = cur[rows]
+        probs = predict.at(tokens[rows, :int(c.max())], c - 1)
         tok = _sample_rows(probs, rng, epsilon) if sample else probs.argmax(axis=1)
-        if detour is not None and detour_p > 0:
+        if dist is not None:
             nd = node[rows]
             nb = succ[nd]
             left = max_turns - turns[rows] - 1
-            reach = dist[rows[:, None], np.clip(nb, 0, None)] <= left[:, None]
-            allowed = (nb >= 0) & reach
-            go = ok[rows] & (nd != dest[rows]) & (u_detour[rows] < detour_p) & allowed.any(axis=1)
-            if go.any():
-                tok[go] = _detour(world, detour, probs[go], tok[go], allowed[go], u_pick[rows][go])
-        tokens[rows, p] = tok
+            allowed = (nb >= 0) & (dist[dest_col[rows][:, None], np.clip(nb, 0, None)] <= left[:, None])
+            go = (detouring[rows] & ok[rows] & (nd != dest[rows]) & (u_detour[rows] < p_detour[rows])
+                  & allowed.any(axis=1))
+            for code, kind in enumerate(DETOUR_KINDS):
+                g = go & (kinds[rows] == code)
+                if g.any():
+                    tok[g] = _detour(world, kind, probs[g], tok[g], allowed[g], u_pick[rows][g])
+        tokens[rows, c] = tok
+        cur[rows] += 1
         d = tok - world.dir0
         is_turn = (d >= 0) & (d < 8)
         nxt = succ[node[rows], np.clip(d, 0, 7)]
@@ -525,10 +570,10 @@ def next_token_validity(predict: Any, world, tokens: np.ndarray, batch_size: int
 
 
 def trajectory_validity(predict: Any, world, prompts: np.ndarray, max_turns: int | None = None,
-                        detour: str | None = None, detour_p: float = 0.0,
+                        detour: Any = None, detour_p: Any = 0.0,
                         rng: np.random.Generator | None = None) -> tuple[Rate, Rate, np.ndarray]:
-    """Greedy trips from ``(origin, dest)`` prompts ``[n, 2]`` (optionally with detours).
-    Returns (legal, valid, generated tokens)."""
+    """Greedy trips from ``(origin, dest)`` prompts ``[n, 2]`` (optionally with detours,
+    see ``generate``). Returns (legal, valid, generated tokens)."""
     from ..worlds.taxi import check_sequences
 
     prompts = np.asarray(prompts, dtype=np.int64)
@@ -537,6 +582,15 @@ def trajectory_validity(predict: Any, world, prompts: np.ndarray, max_turns: int
                    max_turns=budget)
     chk = check_sequences(world.map, out)
     return Rate(int(chk["legal"].sum()), len(out)), Rate(int(chk["valid"].sum()), len(out)), out
+
+
+def _trajectory_flags(predict, world, prompts, budget, kinds, probs, rng):
+    """(legal, valid, tokens) per prompt row of one batched greedy generation."""
+    from ..worlds.taxi import check_sequences
+
+    out = generate(predict, world, prompts, budget + 1, rng=rng, detour=kinds, detour_p=probs, max_turns=budget)
+    chk = check_sequences(world.map, out)
+    return chk["legal"], chk["valid"], out
 
 
 def _backward_prefixes(world, node: np.ndarray, dest: np.ndarray, k: np.ndarray,
@@ -571,7 +625,11 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
                 retries: int = 10) -> dict[str, Any]:
     """Sequence compression on trips ``sample`` (a ``Sample`` of true trips); see the module
     docstring. Returns ``{"pairs": Rate, "continuations": Rate, "skipped": int}`` where
-    skipped counts states reachable by one prefix only (no different prefix found)."""
+    skipped counts states reachable by one prefix only (no different prefix found).
+
+    The second prefix is a backward random walk over the walkable edges: for random walks
+    it is a possible trip prefix of the world; for shortest-path data it usually is not
+    (as in Vafa et al., whose prefixes are also backward random walks)."""
     predict = as_predictor(predict)
     L = np.asarray(sample.extras["lengths"], dtype=np.int64)
     keep = np.flatnonzero(L >= 1)
@@ -589,75 +647,92 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
         B[idx] = _backward_prefixes(world, node[idx], dest[idx], k[idx], rng, width)
         same[idx] = (A[idx] == B[idx]).all(axis=1)
     use = np.flatnonzero(~same)
+    M = int(n_continuations)
+    if use.size == 0:
+        return {"pairs": Rate(0, 0), "continuations": Rate(0, 0), "skipped": int(same.sum())}
     budget = turn_budget(world, predict, 2, max_turns)
     cap = getattr(predict, "max_length", None)
-    M = int(n_continuations)
-    pairs_ok = conts_ok = n_pairs = 0
-    for kk in np.unique(k[use]):
-        g = use[k[use] == kk]
-        P = 2 + int(kk)
-        n_new = max(1, budget - int(kk) + 1)
-        if cap is not None:
-            n_new = min(n_new, int(cap) + 1 - P)
-        a = np.repeat(A[g, :P], M, axis=0)
-        b = np.repeat(B[g, :P], M, axis=0)
-        cont = generate(predict, world, a, n_new, sample=True, epsilon=epsilon, rng=rng)[:, P:]
-        scored = np.concatenate([b, cont], axis=1)
-        p = predict.token_probs(scored)[:, P - 1:]  # probabilities of the continuation tokens
-        # a continuation runs up to and including its first non-turn token
-        d = cont - world.dir0
-        stop = ~((d >= 0) & (d < 8))
-        first = np.where(stop.any(axis=1), stop.argmax(axis=1), n_new - 1)
-        inside = np.arange(n_new)[None, :] <= first[:, None]
-        accepted = np.where(inside, p > epsilon, True).all(axis=1)
-        conts_ok += int(accepted.sum())
-        pairs_ok += int(accepted.reshape(-1, M).all(axis=1).sum())
-        n_pairs += g.size
-    return {"pairs": Rate(pairs_ok, n_pairs), "continuations": Rate(conts_ok, n_pairs * M),
-            "skipped": int(same.sum())}
+    P = np.repeat(2 + k[use], M)  # prefix length of every continuation row
+    n_new = np.maximum(1, budget - (P - 2) + 1)
+    if cap is not None:
+        n_new = np.minimum(n_new, int(cap) + 1 - P)
+    a, b = np.repeat(A[use], M, axis=0), np.repeat(B[use], M, axis=0)
+    gen = generate(predict, world, a, n_new, lengths=P, sample=True, epsilon=epsilon, rng=rng)
+    # row i's continuation occupies cells P_i .. P_i + len_i - 1 (up to and including its
+    # first non-turn token); score it after prefix B instead of A
+    steps = gen.shape[1] - width
+    cells = P[:, None] + np.arange(steps)[None, :]
+    in_gen = np.arange(steps)[None, :] < n_new[:, None]
+    cont = np.take_along_axis(gen, np.minimum(cells, gen.shape[1] - 1), axis=1)
+    d = cont - world.dir0
+    stop = in_gen & ~((d >= 0) & (d < 8))
+    last = np.where(stop.any(axis=1), stop.argmax(axis=1), n_new - 1)
+    inside = np.arange(steps)[None, :] <= last[:, None]
+    scored = np.full_like(gen, world.pad_id)
+    scored[:, :width] = b
+    np.put_along_axis(scored, np.minimum(cells, gen.shape[1] - 1), np.where(inside, cont, world.pad_id), axis=1)
+    scored = np.where(np.arange(gen.shape[1])[None, :] < (P + last + 1)[:, None], scored, world.pad_id)
+    tp = predict.token_probs(scored[:, :int((P + last).max()) + 1])  # [n, W' - 1]
+    pr = np.take_along_axis(tp, np.minimum(cells - 1, tp.shape[1] - 1), axis=1)
+    accepted = np.where(inside, pr > epsilon, True).all(axis=1)
+    n_pairs = use.size
+    return {"pairs": Rate(int(accepted.reshape(-1, M).all(axis=1).sum()), n_pairs),
+            "continuations": Rate(int(accepted.sum()), n_pairs * M), "skipped": int(same.sum())}
 
 
-def _distinction_group(predict: Predictor, world, A: np.ndarray, B: np.ndarray, suffix_len: int,
-                       epsilon: float, truth: str, return_sets: bool = False) -> dict[str, Any]:
-    """Boundary counts for prefix pairs ``A``, ``B`` of equal length (rows pair up).
+def _accepts(predict: Predictor | None, world, X: np.ndarray, lengths: np.ndarray, need: np.ndarray,
+             epsilon: float) -> np.ndarray:
+    """bool ``[m, 9]``: trip tokens accepted after the ragged prefixes ``X`` (rows with
+    ``need`` only): by the model (probability > epsilon) or, with ``predict=None``, by the
+    world's exact support (probability > 0; every needed prefix must be possible)."""
+    out = np.zeros((X.shape[0], 9), dtype=bool)
+    rows = np.flatnonzero(need)
+    if rows.size == 0:
+        return out
+    trip = _trip_ids(world)
+    if predict is not None:
+        out[rows] = predict.at(X[rows], lengths[rows] - 1)[:, trip] > epsilon
+        return out
+    for length in np.unique(lengths[rows]):
+        r = rows[lengths[rows] == length]
+        out[r] = world.next_token_probs(X[r, :length])[:, -1, trip] > 0
+    return out
 
-    Enumerates suffix prefixes ``u`` level by level, keeping those accepted from both
-    states by the truth or by the model (only those can be extended into a minimal
-    boundary element)."""
+
+def _distinction_pairs(predict: Predictor, world, A: np.ndarray, B: np.ndarray, lengths: np.ndarray,
+                       suffix_len: int, epsilon: float, truth: str, return_sets: bool = False) -> dict[str, Any]:
+    """Boundary counts for prefix pairs ``A[i]``, ``B[i]`` of equal length ``lengths[i]``
+    (padded arrays). Enumerates suffixes ``u`` level by level, keeping those accepted from
+    both states by the truth or by the model (only those extend into a minimal boundary
+    element); every level costs two predictor calls for all pairs together."""
     trip = _trip_ids(world)
     m = A.shape[0]
     tr_a, tr_b = trace_trips(world, A), trace_trips(world, B)
+    last = (np.arange(m), lengths - 1)
     pair = np.arange(m)
     suffix = np.zeros((m, 0), dtype=np.int64)
-    v_a, v_b = tr_a["ok"][:, -1].copy(), tr_b["ok"][:, -1].copy()
+    v_a, v_b = tr_a["ok"][last].copy(), tr_b["ok"][last].copy()
     a_a, a_b = np.ones(m, bool), np.ones(m, bool)
-    n_a, n_b = tr_a["node"][:, -1].copy(), tr_b["node"][:, -1].copy()
+    n_a, n_b = tr_a["node"][last].copy(), tr_b["node"][last].copy()
     d_a, d_b = tr_a["dest"], tr_b["dest"]
     succ = np.asarray(world.map.succ)
     counts = {"true": 0, "model": 0, "both": 0}
     sets: dict[str, set] = {"true_ab": set(), "true_ba": set(), "model_ab": set(), "model_ba": set()}
-
-    def accept(prefix: np.ndarray, need: np.ndarray, model: bool) -> np.ndarray:
-        out = np.zeros((prefix.shape[0], 9), dtype=bool)
-        rows = np.flatnonzero(need)
-        if rows.size == 0:
-            return out
-        if model:
-            out[rows] = predict.last(prefix[rows])[:, trip] > epsilon
-        elif truth == "world":
-            out[rows] = world.next_token_probs(prefix[rows])[:, -1, trip] > 0
-        return out
-
     for level in range(int(suffix_len)):
-        xa = np.concatenate([A[pair], suffix], axis=1)
-        xb = np.concatenate([B[pair], suffix], axis=1)
-        da, db = d_a[pair], d_b[pair]
+        width = A.shape[1] + level
+        ln = lengths[pair] + level
+        cols = np.arange(width)[None, :]
+        shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
+        tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
+        pre = cols < lengths[pair][:, None]
+        xa = np.where(pre, np.pad(A, ((0, 0), (0, level)))[pair], tail)
+        xb = np.where(pre, np.pad(B, ((0, 0), (0, level)))[pair], tail)
         if truth == "map":
-            ta = legal_next(world, n_a, da) & v_a[:, None]
-            tb = legal_next(world, n_b, db) & v_b[:, None]
+            ta = legal_next(world, n_a, d_a[pair]) & v_a[:, None]
+            tb = legal_next(world, n_b, d_b[pair]) & v_b[:, None]
         else:
-            ta, tb = accept(xa, v_a, False), accept(xb, v_b, False)
-        ma, mb = accept(xa, a_a, True), accept(xb, a_b, True)
+            ta, tb = _accepts(None, world, xa, ln, v_a, epsilon), _accepts(None, world, xb, ln, v_b, epsilon)
+        ma, mb = _accepts(predict, world, xa, ln, a_a, epsilon), _accepts(predict, world, xb, ln, a_b, epsilon)
         jt = (v_a & v_b)[:, None]
         jm = (a_a & a_b)[:, None]
         t_ab, t_ba = jt & ta & ~tb, jt & tb & ~ta
@@ -697,7 +772,8 @@ def distinction_sets(predict: Any, world, prefix_a, prefix_b, suffix_len: int = 
     B = np.asarray(prefix_b, dtype=np.int64)[None, :]
     if A.shape != B.shape:
         raise AnalysisError("distinction_sets: the two prefixes must have the same length")
-    return _distinction_group(as_predictor(predict), world, A, B, suffix_len, epsilon, truth, return_sets=True)["sets"]
+    return _distinction_pairs(as_predictor(predict), world, A, B, np.array([A.shape[1]]), suffix_len, epsilon,
+                              truth, return_sets=True)["sets"]
 
 
 def distinction(predict: Any, world, sample, rng: np.random.Generator, epsilon: float = EPSILON,
@@ -715,17 +791,16 @@ def distinction(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
     j = (i + 1 + rng.integers(0, n - 1, size=n)) % n
     L = np.asarray(sample.extras["lengths"], dtype=np.int64)
     k = rng.integers(1, np.maximum(np.minimum(L[i], L[j]), 1) + 1)
-    st_i = sample.states[i, 1 + k, :2]
-    st_j = sample.states[j, 1 + k, :2]
-    differ = (st_i != st_j).any(axis=1) & (np.minimum(L[i], L[j]) >= 1)
+    differ = (sample.states[i, 1 + k, :2] != sample.states[j, 1 + k, :2]).any(axis=1)
+    differ &= np.minimum(L[i], L[j]) >= 1
+    g = np.flatnonzero(differ)
     tot = {"true": 0, "model": 0, "both": 0}
-    for kk in np.unique(k[differ]):
-        g = np.flatnonzero(differ & (k == kk))
-        P = 2 + int(kk)
-        res = _distinction_group(predict, world, sample.tokens[i[g], :P], sample.tokens[j[g], :P],
-                                 suffix_len, epsilon, truth)
-        for key in tot:
-            tot[key] += res[key]
+    if g.size:
+        width = 2 + int(k[g].max())
+        keep = np.arange(width)[None, :] < 2 + k[g][:, None]
+        A = np.where(keep, sample.tokens[i[g], :width], world.pad_id)
+        B = np.where(keep, sample.tokens[j[g], :width], world.pad_id)
+        tot = _distinction_pairs(predict, world, A, B, 2 + k[g], suffix_len, epsilon, truth)
     return {"precision": Rate(tot["both"], tot["model"]), "recall": Rate(tot["both"], tot["true"]),
             "pairs": int(differ.sum()), "skipped": int((~differ).sum())}
 
@@ -784,17 +859,23 @@ def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0,
     sample = world.sample(int(n_pairs), seed=np.random.default_rng([int(seed), 0x7A]))
     budget = turn_budget(world, predict, 2, max_turns)
     nt = next_token_validity(predict, world, sample.tokens)
-    prompts = sample.tokens[:, :2]
-    legal, valid, _ = trajectory_validity(predict, world, prompts, budget)
+    # plain greedy trips and every detour setting in ONE generation (one call per step)
+    settings_list = [(None, 0.0)] + [(kind, float(p)) for p in detour_probs for kind in detour_kinds]
+    n = int(n_pairs)
+    prompts = np.tile(sample.tokens[:, :2], (len(settings_list), 1))
+    kinds = [kind for kind, _ in settings_list for _ in range(n)]
+    probs = np.repeat([p for _, p in settings_list], n)
+    legal_all, valid_all, _ = _trajectory_flags(predict, world, prompts, budget, kinds, probs,
+                                                np.random.default_rng([int(seed), 3]))
+    legal, valid = Rate(int(legal_all[:n].sum()), n), Rate(int(valid_all[:n].sum()), n)
     comp = compression(predict, world, sample, np.random.default_rng([int(seed), 1]), epsilon,
                        n_continuations, budget)
     dist = distinction(predict, world, sample, np.random.default_rng([int(seed), 2]), epsilon, suffix_len, truth)
     detours: dict[str, dict[str, Rate]] = {}
-    for pi, p in enumerate(detour_probs):
-        for ki, kind in enumerate(detour_kinds):
-            rng = np.random.default_rng([int(seed), 3, pi, ki])
-            lg, vd, _ = trajectory_validity(predict, world, prompts, budget, detour=kind, detour_p=float(p), rng=rng)
-            detours[detour_key(kind, p)] = {"legal": lg, "valid": vd}
+    for b, (kind, p) in enumerate(settings_list[1:], start=1):
+        block = slice(b * n, (b + 1) * n)
+        detours[detour_key(kind, p)] = {"legal": Rate(int(legal_all[block].sum()), n),
+                                        "valid": Rate(int(valid_all[block].sum()), n)}
     settings = {"n_pairs": int(n_pairs), "seed": int(seed), "epsilon": float(epsilon), "max_turns": budget,
                 "n_continuations": int(n_continuations), "suffix_len": int(suffix_len), "truth": truth,
                 "detour_probs": [float(p) for p in detour_probs], "detour_kinds": list(detour_kinds)}

@@ -1,0 +1,365 @@
+"""Multi-seed GPT-vs-NextLat experiments: train pairs, follow them along training, and
+summarise every number as mean and spread over seeds.
+
+Small models vary from seed to seed, and effective rank grows during training, so a
+single run at a single step says little (SPEC §3, "Comparing GPT and NextLat honestly").
+This module holds the logic the notebooks and ``analyses/`` scripts share:
+
+- ``train_pair``: one GPT and one NextLat run per seed, identical apart from the objective
+  (same data stream, same initial weights, same schedule), reusing finished runs;
+- ``rank_along_training``: effective rank of the intermediate checkpoints
+  (``keep_every``) and the final one, with each checkpoint's validation loss;
+- ``matched_rank``: per seed, GPT and NextLat compared at a validation loss both reach
+  (``analysis.losses.matched_loss_comparison``);
+- ``seed_summary`` / ``summarise``: mean, sample standard deviation, min and max over
+  seeds;
+- ``write_csv`` / ``latex_table`` / ``mean_std_table``: the tables.
+
+Notebook use::
+
+    from nextlat_probe.experiments import train_pair, rank_along_training, matched_rank
+    runs = train_pair("mess3", seeds=[0, 1, 2], steps=600, out="runs/m3", keep_every=100)
+    traj = rank_along_training(runs)
+    matched = matched_rank(traj)
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+OBJECTIVES = ("gpt", "nextlat")
+SUMMARY_STATS = ("mean", "std", "min", "max")
+
+
+@dataclass
+class Run:
+    """One finished training run: where it lives and its final validation numbers."""
+
+    objective: str
+    seed: int
+    out_dir: Path
+    checkpoint: Path
+    step: int
+    val_loss: float
+    val_floor: float
+
+    @property
+    def name(self) -> str:
+        """The run folder's name, ``{objective}-seed{seed}``: what analysis records call
+        the checkpoint (``LoadedCheckpoint.name``)."""
+        return self.out_dir.name
+
+    @property
+    def val_gap(self) -> float:
+        return self.val_loss - self.val_floor
+
+    def intermediate(self) -> list[Path]:
+        """Intermediate checkpoints ``ckpt_step{N}.pt`` of this run, by step."""
+        return intermediate_checkpoints(self.out_dir)
+
+    def info(self) -> dict[str, Any]:
+        return {"run": self.name, "objective": self.objective, "seed": self.seed, "step": self.step,
+                "val_loss": self.val_loss, "val_floor": self.val_floor, "val_gap": self.val_gap,
+                "checkpoint": str(self.checkpoint)}
+
+
+def run_name(objective: str, seed: int) -> str:
+    return f"{objective}-seed{int(seed)}"
+
+
+def intermediate_checkpoints(folder: str | Path) -> list[Path]:
+    """``ckpt_step{N}.pt`` files in ``folder`` sorted by ``N`` (other files ignored)."""
+    found = []
+    for p in Path(folder).glob("ckpt_step*.pt"):
+        m = re.fullmatch(r"ckpt_step(\d+)\.pt", p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def _finished(ckpt: Path, cfg) -> dict[str, Any] | None:
+    """The stored metrics if ``ckpt`` is exactly this run, finished; else None."""
+    from .checkpoint import CheckpointError, read_checkpoint
+
+    if not ckpt.is_file():
+        return None
+    try:
+        raw = read_checkpoint(ckpt)
+    except CheckpointError:
+        return None
+    saved, want = dict(raw.get("train_config", {})), cfg.to_dict()
+    if any(saved.get(k) != v for k, v in want.items() if k != "device"):
+        return None
+    if int(raw.get("step", 0)) < cfg.steps:
+        return None
+    return {"step": int(raw["step"]), **dict(raw.get("metrics", {}))}
+
+
+def train_pair(
+    world: str,
+    seeds: Iterable[int] = (0,),
+    steps: int = 1000,
+    out: str | Path = "runs/experiments",
+    objectives: Sequence[str] = OBJECTIVES,
+    world_options: dict[str, Any] | None = None,
+    reuse: bool = True,
+    progress: bool = False,
+    **train_options: Any,
+) -> list[Run]:
+    """Train one run per objective and seed under ``out/{objective}-seed{seed}/``.
+
+    Runs of the same seed differ only in the objective: the seed fixes the initial
+    weights, the training batches and the validation set for both. ``train_options`` are
+    further ``TrainConfig`` fields (``preset``, ``batch_size``, ``seq_len``, ``lr``,
+    ``horizon``, ``keep_every`` ...). With ``keep_every`` the validation cadence is set so
+    that every kept checkpoint carries its own, current validation loss (needed for the
+    matched-loss comparison). A finished run with the same configuration is reused unless
+    ``reuse=False``. Returns the runs in the order (seed, objective).
+    """
+    from .training.config import TrainConfig
+    from .training.trainer import train
+
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ValueError("train_pair: need at least one seed")
+    for obj in objectives:
+        if obj not in OBJECTIVES:
+            raise ValueError(f"train_pair: objective must be one of {', '.join(OBJECTIVES)}, got {obj!r}")
+    opts = dict(train_options)
+    keep = int(opts.get("keep_every", 0) or 0)
+    if keep:
+        every = int(opts.get("eval_every", min(100, keep)))
+        opts["eval_every"] = every if keep % every == 0 else keep
+    opts.setdefault("save_every", max(1, int(steps)))
+    out = Path(out)
+    runs: list[Run] = []
+    for seed in seeds:
+        for obj in objectives:
+            cfg = TrainConfig(world=world, world_options=dict(world_options or {}), objective=obj, steps=int(steps),
+                              seed=seed, **opts)
+            folder = out / run_name(obj, seed)
+            done = _finished(folder / "ckpt.pt", cfg) if reuse else None
+            if done is None:
+                for old in intermediate_checkpoints(folder):
+                    old.unlink()  # from a different run: they would pollute the trajectory
+                res = train(cfg, folder, progress=progress)
+                done = {"step": res.step, "val_loss": res.val_loss, "val_floor": res.val_floor}
+            runs.append(Run(obj, seed, folder, folder / "ckpt.pt", int(done["step"]),
+                            float(done.get("val_loss", math.nan)), float(done.get("val_floor", math.nan))))
+    return runs
+
+
+def _run_fields(run: Run) -> dict[str, Any]:
+    return {"run": run.name, "objective": run.objective, "seed": run.seed}
+
+
+def tag_records(records: list[dict[str, Any]], runs: Sequence[Run]) -> list[dict[str, Any]]:
+    """Add ``run`` and ``seed`` to analysis records (matched by checkpoint folder)."""
+    by_dir = {str(r.out_dir.resolve()): r for r in runs}
+    out = []
+    for rec in records:
+        run = by_dir.get(str(Path(rec["path"]).resolve().parent))
+        out.append({**rec, **(_run_fields(run) if run is not None else {})})
+    return out
+
+
+def rank_along_training(runs: Sequence[Run], layer: str = "last", n_seqs: int = 256, seed: int = 0,
+                        device: str = "cpu") -> list[dict[str, Any]]:
+    """Effective rank (uncentred, ``layer`` of ``rank.rank_checkpoints``) of every kept
+    checkpoint of every run plus its final checkpoint, all on the same sequences.
+    Records carry ``run``, ``objective``, ``seed``, ``step``, ``val_loss``, ``val_gap``.
+    Checkpoints are loaded one run at a time to bound memory."""
+    from .rank import rank_checkpoints
+
+    records: list[dict[str, Any]] = []
+    for run in runs:
+        paths = [p for p in run.intermediate() if p.resolve() != run.checkpoint.resolve()] + [run.checkpoint]
+        recs = rank_checkpoints(paths, layers=layer, n_seqs=n_seqs, seed=seed, device=device)
+        seen: set[int] = set()
+        for rec in sorted(recs, key=lambda r: r["step"]):
+            if rec["step"] in seen:  # the last kept checkpoint and ckpt.pt may be the same step
+                continue
+            seen.add(rec["step"])
+            records.append({**rec, **_run_fields(run)})
+    return records
+
+
+def matched_rank(records: list[dict[str, Any]], key: str = "effective_rank") -> list[dict[str, Any]]:
+    """Per seed, the objectives compared at matched validation loss: the target is the
+    lowest validation loss that every objective's run of that seed reaches, and each run
+    contributes its first checkpoint at or below it. One row per (seed, objective):
+    ``seed``, ``objective``, ``run``, ``step``, ``val_loss``, ``target_val_loss``,
+    ``key``. Seeds where fewer than two objectives have records are skipped."""
+    from .analysis.losses import matched_loss_comparison
+
+    by_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
+    for r in records:
+        by_seed.setdefault(int(r["seed"]), {}).setdefault(r["objective"], []).append(r)
+    rows = []
+    for seed, traj in sorted(by_seed.items()):
+        res = matched_loss_comparison(traj, key=key)
+        for obj, hit in res["runs"].items():
+            rows.append({"seed": seed, "objective": obj, "run": run_name(obj, seed), "step": hit["step"],
+                         "val_loss": hit["val_loss"], "target_val_loss": res["target_val_loss"], key: hit[key]})
+    return rows
+
+
+#: taxi world-model metrics in the NextLat paper's Table 1, as (our name, key of a
+#: ``worldmodel.evaluate_checkpoints`` record); "detour" is filled from ``detour=``
+TAXI_RATES = (("next_token", "next_token"), ("valid_trajectory", "trajectory_valid"),
+              ("legal_trajectory", "trajectory_legal"), ("compression", "compression"),
+              ("distinction_precision", "distinction_precision"), ("distinction_recall", "distinction_recall"))
+
+
+def taxi_metrics(record: dict[str, Any], detour: str = "random@0.75") -> dict[str, Any]:
+    """Flatten a ``worldmodel.evaluate_checkpoints`` record into one row: each rate as
+    ``{name}`` with its Wilson 95% bounds in ``{name}_low`` / ``{name}_high`` (the form
+    ``plots.*.worldmodel_table_figure`` reads), ``detour`` = the rate of trips that stay
+    valid under the ``detour`` setting (the paper: random detours with p = 0.75), and the
+    effective rank, validation loss and gap to the floor."""
+    row: dict[str, Any] = {k: record.get(k) for k in ("checkpoint", "objective", "step")}
+    rates = [(name, record.get(key)) for name, key in TAXI_RATES]
+    rates.append(("detour", record.get("detour", {}).get(detour, {}).get("valid")))
+    for name, rate in rates:
+        if rate is None:
+            continue
+        row[name] = rate["rate"]
+        row[f"{name}_low"], row[f"{name}_high"] = rate["ci_low"], rate["ci_high"]
+    for k in ("effective_rank", "val_loss", "val_floor", "val_gap"):
+        row[k] = record.get(k)
+    return row
+
+
+# --------------------------------------------------------------------------------------
+# summaries over seeds
+# --------------------------------------------------------------------------------------
+def _finite(values: Iterable[Any]) -> list[float]:
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        f = float(v)
+        if math.isfinite(f):
+            out.append(f)
+    return out
+
+
+def seed_summary(values: Iterable[Any]) -> dict[str, float]:
+    """Mean, sample standard deviation (ddof = 1), min, max and count of the finite
+    values (None and NaN are dropped). With one value ``std`` is NaN: one run has no
+    measurable spread, and reporting 0 would claim a precision nobody measured."""
+    v = _finite(values)
+    n = len(v)
+    if n == 0:
+        nan = math.nan
+        return {"mean": nan, "std": nan, "min": nan, "max": nan, "n": 0}
+    mean = math.fsum(v) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in v) / (n - 1)) if n > 1 else math.nan
+    return {"mean": mean, "std": std, "min": min(v), "max": max(v), "n": n}
+
+
+def summarise(records: list[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
+    """Group ``records`` by the ``by`` fields (groups in first-seen order) and summarise
+    each metric over the group with ``seed_summary``: columns ``{metric}_mean``,
+    ``{metric}_std``, ``{metric}_min``, ``{metric}_max``, plus ``n`` (records in the
+    group) and ``seeds`` (sorted distinct seeds, when records carry one)."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(tuple(r.get(k) for k in by), []).append(r)
+    rows = []
+    for key, recs in groups.items():
+        row: dict[str, Any] = dict(zip(by, key))
+        row["n"] = len(recs)
+        seeds = sorted({r["seed"] for r in recs if r.get("seed") is not None})
+        if seeds:
+            row["seeds"] = " ".join(str(s) for s in seeds)
+        for m in metrics:
+            s = seed_summary(r.get(m) for r in recs)
+            for stat in SUMMARY_STATS:
+                row[f"{m}_{stat}"] = s[stat]
+        rows.append(row)
+    return rows
+
+
+def mean_std(row: dict[str, Any], metric: str, fmt: str = ".4g", sep: str = " ± ") -> str:
+    """``'mean ± std'`` of a ``summarise`` row (just the mean when std is NaN; '-' if no
+    value)."""
+    m, s = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+    if m is None or not math.isfinite(m):
+        return "-"
+    if s is None or not math.isfinite(s):
+        return format(m, fmt)
+    return f"{format(m, fmt)}{sep}{format(s, fmt)}"
+
+
+def mean_std_table(rows: list[dict[str, Any]], keys: Sequence[str], metrics: Sequence[tuple[str, str, str]]) -> str:
+    """Plain-text table of ``summarise`` rows: the ``keys`` columns, then one
+    ``mean ± std`` column per ``(metric, header, format)``."""
+    from .cli import format_table
+
+    cells = [{**{k: r.get(k) for k in keys}, **{m: mean_std(r, m, f) for m, _, f in metrics}} for r in rows]
+    return format_table(cells, [(k, k, "") for k in keys] + [(m, h, "") for m, h, _ in metrics])
+
+
+def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Rows as CSV (columns: ``columns`` or every key in first-seen order; lists and
+    dicts are skipped unless named; NaN written as ``nan``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if columns is None:
+        columns = []
+        for r in rows:
+            for k, v in r.items():
+                if k not in columns and not isinstance(v, (list, dict, tuple)) and not hasattr(v, "shape"):
+                    columns.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in columns})
+    return path
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: Any) -> str:
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def _latex_exponents(cell: str) -> str:
+    """``2.98e-03`` -> ``2.98\\times10^{-3}`` inside a math cell."""
+    return re.sub(r"(\d)e([+-])0*(\d+)", lambda m: f"{m.group(1)}\\times10^{{{m.group(2).strip('+')}{m.group(3)}}}", cell)
+
+
+def latex_table(rows: list[dict[str, Any]], keys: Sequence[tuple[str, str]], metrics: Sequence[tuple[str, str, str]],
+                caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs LaTeX table of ``summarise`` rows: ``keys`` = ``(field, header)``
+    columns shown as text, ``metrics`` = ``(metric, header, format)`` columns shown as
+    ``$mean \\pm std$``. Headers are written as given (they may hold LaTeX)."""
+    head = [h for _, h in keys] + [h for _, h, _ in metrics]
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}",
+             r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    for r in rows:
+        cells = [latex_escape(r.get(k, "")) for k, _ in keys]
+        for m, _, fmt in metrics:
+            cell = mean_std(r, m, fmt, sep=r" \pm ")
+            cells.append("--" if cell == "-" else f"${_latex_exponents(cell)}$")
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + caption + "}")
+    if label:
+        lines.append(r"\label{" + label + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "tag_records",
+           "rank_along_training", "matched_rank", "TAXI_RATES", "taxi_metrics", "seed_summary", "summarise", "mean_std", "mean_std_table",
+           "write_csv", "latex_escape", "latex_table"]

@@ -1,0 +1,260 @@
+"""Map reconstruction from behaviour and from representations, and
+``python -m nextlat_probe.mapping``."""
+import json
+
+import numpy as np
+import pytest
+from helpers import MANHATTAN, run_cli
+from scipy.sparse import csgraph
+
+from nextlat_probe.analysis import mapping as mp
+from nextlat_probe.cli import run_main
+from nextlat_probe.worlds.streetmap import StreetMap, synthetic_manhattan
+from nextlat_probe.worlds.taxi import Taxi, parse_sequences
+
+COORDS = [(0, 0), (1, 0), (2, 0), (0, 1), (1, 1)]
+EDGES = [(0, "E", 1), (1, "W", 0), (1, "E", 2), (2, "W", 1), (0, "N", 3), (3, "E", 4), (4, "S", 1), (2, "NW", 4)]
+
+
+def tiny_map(coords=True) -> StreetMap:
+    return StreetMap(5, EDGES, coords=COORDS if coords else None, name="tiny")
+
+
+def used_edges(street_map: StreetMap, lines: list[str]) -> set:
+    """Edges traversed by trips given as text, by a plain walk over the edge list."""
+    step = {(street_map.node_names[s], d): street_map.node_names[t] for s, d, t in street_map.edges()}
+    idx = {name: i for i, name in enumerate(street_map.node_names)}
+    out = set()
+    for line in lines:
+        words = line.split()
+        node = words[0]
+        for w in words[2:]:
+            if w == "end":
+                break
+            out.add((idx[node], w, idx[step[node, w]]))
+            node = step[node, w]
+    return out
+
+
+# --------------------------------------------------------------------------------------
+def test_true_trips_give_exactly_the_used_edges():
+    for street_map, n in ((tiny_map(), 40), (synthetic_manhattan(6, 6, seed=1), 25)):
+        world = Taxi(street_map, min_len=1, max_len=10)
+        lines = world.to_text(world.sample(n, seed=2).tokens)
+        res = mp.reconstruct_map(street_map, parse_sequences(lines, street_map))
+        want = used_edges(street_map, lines)
+        assert set(res.recovered) == want and res.invented == []
+        assert set(res.missed) == set(street_map.edges()) - want
+        assert res.n_explained == res.n_true_valid == n and res.n_malformed == 0
+        assert res.precision.rate == 1.0 and res.recall.count == len(want)
+    # the synthetic run covered only part of the 6x6 map: missed edges are reported
+    assert len(res.missed) > 0
+
+
+def test_corrupted_trips_invent_the_right_edges():
+    m = tiny_map()
+    trips = parse_sequences([
+        "3 1 E W end",      # at 4 there is no W; last turn: the new edge must reach the destination 1
+        "0 2 N S E E end",  # at 3 there is no S; nodes 0 and 4 are nearest, only 0 continues E E to 2
+        "3 1 S E end",      # reuses the invented 3 -S-> 0, then 0 -E-> 1
+        "0 1 E end",        # true
+        "hello world",      # not a trip
+    ], m)
+    res = mp.reconstruct_map(m, trips)
+    assert sorted(res.invented) == [(3, "S", 0), (4, "W", 1)]
+    assert res.n_trips == 5 and res.n_malformed == 1 and res.n_explained == 4 and res.n_true_valid == 1
+    assert set(res.recovered) == {(3, "E", 4), (0, "N", 3), (0, "E", 1), (1, "E", 2)}
+    d = res.to_dict()
+    assert d["edges_invented"] == 2 and ["3", "S", "0"] == [str(v) for v in d["invented"][0]]
+    # lookahead beats proximity and index: from 3, nodes 0 and 4 are nearest, 1 next;
+    # only 4 continues with S to the destination 1
+    res = mp.reconstruct_map(m, parse_sequences(["0 1 N W S end"], m))
+    assert res.invented == [(3, "W", 4)] and res.n_explained == 1
+
+
+def test_distance_bound_and_graph_distance_without_coords():
+    m = tiny_map()
+    far = parse_sequences(["3 2 E E end"], m)  # 4 has no E; the destination 2 is sqrt(2) from 4
+    assert mp.reconstruct_map(m, far).invented == [(4, "E", 2)]
+    tight = mp.reconstruct_map(m, far, max_distance=1.0)
+    assert tight.invented == [] and tight.n_explained == 0
+    plain = tiny_map(coords=False)
+    res = mp.reconstruct_map(plain, parse_sequences(["0 2 N S E E end"], plain))
+    assert res.distance == "hops" and res.max_distance == 2 and res.invented == [(3, "S", 0)]
+    assert mp.reconstruct_map(plain, parse_sequences(["0 2 N S E E end"], plain), max_distance=0.5).n_explained == 0
+
+
+def test_layout_coords_landmark_mds_recovers_a_line():
+    """Hop distances along a two-way street are exactly 1-D Euclidean, so landmark MDS
+    (10 landmarks for 60 nodes) must put every node at its place on the line."""
+    n = 60
+    edges = [(i, "E", i + 1) for i in range(n - 1)] + [(i + 1, "W", i) for i in range(n - 1)]
+    xy = mp.layout_coords(StreetMap(n, edges), max_landmarks=10)
+    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)
+    assert np.allclose(d, np.abs(np.arange(n)[:, None] - np.arange(n)[None]), atol=1e-6)
+
+
+def test_node_means_against_a_loop():
+    rng = np.random.default_rng(0)
+    H = rng.normal(size=(7, 5, 3))
+    nodes = rng.integers(0, 4, size=(7, 5))
+    mask = rng.random((7, 5)) < 0.7
+    means, counts = mp.node_means(H, nodes, mask, 6)
+    for v in range(6):
+        rows = [H[i, t] for i in range(7) for t in range(5) if mask[i, t] and nodes[i, t] == v]
+        assert counts[v] == len(rows)
+        if rows:
+            assert np.allclose(means[v], np.mean(rows, axis=0))
+        else:
+            assert np.isnan(means[v]).all()
+
+
+def _nn_is_neighbour(coords: np.ndarray, street_map: StreetMap) -> int:
+    pairs = {(s, t) for s, _, t in street_map.edges()}
+    hits = 0
+    for i in range(len(coords)):
+        d = [np.inf if j == i else np.linalg.norm(coords[i] - coords[j]) for j in range(len(coords))]
+        j = int(np.argmin(d))
+        hits += (i, j) in pairs or (j, i) in pairs
+    return hits
+
+
+def test_embedding_of_states_that_encode_the_map():
+    m = synthetic_manhattan(6, 6, seed=0)
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(16, 2)))  # isometry R^2 -> R^16
+    means = m.coords @ Q.T * 3.0 + 0.5
+    means[4] = np.nan  # a node never visited
+    res = mp.embed_node_states(means, m)
+    assert res.n_nodes_seen == m.n_nodes - 1 and res.reference == "coordinates"
+    assert res.probe.r2 > 0.999 and res.probe.disparity < 1e-6 and res.mds.disparity < 1e-8
+    seen = np.delete(np.arange(m.n_nodes), 4)
+    assert np.allclose(res.mds.coords[seen], m.coords[seen], atol=1e-6) and np.isnan(res.mds.coords[4]).all()
+    sub = m.subgraph(seen)
+    assert res.mds.nn_map_neighbour.count == _nn_is_neighbour(m.coords[seen], sub)
+    assert res.mds.nn_true_nearest.rate == 1.0
+    # a control: states unrelated to the map
+    shuffled = mp.embed_node_states(rng.permutation(m.coords @ Q.T), m)
+    assert shuffled.mds.disparity > 0.3 and shuffled.probe.r2 < 0.5
+    # without coordinates: no probe, MDS is compared with the graph-distance MDS layout
+    plain = StreetMap(m.n_nodes, m.edges(), name="plain")
+    res2 = mp.embed_node_states(mp.layout_coords(plain) @ Q.T, plain)
+    assert res2.probe is None and "no coordinates" in res2.note and res2.mds.disparity < 1e-8
+    panels = mp.panels_for(res2)
+    assert len(panels) == 1 and set(panels[0]) == {"title", "coords", "edges", "invented", "missing"}
+
+
+def test_panels_for_reconstruction():
+    m = tiny_map()
+    res = mp.reconstruct_map(m, parse_sequences(["3 1 E W end", "0 1 E end"], m))
+    (p,) = mp.panels_for(res)
+    assert p["coords"].shape == (5, 2) and np.allclose(p["coords"], COORDS)
+    assert sorted(p["invented"]) == [(4, 1)] and sorted(p["edges"]) == [(0, 1), (3, 4)]
+    assert len(p["missing"]) == m.n_edges - 2
+
+
+# --------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------
+@pytest.mark.skipif(not MANHATTAN.is_file(), reason="Manhattan street map not available")
+def test_cli_on_manhattan_trajectory_file(tmp_path):
+    m = StreetMap.from_json(MANHATTAN)
+    world = Taxi(m, max_len=30)
+    s = world.sample(300, seed=0)
+    lines = world.to_text(s.tokens)
+    # corrupt one turn of 5 trips into a direction the current node does not have
+    rng = np.random.default_rng(1)
+    bad_rows = rng.choice(300, 5, replace=False)
+    for r in bad_rows:
+        words = lines[r].split()
+        k = int(rng.integers(s.extras["lengths"][r]))
+        node = s.states[r, 1 + k, 0]
+        missing = [d for i, d in enumerate(["N", "S", "E", "W", "NE", "NW", "SE", "SW"]) if m.succ[node, i] < 0]
+        words[2 + k] = missing[0]
+        lines[r] = " ".join(words)
+    path = tmp_path / "walks.txt"
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "map.html"
+    r = run_cli("nextlat_probe.mapping", "--map", str(MANHATTAN), "--trajectories", str(path), "--json",
+                "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)["reconstruction"]
+    assert doc["n_trips"] == 300 and doc["n_true_valid"] == 295 and doc["distance"] == "hops"
+    assert doc["edges_invented"] >= 1 and doc["explained"]["n"] == 300 and doc["explained"]["count"] >= 295
+    good = [line for i, line in enumerate(lines) if i not in set(bad_rows)]
+    assert doc["edges_recovered"] >= len(used_edges(m, good))
+    # every invented edge fills an empty slot and reaches at most 2 undirected hops
+    und = m.adjacency() + m.adjacency().T
+    for src, d, dst in doc["invented"]:
+        s_i, t_i = m.id_to_index[src], m.id_to_index[dst]
+        assert m.succ[s_i, ["N", "S", "E", "W", "NE", "NW", "SE", "SW"].index(d)] < 0
+        assert csgraph.shortest_path(und, directed=False, unweighted=True, indices=s_i)[t_i] <= 2
+    assert out.is_file() and "plotly" in out.read_text()[:200000].lower()
+
+
+def test_cli_on_a_synthetic_map(tmp_path, capsys):
+    from nextlat_probe.mapping import main
+
+    m = synthetic_manhattan(5, 5, seed=3)
+    m.to_json(tmp_path / "map.json")
+    world = Taxi(m, min_len=2, max_len=12)
+    lines = world.to_text(world.sample(40, seed=0).tokens)
+    (tmp_path / "trips.txt").write_text("\n".join(lines))
+    assert main(["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "trips.txt"),
+                 "--json", "--list-edges"]) == 0
+    doc = json.loads(capsys.readouterr().out)["reconstruction"]
+    want = {(m.node_ids[s], d, m.node_ids[t]) for s, d, t in used_edges(m, lines)}
+    assert {tuple(e) for e in doc["recovered"]} == want and doc["invented"] == []
+    assert main(["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "trips.txt")]) == 0
+    text = capsys.readouterr().out
+    assert "edges recovered" in text and f"{len(want)}" in text
+
+
+def test_cli_errors(tmp_path, capsys):
+    from nextlat_probe.mapping import main
+
+    m = tiny_map()
+    m.to_json(tmp_path / "map.json")
+    (tmp_path / "garbage.txt").write_text("hello world\nthis is not a trip\n")
+    (tmp_path / "binary.txt").write_bytes(b"\x00\x01\x02 end")
+    cases = [
+        (["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "garbage.txt")], "garbage.txt"),
+        (["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "binary.txt")], "binary.txt"),
+        (["--map", str(tmp_path / "missing.json"), "--trajectories", str(tmp_path / "garbage.txt")], "missing.json"),
+        (["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "none.txt")], "none.txt"),
+        (["--map", str(tmp_path / "map.json")], "--trajectories"),
+        ([], "checkpoint"),
+    ]
+    for argv, needle in cases:
+        with pytest.raises(SystemExit) as exc:
+            run_main(main, argv)
+        err = capsys.readouterr().err.strip()
+        assert exc.value.code == 2 and len(err.splitlines()) == 1 and needle in err, (argv, err)
+
+
+def test_cli_with_a_checkpoint(tiny_taxi_ckpts, tmp_path, capsys):
+    from nextlat_probe.mapping import main
+
+    out = tmp_path / "map.html"
+    assert main([str(tiny_taxi_ckpts["nextlat"]), "--n-trips", "60", "--n-seqs", "48", "--json", "--out", str(out)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rec, rep = doc["reconstruction"], doc["representation"]
+    assert doc["objective"] == "nextlat" and rec["n_trips"] == 60
+    assert rec["edges_recovered"] + rec["edges_missed"] == rec["n_true_edges"]
+    assert rep["reference"] == "coordinates" and rep["probe"] is not None and rep["layer"] == "L1"
+    assert 0 <= rep["mds"]["disparity"] <= 1 and rep["n_nodes_seen"] <= rep["n_nodes"]
+    assert out.is_file()
+
+
+def test_cli_rejects_a_non_taxi_checkpoint(tmp_path, capsys):
+    from nextlat_probe.mapping import main
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    cfg = TrainConfig(world="mess3", objective="gpt", steps=2, batch_size=8, seq_len=8, eval_every=2,
+                      save_every=2, n_val=8, device="cpu", warmup_steps=1)
+    ck = train(cfg, out_dir=tmp_path / "mess3", progress=False).checkpoint
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, [str(ck)])
+    err = capsys.readouterr().err.strip()
+    assert exc.value.code == 2 and len(err.splitlines()) == 1 and "taxi" in err
