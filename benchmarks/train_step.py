@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-#: Timed steps per variant (full, quick). ``small`` is ~15x the work of ``tiny`` on CPU.
+#: Timed steps per variant (full, quick). ``small`` is ~20x the work of ``tiny`` on CPU.
 DEFAULT_STEPS = {"tiny": (40, 15), "small": (15, 4), "mini": (25, 8)}
 #: (variant, baseline it is compared with, target ratio, paper's ratio or None)
 TARGETS = {
@@ -83,7 +83,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 class Variant:
     name: str
     step: Callable[[], None]
-    parts: dict[str, Any] | None = None  # the trainer's objects, for --breakdown
+    parts: dict[str, Any] | None = None  # model, optimiser, batch ...: what --breakdown needs
     times: list[float] = field(default_factory=list)  # seconds per timed step
 
 
@@ -129,7 +129,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
     bare.train()
     bare_opt = torch.optim.AdamW(bare.parameters(), lr=1e-3)
 
-    def bare_step() -> None:  # the TransformerLens README's loop
+    def bare_step() -> None:  # loss -> zero_grad -> backward -> step, nothing else
         loss = bare(t, return_type="loss")
         bare_opt.zero_grad()
         loss.backward()
@@ -144,8 +144,9 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
 
 
 def matmul_share(preset: str, seq_len: int, vocab: int) -> tuple[float, float]:
-    """(p_psi, KL heads) multiply-adds per roll-out step, as a fraction of the transformer's
-    per token: a floor on what each NextLat roll-out step must add to a GPT step."""
+    """(p_psi, KL heads) multiply-adds per row and roll-out step, as fractions of the
+    transformer's forward multiply-adds per token. Backward passes scale both alike, so this
+    is roughly what each roll-out step adds to a GPT step when matmuls dominate."""
     from nextlat_probe.models.config import ModelConfig
 
     c = ModelConfig.from_preset(preset)
@@ -154,6 +155,22 @@ def matmul_share(preset: str, seq_len: int, vocab: int) -> tuple[float, float]:
     transformer = c.n_layers * (4 * d * attn + 2 * d * c.d_mlp + 2 * attn * seq_len) + d * vocab
     p_psi = 2 * d * hd + hd * hd + hd * d
     return p_psi / transformer, 2 * d * vocab / transformer
+
+
+def estimate_line(preset: str, world, tokens) -> str:
+    """Expected NextLat/GPT ratios from matmul work alone, rolling out every row (as a dense
+    implementation does) or only the (start, start + i) pairs the loss counts (padding skipped)."""
+    import numpy as np
+
+    share = sum(matmul_share(preset, tokens.shape[1], world.vocab_size))
+    valid = np.asarray(world.position_mask(tokens), dtype=bool)
+    n, L = valid.shape
+    out = []
+    for d in (1, 8):
+        dense = sum(L - i for i in range(1, min(d, L - 1) + 1)) / L
+        counted = sum((valid[:, : L - i] & valid[:, i:]).sum() for i in range(1, min(d, L - 1) + 1)) / (n * L)
+        out.append(f"d={d} ~{1 + dense * share:.2f}x every row, ~{1 + counted * share:.2f}x counted pairs only")
+    return f"p_psi + KL heads add {100 * share:.0f}% of the transformer's matmul work per roll-out step; " + "; ".join(out)
 
 
 def run_round_robin(variants: list[Variant], warmup: int, steps: int, sync: Callable[[], None]) -> None:
@@ -307,10 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         run_round_robin(variants, warmup, steps, sync)
         print(f"[{preset}: {warmup} warm-up + {steps} timed rounds in {time.perf_counter() - t0:.0f} s]", flush=True)
         rows += summarise(preset, variants)
-        share, kl_share = matmul_share(preset, seq_len, world.vocab_size)
-        rollout = sum(max(seq_len - i, 0) for i in range(1, 9)) / seq_len  # step i covers L - i starts
-        print(f"[{preset}: one roll-out step adds {100 * share:.0f}% (p_psi) + {100 * kl_share:.0f}% (KL heads) to the "
-              f"transformer's matmul work; by matmul work alone d=8 ~ {1 + rollout * (share + kl_share):.2f}x GPT]", flush=True)
+        print(f"[{preset}: {estimate_line(preset, world, tokens)}]", flush=True)
         if args.breakdown:
             breakdown(variants, max(3, steps // 2), sync)
     print()

@@ -81,22 +81,22 @@ def intermediate_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _finished(ckpt: Path, cfg) -> dict[str, Any] | None:
-    """The stored metrics if ``ckpt`` is exactly this run, finished; else None."""
+def _run_state(ckpt: Path, cfg) -> tuple[str, dict[str, Any]]:
+    """("done" | "resume" | "new", stored metrics): whether ``ckpt`` is exactly this run,
+    finished or interrupted (same configuration), or something else / nothing."""
     from .checkpoint import CheckpointError, read_checkpoint
 
     if not ckpt.is_file():
-        return None
+        return "new", {}
     try:
         raw = read_checkpoint(ckpt)
     except CheckpointError:
-        return None
+        return "new", {}
     saved, want = dict(raw.get("train_config", {})), cfg.to_dict()
     if any(saved.get(k) != v for k, v in want.items() if k != "device"):
-        return None
-    if int(raw.get("step", 0)) < cfg.steps:
-        return None
-    return {"step": int(raw["step"]), **dict(raw.get("metrics", {}))}
+        return "new", {}
+    metrics = {"step": int(raw.get("step", 0)), **dict(raw.get("metrics", {}))}
+    return ("done" if metrics["step"] >= cfg.steps else "resume"), metrics
 
 
 def train_pair(
@@ -117,8 +117,9 @@ def train_pair(
     further ``TrainConfig`` fields (``preset``, ``batch_size``, ``seq_len``, ``lr``,
     ``horizon``, ``keep_every`` ...). With ``keep_every`` the validation cadence is set so
     that every kept checkpoint carries its own, current validation loss (needed for the
-    matched-loss comparison). A finished run with the same configuration is reused unless
-    ``reuse=False``. Returns the runs in the order (seed, objective).
+    matched-loss comparison). A finished run with the same configuration is reused and an
+    interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``.
+    Returns the runs in the order (seed, objective).
     """
     from .training.config import TrainConfig
     from .training.trainer import train
@@ -134,7 +135,6 @@ def train_pair(
     if keep:
         every = int(opts.get("eval_every", min(100, keep)))
         opts["eval_every"] = every if keep % every == 0 else keep
-    opts.setdefault("save_every", max(1, int(steps)))
     out = Path(out)
     runs: list[Run] = []
     for seed in seeds:
@@ -142,11 +142,12 @@ def train_pair(
             cfg = TrainConfig(world=world, world_options=dict(world_options or {}), objective=obj, steps=int(steps),
                               seed=seed, **opts)
             folder = out / run_name(obj, seed)
-            done = _finished(folder / "ckpt.pt", cfg) if reuse else None
-            if done is None:
-                for old in intermediate_checkpoints(folder):
-                    old.unlink()  # from a different run: they would pollute the trajectory
-                res = train(cfg, folder, progress=progress)
+            state, done = _run_state(folder / "ckpt.pt", cfg) if reuse else ("new", {})
+            if state != "done":
+                if state == "new":
+                    for old in intermediate_checkpoints(folder):
+                        old.unlink()  # from a different run: they would pollute the trajectory
+                res = train(cfg, folder, resume=folder / "ckpt.pt" if state == "resume" else None, progress=progress)
                 done = {"step": res.step, "val_loss": res.val_loss, "val_floor": res.val_floor}
             runs.append(Run(obj, seed, folder, folder / "ckpt.pt", int(done["step"]),
                             float(done.get("val_loss", math.nan)), float(done.get("val_floor", math.nan))))

@@ -320,8 +320,48 @@ def _write_figures(folder: Path, paper: list[tuple[str, str, tuple, dict]]) -> N
 
 
 def _taxi_sections(loaded, sections, paper, summary, bar, stages, seed, n_seqs) -> dict[str, dict[str, Any]]:
-    """World-model table and maps for taxi checkpoints; returns summary fields per path."""
-    return {}
+    """World-model table and maps for taxi checkpoints; returns summary fields per name."""
+    from .analysis.mapping import map_from_checkpoint, panels_for
+    from .plots import interactive as I
+    from .worldmodel import evaluate_checkpoints, figure_rows
+
+    _stage(bar, stages[5])
+    n_pairs = max(50, min(200, n_seqs))
+    records = evaluate_checkpoints(loaded, n_pairs=n_pairs, seed=seed, rank_seqs=n_seqs)
+    summary["worldmodel"] = records
+    rows = figure_rows(records)
+    sections.append(("Taxi world model (Table 1 style)", CAPTIONS["worldmodel"], I.worldmodel_table_figure(rows)))
+    paper.append(("worldmodel", "worldmodel_plot", (rows,), {}))
+    out: dict[str, dict[str, Any]] = {}
+    for ck, rec in zip(loaded, records):
+        det = rec.get("detour", {}).get("random@0.75", {}).get("valid", {})
+        out[ck.name] = {
+            "next_token": rec["next_token"]["rate"],
+            "valid_trajectory": rec["trajectory_valid"]["rate"],
+            "legal_trajectory": rec["trajectory_legal"]["rate"],
+            "compression": rec["compression"]["rate"],
+            "distinction_precision": rec["distinction_precision"]["rate"],
+            "distinction_recall": rec["distinction_recall"]["rate"],
+            "detour": det.get("rate"),
+        }
+    bar.update(1)
+
+    _stage(bar, stages[6])
+    summary["maps"] = []
+    true_map = loaded[0].world.map
+    panels: list[dict[str, Any]] = []
+    for ck in loaded:
+        recon, rep = map_from_checkpoint(ck, n_trips=min(500, 2 * n_seqs), n_seqs=n_seqs, seed=seed)
+        summary["maps"].append({"checkpoint": ck.name, "objective": ck.objective,
+                                "behaviour": recon.to_dict(edges="invented"), "representation": rep.to_dict()})
+        for panel in panels_for(recon) + panels_for(rep, recon):
+            panel["title"] = f"{ck.name} ({ck.objective}): {panel.get('title', '')}"
+            panels.append(panel)
+        out.setdefault(ck.name, {})["invented_edges"] = len(recon.invented)
+    sections.append(("Reconstructed maps", CAPTIONS["maps"], I.map_figure(true_map, panels)))
+    paper.append(("maps", "map_plot", (true_map, panels), {}))
+    bar.update(1)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:

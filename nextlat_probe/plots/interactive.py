@@ -378,41 +378,55 @@ def worldmodel_table_figure(rows: list[dict[str, Any]], columns: list[str] | Non
         header=dict(values=["model", *cols], fill_color="#EEEEEE", align="left", font=dict(size=13)),
         cells=dict(values=cells, align="left", font=dict(color=font_colors, size=13), height=28),
     ))
-    fig.update_layout(**_LAYOUT, height=120 + 32 * len(rows), width=max(600, 170 * (len(cols) + 1)), margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(**_LAYOUT, height=120 + 32 * len(rows), width=min(1150, max(600, 170 * (len(cols) + 1))), margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def map_figure(true_map: Any, panels: list[dict[str, Any]], curvature: float = 0.25, node_size: float = 3.0):
+def map_figure(true_map: Any, panels: list[dict[str, Any]], curvature: float = 0.25, node_size: float = 3.0,
+               cols: int | None = None):
     """Maps side by side: the true street map in grey (nodes at each panel's ``coords``,
     default the map's coordinates or a deterministic layout), overlaid with recovered
     edges, invented edges (curved, contrasting colour, as in Vafa et al.) and missing
     edges (dotted). Panel spec: {"title", "coords": [N, 2] or None, "edges": [(src, dst)],
-    "invented": [(src, dst)], "missing": [(src, dst)]} with node indices."""
+    "invented": [(src, dst)], "missing": [(src, dst)]} with node indices. Panels are laid
+    out ``cols`` to a row (default: up to 3)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     geo, _ = map_panels(true_map, panels, curvature)
-    fig = make_subplots(rows=1, cols=max(1, len(geo)), subplot_titles=[g["title"] for g in geo], horizontal_spacing=0.03)
+    cols = max(1, min(cols or 3, len(geo)))
+    n_rows = max(1, -(-len(geo) // cols))
+    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=[_wrap(g["title"]) for g in geo],
+                        horizontal_spacing=0.03, vertical_spacing=0.12 / n_rows)
     layers = [("true", "true map", MAP_COLORS["true"], 1.0, "solid"),
               ("recovered", "recovered edges", MAP_COLORS["recovered"], 1.6, "solid"),
               ("missing", "missing edges", MAP_COLORS["missing"], 1.0, "dot"),
               ("invented", "invented edges", MAP_COLORS["invented"], 1.6, "solid")]
     shown: set[str] = set()
     for k, g in enumerate(geo, start=1):
+        row, col = (k - 1) // cols + 1, (k - 1) % cols + 1
         for key, label, color, width, dash in layers:
             if len(g[key]) == 0:
                 continue
             x, y = polylines_xy(g[key])
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label}", legendgroup=key, showlegend=key not in shown,
-                                     line=dict(color=color, width=width, dash=dash), hoverinfo="skip"), row=1, col=k)
+                                     line=dict(color=color, width=width, dash=dash), hoverinfo="skip"), row=row, col=col)
             shown.add(key)
         fig.add_trace(go.Scattergl(x=g["coords"][:, 0], y=g["coords"][:, 1], mode="markers", name="intersections",
                                    legendgroup="nodes", showlegend="nodes" not in shown,
                                    marker=dict(size=node_size, color=MAP_COLORS["node"]),
                                    text=[str(i) for i in range(len(g["coords"]))],
-                                   hovertemplate="node %{text}<extra></extra>"), row=1, col=k)
+                                   hovertemplate="node %{text}<extra></extra>"), row=row, col=col)
         shown.add("nodes")
-        fig.update_xaxes(visible=False, row=1, col=k)
-        fig.update_yaxes(visible=False, scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=1, col=k)
-    fig.update_layout(**_LAYOUT, height=600, width=max(600, 520 * len(geo)))
+        fig.update_xaxes(visible=False, row=row, col=col)
+        fig.update_yaxes(visible=False, scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=row, col=col)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1150, max(600, 400 * cols)))
     return fig
+
+
+def _wrap(title: str, width: int = 55) -> str:
+    """Break a long subplot title onto lines (plotly does not wrap)."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(str(title), width)) or str(title)

@@ -1,0 +1,82 @@
+"""The report and the main job end to end (slow: they run every analysis)."""
+import json
+import re
+from html.parser import HTMLParser
+
+import pytest
+from helpers import run_cli
+
+
+class _Scan(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.h2, self.script_src, self._in_h2 = [], [], False
+
+    def handle_starttag(self, tag, attrs):
+        a = dict(attrs)
+        if tag == "script" and a.get("src"):
+            self.script_src.append(a["src"])
+        if tag in ("link", "img") and (a.get("href") or a.get("src") or "").startswith("http"):
+            self.script_src.append(a.get("href") or a.get("src"))
+        self._in_h2 = tag == "h2"
+
+    def handle_data(self, data):
+        if self._in_h2:
+            self.h2.append(data.strip())
+            self._in_h2 = False
+
+
+@pytest.mark.slow
+def test_report_on_two_taxi_checkpoints(tiny_taxi_ckpts, tmp_path):
+    from nextlat_probe.report import run_report
+
+    out = tmp_path / "report"
+    summary = run_report([tiny_taxi_ckpts["gpt"], tiny_taxi_ckpts["nextlat"]], out, n_seqs=24, fit_steps=40, progress=False, quiet=True)
+    scan = _Scan()
+    scan.feed((out / "report.html").read_text())
+    for section in ("Summary", "Training curves", "Loss per position vs the exact floor", "Effective rank",
+                    "Belief probe R² per layer", "Transition consistency", "Taxi world model (Table 1 style)", "Reconstructed maps"):
+        assert section in scan.h2, (section, scan.h2)
+    assert scan.script_src == []  # offline: plotly.js is inlined, nothing is fetched
+    data = json.loads((out / "summary.json").read_text())
+    rows = {r["objective"]: r for r in data["checkpoints"]}
+    assert set(rows) == {"gpt", "nextlat"}
+    for key in ("val_loss", "val_gap", "effective_rank", "probe_r2", "transition_err1", "belief_ratio",
+                "next_token", "valid_trajectory", "compression", "detour"):
+        for obj in rows:
+            assert rows[obj].get(key) is not None, (obj, key)
+    # the summary agrees with the analyses' own records
+    rank_last = [r for r in data["rank"] if r["objective"] == "gpt"][-1]
+    assert rows["gpt"]["effective_rank"] == pytest.approx(rank_last["effective_rank"])
+    wm = [r for r in data["worldmodel"] if r["objective"] == "nextlat"][0]
+    assert rows["nextlat"]["next_token"] == pytest.approx(wm["next_token"]["rate"])
+    for stem in ("effective_rank", "transition", "worldmodel", "maps", "position_loss"):
+        pdf = out / "figures" / f"{stem}.pdf"
+        assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF"), stem
+        assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_report_cli_on_mess3_and_errors(tiny_mess3_ckpts, tmp_path):
+    out = tmp_path / "rep"
+    r = run_cli("nextlat_probe.report", str(tiny_mess3_ckpts["gpt"]), str(tiny_mess3_ckpts["nextlat"]), "--out", str(out),
+                "--n-seqs", "16", "--fit-steps", "20", "--no-figures", "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"gpt\s+gpt", r.stdout) and "nextlat" in r.stdout and "eff. rank" in r.stdout
+    html = (out / "report.html").read_text()
+    assert "Belief geometry: exact vs probed" in html  # 3-state world: the simplex section
+    assert "Taxi world model" not in html
+    r = run_cli("nextlat_probe.report", str(tmp_path / "nope.pt"), "--out", str(out))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_demo_trains_reports_and_reuses(tmp_path):
+    args = ["nextlat_probe.demo", "--world", "mess3", "--steps", "12", "--n-seqs", "12", "--out", str(tmp_path / "demo"), "--no-progress"]
+    r = run_cli(*args)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "demo" / "report" / "report.html").is_file()
+    assert "gpt" in r.stdout and "nextlat" in r.stdout and "Report:" in r.stdout
+    assert (tmp_path / "demo" / "gpt" / "ckpt_step4.pt").is_file()  # kept for matched-loss comparisons
+    again = run_cli(*args)
+    assert again.returncode == 0 and "reusing" in again.stderr
