@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/rank.py            # N = 1e4, 1e5, 1e6 x D = 256
     .venv/bin/python benchmarks/rank.py --quick    # N = 1e4, 1e5
+    .venv/bin/python benchmarks/rank.py --cli-only # just the CLI wall-time split
 
 Both routes get the same float32 hidden-state matrix (low-rank structure + noise + an
 offset, like real residual streams). The streamed route feeds it to ``SufficientStats``
@@ -20,6 +21,7 @@ overhead is negligible.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 import tracemalloc
 
@@ -59,7 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--quick", action="store_true", help="N = 1e4 and 1e5 only")
     ap.add_argument("--d", type=int, default=256, help="state dimension (default 256)")
     ap.add_argument("--batch", type=int, default=4096, help="rows per streamed batch (default 4096)")
+    ap.add_argument("--cli-only", action="store_true", help="only the CLI wall-time split")
     args = ap.parse_args(argv)
+    if args.cli_only:
+        cli_timing()
+        return
 
     from nextlat_probe.analysis.rank import rank_report
     from nextlat_probe.analysis.stats import SufficientStats
@@ -102,5 +108,56 @@ def main(argv: list[str] | None = None) -> None:
     )
 
 
+def cli_timing() -> None:
+    """Wall time of ``python -m nextlat_probe.rank ckpt.pt`` on a tiny checkpoint, split into
+    import, model load, forward passes and rank. Each part is timed in a fresh interpreter
+    (the import cost is what a user pays once per command), with the CLI's own defaults:
+    256 sequences, final layer, streamed statistics."""
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    tmp = Path(tempfile.mkdtemp(prefix="rank_bench_"))
+    ckpt = train(TrainConfig(world="taxi", objective="nextlat", steps=2, n_val=8, device="cpu"), tmp, progress=False).checkpoint
+    probe = f"""
+import json, time
+t0 = time.perf_counter()
+import torch, transformer_lens  # noqa: F401  (what the CLI imports)
+from nextlat_probe.rank import rank_report
+from nextlat_probe.activations import analysis_mask, collect_stats, layer_hook
+from nextlat_probe.analysis.common import shared_tokens
+from nextlat_probe.checkpoint import load_checkpoint
+t1 = time.perf_counter()
+ck = load_checkpoint({str(ckpt)!r})
+t2 = time.perf_counter()
+sample = shared_tokens([ck], 256, None, 0)[0]
+hook = layer_hook(ck.model_config.n_layers - 1)
+stats = collect_stats(ck.model, sample.tokens, [hook], mask=analysis_mask(ck.world, sample.tokens))
+t3 = time.perf_counter()
+res = rank_report(stats[hook])
+t4 = time.perf_counter()
+print(json.dumps(dict(imports=t1 - t0, load=t2 - t1, forward=t3 - t2, rank=t4 - t3)))
+"""
+    parts = json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout)
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "nextlat_probe.rank", str(ckpt), "--no-progress"], capture_output=True, check=True)
+    total = time.perf_counter() - t
+    t = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "nextlat_probe.rank", "--help"], capture_output=True, check=True)
+    helptime = time.perf_counter() - t
+    print("\nCLI wall time on a tiny taxi checkpoint (256 sequences, final layer):")
+    for k, v in parts.items():
+        print(f"  {k:<8} {v:7.2f} s")
+    print(f"  {'total':<8} {total:7.2f} s   (python -m nextlat_probe.rank ckpt.pt, interpreter start included)")
+    print(f"  {'--help':<8} {helptime:7.2f} s")
+
+
 if __name__ == "__main__":
     main()
+    if "--cli-only" not in sys.argv and "--no-cli" not in sys.argv:
+        cli_timing()
