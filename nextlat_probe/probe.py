@@ -83,12 +83,10 @@ def probe_checkpoints(
     from tqdm.auto import tqdm
 
     from .activations import analysis_mask, collect, layer_hook, layer_label
-    from .analysis.common import ckpt_info, load_all, shared_tokens
+    from .analysis.common import ckpt_info, ensure_loaded, shared_tokens
     from .analysis.probes import belief_probe, coordinate_regression, state_classifier
 
-    loaded = [c if hasattr(c, "model") else None for c in ckpts]
-    fresh = iter(load_all([c for c, lo in zip(ckpts, loaded) if lo is None], device=device))
-    loaded = [lo if lo is not None else next(fresh) for lo in loaded]
+    loaded = ensure_loaded(ckpts, device=device)
     samples = shared_tokens(loaded, n_train + n_test, seq_len, seed)
     tr = np.arange(n_train)
     te = np.arange(n_train, n_train + n_test)  # disjoint by construction: different sequences

@@ -53,12 +53,9 @@ def rank_checkpoints(
     n99, d_model, n_samples, centered, spectrum, val_loss, val_floor, val_gap.
     """
     from .activations import analysis_mask, collect_stats, layer_hook, layer_label
-    from .analysis.common import ckpt_info, load_all, shared_tokens
+    from .analysis.common import ckpt_info, ensure_loaded, shared_tokens
 
-    loaded = [c if hasattr(c, "model") else None for c in ckpts]
-    paths = [c for c, lo in zip(ckpts, loaded) if lo is None]
-    fresh = iter(load_all(paths, device=device))
-    loaded = [lo if lo is not None else next(fresh) for lo in loaded]
+    loaded = ensure_loaded(ckpts, device=device)
     samples = shared_tokens(loaded, n_seqs, seq_len, seed)
     records: list[dict[str, Any]] = []
     for ck, sample in zip(loaded, samples):

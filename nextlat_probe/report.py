@@ -106,7 +106,7 @@ def run_report(
     the summary dict (what summary.json holds)."""
     from tqdm.auto import tqdm
 
-    from .analysis.common import load_all, shared_tokens
+    from .analysis.common import ensure_loaded, load_all, shared_tokens
     from .analysis.losses import matched_loss_comparison, position_losses
     from .plots import interactive as I
     from .plots.page import write_page
@@ -118,7 +118,7 @@ def run_report(
     t0 = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    loaded = load_all(ckpts, device=device)
+    loaded = ensure_loaded(ckpts, device=device)
     names = [ck.name for ck in loaded]
     if len(set(names)) != len(names):  # e.g. the same file twice: number the labels
         for i, ck in enumerate(loaded):
@@ -162,7 +162,7 @@ def run_report(
     summary["rank"] = rank_records
     traj_records = []
     for ck in loaded:
-        inter = [load_all([p], device=device)[0] for p in _intermediate(ck)]
+        inter = load_all(_intermediate(ck), device=device)
         if inter:
             recs = rank_checkpoints([*inter, ck], layers="last", n_seqs=n_seqs, seed=seed)
             for r in recs:

@@ -57,13 +57,11 @@ def transition_checkpoints(
     import numpy as np
 
     from .activations import analysis_mask
-    from .analysis.common import ckpt_info, load_all, shared_tokens
+    from .analysis.common import ckpt_info, ensure_loaded, shared_tokens
     from .analysis.transition import grouped_consistency, transition_consistency
     from .models.transformer import final_hook_name
 
-    loaded = [c if hasattr(c, "model") else None for c in ckpts]
-    fresh = iter(load_all([c for c, lo in zip(ckpts, loaded) if lo is None], device=device))
-    loaded = [lo if lo is not None else next(fresh) for lo in loaded]
+    loaded = ensure_loaded(ckpts, device=device)
     samples = shared_tokens(loaded, n_train + n_test, seq_len, seed)
     records, results = [], {}
     for ck, sample in zip(loaded, samples):

@@ -39,13 +39,11 @@ def evaluate_checkpoints(ckpts: list[Any], n_pairs: int = 200, seed: int = 0, ep
     """One JSON-ready record per checkpoint (paths or ``LoadedCheckpoint``): the
     checkpoint's identifying fields and validation loss, the final-layer effective rank
     and every world-model metric (``WorldModelResult.to_dict()``)."""
-    from .analysis.common import ckpt_info, load_all
+    from .analysis.common import ckpt_info, ensure_loaded
     from .analysis.worldmodel import check_taxi_world, evaluate_world_model, model_predictor
     from .rank import rank_checkpoints
 
-    loaded = [c if hasattr(c, "model") else None for c in ckpts]
-    fresh = iter(load_all([c for c, lo in zip(ckpts, loaded) if lo is None], device=device))
-    loaded = [lo if lo is not None else next(fresh) for lo in loaded]
+    loaded = ensure_loaded(ckpts, device=device)
     for ck in loaded:
         try:
             check_taxi_world(ck.world)

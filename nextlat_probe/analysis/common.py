@@ -14,6 +14,14 @@ def load_all(paths, device: str = "cpu") -> list[Any]:
     return [load_checkpoint(p, device=device) for p in paths]
 
 
+def ensure_loaded(ckpts, device: str = "cpu") -> list[Any]:
+    """Paths or ``LoadedCheckpoint`` objects -> loaded checkpoints (paths are loaded, in
+    order; all of them before any analysis starts, so a bad file fails fast)."""
+    paths = [c for c in ckpts if not hasattr(c, "model")]
+    fresh = iter(load_all(paths, device=device))
+    return [c if hasattr(c, "model") else next(fresh) for c in ckpts]
+
+
 def analysis_length(ck, seq_len: int | None = None) -> int:
     """The sequence length to analyse: asked for, else the training length, within n_ctx."""
     n_ctx = int(ck.model_config.n_ctx)
