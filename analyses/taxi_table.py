@@ -16,9 +16,9 @@ every ``--keep-every`` steps). Every number is a mean with its standard deviatio
 and max over seeds.
 
 CPU time (2 cores): the default (3 seeds x 2 objectives x 1,500 steps, tiny preset, 6x6
-map) takes about 20-30 minutes, almost all of it training (tiny: about 8-10 steps/s);
-finished runs are reused when the script is run again. ``--seeds 1 --steps 30 --map-size 4
---max-len 12`` takes about a minute.
+map) takes about 25-35 minutes: training at about 8-10 steps/s, then about a minute of
+world-model metrics per model. Finished runs are reused when the script is run again.
+``--seeds 1 --steps 30 --map-size 4 --min-len 2 --max-len 12`` takes about a minute.
 
 Outputs in ``--out``:
     taxi_table.csv            mean / std / min / max over seeds, per objective

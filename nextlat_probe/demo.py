@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--world", default="taxi", choices=("taxi", "mess3", "rrxor", "z1r", "a5"), help="world to train on")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the two runs")
     p.add_argument("--report", type=Path, default=None, help="report folder (default: OUT/report)")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per model")
+    p.add_argument("--steps", type=int, default=2000, help="training steps per model")
     p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"))
     p.add_argument("--horizon", type=int, default=1, help="NextLat roll-out depth d")
     p.add_argument("--batch-size", type=int, default=64)
@@ -34,61 +34,30 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _matches(ckpt: Path, cfg) -> str:
-    """'done' if ``ckpt`` is this very run finished, 'resume' if interrupted, else 'other'."""
-    from .checkpoint import CheckpointError, read_checkpoint
-
-    try:
-        raw = read_checkpoint(ckpt)
-    except CheckpointError:
-        return "other"
-    saved = dict(raw.get("train_config", {}))
-    want = cfg.to_dict()
-    keys = [k for k in want if k not in ("device",)]
-    if any(saved.get(k) != want[k] for k in keys):
-        return "other"
-    return "done" if int(raw.get("step", 0)) >= cfg.steps else "resume"
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps < 1:
         raise UsageError("--steps must be positive")
-    from .training.config import TrainConfig
-    from .training.trainer import train
+    from .experiments import train_pair
 
     t0 = time.time()
-    ckpts = []
-    for objective in ("gpt", "nextlat"):
-        run = args.out / objective
-        cfg = TrainConfig(
-            world=args.world,
-            objective=objective,
-            horizon=args.horizon,
-            preset=args.preset,
-            steps=args.steps,
-            batch_size=args.batch_size,
-            seed=args.seed,
-            device=args.device,
-            eval_every=max(50, args.steps // 15),
-            save_every=max(100, args.steps // 6),
-            keep_every=max(1, args.steps // 3),
-        )
-        ckpt = run / "ckpt.pt"
-        state = "other" if args.retrain or not ckpt.exists() else _matches(ckpt, cfg)
-        if state == "done":
-            print(f"[demo] reusing {ckpt} (finished; --retrain to train again)", file=sys.stderr)
-        elif state == "resume":
-            print(f"[demo] resuming {ckpt}", file=sys.stderr)
-            train(cfg, run, resume=ckpt, progress=not args.no_progress)
-        else:
-            if ckpt.exists():
-                print(f"[demo] {ckpt} holds a different run; training afresh", file=sys.stderr)
-            for old in run.glob("ckpt_step*.pt"):
-                old.unlink()
-            print(f"[demo] training {objective} on {args.world} ({args.preset}, {args.steps} steps)", file=sys.stderr)
-            train(cfg, run, progress=not args.no_progress)
-        ckpts.append(ckpt)
+    runs = train_pair(
+        args.world,
+        seeds=(args.seed,),
+        steps=args.steps,
+        out=args.out,
+        reuse=not args.retrain,
+        progress=not args.no_progress,
+        log=lambda msg: print(f"[demo] {msg}", file=sys.stderr),
+        horizon=args.horizon,
+        preset=args.preset,
+        batch_size=args.batch_size,
+        device=args.device,
+        eval_every=max(50, args.steps // 15),
+        save_every=max(100, args.steps // 6),
+        keep_every=max(1, args.steps // 3),
+    )
+    ckpts = [run.checkpoint for run in runs]
     print(f"[demo] training done in {time.time() - t0:.0f} s", file=sys.stderr)
 
     from .report import run_report

@@ -29,7 +29,7 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 OBJECTIVES = ("gpt", "nextlat")
 SUMMARY_STATS = ("mean", "std", "min", "max")
@@ -108,6 +108,7 @@ def train_pair(
     world_options: dict[str, Any] | None = None,
     reuse: bool = True,
     progress: bool = False,
+    log: Callable[[str], None] | None = None,
     **train_options: Any,
 ) -> list[Run]:
     """Train one run per objective and seed under ``out/{objective}-seed{seed}/``.
@@ -115,9 +116,9 @@ def train_pair(
     Runs of the same seed differ only in the objective: the seed fixes the initial
     weights, the training batches and the validation set for both. ``train_options`` are
     further ``TrainConfig`` fields (``preset``, ``batch_size``, ``seq_len``, ``lr``,
-    ``horizon``, ``keep_every`` ...). With ``keep_every`` the validation cadence is set so
-    that every kept checkpoint carries its own, current validation loss (needed for the
-    matched-loss comparison). A finished run with the same configuration is reused and an
+    ``horizon``, ``keep_every`` ...). Every kept checkpoint carries its own, current
+    validation loss (the trainer evaluates at kept steps), which the matched-loss
+    comparison needs. ``log`` receives one line per run (trained / resumed / reused). A finished run with the same configuration is reused and an
     interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``.
     Returns the runs in the order (seed, objective).
     """
@@ -131,10 +132,7 @@ def train_pair(
         if obj not in OBJECTIVES:
             raise ValueError(f"train_pair: objective must be one of {', '.join(OBJECTIVES)}, got {obj!r}")
     opts = dict(train_options)
-    keep = int(opts.get("keep_every", 0) or 0)
-    if keep:
-        every = int(opts.get("eval_every", min(100, keep)))
-        opts["eval_every"] = every if keep % every == 0 else keep
+    say = log or (lambda msg: None)
     out = Path(out)
     runs: list[Run] = []
     for seed in seeds:
@@ -143,7 +141,10 @@ def train_pair(
                               seed=seed, **opts)
             folder = out / run_name(obj, seed)
             state, done = _run_state(folder / "ckpt.pt", cfg) if reuse else ("new", {})
-            if state != "done":
+            if state == "done":
+                say(f"reusing {folder / 'ckpt.pt'} (finished)")
+            else:
+                say(f"{'resuming' if state == 'resume' else 'training'} {obj} on {world}, seed {seed} -> {folder}")
                 if state == "new":
                     for old in intermediate_checkpoints(folder):
                         old.unlink()  # from a different run: they would pollute the trajectory

@@ -36,6 +36,7 @@ SUMMARY_COLUMNS = [
     ("belief_ratio", "within-belief var", ".4f"),
 ]
 TAXI_COLUMNS = [
+    ("state_accuracy", "node probe acc.", ".3f"),
     ("next_token", "next-token", ".3f"),
     ("valid_trajectory", "valid traj.", ".3f"),
     ("compression", "compression", ".3f"),
@@ -67,14 +68,9 @@ def _metrics_path(ck) -> Path | None:
 
 def _intermediate(ck) -> list[Path]:
     """Intermediate checkpoints of the same run (``ckpt_step{N}.pt``), by step."""
-    folder = Path(ck.path).parent
-    found = []
-    for p in folder.glob("ckpt_step*.pt"):
-        try:
-            found.append((int(p.stem.split("step")[-1]), p))
-        except ValueError:
-            continue
-    return [p for _, p in sorted(found)]
+    from .experiments import intermediate_checkpoints
+
+    return intermediate_checkpoints(Path(ck.path).parent)
 
 
 def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
@@ -218,6 +214,9 @@ def run_report(
         pr = [r for r in prep.records if r["checkpoint"] == ck.name and r["layer"] not in ("concat", "embed") and "r2" in r]
         if pr:
             row.update(probe_r2=pr[-1]["r2"], probe_mse=pr[-1]["mse"], probe_control_r2=pr[-1].get("control_r2"))
+        acc = [r for r in prep.records if r["checkpoint"] == ck.name and r["layer"] not in ("concat", "embed") and "state_accuracy" in r]
+        if acc:
+            row.update(state_accuracy=acc[-1]["state_accuracy"], state_chance=acc[-1].get("state_chance"))
         tr = [r for r in trans["records"] if r["checkpoint"] == ck.name and r["dynamics"] == "post-hoc mlp"]
         if tr:
             row.update(transition_err1=tr[0]["errors"][0], belief_ratio=tr[0]["belief_ratio"], state_ratio=tr[0]["state_ratio"])

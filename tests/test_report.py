@@ -77,6 +77,6 @@ def test_demo_trains_reports_and_reuses(tmp_path):
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "demo" / "report" / "report.html").is_file()
     assert "gpt" in r.stdout and "nextlat" in r.stdout and "Report:" in r.stdout
-    assert (tmp_path / "demo" / "gpt" / "ckpt_step4.pt").is_file()  # kept for matched-loss comparisons
+    assert (tmp_path / "demo" / "gpt-seed0" / "ckpt_step4.pt").is_file()  # kept for matched-loss comparisons
     again = run_cli(*args)
     assert again.returncode == 0 and "reusing" in again.stderr

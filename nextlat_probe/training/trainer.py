@@ -242,11 +242,13 @@ def train(
                 t_last, tok_count = now, 0
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=f"{metrics.get('val_loss', float('nan')):.4f}")
             bar.update(1)
-            if step % cfg.eval_every == 0 or step == cfg.steps:
+            keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
+            # evaluate at kept steps too, so every kept checkpoint carries its own val loss
+            if step % cfg.eval_every == 0 or step == last or keep:
                 do_eval(step)
             if step % cfg.save_every == 0 or step == last:
                 save(ckpt_path, step)
-            if cfg.keep_every and step % cfg.keep_every == 0:
+            if keep:
                 save(out_dir / f"ckpt_step{step}.pt", step)
     finally:
         bar.close()
