@@ -32,6 +32,7 @@ def test_report_on_two_taxi_checkpoints(tiny_taxi_ckpts, tmp_path):
 
     out = tmp_path / "report"
     summary = run_report([tiny_taxi_ckpts["gpt"], tiny_taxi_ckpts["nextlat"]], out, n_seqs=24, fit_steps=40, progress=False, quiet=True)
+    assert [r["objective"] for r in summary["checkpoints"]] == ["gpt", "nextlat"]
     scan = _Scan()
     scan.feed((out / "report.html").read_text())
     for section in ("Summary", "Training curves", "Loss per position vs the exact floor", "Effective rank",
