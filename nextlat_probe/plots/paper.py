@@ -368,9 +368,12 @@ def worldmodel_plot(rows: list[dict[str, Any]], ax: Any = None, column: str = "d
 
 
 def map_plot(true_map: Any, panels: list[dict[str, Any]], ax: Any = None, column: str = "double", curvature: float = 0.25,
-             node_size: float = 1.0):
+             node_size: float = 1.0, cols: int | None = None):
     """Paper version of ``map_figure``: true map in grey at each panel's node positions,
-    recovered edges, missing edges (dotted) and curved invented edges."""
+    recovered edges, missing edges (dotted) and curved invented edges; panels ``cols`` to a
+    row (default up to 3), long titles wrapped."""
+    import textwrap
+
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
@@ -380,7 +383,10 @@ def map_plot(true_map: Any, panels: list[dict[str, Any]], ax: Any = None, column
               ("missing", MAP_COLORS["missing"], 0.5, ":", "missing"),
               ("invented", MAP_COLORS["invented"], 0.8, "-", "invented")]
     with paper_style():
-        fig, axes = _axes(ax, max(1, len(geo)), column, aspect=1.0)
+        n = max(1, len(geo))
+        cols = max(1, min(cols or 3, n))
+        rows = -(-n // cols)
+        fig, axes = _axes(ax, n, column, aspect=1.15, rows=rows)
         used: set[str] = set()
         for a, g in zip(axes, geo):
             for key, color, lw, ls, _ in layers:
@@ -392,7 +398,7 @@ def map_plot(true_map: Any, panels: list[dict[str, Any]], ax: Any = None, column
             a.autoscale_view()
             a.set_aspect("equal")
             a.set_axis_off()
-            a.set_title(g["title"])
+            a.set_title("\n".join(textwrap.wrap(str(g["title"]), 38)), fontsize="x-small")
         handles = [Line2D([], [], color=c, lw=1.2, ls=ls, label=lab) for key, c, _, ls, lab in layers if key in used]
         if handles:
             axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=len(handles))
