@@ -35,8 +35,8 @@ SUMMARY_COLUMNS = [
     ("transition_err1", "post-hoc err@1", ".4f"),
     ("belief_ratio", "within-belief var", ".4f"),
 ]
+STATE_COLUMN = ("state_accuracy", "state probe acc.", ".3f")
 TAXI_COLUMNS = [
-    ("state_accuracy", "node probe acc.", ".3f"),
     ("next_token", "next-token", ".3f"),
     ("valid_trajectory", "valid traj.", ".3f"),
     ("compression", "compression", ".3f"),
@@ -120,7 +120,8 @@ def run_report(
         for i, ck in enumerate(loaded):
             ck.label = f"{ck.name}#{i + 1}"
     kinds = {ck.world.spec().get("kind") for ck in loaded}
-    is_taxi = kinds == {"taxi"}
+    # world-model metrics need origin and destination tokens (visible-origin taxi world)
+    is_taxi = kinds == {"taxi"} and all(getattr(ck.world, "origin", "visible") == "visible" for ck in loaded)
     objectives = {ck.name: ck.objective for ck in loaded}
     stages = ["training curves", "per-position loss", "effective rank", "belief probes", "transition consistency"]
     if is_taxi:
@@ -226,7 +227,7 @@ def run_report(
         row.update(taxi_rows.get(ck.name, {}))
         rows.append(row)
     summary["checkpoints"] = rows
-    columns = SUMMARY_COLUMNS + (TAXI_COLUMNS if is_taxi else [])
+    columns = SUMMARY_COLUMNS + ([STATE_COLUMN] if any("state_accuracy" in r for r in rows) else []) + (TAXI_COLUMNS if is_taxi else [])
     intro = _intro_html(rows, columns, summary)
     summary["seconds"] = time.time() - t0
 
