@@ -350,7 +350,9 @@ def worldmodel_plot(rows: list[dict[str, Any]], ax: Any = None, column: str = "d
     names = [str(r.get("model", r.get("name", "?"))) for r in rows]
     styles = checkpoint_styles(names, {n: r.get("objective") for n, r in zip(names, rows)})
     with paper_style():
-        fig, axes = _axes(ax, len(cols), column, aspect=0.3 + 0.12 * len(rows), sharey=True)
+        per_row = min(4, len(cols))  # one row of 9 panels collapses at paper widths
+        n_rows = -(-len(cols) // per_row)
+        fig, axes = _axes(ax, len(cols), column, aspect=0.45 + 0.12 * len(rows), rows=n_rows, sharey=True)
         ypos = np.arange(len(rows))[::-1]
         for a, c in zip(axes, cols):
             for y, r, n in zip(ypos, rows, names):
@@ -359,7 +361,7 @@ def worldmodel_plot(rows: list[dict[str, Any]], ax: Any = None, column: str = "d
                 if np.isfinite(lo) and np.isfinite(hi):
                     a.plot([lo, hi], [y, y], color=st["color"], lw=1.2)
                 a.plot([v], [y], marker=_marker(st), color=st["color"], ls="none")
-            a.set_title(c)
+            a.set_title(c, fontsize="small")
             a.set_yticks(ypos, names)
             a.set_ylim(-0.6, len(rows) - 0.4)
             a.margins(x=0.15)
