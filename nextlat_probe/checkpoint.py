@@ -66,6 +66,9 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets normal file permissions
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
@@ -184,10 +187,10 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
     move(model, dev).eval()
     dyn = None
     if data.get("dynamics") is not None:
-        dyn = LatentDynamics(**data["dynamics_config"])
         try:
+            dyn = LatentDynamics(**data["dynamics_config"])
             dyn.load_state_dict(data["dynamics"])
-        except (RuntimeError, KeyError, TypeError) as exc:
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(p, f"p_psi weights do not match ({str(exc).splitlines()[0][:160]})") from None
         dyn.to(dev).eval()
     return LoadedCheckpoint(

@@ -118,3 +118,43 @@ def test_train_cli_and_errors(tmp_path):
     assert r.returncode == 2 and "--map-size" in r.stderr
     r = run_cli("nextlat_probe.train", "--world", "mess3", "--steps", "-1", "--out", str(tmp_path / "x"))
     assert r.returncode == 2
+
+
+def test_infinite_gradient_stops_before_the_update(tmp_path, monkeypatch):
+    """A finite loss with an inf gradient must not reach the weights or the checkpoint."""
+    real = trainer_mod.compute_losses
+    calls = {"n": 0}
+
+    def poisoned(model, *a, **k):
+        out = real(model, *a, **k)
+        calls["n"] += 1
+        if calls["n"] == 7:  # step 7: after the step-5 checkpoint
+            next(model.parameters()).register_hook(lambda g: torch.full_like(g, float("inf")))
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_losses", poisoned)
+    with pytest.raises(TrainingDiverged, match="gradient norm .* step 7"):
+        train(cfg(objective="gpt", grad_clip=0.0), tmp_path / "run", progress=False)
+    m, _, step = state(tmp_path / "run" / "ckpt.pt")
+    assert step == 5
+    assert all(torch.isfinite(v).all() for v in m.values() if v.is_floating_point())
+
+
+def test_fresh_run_drops_old_intermediate_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    train(cfg(steps=6, keep_every=3), out, progress=False)
+    assert sorted(p.name for p in out.glob("ckpt_step*.pt")) == ["ckpt_step3.pt", "ckpt_step6.pt"]
+    train(cfg(steps=4, keep_every=4), out, progress=False)
+    assert sorted(p.name for p in out.glob("ckpt_step*.pt")) == ["ckpt_step4.pt"]
+    # kept checkpoints carry the validation loss of their own step
+    assert read_checkpoint(out / "ckpt_step4.pt")["metrics"]["step"] == 4
+
+
+def test_checkpoint_file_mode_follows_umask(tmp_path):
+    import os
+    import stat
+
+    res = train(cfg(steps=1), tmp_path / "m", progress=False)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(os.stat(res.checkpoint).st_mode) == 0o666 & ~umask

@@ -51,7 +51,11 @@ def matched_loss_comparison(trajectories: dict[str, list[dict[str, Any]]], key: 
     lowest loss every run reaches); for each run the first checkpoint at or below it is
     reported. Returns {"target_val_loss", "runs": {name: {step, val_loss, key}}}.
     """
-    usable = {k: [r for r in v if r.get("val_loss") is not None and r.get(key) is not None] for k, v in trajectories.items()}
+    def ok(r: dict[str, Any]) -> bool:
+        v, m = r.get("val_loss"), r.get(key)
+        return v is not None and m is not None and np.isfinite(v) and np.isfinite(m)
+
+    usable = {k: [r for r in v if ok(r)] for k, v in trajectories.items()}
     usable = {k: sorted(v, key=lambda r: r["step"]) for k, v in usable.items() if v}
     if len(usable) < 2:
         return {"target_val_loss": None, "runs": {}}

@@ -184,8 +184,6 @@ def train(
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
         start = int(state["step"])
-        # The schedule depends on cfg.steps, which resume may have raised.
-        sched.lr_lambdas[0] = lr_lambda(cfg)
 
     val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
     val_floor = world.exact_cross_entropy(val_tokens)
@@ -195,6 +193,12 @@ def train(
     metrics_path = out_dir / "metrics.jsonl"
     metrics: dict[str, Any] = dict(state.get("metrics", {})) if state else {}
     log_every = max(1, min(10, cfg.eval_every))
+
+    if state is not None and metrics_path.is_file() and metrics_path.stat().st_size:
+        with open(metrics_path, "rb+") as f:  # a killed run may have left half a line
+            f.seek(-1, 2)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
 
     def write(rec: dict[str, Any]) -> None:
         with open(metrics_path, "a") as f:
@@ -206,10 +210,14 @@ def train(
         write({"step": step, "val_loss": vl, "val_floor": val_floor, "val_gap": vl - val_floor})
 
     def save(path: Path, step: int) -> None:
+        if not math.isfinite(float(metrics.get("val_loss", 0.0))):
+            raise TrainingDiverged(f"validation loss is {metrics.get('val_loss')} at step {step}; not overwriting {path}")
         save_checkpoint(_payload(cfg, world, mcfg, ocfg, model, dynamics, opt, sched, step, metrics), path)
 
     if state is None:
         metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
+        for old in out_dir.glob("ckpt_step*.pt"):  # and must not mix in another run's history
+            old.unlink()
         write({"event": "start", "config": cfg.to_dict(), "model_config": mcfg.to_dict(), "world": world.spec().get("kind")})
         do_eval(0)
     model.train()
@@ -230,7 +238,14 @@ def train(
             opt.zero_grad(set_to_none=True)
             losses["loss"].backward()
             params = [p for g in opt.param_groups for p in g["params"]]
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip) if cfg.grad_clip > 0 else torch.tensor(0.0)
+            # the norm is always computed: a finite loss can still give an inf/NaN gradient,
+            # which must stop training BEFORE the optimiser writes it into the weights
+            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+            if not torch.isfinite(gnorm):
+                raise TrainingDiverged(
+                    f"gradient norm became {float(gnorm)} at step {step}; stopped before the update. "
+                    f"Last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none written yet'}"
+                )
             opt.step()
             sched.step()
             tok_count += t.numel()
