@@ -25,8 +25,8 @@ buffers are not seen).
 from __future__ import annotations
 
 import argparse
-import time
-import tracemalloc
+
+from _common import measure  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def make_data(n: int, d: int, s: int, seed: int = 0):
@@ -42,19 +42,6 @@ def make_data(n: int, d: int, s: int, seed: int = 0):
     Y = X @ W + 0.1 * rng.standard_normal((n, s))
     Xt = rng.standard_normal((10_000, d)) @ mix + 0.3
     return X, Y, Xt
-
-
-def measure(fn):
-    """(result, seconds, peak MiB of allocations made during fn)."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    return out, dt, peak / 2**20
 
 
 def run_case(n: int, s: int, d: int, with_cv: bool) -> None:

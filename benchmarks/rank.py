@@ -23,7 +23,8 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-import tracemalloc
+
+from _common import measure  # noqa: E402  (benchmarks/ is on sys.path when run as a script)
 
 
 def make_states(n: int, d: int, seed: int = 0):
@@ -41,19 +42,6 @@ def make_states(n: int, d: int, seed: int = 0):
         H[i : i + m] += np.float32(0.05) * rng.standard_normal((m, d), dtype=np.float32)
         H[i : i + m] += offset
     return H
-
-
-def measure(fn):
-    """(result, seconds, peak MiB of allocations made during fn)."""
-    tracemalloc.start()
-    tracemalloc.reset_peak()
-    base = tracemalloc.get_traced_memory()[0]
-    t0 = time.perf_counter()
-    out = fn()
-    dt = time.perf_counter() - t0
-    peak = tracemalloc.get_traced_memory()[1] - base
-    tracemalloc.stop()
-    return out, dt, peak / 2**20
 
 
 def main(argv: list[str] | None = None) -> None:
