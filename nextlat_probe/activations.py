@@ -4,7 +4,11 @@ Hook points (TransformerLens's stable names)::
 
     embed     blocks.0.hook_resid_pre      = hook_embed + hook_pos_embed
     L{l}      blocks.{l}.hook_resid_post   the residual stream after block l
-    final     ln_final.hook_normalized     the normalised stream the unembedding reads
+    ln_final  ln_final.hook_normalized     the normalised stream the unembedding reads
+
+``L{n-1}``, the last block's residual, is what ``--layers last`` selects and what NextLat's
+latent loss predicts; ``ln_final`` is the LayerNorm'd stream after it (called "final" in
+earlier versions, which is still accepted as input).
 
 ``collect`` returns arrays ``[n, length, D]`` with the same ``[sequence, position]``
 indexing as ``world.sample`` / ``world.beliefs``; ``collect_stats`` streams per-layer
@@ -23,15 +27,19 @@ if TYPE_CHECKING:  # pragma: no cover
     from .worlds import World
 
 EMBED_HOOK = "blocks.0.hook_resid_pre"
-FINAL_HOOK = "ln_final.hook_normalized"
+LN_FINAL_HOOK = "ln_final.hook_normalized"
 
 
 def layer_hook(layer: int | str) -> str:
-    """-1 / "embed" -> embeddings; l -> ``blocks.{l}.hook_resid_post``; "final" -> ln_final."""
-    if layer in (-1, "embed", "emb"):
+    """"embed" -> the embeddings; l >= 0 -> ``blocks.{l}.hook_resid_post``; "ln_final" (or
+    the older "final") -> ``ln_final.hook_normalized``. Negative block indices are resolved
+    against the model's depth by ``compare.parse_layers``, not here."""
+    if layer in ("embed", "emb"):
         return EMBED_HOOK
-    if layer == "final":
-        return FINAL_HOOK
+    if layer in ("ln_final", "final"):
+        return LN_FINAL_HOOK
+    if int(layer) < 0:
+        raise ValueError(f"layer_hook: negative block index {layer}; resolve it with compare.parse_layers")
     return f"blocks.{int(layer)}.hook_resid_post"
 
 
@@ -39,22 +47,22 @@ def layer_label(hook: str) -> str:
     """Short label for tables and plots: embed, L0, L1, ..., final."""
     if hook == EMBED_HOOK:
         return "embed"
-    if hook == FINAL_HOOK:
-        return "final"
+    if hook == LN_FINAL_HOOK:
+        return "ln_final"
     if hook.startswith("blocks.") and hook.endswith(".hook_resid_post"):
         return f"L{hook.split('.')[1]}"
     return hook
 
 
 def default_hooks(n_layers: int) -> list[str]:
-    return [EMBED_HOOK, *(layer_hook(i) for i in range(n_layers)), FINAL_HOOK]
+    return [EMBED_HOOK, *(layer_hook(i) for i in range(n_layers)), LN_FINAL_HOOK]
 
 
 def _batches(n: int, batch_size: int, progress: bool, desc: str) -> Iterable[tuple[int, int]]:
-    from tqdm.auto import tqdm
+    from .progress import progress as bar
 
     starts = range(0, n, batch_size)
-    for s in tqdm(starts, desc=desc, disable=not progress or len(starts) <= 1, leave=False):
+    for s in bar(starts, desc=desc, disable=not progress or len(starts) <= 1, leave=False):
         yield s, min(n, s + batch_size)
 
 
@@ -212,7 +220,9 @@ def hidden_states(
     tokens = np.asarray(tokens, dtype=np.int64)
     n_ctx = int(model.cfg.n_ctx)
     if tokens.shape[1] > n_ctx:
-        raise ValueError(f"sequences of {tokens.shape[1]} tokens exceed the model's context of {n_ctx}")
+        from .errors import AnalysisError
+
+        raise AnalysisError(f"sequences of {tokens.shape[1]} tokens exceed the model's context of {n_ctx}")
     res = collect(model, tokens, hooks, batch_size=batch_size, progress=progress, return_logits=return_logits)
     hidden, logits = res if return_logits else (res, None)
     if states is None:

@@ -1,9 +1,16 @@
 """Checkpoints: one ``torch.save``'d dict of plain Python types and tensors.
 
 Safe to load: ``torch.load(path, weights_only=True)`` never runs code from the file, so a
-malicious pickle is refused instead of executed. Written atomically (temp file in the same
-folder, fsync, rename), so a crash mid-write never leaves a half-written ``ckpt.pt`` in
-place of a good one.
+malicious pickle is refused instead of executed. Written atomically (temp file
+``.<name>.<random>.tmp`` in the same folder, fsync, rename), so a crash mid-write never
+leaves a half-written ``ckpt.pt`` in place of a good one; a SIGKILL mid-write can leave the
+temp file, which the trainer removes on its next start.
+
+Validated before anything is built: the model config must lie within the ``MAX_*`` bounds
+below and agree with the shape of every stored tensor (number of blocks, ``embed`` =
+[d_vocab, d_model], ``pos_embed`` = [n_ctx, d_model], ...), and a NextLat checkpoint must
+carry its p_psi. A crafted file therefore fails with one ``CheckpointError`` line instead of
+asking for a 10**9-layer model.
 
 Layout (``FORMAT_VERSION`` 1)::
 
@@ -15,33 +22,51 @@ Layout (``FORMAT_VERSION`` 1)::
     train_config            TrainConfig.to_dict()
     step                    optimiser steps taken
     model                   transformer state_dict
-    dynamics                p_psi state_dict (NextLat) or None
+    dynamics                p_psi state_dict (NextLat) or None (GPT)
     dynamics_config         {"d_model", "d_embed", "d_hidden"} or None
     optimizer, scheduler    state_dicts (for exact resume)
     rng                     {"torch": ByteTensor}
-    metrics                 last logged validation numbers (floats)
+    metrics                 validation numbers of THESE weights (step, val_loss, val_floor, val_gap)
 """
 from __future__ import annotations
 
 import os
 import pickle
 import tempfile
+import warnings
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from .errors import CheckpointError
 
 FORMAT = "nextlat_probe.checkpoint"
 FORMAT_VERSION = 1
 
+#: Bounds on a stored (or requested) model config. Far above every preset, far below what
+#: would exhaust memory; checked before any model is allocated.
+MAX_N_LAYERS = 128
+MAX_D_MODEL = 16_384
+MAX_N_HEADS = 256
+MAX_D_HEAD = 1_024
+MAX_D_MLP = 65_536
+MAX_N_CTX = 65_536
+MAX_D_VOCAB = 1 << 20
+MAX_D_DYNAMICS = 65_536
+#: ... and on the parameter count they imply (2**31 float32 weights = 8 GiB).
+MAX_PARAMETERS = 1 << 31
 
-class CheckpointError(Exception):
-    """``<path>: <reason>`` — raised for anything that is not a loadable checkpoint."""
-
-    def __init__(self, path: str | os.PathLike, reason: str):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+_BOUNDS = {
+    "n_layers": MAX_N_LAYERS,
+    "d_model": MAX_D_MODEL,
+    "n_heads": MAX_N_HEADS,
+    "d_head": MAX_D_HEAD,
+    "d_mlp": MAX_D_MLP,
+    "n_ctx": MAX_N_CTX,
+    "d_vocab": MAX_D_VOCAB,
+    "d_dynamics": MAX_D_DYNAMICS,
+}
 
 
 def plain(obj: Any) -> Any:
@@ -59,19 +84,17 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
-    """Atomically write ``payload`` (already plain) to ``path``."""
-    import torch
-
-    path = Path(path)
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> Path:
+    """Write ``path`` through ``write(file)`` into ``.<name>.<random>.tmp`` next to it,
+    fsync, then rename over ``path``: readers see the old file or the new one, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     umask = os.umask(0)
     os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a checkpoint gets normal file permissions
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a run's files get normal permissions
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, **payload}, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -84,8 +107,156 @@ def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
     return path
 
 
+def atomic_write_bytes(data: bytes, path: str | os.PathLike) -> Path:
+    """Atomically replace ``path`` by ``data`` (same temp-file scheme as checkpoints)."""
+    return _atomic_write(Path(path), lambda f: f.write(data))
+
+
+def save_checkpoint(payload: dict[str, Any], path: str | os.PathLike) -> Path:
+    """Atomically write ``payload`` (already plain) to ``path``."""
+    import torch
+
+    record = {"format": FORMAT, "format_version": FORMAT_VERSION, **payload}
+    return _atomic_write(Path(path), lambda f: torch.save(record, f))
+
+
+def model_config_problem(cfg: Any) -> str | None:
+    """Why ``cfg`` (a ``ModelConfig``) is out of bounds, or None. Used for checkpoints and
+    for fresh training configs alike, so nothing builds a model these bounds refuse."""
+    for name, bound in _BOUNDS.items():
+        v = getattr(cfg, name)
+        if v is not None and v > bound:
+            return f"model_config.{name} = {v} exceeds the bound {bound}"
+    attn = 4 * cfg.d_model * cfg.n_heads * cfg.d_head
+    n_params = cfg.n_layers * (attn + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * (2 * cfg.d_vocab + cfg.n_ctx)
+    if n_params > MAX_PARAMETERS:
+        return f"model_config implies ~{n_params:.3g} parameters, above the bound {MAX_PARAMETERS:.3g}"
+    return None
+
+
+def _shape(t: Any) -> list[int]:
+    return list(t.shape)
+
+
+def expected_model_shapes(cfg: Any) -> dict[str, list[int]]:
+    """The shapes ``cfg`` implies for the transformer's main weight matrices (TransformerLens
+    bridge names), which a checkpoint's tensors must have."""
+    d, hd = cfg.d_model, cfg.n_heads * cfg.d_head
+    shapes = {
+        "embed.weight": [cfg.d_vocab, d],
+        "pos_embed.weight": [cfg.n_ctx, d],
+        "unembed.weight": [cfg.d_vocab, d],
+        "ln_final.weight": [d],
+    }
+    for i in range(cfg.n_layers):
+        shapes.update({
+            f"blocks.{i}.attn.q.weight": [hd, d],
+            f"blocks.{i}.attn.k.weight": [hd, d],
+            f"blocks.{i}.attn.v.weight": [hd, d],
+            f"blocks.{i}.attn.o.weight": [d, hd],
+            f"blocks.{i}.mlp.in.weight": [cfg.d_mlp, d],
+            f"blocks.{i}.mlp.out.weight": [d, cfg.d_mlp],
+        })
+    return shapes
+
+
+def _check_tensors(p: Path, what: str, sd: Any, expected: dict[str, list[int]]) -> None:
+    import torch
+
+    if not isinstance(sd, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in sd.items()):
+        raise CheckpointError(p, f"{what} weights are not a dict of tensors")
+    for key, shape in expected.items():
+        if key not in sd:
+            raise CheckpointError(p, f"{what} weights do not match the config (missing {key!r})")
+        if _shape(sd[key]) != shape:
+            raise CheckpointError(p, f"{what} weights do not match the config ({key} has shape {_shape(sd[key])}, the config implies {shape})")
+
+
+def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[Any, Any]:
+    """Check a raw checkpoint dict without building anything; returns its
+    ``(ModelConfig, ObjectiveConfig)``. Raises a one-line ``CheckpointError`` naming the
+    first missing, unknown, out-of-bounds or inconsistent part."""
+    from .models.config import ModelConfig
+    from .models.objective import ObjectiveConfig
+
+    p = Path(path)
+    for key in ("model_config", "world_spec", "model", "objective"):
+        if key not in data:
+            raise CheckpointError(p, f"checkpoint is missing {key!r}")
+    raw = data["model_config"]
+    if not isinstance(raw, dict):
+        raise CheckpointError(p, "model_config is not a dict")
+    optional = {"d_dynamics"}  # has a default every version of this format agrees on
+    missing = [f.name for f in fields(ModelConfig) if f.name not in raw and f.name not in optional]
+    if missing:
+        raise CheckpointError(p, f"model_config is missing {', '.join(map(repr, missing))}")
+    for name in _BOUNDS:  # bounds first: ModelConfig itself would accept 10**9 layers
+        v = raw.get(name)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v > _BOUNDS[name]):
+            raise CheckpointError(p, f"model_config.{name} = {v!r} is not an integer within the bound {_BOUNDS[name]}")
+    try:
+        mcfg = ModelConfig.from_dict(raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(p, f"invalid model config ({exc})") from None
+    problem = model_config_problem(mcfg)
+    if problem:
+        raise CheckpointError(p, problem)
+
+    objective = data["objective"]
+    try:
+        ocfg = ObjectiveConfig(**data.get("objective_config") or {"objective": objective})
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(p, f"invalid objective config ({exc})") from None
+    if ocfg.objective != objective:
+        raise CheckpointError(p, f"objective {objective!r} disagrees with objective_config ({ocfg.objective!r})")
+    tcfg = data.get("train_config")
+    if tcfg is not None and (not isinstance(tcfg, dict) or tcfg.get("objective", objective) != objective):
+        raise CheckpointError(p, "train_config is not a dict or disagrees with the objective")
+
+    sd = data["model"]
+    _check_tensors(p, "model", sd, {})
+    blocks = {int(k.split(".")[1]) for k in sd if k.startswith("blocks.") and k.split(".")[1].isdigit()}
+    if blocks != set(range(mcfg.n_layers)):
+        raise CheckpointError(p, f"weights do not match the model config (model_config.n_layers = {mcfg.n_layers}, the weights have {len(blocks)} blocks)")
+    _check_tensors(p, "model", sd, expected_model_shapes(mcfg))
+
+    dyn, dcfg = data.get("dynamics"), data.get("dynamics_config")
+    if objective == "nextlat" and dyn is None:
+        raise CheckpointError(p, "NextLat checkpoint without its p_psi weights ('dynamics' is missing)")
+    if objective == "gpt" and dyn is not None:
+        raise CheckpointError(p, "GPT checkpoint with p_psi weights ('dynamics'); a GPT run has none")
+    if dyn is not None:
+        if not isinstance(dcfg, dict) or set(dcfg) != {"d_model", "d_embed", "d_hidden"}:
+            raise CheckpointError(p, "dynamics_config must be {'d_model', 'd_embed', 'd_hidden'}")
+        dm, de, dh = dcfg["d_model"], dcfg["d_embed"], dcfg["d_hidden"]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (dm, de, dh)) or dm != mcfg.d_model or de != mcfg.d_model or not 0 < dh <= MAX_D_DYNAMICS:
+            raise CheckpointError(p, f"dynamics_config {dcfg} disagrees with d_model {mcfg.d_model} or exceeds the bound {MAX_D_DYNAMICS}")
+        _check_tensors(p, "p_psi", dyn, {
+            "norm.weight": [dm + de],
+            "fc1.weight": [dh, dm + de],
+            "fc2.weight": [dh, dh],
+            "fc3.weight": [dm, dh],
+        })
+    return mcfg, ocfg
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    # torch's refusal starts with a paragraph about the weights_only default; the line that
+    # names what was refused ("Unsupported global: GLOBAL posix.system") is the useful one
+    for ln in lines:
+        if "Unsupported" in ln or "unsupported" in ln:
+            return ln.split("WeightsUnpickler error:")[-1].strip()
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load and validate the raw dict; every failure is a one-line ``CheckpointError``."""
+    """Load and validate the raw dict (``validate_checkpoint``); every failure is a
+    one-line ``CheckpointError``. ``data["_path"]`` is the file actually read."""
+    return _read(path, map_location)[0]
+
+
+def _read(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], Any, Any]:
     import torch
 
     p = Path(path)
@@ -100,26 +271,26 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if p.stat().st_size == 0:
         raise CheckpointError(p, "empty file")
     try:
-        data = torch.load(p, map_location=map_location, weights_only=True)
+        # torch warns (e.g. "Detected pickle protocol 4") before refusing a foreign pickle;
+        # the refusal below is the one line the user gets
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            data = torch.load(p, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise CheckpointError(p, f"refused to load: not a plain-tensor checkpoint ({first[:160]})") from None
+        raise CheckpointError(p, f"refused to load: not a plain-tensor checkpoint ({_first_line(exc)[:160]})") from None
     except (zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(p, f"corrupt or truncated file ({type(exc).__name__})") from None
     except RuntimeError as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else "RuntimeError"
-        raise CheckpointError(p, f"corrupt or truncated file ({msg[:160]})") from None
+        raise CheckpointError(p, f"corrupt or truncated file ({_first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - anything else from a foreign file
-        raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {str(exc)[:160]})") from None
+        raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise CheckpointError(p, "not a nextlat_probe checkpoint")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(p, f"unsupported checkpoint format version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
-    for key in ("model_config", "world_spec", "model", "objective"):
-        if key not in data:
-            raise CheckpointError(p, f"checkpoint is missing {key!r}")
+    mcfg, ocfg = validate_checkpoint(data, p)
     data["_path"] = str(p)
-    return data
+    return data, mcfg, ocfg
 
 
 @dataclass
@@ -158,32 +329,22 @@ class LoadedCheckpoint:
 def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> LoadedCheckpoint:
     """Load a checkpoint into a model (eval mode), its world, p_psi (or None) and configs.
 
-    Raises ``CheckpointError("<path>: <reason>")`` for missing, corrupt, truncated, foreign
-    or unsafe files.
+    Raises ``CheckpointError("<path>: <reason>")`` for missing, corrupt, truncated, foreign,
+    unsafe or inconsistent files (validated before any model is built), and ``DeviceError``
+    for an unknown or unavailable ``device``.
     """
-    from .models.config import ModelConfig
     from .models.dynamics import LatentDynamics
-    from .models.objective import ObjectiveConfig
     from .models.transformer import build_transformer, move, resolve_device
-    from .worlds import WorldError, world_from_spec
 
-    data = read_checkpoint(path)
+    dev = resolve_device(device)  # first: a bad device string costs nothing
+    data, mcfg, ocfg = _read(path)
     p = data["_path"]
-    try:
-        mcfg = ModelConfig.from_dict(data["model_config"])
-        ocfg = ObjectiveConfig(**data.get("objective_config", {"objective": data["objective"]}))
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(p, f"invalid config ({exc})") from None
-    try:
-        world = world_from_spec(data["world_spec"])
-    except (WorldError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(p, f"invalid world spec ({exc})") from None
-    dev = resolve_device(device)
+    world = world_of(data)
     model = build_transformer(mcfg, seed=0)
     try:
         model.load_state_dict(data["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(p, f"weights do not match the model config ({str(exc).splitlines()[0][:160]})") from None
+        raise CheckpointError(p, f"weights do not match the model config ({_first_line(exc)[:160]})") from None
     move(model, dev).eval()
     dyn = None
     if data.get("dynamics") is not None:
@@ -191,7 +352,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
             dyn = LatentDynamics(**data["dynamics_config"])
             dyn.load_state_dict(data["dynamics"])
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(p, f"p_psi weights do not match ({str(exc).splitlines()[0][:160]})") from None
+            raise CheckpointError(p, f"p_psi weights do not match ({_first_line(exc)[:160]})") from None
         dyn.to(dev).eval()
     return LoadedCheckpoint(
         path=p,
@@ -200,8 +361,33 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
         dynamics=dyn,
         model_config=mcfg,
         objective_config=ocfg,
-        train_config=dict(data.get("train_config", {})),
+        train_config=dict(data.get("train_config") or {}),
         step=int(data.get("step", 0)),
-        metrics=dict(data.get("metrics", {})),
+        metrics=dict(data.get("metrics") or {}),
         raw=data,
     )
+
+
+def world_of(data: dict[str, Any]) -> Any:
+    """The world a validated checkpoint dict was trained on; its vocabulary must be the
+    model's (a crafted spec must not index past the embedding)."""
+    from .worlds import WorldError, world_from_spec
+
+    p = data.get("_path", "<checkpoint>")
+    try:
+        world = world_from_spec(data["world_spec"])
+    except (WorldError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(p, f"invalid world spec ({_first_line(exc)})") from None
+    d_vocab = data["model_config"]["d_vocab"]
+    if world.vocab_size != d_vocab:
+        raise CheckpointError(p, f"world spec has {world.vocab_size} tokens but model_config.d_vocab is {d_vocab}")
+    return world
+
+
+__all__ = [
+    "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint",
+    "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
+    "world_of", "plain",
+    "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
+    "MAX_D_DYNAMICS", "MAX_PARAMETERS",
+]

@@ -1,134 +1,128 @@
-"""Shared CLI plumbing: one-line errors and non-zero exits instead of tracebacks.
+"""Shared CLI plumbing: the same flags everywhere, one-line errors and exit code 2.
 
 Every ``python -m nextlat_probe.<tool>`` parses its arguments first (so ``--help`` is
-instant), then imports what it needs inside ``main`` and is run through ``run_main``.
+instant: nothing heavy is imported before ``main`` runs), then calls one runner and prints.
+``run_main`` turns every ``nextlat_probe.errors.NextLatError`` (and the usual file errors)
+into ``error: <one line>`` on stderr with exit code 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
+import warnings
+from pathlib import Path
 from typing import Any, Callable
 
+from .errors import NextLatError, UsageError, one_line
+
 EXIT_USAGE = 2
+FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
-
-class UsageError(Exception):
-    """A problem with what the user asked for; printed as one line, exit code 2."""
-
-
-def _expected_errors() -> tuple[type[BaseException], ...]:
-    errs: list[type[BaseException]] = [UsageError, FileNotFoundError, IsADirectoryError, PermissionError]
-    from .worlds.base import WorldError
-
-    errs.append(WorldError)
-    mod = sys.modules.get("nextlat_probe.checkpoint")
-    if mod is not None:
-        errs.append(mod.CheckpointError)
-    return tuple(errs)
+__all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "add_sequence_args",
+           "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
+           "progress_enabled"]
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
-    """Run a CLI ``main`` and exit. Expected errors become ``prog: error: <one line>`` on
-    stderr with exit code 2; Ctrl-C exits 130."""
-    prog = sys.argv[0].rsplit("/", 1)[-1] if sys.argv else "nextlat_probe"
+    """Run a CLI ``main`` and exit with its code; user errors become one line, exit 2."""
     try:
-        code = main(argv)
+        with warnings.catch_warnings():
+            # library warnings (torch's weights_only notice, sklearn convergence) are not
+            # the user's business on a CLI; real problems arrive as errors
+            warnings.simplefilter("ignore")
+            code = main(argv)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        print("interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as exc:  # noqa: BLE001 - filtered just below
-        if isinstance(exc, _expected_errors()):
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            if isinstance(exc, (FileNotFoundError, IsADirectoryError, PermissionError)) and getattr(exc, "filename", None):
-                msg = f"{exc.filename}: {exc.strerror or msg}"
-            print(f"error: {msg}", file=sys.stderr)
-            sys.exit(EXIT_USAGE)
-        raise
+    except FILE_ERRORS as exc:
+        where = getattr(exc, "filename", None)
+        msg = f"{where}: {exc.strerror or one_line(exc)}" if where else one_line(exc)
+        print(f"error: {msg}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except NextLatError as exc:
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
     sys.exit(int(code or 0))
 
 
 def print_json(obj: Any) -> None:
     """Print one JSON document on stdout (NaN written as null)."""
+    from .records import to_jsonable
+
     print(json.dumps(to_jsonable(obj), indent=2))
 
 
-def to_jsonable(obj: Any) -> Any:
-    """Convert numpy/torch scalars and arrays, dataclasses and tuples into JSON types."""
-    import dataclasses
-    import math
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return to_jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return to_jsonable(obj.tolist())
-    if isinstance(obj, float):
-        return None if (math.isnan(obj) or math.isinf(obj)) else obj
-    if isinstance(obj, (str, int, bool)) or obj is None:
-        return obj
-    if hasattr(obj, "item"):
-        return to_jsonable(obj.item())
-    return str(obj)
+# --------------------------------------------------------------------------------------
+# shared argument groups: one spelling and one help text per flag, in every CLI
+# --------------------------------------------------------------------------------------
+def add_model_args(p: argparse.ArgumentParser, nargs: str = "+") -> None:
+    p.add_argument("ckpts", nargs=nargs, metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
 
 
-def parse_layers(text: str, n_layers: int) -> list[int]:
-    """``all`` / ``last`` / ``0,2,...`` -> block indices; -1 means the embeddings.
-
-    Layer ``L`` (0-based) is ``blocks.L.hook_resid_post``; ``emb`` / ``-1`` is
-    ``hook_embed + hook_pos_embed``.
-    """
-    text = text.strip().lower()
-    if text == "all":
-        return [-1, *range(n_layers)]
-    if text == "last":
-        return [n_layers - 1]
-    out = []
-    for part in text.split(","):
-        part = part.strip()
-        if part in ("emb", "embed", "-1"):
-            out.append(-1)
-            continue
-        try:
-            v = int(part)
-        except ValueError:
-            raise UsageError(f"--layers: {part!r} is not a layer index (use all, last or 0,1,...)") from None
-        if not 0 <= v < n_layers:
-            raise UsageError(f"--layers: layer {v} out of range for a {n_layers}-layer model")
-        out.append(v)
-    return out
+def add_sequence_args(p: argparse.ArgumentParser, n_seqs: int, what: str = "sequences to analyse",
+                      seq_len: bool = True) -> None:
+    g = p.add_argument_group("sequences")
+    g.add_argument("--n-seqs", type=int, default=n_seqs, help=f"{what} (default {n_seqs})")
+    if seq_len:
+        g.add_argument("--seq-len", type=int, default=None,
+                       help="tokens per sequence (default: the training length, within the context)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the analysed sequences and every random choice")
 
 
-def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Plain-text table. ``columns``: (key, header, format spec such as '.2f' or '')."""
-
-    def cell(v: Any, fmt: str) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float) and v != v:
-            return "nan"
-        try:
-            return format(v, fmt) if fmt else str(v)
-        except (TypeError, ValueError):
-            return str(v)
-
-    body = [[cell(r.get(k), f) for k, _, f in columns] for r in rows]
-    heads = [h for _, h, _ in columns]
-    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
-    return "\n".join(lines)
+def add_layers_arg(p: argparse.ArgumentParser, default: str, flag: str = "--layers") -> None:
+    p.add_argument(flag, default=default,
+                   help=f"all, last, or a comma list of block indices (negative count from the end: -1 = last "
+                        f"block); embed = embeddings, ln_final = after the final LayerNorm (default {default})")
 
 
-def add_checkpoint_args(p, n_seqs: int = 256, seeds: bool = True) -> None:
-    """Arguments shared by the analysis CLIs."""
-    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
-    p.add_argument("--n-seqs", type=int, default=n_seqs, help="number of sequences to analyse")
-    p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the training length)")
-    if seeds:
-        p.add_argument("--seed", type=int, default=0, help="seed of the analysed sequences")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    p.add_argument("--json", action="store_true", help="print one JSON document and nothing else on stdout")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+def add_output_args(p: argparse.ArgumentParser, plot: bool = True) -> None:
+    g = p.add_argument_group("output and execution")
+    g.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    g.add_argument("--json", action="store_true", help="print one JSON document and nothing else on stdout")
+    if plot:
+        g.add_argument("--plot", type=Path, default=None, metavar="FILE.html",
+                       help="write an offline interactive HTML page (plotly.js embedded) here")
+    g.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+
+
+# --------------------------------------------------------------------------------------
+# checks that give one line instead of a traceback
+# --------------------------------------------------------------------------------------
+def check_positive(**values: int | float | None) -> None:
+    """``check_positive(n_seqs=args.n_seqs)`` -> UsageError naming the flag when not > 0."""
+    for name, v in values.items():
+        if v is not None and not v > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
+
+
+def check_output_path(path: Path | None, flag: str = "--plot") -> None:
+    """An output file must not be a directory and its folder must exist (checked before any
+    work starts, so a failed command leaves nothing behind)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory; give a file name such as {path / 'page.html'}")
+    if not path.parent.exists():
+        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+
+
+def resolve_device_arg(device: str) -> str:
+    """Validate ``--device`` through the one resolver (one line for unknown / unavailable)."""
+    from .models.transformer import resolve_device
+
+    return str(resolve_device(device))
+
+
+def progress_enabled(args: argparse.Namespace) -> bool:
+    return not (getattr(args, "no_progress", False) or getattr(args, "json", False))
+
+
+def print_table(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    """Records as a text table with the protocol line (their ``params``) under it."""
+    from .tables import protocol_note, text_table
+
+    print(text_table(records, columns))
+    note = protocol_note(records)
+    if note:
+        print(note)

@@ -6,27 +6,27 @@ import pytest
 import torch
 from helpers import run_cli
 
-from nextlat_probe.activations import EMBED_HOOK, FINAL_HOOK, collect, collect_stats, hidden_states
+from nextlat_probe.activations import EMBED_HOOK, LN_FINAL_HOOK, collect, collect_stats, hidden_states
 from nextlat_probe.checkpoint import load_checkpoint
 
 
 def test_collect_matches_run_with_cache(tiny_mess3_ckpts):
     ck = load_checkpoint(tiny_mess3_ckpts["nextlat"])
     tokens = ck.world.sample(9, 12, seed=1).tokens
-    hooks = [EMBED_HOOK, "blocks.1.hook_resid_post", FINAL_HOOK]
+    hooks = [EMBED_HOOK, "blocks.1.hook_resid_post", LN_FINAL_HOOK]
     acts = collect(ck.model, tokens, hooks, batch_size=4)
     _, cache = ck.model.run_with_cache(torch.as_tensor(tokens))
     emb = (cache["hook_embed"] + cache["hook_pos_embed"]).numpy()
     np.testing.assert_allclose(acts[EMBED_HOOK], emb, atol=1e-6)
     np.testing.assert_allclose(acts["blocks.1.hook_resid_post"], cache["blocks.1.hook_resid_post"].numpy(), atol=1e-6)
-    np.testing.assert_allclose(acts[FINAL_HOOK], cache["ln_final.hook_normalized"].numpy(), atol=1e-6)
+    np.testing.assert_allclose(acts[LN_FINAL_HOOK], cache["ln_final.hook_normalized"].numpy(), atol=1e-6)
     # streamed statistics equal the dense Gram of the masked rows
     mask = np.zeros(tokens.shape, bool)
     mask[:, 3:] = True
     st = collect_stats(ck.model, tokens, hooks, mask=mask, batch_size=2)
-    X = acts[FINAL_HOOK][mask].astype(np.float64)
-    np.testing.assert_allclose(st[FINAL_HOOK].gram(), X.T @ X, rtol=1e-9, atol=1e-9)
-    assert st[FINAL_HOOK].count == mask.sum()
+    X = acts[LN_FINAL_HOOK][mask].astype(np.float64)
+    np.testing.assert_allclose(st[LN_FINAL_HOOK].gram(), X.T @ X, rtol=1e-9, atol=1e-9)
+    assert st[LN_FINAL_HOOK].count == mask.sum()
 
 
 def test_hidden_states_alignment(tiny_mess3_ckpts):
@@ -34,7 +34,7 @@ def test_hidden_states_alignment(tiny_mess3_ckpts):
     hs = hidden_states(ck.model, ck.world, n_seqs=5, seq_len=10, seed=3)
     sample = ck.world.sample(5, 10, seed=3)
     assert np.array_equal(hs.tokens, sample.tokens) and np.array_equal(hs.states, sample.states)
-    rows = hs.flat(FINAL_HOOK)
+    rows = hs.flat(LN_FINAL_HOOK)
     assert rows.shape == (50, ck.model_config.d_model)
     b = ck.world.beliefs(hs.tokens)
     assert np.array_equal(hs.rows(b), b.reshape(50, -1))

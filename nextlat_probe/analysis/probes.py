@@ -350,7 +350,7 @@ class ProbeResult:
     predictions: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self, include_predictions: bool = False) -> dict[str, Any]:
-        from ..cli import to_jsonable
+        from ..records import to_jsonable
 
         d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "predictions"}
         if include_predictions:
@@ -457,7 +457,7 @@ class ClassifierResult:
     converged: bool
 
     def to_dict(self) -> dict[str, Any]:
-        from ..cli import to_jsonable
+        from ..records import to_jsonable
 
         return to_jsonable(self)
 
@@ -526,11 +526,12 @@ class RegressionResult:
     n_train: int
     n_test: int
     d_in: int
+    predictions: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        from ..cli import to_jsonable
+        from ..records import to_jsonable
 
-        return to_jsonable(self)
+        return to_jsonable({k: getattr(self, k) for k in self.__dataclass_fields__ if k != "predictions"})
 
 
 def coordinate_regression(
@@ -543,6 +544,7 @@ def coordinate_regression(
     alphas: Sequence[float] = DEFAULT_ALPHAS,
     cv_folds: int = 5,
     seed: int = 0,
+    keep_predictions: bool = False,
 ) -> RegressionResult:
     """Linear regression from hidden states to the (x, y) position of the current
     intersection; R^2 on held-out sequences says whether the map's geometry is linearly
@@ -560,4 +562,5 @@ def coordinate_regression(
         n_train=int(Htr.shape[0]),
         n_test=int(Hte.shape[0]),
         d_in=int(Htr.shape[1]),
+        predictions=probe.predict(Hte) if keep_predictions else None,
     )

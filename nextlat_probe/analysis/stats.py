@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..cli import UsageError
+from ..errors import AnalysisError
 
 #: elements per float64 chunk in ``update``: bounds the temporary copy at 16 MiB whatever
 #: the input dtype, while chunks stay large enough for BLAS to run at full speed
@@ -32,10 +32,6 @@ def chunk_rows(dim: int) -> int:
     return max(256, min(65536, CHUNK_ELEMENTS // max(int(dim), 1)))
 
 
-class AnalysisError(UsageError, ValueError):
-    """Bad input to an analysis (wrong shape, non-finite values, mismatched lengths).
-
-    A ``UsageError`` so the CLIs print it as one line, and a ``ValueError`` for notebooks."""
 
 
 def as_numpy(x: Any) -> np.ndarray:

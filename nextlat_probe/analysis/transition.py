@@ -334,7 +334,7 @@ class TransitionResult:
     n_test_seqs: int
 
     def to_dict(self) -> dict[str, Any]:
-        from ..cli import to_jsonable
+        from ..records import to_jsonable
 
         return to_jsonable(self)
 

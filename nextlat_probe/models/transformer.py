@@ -5,10 +5,12 @@ Hook names are TransformerLens's stable ones: ``hook_embed``, ``hook_pos_embed``
 """
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 import torch
 
+from ..errors import DeviceError
 from .config import ModelConfig
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -16,13 +18,28 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU. Asking for CUDA without one is an error."""
-    if device is None or str(device) == "auto":
+    """The one device resolver: ``auto`` (None too) -> CUDA when available, else CPU;
+    ``cpu``, ``cuda``, ``cuda:N`` and ``mps`` when that device exists here.
+
+    Raises ``DeviceError`` (one line) for an unknown string and for a device that is not
+    available (CUDA without CUDA, ``cuda:3`` on a one-GPU machine, MPS without MPS)."""
+    text = "auto" if device is None else str(device).strip().lower()
+    if text == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available (use --device cpu or auto)")
-    return dev
+    m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", text)
+    if m is None or (m.group(2) is not None and m.group(1) != "cuda"):
+        raise DeviceError(f"unknown device {str(device)!r} (use auto, cpu, cuda or cuda:N)")
+    kind = m.group(1)
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {text!r} requested but CUDA is not available (use --device cpu or auto)")
+        index = int(m.group(2) or 0)
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(f"device {text!r} is not available: this machine has {count} CUDA device(s), cuda:0..cuda:{count - 1}")
+    if kind == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise DeviceError("device 'mps' requested but MPS is not available (use --device cpu or auto)")
+    return torch.device(text)
 
 
 def move(model, device):
@@ -58,9 +75,16 @@ def build_transformer(cfg: ModelConfig, seed: int = 0, device: str | torch.devic
     return model
 
 
-def final_hook_name(cfg: ModelConfig) -> str:
-    """The hook whose output NextLat's latent loss uses: the last block's residual output."""
+def last_resid_hook(cfg: ModelConfig) -> str:
+    """``blocks.{L-1}.hook_resid_post``: the last block's residual output, which NextLat's
+    latent loss uses and ``--layers last`` reads (not ``ln_final.hook_normalized``, the
+    normalised stream the unembedding sees)."""
     return f"blocks.{cfg.n_layers - 1}.hook_resid_post"
+
+
+def final_hook_name(cfg: ModelConfig) -> str:
+    """Deprecated alias of ``last_resid_hook`` ("final" was ambiguous with ``ln_final``)."""
+    return last_resid_hook(cfg)
 
 
 def frozen_head_params(model: "TransformerBridge") -> tuple[torch.Tensor, ...]:

@@ -26,9 +26,7 @@ from typing import Any
 
 import numpy as np
 
-
-class WorldError(ValueError):
-    """Invalid world definition or input (bad transition tensor, malformed map, ...)."""
+from ..errors import WorldError  # noqa: F401  (re-exported: every world raises it)
 
 
 @dataclass

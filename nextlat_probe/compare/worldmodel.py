@@ -1,0 +1,64 @@
+"""Taxi world-model metrics per model (Vafa et al.; the NextLat paper's Table 1): next-token
+validity, valid trajectories, sequence compression, distinction precision / recall and
+detour robustness, every one a rate with its Wilson 95% interval, all models of one world
+scored on the same held-out trips. Definitions: ``nextlat_probe.analysis.worldmodel``."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from ..errors import AnalysisError
+from ..records import identity, make_record
+from .inputs import load_models
+
+RATES = ("next_token", "trajectory_legal", "trajectory_valid", "compression", "compression_continuations",
+         "distinction_precision", "distinction_recall")
+
+
+def rate_dict(r: Any) -> dict[str, Any]:
+    """A ``Rate`` (of ``records`` or of ``analysis.worldmodel``) in the record form."""
+    from ..records import rate
+
+    return rate(r.count, r.n)
+
+
+def run_worldmodel(
+    models: Sequence[Any],
+    *,
+    n_pairs: int = 200,
+    epsilon: float = 0.01,
+    max_turns: int | None = None,
+    n_continuations: int = 10,
+    suffix_len: int = 3,
+    truth: str = "world",
+    detour_probs: Sequence[float] = (0.75, 0.01),
+    seed: int = 0,
+    device: str = "cpu",
+    progress: bool = False,
+    batch_size: int = 256,
+) -> list[dict[str, Any]]:
+    """One ``worldmodel`` record per model (visible-origin taxi worlds only). ``params`` holds
+    the settings actually used (the turn budget resolved)."""
+    from ..analysis.worldmodel import check_taxi_world, evaluate_world_model, model_predictor
+    from ..progress import progress as bar
+
+    loaded = load_models(models, device=device)
+    for m in loaded:
+        try:
+            check_taxi_world(m.world)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{m.path}: {exc}") from None
+    out = []
+    for m in bar(loaded, desc="world-model metrics", disable=not progress):
+        res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size), m.world, n_pairs=n_pairs,
+                                   seed=seed, epsilon=epsilon, max_turns=max_turns, n_continuations=n_continuations,
+                                   suffix_len=suffix_len, detour_probs=tuple(detour_probs), truth=truth)
+        metrics: dict[str, Any] = {k: rate_dict(getattr(res, k)) for k in RATES}
+        for key, pair in res.detour.items():
+            metrics[f"detour_{key}"] = rate_dict(pair["valid"])
+            metrics[f"detour_{key}_legal"] = rate_dict(pair["legal"])
+        metrics.update({k: int(v) for k, v in res.counts.items()})
+        out.append(make_record(identity(m), "worldmodel", metrics, dict(res.settings)))
+    return out
+
+
+__all__ = ["run_worldmodel", "RATES"]
