@@ -12,8 +12,7 @@ This module holds the logic the notebooks and ``analyses/`` scripts share:
 - ``matched_rank``: per seed, GPT and NextLat compared at a validation loss both reach
   (``analysis.losses.matched_loss_comparison``);
 - ``seed_summary`` / ``summarise``: mean, sample standard deviation, min and max over
-  seeds;
-- ``write_csv`` / ``latex_table`` / ``mean_std_table``: the tables.
+  seeds (tables of them: ``nextlat_probe.tables``).
 
 Notebook use::
 
@@ -24,7 +23,6 @@ Notebook use::
 """
 from __future__ import annotations
 
-import csv
 import math
 import re
 from dataclasses import dataclass
@@ -155,38 +153,30 @@ def train_pair(
     return runs
 
 
-def _run_fields(run: Run) -> dict[str, Any]:
-    return {"run": run.name, "objective": run.objective, "seed": run.seed}
-
-
-def tag_records(records: list[dict[str, Any]], runs: Sequence[Run]) -> list[dict[str, Any]]:
-    """Add ``run`` and ``seed`` to analysis records (matched by checkpoint folder)."""
-    by_dir = {str(r.out_dir.resolve()): r for r in runs}
-    out = []
-    for rec in records:
-        run = by_dir.get(str(Path(rec["path"]).resolve().parent))
-        out.append({**rec, **(_run_fields(run) if run is not None else {})})
-    return out
-
-
-def rank_along_training(runs: Sequence[Run], layer: str = "last", n_seqs: int = 256, seed: int = 0,
-                        device: str = "cpu") -> list[dict[str, Any]]:
-    """Effective rank (uncentred, ``layer`` of ``rank.rank_checkpoints``) of every kept
-    checkpoint of every run plus its final checkpoint, all on the same sequences.
-    Records carry ``run``, ``objective``, ``seed``, ``step``, ``val_loss``, ``val_gap``.
-    Checkpoints are loaded one run at a time to bound memory."""
-    from .rank import rank_checkpoints
+def rank_along_training(runs: Sequence[Run], layers: str = "last", n_seqs: int = 256, seed: int = 0,
+                        device: str = "cpu", progress: bool = False) -> list[dict[str, Any]]:
+    """``rank`` records (``compare.run_rank``, uncentred) of every kept checkpoint of every run
+    plus its final checkpoint, all on the same sequences. Every record of a run is named
+    after the run (``{objective}-seed{seed}``); ``step`` and ``val_loss`` say where along
+    training it is. Checkpoints are loaded one run at a time to bound memory."""
+    from .checkpoint import load_checkpoint
+    from .compare import run_rank
 
     records: list[dict[str, Any]] = []
     for run in runs:
         paths = [p for p in run.intermediate() if p.resolve() != run.checkpoint.resolve()] + [run.checkpoint]
-        recs = rank_checkpoints(paths, layers=layer, n_seqs=n_seqs, seed=seed, device=device)
+        loaded = []
+        for p in paths:
+            ck = load_checkpoint(p, device=device)
+            ck.label = run.name
+            loaded.append(ck)
         seen: set[int] = set()
+        recs = run_rank(loaded, layers=layers, n_seqs=n_seqs, seed=seed, device=device, progress=progress)
         for rec in sorted(recs, key=lambda r: r["step"]):
             if rec["step"] in seen:  # the last kept checkpoint and ckpt.pt may be the same step
                 continue
             seen.add(rec["step"])
-            records.append({**rec, **_run_fields(run)})
+            records.append(rec)
     return records
 
 
@@ -194,8 +184,8 @@ def matched_rank(records: list[dict[str, Any]], key: str = "effective_rank") -> 
     """Per seed, the objectives compared at matched validation loss: the target is the
     lowest validation loss that every objective's run of that seed reaches, and each run
     contributes its first checkpoint at or below it. One row per (seed, objective):
-    ``seed``, ``objective``, ``run``, ``step``, ``val_loss``, ``target_val_loss``,
-    ``key``. Seeds where fewer than two objectives have records are skipped."""
+    ``seed``, ``objective``, ``name``, ``step``, ``val_loss``, ``target_val_loss``, ``key``.
+    Seeds where fewer than two objectives have records are skipped."""
     from .analysis.losses import matched_loss_comparison
 
     by_seed: dict[int, dict[str, list[dict[str, Any]]]] = {}
@@ -205,35 +195,9 @@ def matched_rank(records: list[dict[str, Any]], key: str = "effective_rank") -> 
     for seed, traj in sorted(by_seed.items()):
         res = matched_loss_comparison(traj, key=key)
         for obj, hit in res["runs"].items():
-            rows.append({"seed": seed, "objective": obj, "run": run_name(obj, seed), "step": hit["step"],
+            rows.append({"seed": seed, "objective": obj, "name": run_name(obj, seed), "step": hit["step"],
                          "val_loss": hit["val_loss"], "target_val_loss": res["target_val_loss"], key: hit[key]})
     return rows
-
-
-#: taxi world-model metrics in the NextLat paper's Table 1, as (our name, key of a
-#: ``worldmodel.evaluate_checkpoints`` record); "detour" is filled from ``detour=``
-TAXI_RATES = (("next_token", "next_token"), ("valid_trajectory", "trajectory_valid"),
-              ("legal_trajectory", "trajectory_legal"), ("compression", "compression"),
-              ("distinction_precision", "distinction_precision"), ("distinction_recall", "distinction_recall"))
-
-
-def taxi_metrics(record: dict[str, Any], detour: str = "random@0.75") -> dict[str, Any]:
-    """Flatten a ``worldmodel.evaluate_checkpoints`` record into one row: each rate as
-    ``{name}`` with its Wilson 95% bounds in ``{name}_low`` / ``{name}_high`` (the form
-    ``plots.*.worldmodel_table_figure`` reads), ``detour`` = the rate of trips that stay
-    valid under the ``detour`` setting (the paper: random detours with p = 0.75), and the
-    effective rank, validation loss and gap to the floor."""
-    row: dict[str, Any] = {k: record.get(k) for k in ("checkpoint", "objective", "step")}
-    rates = [(name, record.get(key)) for name, key in TAXI_RATES]
-    rates.append(("detour", record.get("detour", {}).get(detour, {}).get("valid")))
-    for name, rate in rates:
-        if rate is None:
-            continue
-        row[name] = rate["rate"]
-        row[f"{name}_low"], row[f"{name}_high"] = rate["ci_low"], rate["ci_high"]
-    for k in ("effective_rank", "val_loss", "val_floor", "val_gap"):
-        row[k] = record.get(k)
-    return row
 
 
 # --------------------------------------------------------------------------------------
@@ -264,6 +228,16 @@ def seed_summary(values: Iterable[Any]) -> dict[str, float]:
     return {"mean": mean, "std": std, "min": min(v), "max": max(v), "n": n}
 
 
+def _field(r: dict[str, Any], key: str) -> Any:
+    """A value of a record (identity / training field or metric, rates by their value) or of
+    a flat row."""
+    from .records import metric_value
+
+    if "metrics" in r:
+        return metric_value(r, key)
+    return r.get(key)
+
+
 def summarise(records: list[dict[str, Any]], by: Sequence[str], metrics: Sequence[str]) -> list[dict[str, Any]]:
     """Group ``records`` by the ``by`` fields (groups in first-seen order) and summarise
     each metric over the group with ``seed_summary``: columns ``{metric}_mean``,
@@ -280,88 +254,12 @@ def summarise(records: list[dict[str, Any]], by: Sequence[str], metrics: Sequenc
         if seeds:
             row["seeds"] = " ".join(str(s) for s in seeds)
         for m in metrics:
-            s = seed_summary(r.get(m) for r in recs)
+            s = seed_summary(_field(r, m) for r in recs)
             for stat in SUMMARY_STATS:
                 row[f"{m}_{stat}"] = s[stat]
         rows.append(row)
     return rows
 
 
-def mean_std(row: dict[str, Any], metric: str, fmt: str = ".4g", sep: str = " ± ") -> str:
-    """``'mean ± std'`` of a ``summarise`` row (just the mean when std is NaN; '-' if no
-    value)."""
-    m, s = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
-    if m is None or not math.isfinite(m):
-        return "-"
-    if s is None or not math.isfinite(s):
-        return format(m, fmt)
-    return f"{format(m, fmt)}{sep}{format(s, fmt)}"
-
-
-def mean_std_table(rows: list[dict[str, Any]], keys: Sequence[str], metrics: Sequence[tuple[str, str, str]]) -> str:
-    """Plain-text table of ``summarise`` rows: the ``keys`` columns, then one
-    ``mean ± std`` column per ``(metric, header, format)``."""
-    from .cli import format_table
-
-    cells = [{**{k: r.get(k) for k in keys}, **{m: mean_std(r, m, f) for m, _, f in metrics}} for r in rows]
-    return format_table(cells, [(k, k, "") for k in keys] + [(m, h, "") for m, h, _ in metrics])
-
-
-def write_csv(rows: list[dict[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
-    """Rows as CSV (columns: ``columns`` or every key in first-seen order; lists and
-    dicts are skipped unless named; NaN written as ``nan``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if columns is None:
-        columns = []
-        for r in rows:
-            for k, v in r.items():
-                if k not in columns and not isinstance(v, (list, dict, tuple)) and not hasattr(v, "shape"):
-                    columns.append(k)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k) for k in columns})
-    return path
-
-
-_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
-
-
-def latex_escape(text: Any) -> str:
-    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
-
-
-def _latex_exponents(cell: str) -> str:
-    """``2.98e-03`` -> ``2.98\\times10^{-3}`` inside a math cell."""
-    return re.sub(r"(\d)e([+-])0*(\d+)", lambda m: f"{m.group(1)}\\times10^{{{m.group(2).strip('+')}{m.group(3)}}}", cell)
-
-
-def latex_table(rows: list[dict[str, Any]], keys: Sequence[tuple[str, str]], metrics: Sequence[tuple[str, str, str]],
-                caption: str | None = None, label: str | None = None) -> str:
-    """A booktabs LaTeX table of ``summarise`` rows: ``keys`` = ``(field, header)``
-    columns shown as text, ``metrics`` = ``(metric, header, format)`` columns shown as
-    ``$mean \\pm std$``. Headers are written as given (they may hold LaTeX)."""
-    head = [h for _, h in keys] + [h for _, h, _ in metrics]
-    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}",
-             r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
-    for r in rows:
-        cells = [latex_escape(r.get(k, "")) for k, _ in keys]
-        for m, _, fmt in metrics:
-            cell = mean_std(r, m, fmt, sep=r" \pm ")
-            cells.append("--" if cell == "-" else f"${_latex_exponents(cell)}$")
-        lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}"]
-    if caption:
-        lines.append(r"\caption{" + caption + "}")
-    if label:
-        lines.append(r"\label{" + label + "}")
-    lines.append(r"\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-__all__ = ["OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "tag_records",
-           "rank_along_training", "matched_rank", "TAXI_RATES", "taxi_metrics", "seed_summary", "summarise", "mean_std", "mean_std_table",
-           "write_csv", "latex_escape", "latex_table"]
+__all__ = ["OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "rank_along_training",
+           "matched_rank", "seed_summary", "summarise"]

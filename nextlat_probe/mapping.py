@@ -18,8 +18,17 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .cli import (UsageError, add_layers_arg, add_output_args, check_output_path, check_positive, print_json,
-                  progress_enabled, resolve_device_arg, run_main)
+from .cli import (
+    UsageError,
+    add_layers_arg,
+    add_output_args,
+    check_output_path,
+    check_positive,
+    print_json,
+    progress_enabled,
+    resolve_device_arg,
+    run_main,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,9 +13,20 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import (UsageError, add_layers_arg, add_model_args, add_output_args, add_sequence_args,
-                  check_output_path, check_positive, print_json, print_table, progress_enabled,
-                  resolve_device_arg, run_main)
+from .cli import (
+    UsageError,
+    add_layers_arg,
+    add_model_args,
+    add_output_args,
+    add_sequence_args,
+    check_output_path,
+    check_positive,
+    print_json,
+    print_table,
+    progress_enabled,
+    resolve_device_arg,
+    run_main,
+)
 
 COLUMNS = [
     ("name", "checkpoint", ""),

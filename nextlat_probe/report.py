@@ -1,15 +1,19 @@
 """The comparison report: ``python -m nextlat_probe.report CKPT [CKPT ...] --out DIR``.
 
-Runs every analysis that applies to the checkpoints' world on the same held-out sequences
+Runs every analysis that applies to the checkpoints' world on ONE set of held-out
+sequences (one forward pass per model, the same hidden states handed to every analysis)
 and writes
 
     DIR/report.html     one offline page: summary table, then each analysis's figures
-    DIR/summary.json    every number
-    DIR/figures/*.pdf, *.svg, *.png   paper figures (matplotlib)
+    DIR/summary.json    every record (``nextlat_probe.records`` shape) and the summary rows
+    DIR/figures/*.pdf, *.png   paper figures (matplotlib)
 
 and prints the summary table. Validation loss and its gap to the exact floor stand beside
 every representation metric, and effective rank is also compared at matched validation
 loss when the runs kept intermediate checkpoints (``--keep-every``).
+
+The report is a list of ``Section``s, each (what to compute, an interactive figure, a paper
+figure); ``run_report`` is a short loop over them.
 """
 from __future__ import annotations
 
@@ -18,17 +22,18 @@ import html
 import json
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from .cli import UsageError, format_table, run_main, to_jsonable
+from .cli import UsageError, check_positive, resolve_device_arg, run_main
 
 SUMMARY_COLUMNS = [
-    ("checkpoint", "checkpoint", ""),
+    ("name", "checkpoint", ""),
     ("objective", "objective", ""),
     ("step", "step", "d"),
     ("val_loss", "val loss", ".4f"),
-    ("val_gap", "gap to floor", ".4f"),
+    ("gap_to_floor", "gap to floor", ".4f"),
     ("effective_rank", "eff. rank", ".2f"),
     ("probe_r2", "belief R^2", ".4f"),
     ("probe_mse", "belief MSE", ".3g"),
@@ -42,215 +47,254 @@ TAXI_COLUMNS = [
     ("compression", "compression", ".3f"),
     ("detour", "detour", ".3f"),
 ]
+#: the world-model detour setting shown in the summary (the paper's: random detours, p = 0.75)
+SUMMARY_DETOUR = "detour_random@0.75"
 
 CAPTIONS = {
     "training": "Validation loss during training with the exact floor (dashed): the cross-entropy of the world's exact predictive distribution on the same validation tokens. The gap is what the model has still to learn.",
     "position": "Loss per position on held-out sequences next to the exact per-position floor. Early positions carry more uncertainty; a model that tracks the belief state follows the floor.",
     "rank": "Singular-value spectra (left) and effective rank (Roy & Vetterli) per layer (right), uncentred, on the same sequences. Lower = more compact hidden states. Read it with the validation loss: an undertrained model also looks compact.",
-    "rank_training": "Effective rank of the last layer along training, against step (left) and against validation loss (right). The right panel is the matched-loss comparison.",
-    "probe_simplex": "Exact belief states (left) and the linear-probe predictions from the last layer on held-out sequences, coloured by the true belief. A model whose hidden states linearly encode the belief reproduces the geometry.",
+    "rank_training": "Effective rank of the last block along training, against step (left) and against validation loss (right). The right panel is the matched-loss comparison.",
+    "beliefs": "Exact belief states and the linear-probe predictions from the last layer on held-out sequences. A model whose hidden states linearly encode the belief reproduces the geometry.",
+    "beliefs_taxi": "Probed (x, y) of the current intersection from the last layer on held-out trips, drawn over the true map and coloured by intersection: a model that knows where it is puts each colour on its own intersection.",
     "probe_r2": "Weighted R^2 of the linear belief probe on held-out sequences per layer (concat = all blocks together). The shuffled-belief control shows what a probe reaches without a real correspondence.",
     "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_psi.",
     "worldmodel": "World-model metrics of the taxi world (Vafa et al.; NextLat Table 1) with 95% intervals: next-token validity, valid greedy trajectories, sequence compression, distinction precision/recall, detour robustness.",
-    "maps": "True street map (grey) with the maps rebuilt from each model: from generated trajectories (invented edges curved and coloured) and from hidden states (mean state per intersection embedded in 2-D).",
+    "maps": "The true street map, then the maps rebuilt from each model: from generated trajectories (invented edges as arcs) and from hidden states (mean state per intersection embedded in 2-D).",
 }
 
 
-def _stage(bar, name: str) -> None:
-    if bar is not None:
-        bar.set_description(f"report: {name}")
+# --------------------------------------------------------------------------------------
+# what the sections share
+# --------------------------------------------------------------------------------------
+@dataclass
+class Context:
+    """Everything a section needs: the loaded models, ONE ``compare.Inputs`` (sequences and
+    hidden states computed once), the report's parameters, and the records computed so far
+    (by analysis key, so two sections can show one computation)."""
+
+    models: list[Any]
+    inputs: Any
+    seed: int
+    device: str
+    horizon: int
+    fit_steps: int
+    progress: bool
+    records: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_seqs(self) -> int:
+        return self.inputs.n_seqs
+
+    @property
+    def n_test(self) -> int:
+        return max(1, self.n_seqs // 3)
+
+    @property
+    def objectives(self) -> dict[str, str]:
+        return {m.name: m.objective for m in self.models}
+
+    @property
+    def is_taxi(self) -> bool:
+        """World-model sections need origin and destination tokens (visible-origin taxi)."""
+        return all(m.world.spec().get("kind") == "taxi" and getattr(m.world, "origin", "visible") == "visible"
+                   for m in self.models)
+
+    @property
+    def true_map(self) -> Any:
+        return self.models[0].world.map if self.is_taxi else None
+
+    def get(self, key: str) -> list[dict[str, Any]]:
+        """The records of analysis ``key`` (computed on first use)."""
+        if key not in self.records:
+            self.records[key] = ANALYSES[key](self)
+        return self.records[key]
 
 
-def _metrics_path(ck) -> Path | None:
-    p = Path(ck.path).parent / "metrics.jsonl"
-    return p if p.is_file() else None
+def _training_logs(ctx: Context) -> dict[str, list[dict[str, Any]]]:
+    from .training.log import read_metrics
+
+    logs = {}
+    for m in ctx.models:
+        p = Path(m.path).parent / "metrics.jsonl"
+        if p.is_file():
+            logs[m.name] = read_metrics(p)
+    return logs
 
 
-def _intermediate(ck) -> list[Path]:
-    """Intermediate checkpoints of the same run (``ckpt_step{N}.pt``), by step."""
+def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
+    """``rank`` records (last block) of each model's kept checkpoints and of the model
+    itself, on the report's sequences; every record named after its run."""
+    from .checkpoint import load_checkpoint
+    from .compare import run_rank
     from .experiments import intermediate_checkpoints
 
-    return intermediate_checkpoints(Path(ck.path).parent)
+    out = []
+    for m in ctx.models:
+        inter = [p for p in intermediate_checkpoints(Path(m.path).parent) if p.resolve() != Path(m.path).resolve()]
+        if not inter:
+            continue
+        loaded = []
+        for p in inter:
+            ck = load_checkpoint(p, device=ctx.device)
+            ck.label = m.name
+            loaded.append(ck)
+        recs = run_rank(loaded, n_seqs=ctx.n_seqs, seq_len=ctx.inputs.length, seed=ctx.seed, device=ctx.device)
+        recs += [r for r in ctx.get("rank") if r["name"] == m.name and r["layer"] == recs[0]["layer"]]
+        out.extend(sorted(recs, key=lambda r: r["step"]))
+    return out
 
 
-def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
-    body = []
-    for r in rows:
-        cells = []
-        for k, _, f in columns:
-            v = r.get(k)
-            txt = "-" if v is None else (format(v, f) if f and isinstance(v, (int, float)) else str(v))
-            cells.append(f"<td>{html.escape(txt)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table class='summary'><tr>{head}</tr>{''.join(body)}</table>"
+def _runner(name: str, **kw: Any) -> Callable[[Context], list[dict[str, Any]]]:
+    def compute(ctx: Context) -> list[dict[str, Any]]:
+        import nextlat_probe.compare as C
+
+        opts = {k: (v(ctx) if callable(v) else v) for k, v in kw.items()}
+        return getattr(C, name)(None if "inputs" in opts else ctx.models, seed=ctx.seed, device=ctx.device, **opts)
+
+    return compute
 
 
-def run_report(
-    ckpts: list[Any],
-    out: str | Path,
-    n_seqs: int = 256,
-    seed: int = 0,
-    device: str = "cpu",
-    horizon: int = 8,
-    fit_steps: int = 600,
-    figures: bool = True,
-    progress: bool = True,
-    quiet: bool = False,
-) -> dict[str, Any]:
-    """Run every applicable analysis; write report.html, summary.json, figures/. Returns
-    the summary dict (what summary.json holds)."""
-    from tqdm.auto import tqdm
+#: analysis key -> how the report computes its records
+ANALYSES: dict[str, Callable[[Context], Any]] = {
+    "training": _training_logs,
+    "position_loss": _runner("run_position_loss", inputs=lambda c: c.inputs),
+    "rank": _runner("run_rank", inputs=lambda c: c.inputs, layers="all"),
+    "rank_training": _rank_along_training,
+    "probe": _runner("run_probe", inputs=lambda c: c.inputs, layers="all", n_test=lambda c: c.n_test, keep_points=3000),
+    "transition": _runner("run_transition", inputs=lambda c: c.inputs, n_test=lambda c: c.n_test,
+                          horizon=lambda c: c.horizon, fit_steps=lambda c: c.fit_steps),
+    "worldmodel": _runner("run_worldmodel", n_pairs=lambda c: max(50, min(200, c.n_seqs))),
+    "mapping": _runner("run_mapping", inputs=lambda c: c.inputs, n_trips=lambda c: min(500, 2 * c.n_seqs)),
+}
 
-    from .analysis.common import ensure_loaded, load_all, shared_tokens
-    from .analysis.losses import matched_loss_comparison, position_losses
+
+# --------------------------------------------------------------------------------------
+# the sections
+# --------------------------------------------------------------------------------------
+@dataclass
+class Section:
+    """One block of the report: the analysis it shows, its heading and caption, and its
+    interactive and paper figures (functions of the context and the analysis's records)."""
+
+    analysis: str
+    title: str
+    caption: str
+    figure: Callable[[Context, Any], Any]
+    paper: Callable[[Context, Any], Any] | None = None
+    stem: str = ""  # file stem of the paper figure
+    applies: Callable[[Context, Any], bool] = lambda ctx, recs: bool(recs)
+
+
+def _plots():
     from .plots import interactive as I
-    from .plots.page import write_page
-    from .plots.style import read_metrics
-    from .probe import probe_checkpoints
-    from .rank import rank_checkpoints
-    from .transition import transition_checkpoints
+    from .plots import paper as P
 
-    t0 = time.time()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    loaded = ensure_loaded(ckpts, device=device)
-    names = [ck.name for ck in loaded]
-    if len(set(names)) != len(names):  # e.g. the same file twice: number the labels
-        for i, ck in enumerate(loaded):
-            ck.label = f"{ck.name}#{i + 1}"
-    kinds = {ck.world.spec().get("kind") for ck in loaded}
-    # world-model metrics need origin and destination tokens (visible-origin taxi world)
-    is_taxi = kinds == {"taxi"} and all(getattr(ck.world, "origin", "visible") == "visible" for ck in loaded)
-    objectives = {ck.name: ck.objective for ck in loaded}
-    stages = ["training curves", "per-position loss", "effective rank", "belief probes", "transition consistency"]
-    if is_taxi:
-        stages += ["world-model metrics", "maps"]
-    bar = tqdm(total=len(stages), disable=not progress, desc="report")
-    summary: dict[str, Any] = {"checkpoints": [], "world": sorted(k for k in kinds if k), "n_seqs": n_seqs, "seed": seed}
-    sections: list[tuple[str, str, Any]] = []
-    paper: list[tuple[str, Any, tuple, dict]] = []  # (file stem, function, args, kwargs)
+    return I, P
 
-    # 1. training curves
-    _stage(bar, stages[0])
-    runs = {ck.name: read_metrics(p) for ck in loaded if (p := _metrics_path(ck)) is not None}
-    if runs:
-        sections.append(("Training curves", CAPTIONS["training"], I.training_curves_figure(runs, objectives)))
-        paper.append(("training_curves", "training_curves_plot", (runs, objectives), {}))
-    bar.update(1)
 
-    # 2. per-position loss vs the exact floor, on shared held-out sequences
-    _stage(bar, stages[1])
-    samples = shared_tokens(loaded, n_seqs, None, seed + 1)
-    pos_records = []
-    for ck, sample in zip(loaded, samples):
-        r = position_losses(ck.model, ck.world, sample.tokens)
-        pos_records.append({"name": ck.name, "objective": ck.objective, **r})
-    sections.append(("Loss per position vs the exact floor", CAPTIONS["position"], I.position_loss_figure(pos_records)))
-    paper.append(("position_loss", "position_loss_plot", (pos_records,), {}))
-    summary["position_loss"] = pos_records
-    bar.update(1)
+def _has_points(ctx: Context, recs: list[dict[str, Any]]) -> bool:
+    return any("points" in r["metrics"] for r in recs)
 
-    # 3. effective rank, all layers, and along training
-    _stage(bar, stages[2])
-    rank_records = rank_checkpoints(loaded, layers="all", n_seqs=n_seqs, seed=seed)
-    sections.append(("Effective rank", CAPTIONS["rank"], I.rank_figure(rank_records)))
-    paper.append(("effective_rank", "rank_plot", (rank_records,), {}))
-    summary["rank"] = rank_records
-    traj_records = []
-    for ck in loaded:
-        inter = load_all(_intermediate(ck), device=device)
-        if inter:
-            recs = rank_checkpoints([*inter, ck], layers="last", n_seqs=n_seqs, seed=seed)
-            for r in recs:
-                r["run"] = ck.name
-                r["objective"] = ck.objective
-            traj_records.extend(recs)
-    if traj_records:
-        sections.append(("Effective rank along training", CAPTIONS["rank_training"], I.rank_training_figure(traj_records, group="run")))
-        paper.append(("rank_training", "rank_training_plot", (traj_records,), {"group": "run"}))
-        by_run: dict[str, list[dict[str, Any]]] = {}
-        for r in traj_records:
-            by_run.setdefault(r["run"], []).append(r)
-        summary["rank_along_training"] = traj_records
-        summary["rank_matched_loss"] = matched_loss_comparison(by_run)
-    bar.update(1)
 
-    # 4. belief probes
-    _stage(bar, stages[3])
-    n_test = max(1, n_seqs // 3)
-    prep = probe_checkpoints(loaded, layers="all", n_train=n_seqs - n_test, n_test=n_test, seed=seed)
-    summary["probes"] = prep.records
-    if prep.panels:
-        panels = [{"title": "exact beliefs", "true": prep.panels[0]["true"], "pred": None}, *prep.panels]
-        sections.append(("Belief geometry: exact vs probed", CAPTIONS["probe_simplex"], I.belief_simplex_figure(panels)))
-        paper.append(("belief_simplex", "belief_simplex_plot", (panels,), {}))
-    if any("r2" in r for r in prep.records):
-        sections.append(("Belief probe R² per layer", CAPTIONS["probe_r2"], I.probe_r2_figure(prep.records)))
-        paper.append(("probe_r2", "probe_r2_plot", (prep.records,), {}))
-    bar.update(1)
+SECTIONS = [
+    Section("training", "Training curves", CAPTIONS["training"],
+            lambda c, logs: _plots()[0].training_curves_figure(logs, c.objectives),
+            lambda c, logs: _plots()[1].training_curves_plot(logs, c.objectives), "training_curves"),
+    Section("position_loss", "Loss per position vs the exact floor", CAPTIONS["position"],
+            lambda c, r: _plots()[0].position_loss_figure(r), lambda c, r: _plots()[1].position_loss_plot(r),
+            "position_loss"),
+    Section("rank", "Effective rank", CAPTIONS["rank"],
+            lambda c, r: _plots()[0].rank_figure(r), lambda c, r: _plots()[1].rank_plot(r), "effective_rank"),
+    Section("rank_training", "Effective rank along training", CAPTIONS["rank_training"],
+            lambda c, r: _plots()[0].rank_training_figure(r), lambda c, r: _plots()[1].rank_training_plot(r),
+            "rank_training"),
+    Section("probe", "Belief geometry: exact vs probed", CAPTIONS["beliefs"],
+            lambda c, r: _plots()[0].belief_figure(r, true_map=c.true_map),
+            lambda c, r: _plots()[1].belief_plot(r, true_map=c.true_map), "beliefs",
+            applies=lambda c, r: _has_points(c, r) and not c.is_taxi),
+    Section("probe", "Where the model thinks it is: probed (x, y) over the map", CAPTIONS["beliefs_taxi"],
+            lambda c, r: _plots()[0].belief_figure(r, true_map=c.true_map),
+            lambda c, r: _plots()[1].belief_plot(r, true_map=c.true_map), "beliefs",
+            applies=lambda c, r: _has_points(c, r) and c.is_taxi),
+    Section("probe", "Belief probe R² per layer", CAPTIONS["probe_r2"],
+            lambda c, r: _plots()[0].probe_r2_figure(r), lambda c, r: _plots()[1].probe_r2_plot(r), "probe_r2",
+            applies=lambda c, r: any("r2" in x["metrics"] for x in r)),
+    Section("transition", "Transition consistency", CAPTIONS["transition"],
+            lambda c, r: _plots()[0].transition_figure(r), lambda c, r: _plots()[1].transition_plot(r), "transition"),
+    Section("worldmodel", "Taxi world model (Table 1 style)", CAPTIONS["worldmodel"],
+            lambda c, r: _plots()[0].worldmodel_table_figure(r + _last_block(c.get("rank"))),
+            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel"),
+    Section("mapping", "Reconstructed maps", CAPTIONS["maps"],
+            lambda c, r: _plots()[0].map_figure(c.true_map, r), lambda c, r: _plots()[1].map_plot(c.true_map, r),
+            "maps"),
+]
+#: sections computed only for the visible-origin taxi world
+TAXI_ONLY = {"worldmodel", "mapping"}
 
-    # 5. transition consistency
-    _stage(bar, stages[4])
-    n_tr = max(1, n_seqs - n_test)
-    trans = transition_checkpoints(loaded, horizon=horizon, n_train=n_tr, n_test=n_test, steps=fit_steps, seed=seed)
-    summary["transition"] = trans["records"]
-    sections.append(("Transition consistency", CAPTIONS["transition"], I.transition_figure(trans["results"], objectives)))
-    paper.append(("transition", "transition_plot", (trans["results"], objectives), {}))
-    bar.update(1)
 
-    # 6. taxi world model
-    taxi_rows: dict[str, dict[str, Any]] = {}
-    if is_taxi:
-        taxi_rows = _taxi_sections(loaded, sections, paper, summary, bar, stages, seed, n_seqs)
+def _last_block(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per model, the record of its deepest block (``L{n-1}``)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in records:
+        if r["layer"] and r["layer"].startswith("L"):
+            if r["name"] not in best or int(r["layer"][1:]) > int(best[r["name"]]["layer"][1:]):
+                best[r["name"]] = r
+    return list(best.values())
 
-    # summary rows
+
+# --------------------------------------------------------------------------------------
+# the summary table, built from the records
+# --------------------------------------------------------------------------------------
+def summary_rows(ctx: Context) -> list[dict[str, Any]]:
+    """One display row per model with the headline number of each analysis."""
+    from .records import identity, metric, select, value
+
+    recs = ctx.records
     rows = []
-    for ck in loaded:
-        row: dict[str, Any] = {k: v for k, v in _info(ck).items()}
-        last = [r for r in rank_records if r["checkpoint"] == ck.name]
-        if last:
-            row["effective_rank"] = last[-1]["effective_rank"]
-            row["rank_layer"] = last[-1]["layer"]
-        pr = [r for r in prep.records if r["checkpoint"] == ck.name and r["layer"] not in ("concat", "embed") and "r2" in r]
-        if pr:
-            row.update(probe_r2=pr[-1]["r2"], probe_mse=pr[-1]["mse"], probe_control_r2=pr[-1].get("control_r2"))
-        acc = [r for r in prep.records if r["checkpoint"] == ck.name and r["layer"] not in ("concat", "embed") and "state_accuracy" in r]
-        if acc:
-            row.update(state_accuracy=acc[-1]["state_accuracy"], state_chance=acc[-1].get("state_chance"))
-        tr = [r for r in trans["records"] if r["checkpoint"] == ck.name and r["dynamics"] == "post-hoc mlp"]
-        if tr:
-            row.update(transition_err1=tr[0]["errors"][0], belief_ratio=tr[0]["belief_ratio"], state_ratio=tr[0]["state_ratio"])
-        own = [r for r in trans["records"] if r["checkpoint"] == ck.name and r["dynamics"] == "own p_psi"]
-        if own:
-            row["own_err1"] = own[0]["errors"][0]
-        row.update(taxi_rows.get(ck.name, {}))
+    for m in ctx.models:
+        n = m.name
+        row: dict[str, Any] = identity(m)
+        rank = _last_block(select(recs.get("rank", []), name=n))
+        if rank:
+            row.update(effective_rank=value(metric(rank[0], "effective_rank")), rank_layer=rank[0]["layer"])
+        probe = _last_block(select(recs.get("probe", []), name=n))
+        if probe:
+            pm = probe[0]["metrics"]
+            if "r2" in pm:
+                row.update(probe_r2=pm["r2"], probe_mse=pm["mse"], probe_control_r2=pm.get("control_r2"))
+            if "state_accuracy" in pm:
+                row.update(state_accuracy=pm["state_accuracy"], state_chance=pm.get("state_chance"))
+        for r in select(recs.get("transition", []), name=n):
+            if r["variant"] == "post-hoc mlp":
+                row.update(transition_err1=r["metrics"]["errors"][0], belief_ratio=r["metrics"]["belief_ratio"],
+                           state_ratio=r["metrics"]["state_ratio"])
+            elif r["variant"] == "own p_psi":
+                row["own_err1"] = r["metrics"]["errors"][0]
+        for r in select(recs.get("worldmodel", []), name=n):
+            mm = r["metrics"]
+            row.update(next_token=value(mm["next_token"]), valid_trajectory=value(mm["trajectory_valid"]),
+                       legal_trajectory=value(mm["trajectory_legal"]), compression=value(mm["compression"]),
+                       distinction_precision=value(mm["distinction_precision"]),
+                       distinction_recall=value(mm["distinction_recall"]), detour=value(mm.get(SUMMARY_DETOUR)))
+        for r in select(recs.get("mapping", []), name=n, variant="behaviour"):
+            row["invented_edges"] = r["metrics"]["n_invented"]
         rows.append(row)
-    summary["checkpoints"] = rows
-    columns = SUMMARY_COLUMNS + ([STATE_COLUMN] if any("state_accuracy" in r for r in rows) else []) + (TAXI_COLUMNS if is_taxi else [])
-    intro = _intro_html(rows, columns, summary)
-    summary["seconds"] = time.time() - t0
-
-    if figures:
-        _write_figures(out / "figures", paper)
-    write_page(sections, out / "report.html", title="nextlat_probe report: " + " vs ".join(f"{ck.name} ({ck.objective})" for ck in loaded), intro_html=intro)
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(to_jsonable(summary), indent=1))
-    tmp.replace(out / "summary.json")
-    bar.close()
-    if not quiet:
-        print(format_table(rows, columns))
-        mm = summary.get("rank_matched_loss", {})
-        if mm.get("runs"):
-            print(f"\nAt matched validation loss ({mm['target_val_loss']:.4f}): " + ", ".join(f"{n} eff. rank {v['effective_rank']:.2f} (step {v['step']})" for n, v in mm["runs"].items()))
-        _print_verdict(rows)
-    return summary
+    return rows
 
 
-def _info(ck) -> dict[str, Any]:
-    from .analysis.common import ckpt_info
+def summary_columns(rows: list[dict[str, Any]], is_taxi: bool) -> list[tuple[str, str, str]]:
+    return (SUMMARY_COLUMNS + ([STATE_COLUMN] if any("state_accuracy" in r for r in rows) else [])
+            + (TAXI_COLUMNS if is_taxi else []))
 
-    return ckpt_info(ck)
+
+def _matched_loss(ctx: Context) -> dict[str, Any]:
+    from .analysis.losses import matched_loss_comparison
+    from .records import group_by
+
+    traj = ctx.records.get("rank_training") or []
+    return matched_loss_comparison(group_by(traj, "name")) if traj else {}
 
 
 def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
@@ -271,7 +315,7 @@ def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
     ]
     for key, label, sign in checks:
         a, b = g.get(key), n.get(key)
-        if a is None or b is None:
+        if a is None or b is None or a != a or b != b:
             continue
         if abs(a - b) <= 1e-9 * max(1.0, abs(a)):
             out.append(f"{label}: tie ({a:.4g})")
@@ -281,29 +325,60 @@ def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def _print_verdict(rows: list[dict[str, Any]]) -> None:
-    lines = _verdict_lines(rows)
-    if lines:
-        print("\nOne run per objective, at equal training steps (not a seed average):")
-        for line in lines:
-            print("  - " + line)
+def _matched_line(mm: dict[str, Any]) -> str:
+    return (f"At matched validation loss ({mm['target_val_loss']:.4f}): "
+            + ", ".join(f"{n} eff. rank {v['effective_rank']:.2f} (step {v['step']})" for n, v in mm["runs"].items()))
 
 
-def _intro_html(rows, columns, summary) -> str:
+def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
+    body = []
+    for r in rows:
+        cells = []
+        for k, _, f in columns:
+            v = r.get(k)
+            txt = "-" if v is None else (format(v, f) if f and isinstance(v, (int, float)) else str(v))
+            cells.append(f"<td>{html.escape(txt)}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table class='summary'><tr>{head}</tr>{''.join(body)}</table>"
+
+
+def _intro_html(rows, columns, matched: dict[str, Any], protocol: str) -> str:
     parts = ["<h2 id='summary'>Summary</h2>", _summary_table_html(rows, columns)]
+    if protocol:
+        parts.append(f"<p class='caption'>{html.escape(protocol)}</p>")
     verdict = _verdict_lines(rows)
     if verdict:
-        parts.append("<p class='caption'>One run per objective at equal training steps — not a seed average; compare also at matched validation loss below.</p><ul>")
+        parts.append("<p class='caption'>One run per objective at equal training steps — not a seed average; "
+                     "compare also at matched validation loss below.</p><ul>")
         parts += [f"<li>{html.escape(v)}</li>" for v in verdict]
         parts.append("</ul>")
-    mm = summary.get("rank_matched_loss", {})
-    if mm.get("runs"):
-        items = ", ".join(f"{html.escape(n)}: {v['effective_rank']:.2f} at step {v['step']} (val loss {v['val_loss']:.4f})" for n, v in mm["runs"].items())
-        parts.append(f"<div class='note'>Effective rank at matched validation loss (≤ {mm['target_val_loss']:.4f}): {items}.</div>")
+    if matched.get("runs"):
+        items = ", ".join(f"{html.escape(n)}: {v['effective_rank']:.2f} at step {v['step']} (val loss "
+                          f"{v['val_loss']:.4f})" for n, v in matched["runs"].items())
+        parts.append(f"<div class='note'>Effective rank at matched validation loss (≤ {matched['target_val_loss']:.4f}): "
+                     f"{items}.</div>")
     return "\n".join(parts)
 
 
-def _write_figures(folder: Path, paper: list[tuple[str, str, tuple, dict]]) -> None:
+# --------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------
+def prepare(ckpts: list[Any], n_seqs: int, seed: int, device: str, horizon: int, fit_steps: int,
+            progress: bool) -> Context:
+    """Load every model, draw the shared sequences, and run each model's forward pass over
+    them once for every hook any section reads (embeddings and every block)."""
+    from .activations import layer_hook
+    from .compare import Inputs
+
+    inputs = Inputs.build(ckpts, n_seqs=n_seqs, seed=seed, device=device, progress=progress)
+    for i, m in enumerate(inputs.models):
+        inputs.hidden(i, [layer_hook("embed"), *(layer_hook(b) for b in range(m.model_config.n_layers))])
+    return Context(inputs.models, inputs, seed, device, horizon, fit_steps, progress)
+
+
+def write_figures(folder: Path, figures: list[tuple[str, Any]]) -> list[Path]:
+    """Paper figures as PDF and PNG (``figures``: (file stem, function making the figure))."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,69 +387,95 @@ def _write_figures(folder: Path, paper: list[tuple[str, str, tuple, dict]]) -> N
     from .plots import paper as P
 
     folder.mkdir(parents=True, exist_ok=True)
+    written = []
     with P.paper_style():
-        for stem, fn_name, args, kwargs in paper:
-            fig = getattr(P, fn_name)(*args, **kwargs)
-            P.save_figure(fig, folder / stem, formats=("pdf", "png"))
+        for stem, make in figures:
+            fig = make()
+            written += P.save_figure(fig, folder / stem, formats=("pdf", "png"))
             plt.close(fig)
+    return written
 
 
-def _taxi_sections(loaded, sections, paper, summary, bar, stages, seed, n_seqs) -> dict[str, dict[str, Any]]:
-    """World-model table and maps for taxi checkpoints; returns summary fields per name."""
-    from .analysis.mapping import map_from_checkpoint, panels_for
-    from .plots import interactive as I
-    from .worldmodel import evaluate_checkpoints, figure_rows
+def run_report(
+    ckpts: list[Any],
+    out: str | Path,
+    n_seqs: int = 256,
+    seed: int = 0,
+    device: str = "cpu",
+    horizon: int = 8,
+    fit_steps: int = 600,
+    figures: bool = True,
+    progress: bool = True,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run every applicable section; write report.html, summary.json and figures/. Returns
+    what summary.json holds: ``summary`` (one row per model), ``records`` (every record),
+    ``rank_matched_loss``, the report's ``params`` and ``seconds``."""
+    from .plots.page import write_page
+    from .progress import progress as bar
+    from .records import to_jsonable
+    from .tables import format_table, protocol_note
 
-    _stage(bar, stages[5])
-    n_pairs = max(50, min(200, n_seqs))
-    records = evaluate_checkpoints(loaded, n_pairs=n_pairs, seed=seed, rank_seqs=n_seqs)
-    summary["worldmodel"] = records
-    rows = figure_rows(records)
-    sections.append(("Taxi world model (Table 1 style)", CAPTIONS["worldmodel"], I.worldmodel_table_figure(rows)))
-    paper.append(("worldmodel", "worldmodel_plot", (rows,), {}))
-    out: dict[str, dict[str, Any]] = {}
-    for ck, rec in zip(loaded, records):
-        det = rec.get("detour", {}).get("random@0.75", {}).get("valid", {})
-        out[ck.name] = {
-            "next_token": rec["next_token"]["rate"],
-            "valid_trajectory": rec["trajectory_valid"]["rate"],
-            "legal_trajectory": rec["trajectory_legal"]["rate"],
-            "compression": rec["compression"]["rate"],
-            "distinction_precision": rec["distinction_precision"]["rate"],
-            "distinction_recall": rec["distinction_recall"]["rate"],
-            "detour": det.get("rate"),
-        }
-    bar.update(1)
+    t0 = time.time()
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: exists and is not a folder")
+    ctx = prepare(ckpts, n_seqs, seed, device, horizon, fit_steps, progress)
+    sections = [s for s in SECTIONS if s.analysis not in TAXI_ONLY or ctx.is_taxi]
+    pages, paper = [], []
+    stages = bar(sections, desc="report", disable=not progress)
+    for s in stages:
+        if hasattr(stages, "set_description"):
+            stages.set_description(f"report: {s.title}")
+        recs = ctx.get(s.analysis)
+        if not s.applies(ctx, recs):
+            continue
+        pages.append((s.title, s.caption, s.figure(ctx, recs)))
+        if s.paper is not None:
+            paper.append((s.stem, lambda s=s, recs=recs: s.paper(ctx, recs)))
+    rows = summary_rows(ctx)
+    columns = summary_columns(rows, ctx.is_taxi)
+    matched = _matched_loss(ctx)
+    records = [r for key, rs in ctx.records.items() if key != "training" for r in rs]
+    protocol = protocol_note(records)
+    summary = {"summary": rows, "records": records, "rank_matched_loss": matched,
+               "params": {"n_seqs": ctx.n_seqs, "seq_len": ctx.inputs.length, "seed": seed, "horizon": horizon,
+                          "fit_steps": fit_steps, "n_test": ctx.n_test},
+               "seconds": time.time() - t0}
 
-    _stage(bar, stages[6])
-    summary["maps"] = []
-    true_map = loaded[0].world.map
-    panels: list[dict[str, Any]] = []
-    for ck in loaded:
-        recon, rep = map_from_checkpoint(ck, n_trips=min(500, 2 * n_seqs), n_seqs=n_seqs, seed=seed)
-        summary["maps"].append({"checkpoint": ck.name, "objective": ck.objective,
-                                "behaviour": recon.to_dict(edges="invented"), "representation": rep.to_dict()})
-        for panel in panels_for(recon) + panels_for(rep, recon):
-            panel["title"] = f"{ck.name} ({ck.objective}): {panel.get('title', '')}"
-            panels.append(panel)
-        out.setdefault(ck.name, {})["invented_edges"] = len(recon.invented)
-    sections.append(("Reconstructed maps", CAPTIONS["maps"], I.map_figure(true_map, panels)))
-    paper.append(("maps", "map_plot", (true_map, panels), {}))
-    bar.update(1)
-    return out
+    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
+    if figures:
+        write_figures(out / "figures", paper)
+    title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({m.objective})" for m in ctx.models)
+    write_page(pages, out / "report.html", title=title, intro_html=_intro_html(rows, columns, matched, protocol))
+    tmp = out / "summary.json.tmp"
+    tmp.write_text(json.dumps(to_jsonable(summary), indent=1))
+    tmp.replace(out / "summary.json")
+    if not quiet:
+        print(format_table(rows, columns))
+        if matched.get("runs"):
+            print("\n" + _matched_line(matched))
+        lines = _verdict_lines(rows)
+        if lines:
+            print("\nOne run per objective, at equal training steps (not a seed average):")
+            for line in lines:
+                print("  - " + line)
+    return summary
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.report", description="Run every analysis on checkpoints and write an offline HTML report, summary.json and paper figures.")
-    p.add_argument("ckpts", nargs="+", metavar="CKPT")
+    p = argparse.ArgumentParser(prog="python -m nextlat_probe.report",
+                                description="Run every analysis on checkpoints and write an offline HTML report, "
+                                "summary.json and paper figures.")
+    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--n-seqs", type=int, default=256, help="sequences per analysis")
+    p.add_argument("--n-seqs", type=int, default=256, help="shared sequences for every analysis (default 256)")
     p.add_argument("--horizon", type=int, default=8, help="transition roll-out horizon")
     p.add_argument("--fit-steps", type=int, default=600, help="optimiser steps of post-hoc dynamics fits")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sequences and every random choice")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--no-figures", action="store_true", help="skip the matplotlib paper figures")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
     return p
 
 
@@ -382,9 +483,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.n_seqs < 4:
         raise UsageError("--n-seqs must be at least 4")
-    run_report(args.ckpts, args.out, n_seqs=args.n_seqs, seed=args.seed, device=args.device, horizon=args.horizon,
+    check_positive(horizon=args.horizon, fit_steps=args.fit_steps)
+    if args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
+    device = resolve_device_arg(args.device)
+    run_report(args.ckpts, args.out, n_seqs=args.n_seqs, seed=args.seed, device=device, horizon=args.horizon,
                fit_steps=args.fit_steps, figures=not args.no_figures, progress=not args.no_progress)
-    print(f"\nwrote {args.out / 'report.html'}, {args.out / 'summary.json'}, {args.out / 'figures'}/", file=sys.stderr)
+    wrote = [str(args.out / "report.html"), str(args.out / "summary.json")]
+    if not args.no_figures:
+        wrote.append(f"{args.out / 'figures'}/")
+    print(f"\nwrote {', '.join(wrote)}", file=sys.stderr)
     return 0
 
 

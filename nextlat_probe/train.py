@@ -34,14 +34,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="auto (CUDA if available; the default), cpu or cuda")
+    p.add_argument("--device", default=None, help="auto (CUDA if available; the default), cpu, cuda, cuda:N or mps")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--save-every", type=int, default=200)
     p.add_argument("--keep-every", type=int, default=0, help="also keep OUT/ckpt_step{N}.pt every N steps")
     p.add_argument("--n-val", type=int, default=256, help="held-out validation sequences")
-    p.add_argument("--out", type=Path, help="output folder (required unless --resume)")
-    p.add_argument("--resume", type=Path, help="continue exactly from this checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT/ckpt.pt exists")
+    p.add_argument("--out", type=Path, help="run folder (required unless --resume); refused if it holds another run")
+    p.add_argument("--resume", type=Path, help="continue exactly from this checkpoint (into its own folder, or --out)")
+    p.add_argument("--overwrite", action="store_true", help="if OUT holds a run, move its files into OUT/.replaced-<time>/ first")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     g = p.add_argument_group("world options")
     g.add_argument("--map-size", type=int, default=None, help="taxi: synthetic map with N x N intersections")
@@ -72,10 +72,50 @@ def world_options(args: argparse.Namespace) -> dict:
     return {k: v for k, v in opts.items() if v is not None}
 
 
+#: CLI options that are TrainConfig fields. With --resume the stored config is continued, so
+#: each of these is refused when given with a value other than the checkpoint's.
+TRAIN_OPTIONS = {
+    "world": "world", "objective": "objective", "horizon": "horizon", "lambda_h": "lambda_h",
+    "lambda_kl": "lambda_kl", "preset": "preset", "batch_size": "batch_size", "seq_len": "seq_len",
+    "n_ctx": "n_ctx", "lr": "lr", "warmup": "warmup_steps", "seed": "seed", "eval_every": "eval_every",
+    "save_every": "save_every", "keep_every": "keep_every", "n_val": "n_val",
+}
+#: taxi options -> their world_options key
+WORLD_OPTIONS = {"map_size": "map_size", "map": "map", "walk": "walk", "origin": "origin",
+                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed"}
+
+
+def given_options(argv: list[str] | None) -> set[str]:
+    """The options the user actually typed (argparse fills in defaults for the others)."""
+    p = build_parser()
+    for action in p._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(p.parse_args(argv)))
+
+
+def option(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .errors import NextLatError, one_line
+    from .training.trainer import TrainingDiverged
+
+    try:
+        return _main(args, given_options(argv))
+    except TrainingDiverged as exc:  # its own exit code: the run stopped, its folder is valid
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 3
+    except NextLatError as exc:  # every user-facing error: one line, exit 2 (run_main)
+        raise UsageError(one_line(exc)) from None
+
+
+def _main(args: argparse.Namespace, given: set[str]) -> int:
     if args.out is None and args.resume is None:
         raise UsageError("--out DIR is required (or --resume CKPT)")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        raise UsageError(f"--out {args.out}: exists and is not a folder")
     if args.map is not None and not args.map.is_file():
         raise UsageError(f"--map {args.map}: no such file")
     for name in ("steps", "batch_size", "horizon", "n_val", "eval_every", "save_every"):
@@ -83,23 +123,24 @@ def main(argv: list[str] | None = None) -> int:
         if name == "steps" and v is None:
             continue
         if v < (0 if name == "steps" else 1):
-            raise UsageError(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'steps' else 'positive'}, got {v}")
+            raise UsageError(f"{option(name)} must be {'>= 0' if name == 'steps' else 'positive'}, got {v}")
 
+    from .models.transformer import resolve_device
     from .training.config import TrainConfig
     from .training.trainer import TrainingDiverged, train
 
+    resolve_device(args.device)  # an unknown or missing device fails before anything is read
     if args.resume is not None:
         from .checkpoint import read_checkpoint
 
-        read_checkpoint(args.resume)  # fail early, one line, on a bad file
-        out = args.out or (args.resume.parent if args.resume.is_file() else args.resume)
+        state = read_checkpoint(args.resume)  # fail early, one line, on a bad file
+        check_resume_options(args, given, state)
+        out = args.out or Path(state["_path"]).parent
         cfg = None
         if args.steps is not None or args.device is not None:
             cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto")
     else:
         out = args.out
-        if (out / "ckpt.pt").exists() and not args.overwrite:
-            raise UsageError(f"{out / 'ckpt.pt'} already exists; use --resume to continue or --overwrite to start afresh")
         try:
             cfg = TrainConfig(
                 world=args.world,
@@ -125,15 +166,39 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
-        res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress)
-    except TrainingDiverged as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 3
-    except ValueError as exc:
+        res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+    except TrainingDiverged:
+        raise  # main prints it (exit 3)
+    except ValueError as exc:  # e.g. a world option the world rejects
         raise UsageError(str(exc)) from None
+    if res.replaced is not None:
+        print(f"moved the folder's previous run to {res.replaced}")
     gap = res.val_loss - res.val_floor
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
     return 0
+
+
+def check_resume_options(args: argparse.Namespace, given: set[str], state: dict) -> None:
+    """--resume continues the stored configuration: refuse, in one line, every typed option
+    that contradicts it (only --steps may extend the run, --device choose where it runs)."""
+    path = state["_path"]
+    saved = dict(state.get("train_config") or {})
+    why = "--resume continues the stored configuration; only --steps may extend it"
+    for dest, key in TRAIN_OPTIONS.items():
+        if dest in given and getattr(args, dest) != saved.get(key):
+            raise UsageError(f"{option(dest)} {getattr(args, dest)} conflicts with {path} ({key} = {saved.get(key)!r}); {why}")
+    stored_world = dict(saved.get("world_options") or {})
+    for dest, key in WORLD_OPTIONS.items():
+        if dest in given:
+            value = str(args.map) if dest == "map" else getattr(args, dest)
+            if value != stored_world.get(key):
+                raise UsageError(f"{option(dest)} {value} conflicts with {path} (world option {key} = {stored_world.get(key)!r}); {why}")
+    if args.steps is not None:
+        step, total = int(state.get("step", 0)), int(saved.get("steps", 0))
+        if args.steps < step:
+            raise UsageError(f"--steps {args.steps} is below {path}'s step {step}; a resumed run cannot go back")
+        if args.steps < total:
+            raise UsageError(f"--steps {args.steps} is below the run's total of {total} steps; {why}")
 
 
 if __name__ == "__main__":

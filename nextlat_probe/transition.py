@@ -17,8 +17,18 @@ from __future__ import annotations
 
 import argparse
 
-from .cli import (add_model_args, add_output_args, add_sequence_args, check_output_path, check_positive,
-                  print_json, print_table, progress_enabled, resolve_device_arg, run_main)
+from .cli import (
+    add_model_args,
+    add_output_args,
+    add_sequence_args,
+    check_output_path,
+    check_positive,
+    print_json,
+    print_table,
+    progress_enabled,
+    resolve_device_arg,
+    run_main,
+)
 
 
 def table_columns(horizon: int) -> list[tuple[str, str, str]]:

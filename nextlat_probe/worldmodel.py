@@ -14,8 +14,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .cli import (UsageError, add_model_args, add_output_args, check_positive, print_json, progress_enabled,
-                  resolve_device_arg, run_main)
+from .cli import (
+    UsageError,
+    add_model_args,
+    add_output_args,
+    check_positive,
+    print_json,
+    progress_enabled,
+    resolve_device_arg,
+    run_main,
+)
 
 PERCENT = ("next_token", "trajectory_legal", "trajectory_valid")
 LABELS = {

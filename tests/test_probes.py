@@ -21,7 +21,7 @@ from nextlat_probe.analysis.probes import (
     state_classifier,
 )
 from nextlat_probe.analysis.stats import AnalysisError, CrossStats
-from nextlat_probe.cli import to_jsonable
+from nextlat_probe.records import to_jsonable
 
 
 def noisy_linear(n=600, d=12, s=3, noise=0.3, seed=0):

@@ -14,7 +14,7 @@ from nextlat_probe.analysis.rank import (
     spectrum_from_gram,
 )
 from nextlat_probe.analysis.stats import AnalysisError, CrossStats, SufficientStats
-from nextlat_probe.cli import to_jsonable
+from nextlat_probe.records import to_jsonable
 
 
 def dense_erank(H: np.ndarray, center: bool = False, tol: float = 1e-12) -> float:

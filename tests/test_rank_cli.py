@@ -46,19 +46,22 @@ def test_rank_cli_json_matches_dense_svd(tiny_mess3_ckpts):
     assert r.returncode == 0, r.stderr
     recs = json.loads(r.stdout)  # stdout is one JSON document and nothing else
     assert len(recs) == 2 * 3 and {x["objective"] for x in recs} == {"gpt", "nextlat"}
-    fields = {"checkpoint", "objective", "layer", "effective_rank", "participation_ratio", "n90", "n99", "d_model", "val_loss"}
-    assert all(fields <= x.keys() for x in recs)
-    # recompute the last layer of the GPT model by a dense SVD of the same sequences
-    from nextlat_probe.analysis.common import shared_tokens
+    from nextlat_probe.compare import Inputs
+    from nextlat_probe.records import check_record
 
+    for x in recs:
+        check_record(x)
+    fields = {"effective_rank", "participation_ratio", "n90", "n99", "d_model", "spectrum"}
+    assert all(fields <= x["metrics"].keys() and x["val_loss"] is not None for x in recs)
+    # recompute the last layer of the GPT model by a dense SVD of the same sequences
     ck = load_checkpoint(gpt)
-    tokens = shared_tokens([ck], 16, None, 0)[0].tokens
+    tokens = Inputs([ck], 16).tokens(0)
     H = collect(ck.model, tokens, ["blocks.1.hook_resid_post"])["blocks.1.hook_resid_post"].reshape(-1, ck.model_config.d_model)
     s = np.linalg.svd(H.astype(np.float64), compute_uv=False)
     s = s[s > 1e-12]
     p = s / s.sum()
     dense = float(np.exp(-(p * np.log(p)).sum()))
-    got = [x for x in recs if x["objective"] == "gpt" and x["layer"] == "L1"][0]["effective_rank"]
+    got = [x for x in recs if x["objective"] == "gpt" and x["layer"] == "L1"][0]["metrics"]["effective_rank"]
     assert got == pytest.approx(dense, rel=1e-6)
 
 
@@ -71,13 +74,19 @@ def test_rank_cli_table_plot_and_center(tiny_mess3_ckpts, tmp_path):
     assert "plotly" in html and '<script src="http' not in html
     a = json.loads(run_cli("nextlat_probe.rank", str(tiny_mess3_ckpts["gpt"]), "--n-seqs", "8", "--json").stdout)[0]
     b = json.loads(run_cli("nextlat_probe.rank", str(tiny_mess3_ckpts["gpt"]), "--n-seqs", "8", "--json", "--center").stdout)[0]
-    assert b["centered"] and not a["centered"] and a["effective_rank"] != pytest.approx(b["effective_rank"])
+    assert b["params"]["center"] and not a["params"]["center"]
+    assert a["metrics"]["effective_rank"] != pytest.approx(b["metrics"]["effective_rank"])
+    # -1 counts from the end (the last block), as in Python; embed names the embeddings
+    last = json.loads(run_cli("nextlat_probe.rank", str(tiny_mess3_ckpts["gpt"]), "--n-seqs", "8", "--json", "--layers", "-1").stdout)
+    assert [x["layer"] for x in last] == ["L1"] and last[0]["metrics"] == a["metrics"]
 
 
 def test_rank_cli_errors(tmp_path, tiny_mess3_ckpts):
     bad = tmp_path / "corrupt.pt"
     bad.write_bytes(b"\x00" * 100)
-    for args in ([str(tmp_path / "missing.pt")], [str(bad)], [str(tiny_mess3_ckpts["gpt"]), "--layers", "7"], [str(tiny_mess3_ckpts["gpt"]), "--layers", "x"]):
+    for args in ([str(tmp_path / "missing.pt")], [str(bad)], [str(tiny_mess3_ckpts["gpt"]), "--layers", "7"], [str(tiny_mess3_ckpts["gpt"]), "--layers", "x"],
+                 [str(tiny_mess3_ckpts["gpt"]), "--device", "tpu"], [str(tiny_mess3_ckpts["gpt"]), "--seq-len", "0"],
+                 [str(tiny_mess3_ckpts["gpt"]), "--plot", str(tmp_path)]):
         r = run_cli("nextlat_probe.rank", *args)
         assert r.returncode == 2, args
         assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("error:"), r.stderr

@@ -105,11 +105,14 @@ def test_load_checkpoint_round_trip(tmp_path):
 
 def test_train_cli_and_errors(tmp_path):
     out = tmp_path / "cli"
-    r = run_cli("nextlat_probe.train", "--world", "z1r", "--objective", "gpt", "--steps", "5", "--batch-size", "4", "--seq-len", "8", "--out", str(out), "--no-progress", "--n-val", "8")
+    args = ("--world", "z1r", "--objective", "gpt", "--steps", "5", "--batch-size", "4", "--seq-len", "8", "--out", str(out), "--no-progress", "--n-val", "8")
+    r = run_cli("nextlat_probe.train", *args)
     assert r.returncode == 0, r.stderr
     assert "exact floor" in r.stdout and (out / "ckpt.pt").is_file()
-    again = run_cli("nextlat_probe.train", "--world", "z1r", "--steps", "5", "--out", str(out))
+    again = run_cli("nextlat_probe.train", *args)
     assert again.returncode == 2 and "already exists" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+    other = run_cli("nextlat_probe.train", "--world", "z1r", "--steps", "5", "--out", str(out))
+    assert other.returncode == 2 and "different run" in other.stderr and len(other.stderr.strip().splitlines()) == 1
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
     r = run_cli("nextlat_probe.train", "--resume", str(bad))
@@ -140,12 +143,19 @@ def test_infinite_gradient_stops_before_the_update(tmp_path, monkeypatch):
     assert all(torch.isfinite(v).all() for v in m.values() if v.is_floating_point())
 
 
-def test_fresh_run_drops_old_intermediate_checkpoints(tmp_path):
+def test_fresh_run_over_an_old_run_is_refused_or_moves_it_aside(tmp_path):
     out = tmp_path / "run"
     train(cfg(steps=6, keep_every=3), out, progress=False)
-    assert sorted(p.name for p in out.glob("ckpt_step*.pt")) == ["ckpt_step3.pt", "ckpt_step6.pt"]
-    train(cfg(steps=4, keep_every=4), out, progress=False)
+    old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert {"ckpt.pt", "run.json", "metrics.jsonl", "ckpt_step3.pt", "ckpt_step6.pt"} <= old.keys()
+    with pytest.raises(ValueError, match="already exists"):
+        train(cfg(steps=4, keep_every=4), out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old  # refused: untouched
+    train(cfg(steps=4, keep_every=4), out, progress=False, overwrite=True)
     assert sorted(p.name for p in out.glob("ckpt_step*.pt")) == ["ckpt_step4.pt"]
+    # the old run was moved aside whole, not deleted
+    (backup,) = out.glob(".replaced-*")
+    assert {p.name: p.read_bytes() for p in backup.iterdir()} == old
     # kept checkpoints carry the validation loss of their own step
     assert read_checkpoint(out / "ckpt_step4.pt")["metrics"]["step"] == 4
 

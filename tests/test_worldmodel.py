@@ -266,21 +266,20 @@ def test_worldmodel_cli_table_and_json(tiny_taxi_ckpts, capsys):
     for label in ("next-token validity", "every turn legal", "compression", "distinction recall",
                   "detour random p=0.75", "eff. rank", "val loss", "gpt", "nextlat"):
         assert label in text
-    nt = recs[1]["next_token"]
-    assert f"{100 * nt['rate']:.1f} [{100 * nt['ci_low']:.1f}, {100 * nt['ci_high']:.1f}]" in text
-    from nextlat_probe.plots.interactive import worldmodel_table_figure
-    from nextlat_probe.worldmodel import figure_rows
-
-    rows = figure_rows(recs)
-    assert rows[1]["next-token"] == (nt["rate"], nt["ci_low"], nt["ci_high"])
-    worldmodel_table_figure(rows)  # the plotting layer reads these rows
-    assert [r["objective"] for r in recs] == ["gpt", "nextlat"]
-    for r in recs:
-        assert r["effective_rank"] > 1 and r["val_loss"] is not None
+    wm = [r for r in recs if r["analysis"] == "worldmodel"]
+    ranks = {r["name"]: r for r in recs if r["analysis"] == "rank"}
+    nt = wm[1]["metrics"]["next_token"]
+    assert f"{100 * nt['value']:.1f} [{100 * nt['low']:.1f}, {100 * nt['high']:.1f}]" in text
+    assert "n_pairs=24" in text and "seed=5" in text  # the protocol line under the table
+    assert [r["objective"] for r in wm] == ["gpt", "nextlat"]
+    for r in wm:
+        assert ranks[r["name"]]["metrics"]["effective_rank"] > 1 and r["val_loss"] is not None
+        assert r["params"]["n_pairs"] == 24 and r["params"]["n_continuations"] == 3
+        m = r["metrics"]
         for key in ("next_token", "trajectory_legal", "trajectory_valid", "compression", "distinction_recall"):
-            c = r[key]
-            assert 0 <= c["count"] <= c["n"] and (c["n"] == 0 or c["ci_low"] <= c["rate"] <= c["ci_high"])
-        assert r["trajectory_valid"]["count"] <= r["trajectory_legal"]["count"] <= 24
+            c = m[key]
+            assert 0 <= c["count"] <= c["n"] and (c["n"] == 0 or c["low"] <= c["value"] <= c["high"])
+        assert m["trajectory_valid"]["count"] <= m["trajectory_legal"]["count"] <= 24
     # next-token validity recomputed independently: the same trips, a plain forward pass
     ck = load_checkpoint(paths[0])
     w = ck.world
@@ -300,7 +299,7 @@ def test_worldmodel_cli_table_and_json(tiny_taxi_ckpts, capsys):
             good += (guess in DIRECTIONS and (node, guess) in step) or (guess == "end" and node == dest)
             if name != "end":
                 node = step[node, name]
-    assert (recs[0]["next_token"]["count"], recs[0]["next_token"]["n"]) == (good, total)
+    assert (wm[0]["metrics"]["next_token"]["count"], wm[0]["metrics"]["next_token"]["n"]) == (good, total)
 
 
 @pytest.fixture(scope="module")

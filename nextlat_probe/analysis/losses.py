@@ -46,14 +46,15 @@ def position_losses(model, world, tokens: np.ndarray, batch_size: int = 128) -> 
 def matched_loss_comparison(trajectories: dict[str, list[dict[str, Any]]], key: str = "effective_rank") -> dict[str, Any]:
     """Compare runs at a validation loss they all reach.
 
-    ``trajectories``: run name -> records along training, each with ``step``, ``val_loss``
-    and ``key``. The common target is the largest of the runs' best validation losses (the
+    ``trajectories``: run name -> records along training (``nextlat_probe.records`` shape:
+    ``step``, ``val_loss`` and the metric ``key``). The common target is the largest of the runs' best validation losses (the
     lowest loss every run reaches); for each run the first checkpoint at or below it is
     reported. Returns {"target_val_loss", "runs": {name: {step, val_loss, key}}}.
     """
+    from ..records import metric_value
+
     def ok(r: dict[str, Any]) -> bool:
-        v, m = r.get("val_loss"), r.get(key)
-        return v is not None and m is not None and np.isfinite(v) and np.isfinite(m)
+        return bool(np.isfinite(metric_value(r, "val_loss")) and np.isfinite(metric_value(r, key)))
 
     usable = {k: [r for r in v if ok(r)] for k, v in trajectories.items()}
     usable = {k: sorted(v, key=lambda r: r["step"]) for k, v in usable.items() if v}
@@ -63,5 +64,5 @@ def matched_loss_comparison(trajectories: dict[str, list[dict[str, Any]]], key: 
     runs = {}
     for name, recs in usable.items():
         hit = next(r for r in recs if r["val_loss"] <= target + 1e-12)
-        runs[name] = {"step": hit["step"], "val_loss": hit["val_loss"], key: hit[key]}
+        runs[name] = {"step": hit["step"], "val_loss": hit["val_loss"], key: metric_value(hit, key)}
     return {"target_val_loss": target, "runs": runs}

@@ -36,7 +36,8 @@ from ``Sample.states[..., 0]``, positions after the origin token, no padding) is
   Procrustes (``scipy.spatial.procrustes``: translation, rotation/reflection, scale).
 
 The reference geometry is the map's coordinates, or, without coordinates, a classical
-MDS of undirected hop distances (landmark MDS on large maps, ``layout_coords``). Scores:
+MDS of undirected hop distances (landmark MDS on large maps): ``StreetMap.layout()``, the
+layout the plots draw (``layout_coords``). Scores:
 the Procrustes disparity (sum of squared differences after standardising both point
 sets, 0 = same shape) and nearest-neighbour agreement: the fraction of nodes whose nearest
 neighbour in the embedding is a map neighbour (an edge either way), and the fraction
@@ -53,67 +54,14 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse import csgraph
 
 from ..worlds.streetmap import DIRECTIONS, StreetMap
+from ..worlds.trips import Trips, parse_trips  # the trip parser, re-exported
 from .stats import AnalysisError
 from .worldmodel import Rate
 
 DEFAULT_HOPS = 2
 DEFAULT_EDGE_FACTOR = 2.0  # max_distance default with coordinates: x median edge length
-
-
-# --------------------------------------------------------------------------------------
-# trips
-# --------------------------------------------------------------------------------------
-@dataclass
-class Trips:
-    """Well-formed trips as arrays: ``origin``, ``dest`` [n]; ``turns`` [n, T] (direction
-    indices, -1 after the last turn); ``lengths`` [n]; ``index`` [n] (position in the
-    input); ``n_input`` and ``malformed`` (input indices that were not trips)."""
-
-    origin: np.ndarray
-    dest: np.ndarray
-    turns: np.ndarray
-    lengths: np.ndarray
-    index: np.ndarray
-    n_input: int
-    malformed: list[int]
-
-
-def parse_trips(street_map: StreetMap, trips: Any) -> Trips:
-    """Read token-id trips (a padded int array or ragged lists, ids in the visible
-    vocabulary of ``Taxi(street_map)``: nodes, then the 8 directions, ``end``, ``pad``).
-
-    A trip is ``origin dest turn* end pad*`` with node origin and destination; anything
-    else (unknown ids such as -1 from ``parse_sequences``, no ``end``, tokens after ``end``)
-    is malformed and listed by input index."""
-    N = street_map.n_nodes
-    end, pad = N + 8, N + 9
-    if isinstance(trips, np.ndarray):
-        rows = [r for r in np.atleast_2d(trips).astype(np.int64)]
-    else:
-        rows = [np.asarray(list(r), dtype=np.int64) for r in trips]
-    ok_rows, bad = [], []
-    for i, r in enumerate(rows):
-        hit = np.flatnonzero(r == end)
-        if r.size < 3 or hit.size == 0 or not (0 <= r[0] < N and 0 <= r[1] < N):
-            bad.append(i)
-            continue
-        e = int(hit[0])
-        mid, tail = r[2:e] - N, r[e + 1:]
-        if ((mid < 0) | (mid >= 8)).any() or (tail != pad).any():
-            bad.append(i)
-            continue
-        ok_rows.append((i, int(r[0]), int(r[1]), mid))
-    T = max((m.size for *_, m in ok_rows), default=0)
-    turns = np.full((len(ok_rows), T), -1, dtype=np.int64)
-    for j, (_, _, _, m) in enumerate(ok_rows):
-        turns[j, :m.size] = m
-    return Trips(origin=np.array([o for _, o, _, _ in ok_rows], dtype=np.int64),
-                 dest=np.array([d for _, _, d, _ in ok_rows], dtype=np.int64),
-                 turns=turns, lengths=np.array([m.size for *_, m in ok_rows], dtype=np.int64),
-                 index=np.array([i for i, *_ in ok_rows], dtype=np.int64), n_input=len(rows), malformed=bad)
 
 
 # --------------------------------------------------------------------------------------
@@ -186,16 +134,13 @@ class _Nearby:
     def __init__(self, street_map: StreetMap, bound: float, kind: str):
         self.map, self.bound, self.kind = street_map, bound, kind
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-        if kind == "hops":
-            adj = street_map.adjacency()
-            self._und = ((adj + adj.T) > 0).astype(np.float64).tocsr()
 
     def __call__(self, node: int) -> tuple[np.ndarray, np.ndarray]:
         if node not in self._cache:
             if self.kind == "euclidean":
                 d = np.linalg.norm(self.map.coords - self.map.coords[node], axis=1)
             else:
-                d = csgraph.dijkstra(self._und, directed=False, indices=node, unweighted=True, limit=self.bound + 0.5)
+                d = self.map.hops([node], limit=self.bound + 0.5)[0]
             d[node] = np.inf
             idx = np.flatnonzero(d <= self.bound)
             self._cache[node] = (idx, d[idx])
@@ -299,44 +244,20 @@ def reconstruct_map(street_map: StreetMap, trips: Any, max_distance: float | Non
 # geometry helpers
 # --------------------------------------------------------------------------------------
 def hop_distances(street_map: StreetMap, sources: np.ndarray | None = None) -> np.ndarray:
-    """Undirected hop distances ``[k, N]`` from ``sources`` (all nodes if None)."""
-    adj = street_map.adjacency()
-    und = ((adj + adj.T) > 0).astype(np.float64).tocsr()
-    return csgraph.shortest_path(und, directed=False, unweighted=True, indices=sources)
+    """Undirected hop distances ``[k, N]`` from ``sources`` (all nodes if None):
+    ``street_map.hops(sources)``."""
+    return street_map.hops(sources)
 
 
-def layout_coords(street_map: StreetMap, max_landmarks: int = 128, seed: int = 0) -> np.ndarray:
-    """The map's coordinates, or a 2-D classical MDS of undirected hop distances.
-
-    Maps with more than ``max_landmarks`` nodes use landmark MDS (de Silva & Tenenbaum
-    2004): classical MDS of the landmarks, every node placed by triangulation from its
-    distances to them, so only ``max_landmarks`` breadth-first searches are needed.
-    Unreachable pairs count as one hop more than the largest finite distance."""
-    if street_map.coords is not None:
-        return np.array(street_map.coords, dtype=np.float64)
-    N = street_map.n_nodes
-    if N == 1:
-        return np.zeros((1, 2))
-    rng = np.random.default_rng(seed)
-    land = np.arange(N) if N <= max_landmarks else np.sort(rng.choice(N, max_landmarks, replace=False))
-    D = hop_distances(street_map, land)  # [m, N]
-    finite = np.isfinite(D)
-    D = np.where(finite, D, (D[finite].max() if finite.any() else 0.0) + 1.0)
-    D2 = D ** 2
-    delta = D2[:, land]  # [m, m]
-    m = land.size
-    J = np.eye(m) - 1.0 / m
-    B = -0.5 * J @ delta @ J
-    from scipy.linalg import eigh
-
-    vals, vecs = eigh((B + B.T) / 2, subset_by_index=[max(m - 2, 0), m - 1])  # the two largest
-    lam, v = vals[::-1], vecs[:, ::-1]
-    if lam.size < 2:  # a two-node map
-        lam, v = np.append(lam, 0.0), np.column_stack([v, np.zeros(m)])
-    # an axis without spread (e.g. a map that is a single street) stays at 0
-    inv = np.where(lam > 1e-9 * max(lam.max(), 1e-300), 1.0 / np.sqrt(np.clip(lam, 1e-300, None)), 0.0)
-    mean = delta.mean(axis=1)
-    return -0.5 * (D2 - mean[:, None]).T @ (v * inv)
+def layout_coords(street_map: StreetMap, max_landmarks: int | None = None, seed: int = 0) -> np.ndarray:
+    """The map's layout, ``StreetMap.layout()`` (a copy): its coordinates, or a 2-D MDS of
+    undirected hop distances with the map's fixed orientation, the same picture the plots
+    draw. ``max_landmarks`` (default: the map's) sets both the largest component laid out
+    by classical MDS and the landmarks of landmark MDS above it. ``seed`` is accepted for
+    compatibility and unused: the landmarks are farthest-point, not random."""
+    if max_landmarks is None:
+        return np.array(street_map.layout(), dtype=np.float64)
+    return np.array(street_map.layout(max_exact=max_landmarks, n_landmarks=max_landmarks), dtype=np.float64)
 
 
 def _procrustes(ref: np.ndarray, X: np.ndarray) -> tuple[np.ndarray, float]:
@@ -361,13 +282,12 @@ def _nn_agreement(Z: np.ndarray, nodes: np.ndarray, street_map: StreetMap,
     dz = cdist(Z, Z)
     np.fill_diagonal(dz, np.inf)
     nn = dz.argmin(axis=1)
-    adj = street_map.adjacency()
-    und = ((adj + adj.T) > 0).tocsr()[nodes][:, nodes].toarray()
+    und = street_map.undirected()[nodes][:, nodes].toarray() > 0
     is_nb = und[np.arange(k), nn]
     if ref is not None:
         dr = cdist(ref, ref)
     else:
-        dr = hop_distances(street_map, nodes)[:, nodes]
+        dr = street_map.hops(nodes)[:, nodes]
     np.fill_diagonal(dr, np.inf)
     closest = dr <= dr.min(axis=1, keepdims=True) * (1 + 1e-9)
     is_true = closest[np.arange(k), nn]

@@ -7,7 +7,8 @@ Every metric talks to the model only through a *predictor*: a callable
 is the exact world (a perfect model), and any plain function works too, so the metrics
 can be checked on hand-built predictors without training anything.
 
-Validity is judged by the street map as a deterministic automaton (Vafa et al.): after
+Validity is judged by the street map as a deterministic automaton (Vafa et al.; the one
+automaton is ``worlds.trips``, traced here by ``trace_trips``): after
 ``origin dest d_1 .. d_t`` the taxi is at node ``n``; a turn ``d`` is *legal* iff the map
 has an edge ``(n, d)``; ``end`` is legal iff ``n == dest``; after ``end`` nothing but
 padding follows. Node tokens or padding in the middle of a trip are never legal.
@@ -74,6 +75,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..worlds.base import WorldError
+from ..worlds.trips import check_sequences, trace_tolerant
 from .stats import AnalysisError
 
 EPSILON = 0.01
@@ -363,48 +365,16 @@ def check_taxi_world(world) -> None:
 
 
 def trace_trips(world, tokens: np.ndarray) -> dict[str, np.ndarray]:
-    """Follow ``origin dest d_1 .. end pad ..`` rows through the full street map.
+    """Follow ``origin dest d_1 .. end pad ..`` rows through the full street map
+    (``worlds.trips.trace_tolerant``).
 
     Per position ``t`` (state after token ``t``): ``node`` (current intersection; frozen
     at the last legal position), ``turns`` (turn tokens so far), ``ok`` (tokens ``0..t``
     are a legal trip prefix: nodes first, legal turns, ``end`` only at the destination,
     only padding after it) and ``ended``; per row ``dest`` (-1 if the second token is
-    not a node). Loops over positions, vectorised over rows."""
+    not a node)."""
     tokens = np.asarray(tokens, dtype=np.int64)
-    n, L = tokens.shape
-    N, dir0 = world.map.n_nodes, world.dir0
-    succ = np.asarray(world.map.succ)
-    node = np.zeros((n, L), dtype=np.int64)
-    turns = np.zeros((n, L), dtype=np.int64)
-    ok = np.zeros((n, L), dtype=bool)
-    ended = np.zeros((n, L), dtype=bool)
-    dest = np.full(n, -1, dtype=np.int64)
-    if L == 0:
-        return dict(node=node, turns=turns, ok=ok, ended=ended, dest=dest)
-    is_node = (tokens >= 0) & (tokens < N)
-    cur = np.where(is_node[:, 0], tokens[:, 0], 0)
-    good = is_node[:, 0].copy()
-    done = np.zeros(n, dtype=bool)
-    t = np.zeros(n, dtype=np.int64)
-    node[:, 0], ok[:, 0] = cur, good
-    if L > 1:
-        dest = np.where(is_node[:, 1], tokens[:, 1], -1)
-        good = good & is_node[:, 1]
-        node[:, 1], ok[:, 1] = cur, good
-    for p in range(2, L):
-        tok = tokens[:, p]
-        d = tok - dir0
-        is_dir = (d >= 0) & (d < 8)
-        nxt = succ[cur, np.clip(d, 0, 7)]
-        walking = good & ~done
-        move = walking & is_dir & (nxt >= 0)
-        stop = walking & (tok == world.end_id) & (cur == dest)
-        good = np.where(done, good & (tok == world.pad_id), move | stop)
-        cur = np.where(move, nxt, cur)
-        t = t + (walking & is_dir)
-        done = done | (walking & (tok == world.end_id))
-        node[:, p], turns[:, p], ok[:, p], ended[:, p] = cur, t, good, done
-    return dict(node=node, turns=turns, ok=ok, ended=ended, dest=dest)
+    return trace_tolerant(tokens, world.map.succ, world.map.n_nodes)
 
 
 def legal_next(world, node: np.ndarray, dest: np.ndarray) -> np.ndarray:
@@ -574,8 +544,6 @@ def trajectory_validity(predict: Any, world, prompts: np.ndarray, max_turns: int
                         rng: np.random.Generator | None = None) -> tuple[Rate, Rate, np.ndarray]:
     """Greedy trips from ``(origin, dest)`` prompts ``[n, 2]`` (optionally with detours,
     see ``generate``). Returns (legal, valid, generated tokens)."""
-    from ..worlds.taxi import check_sequences
-
     prompts = np.asarray(prompts, dtype=np.int64)
     budget = turn_budget(world, predict, 2, max_turns)
     out = generate(predict, world, prompts, budget + 1, rng=rng, detour=detour, detour_p=detour_p,
@@ -586,8 +554,6 @@ def trajectory_validity(predict: Any, world, prompts: np.ndarray, max_turns: int
 
 def _trajectory_flags(predict, world, prompts, budget, kinds, probs, rng):
     """(legal, valid, tokens) per prompt row of one batched greedy generation."""
-    from ..worlds.taxi import check_sequences
-
     out = generate(predict, world, prompts, budget + 1, rng=rng, detour=kinds, detour_p=probs, max_turns=budget)
     chk = check_sequences(world.map, out)
     return chk["legal"], chk["valid"], out

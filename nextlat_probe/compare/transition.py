@@ -44,8 +44,8 @@ def run_transition(
     """One ``transition`` record per model and dynamics variant (``own p_psi`` only for
     models that have one). The first ``n_seqs - n_test`` shared sequences fit the post-hoc
     dynamics, the last ``n_test`` score every variant."""
-    from ..analysis.transition import grouped_consistency, transition_consistency
     from ..activations import layer_hook, layer_label
+    from ..analysis.transition import grouped_consistency, transition_consistency
     from ..progress import progress as bar
 
     if horizon < 1 or fit_steps < 1:

@@ -322,88 +322,38 @@ def map_successors(true_map: Any) -> np.ndarray:
     return np.asarray(succ, dtype=np.int64)
 
 
+def _street_map(true_map: Any) -> Any:
+    """``true_map`` as a ``StreetMap``: itself, or one built from a successor table (or an
+    object with ``succ`` and optional ``coords``)."""
+    from ..worlds.streetmap import StreetMap
+
+    if isinstance(true_map, StreetMap):
+        return true_map
+    succ = map_successors(true_map)
+    s, d = np.nonzero(succ >= 0)
+    return StreetMap(succ.shape[0], zip(s, d, succ[s, d]), coords=getattr(true_map, "coords", None))
+
+
 def map_edges(true_map: Any, undirected: bool = True) -> np.ndarray:
     """int64 [E, 2] edges (src, dst) of the map, without self-loops; with ``undirected``
-    each linked pair once (a two-way street is one grey line)."""
+    each linked pair once, ``src < dst`` (``StreetMap.undirected_edges``: a two-way street
+    is one grey line)."""
+    if undirected:
+        return np.array(_street_map(true_map).undirected_edges(), dtype=np.int64).reshape(-1, 2)
     succ = map_successors(true_map)
     s, d = np.nonzero(succ >= 0)
     e = np.stack([s, succ[s, d]], axis=1)
-    e = e[e[:, 0] != e[:, 1]]
-    if undirected:
-        e = np.unique(np.sort(e, axis=1), axis=0)
-    else:
-        e = np.unique(e, axis=0)
-    return e.astype(np.int64)
+    return np.unique(e[e[:, 0] != e[:, 1]], axis=0).astype(np.int64).reshape(-1, 2)
 
 
-def map_layout(true_map: Any, mds_max_nodes: int = 1000, n_pivots: int = 100) -> np.ndarray:
-    """Node positions [N, 2] for drawing: the map's ``coords`` when it has them; otherwise
-    multidimensional scaling of the undirected hop distances, so a street grid comes out
-    as a grid (units: hops). Classical MDS for components up to ``mds_max_nodes`` nodes,
-    pivot MDS (Brandes & Pich 2006: distances to ``n_pivots`` farthest-point pivots only)
-    above, so the 4,579-node Manhattan map takes a fraction of a second and N x N
-    matrices are never built. Connected components are laid out separately, largest
-    first, side by side. Deterministic (fixed pivots and signs)."""
-    coords = getattr(true_map, "coords", None)
-    if coords is not None:
-        return np.asarray(coords, dtype=np.float64)
-    import scipy.sparse as sp
-    from scipy.sparse import csgraph
-
-    succ = map_successors(true_map)
-    n = succ.shape[0]
-    e = map_edges(succ)
-    A = sp.coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)).tocsr()
-    A = ((A + A.T) > 0).astype(np.float64).tocsr()
-    n_comp, labels = csgraph.connected_components(A, directed=False)
-    sizes = np.bincount(labels, minlength=n_comp)
-    out = np.zeros((n, 2))
-    x0 = 0.0
-    for c in np.argsort(-sizes, kind="stable"):
-        nodes = np.flatnonzero(labels == c)
-        sub = A[nodes][:, nodes]
-        Y = _mds(sub, mds_max_nodes, n_pivots) if nodes.size > 1 else np.zeros((1, 2))
-        Y = Y - Y.min(axis=0)
-        out[nodes] = Y + np.array([x0, 0.0])
-        x0 += float(Y[:, 0].max()) + 2.0
-    return out
-
-
-def _mds(A: Any, mds_max_nodes: int, n_pivots: int) -> np.ndarray:
-    """2-D MDS of one connected undirected graph (classical, or pivot MDS when large)."""
-    from scipy.sparse import csgraph
-
-    n = A.shape[0]
-    if n <= mds_max_nodes:
-        D2 = csgraph.shortest_path(A, directed=False, unweighted=True) ** 2
-        B = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
-        import scipy.linalg
-
-        top = min(2, n)
-        w, v = scipy.linalg.eigh(B, subset_by_index=[n - top, n - 1])
-        Y = v[:, ::-1] * np.sqrt(np.maximum(w[::-1], 0.0))
-    else:
-        k = min(n_pivots, n)
-        pivots = [0]
-        D = np.empty((k, n))
-        D[0] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=0)
-        nearest = D[0].copy()
-        for i in range(1, k):  # farthest-point pivots spread over the whole map
-            pivots.append(int(np.argmax(nearest)))
-            D[i] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=pivots[-1])
-            nearest = np.minimum(nearest, D[i])
-        D2 = (D**2).T  # [n, k]
-        C = -0.5 * (D2 - D2.mean(axis=0) - D2.mean(axis=1)[:, None] + D2.mean())
-        w, V = np.linalg.eigh(C.T @ C)  # k x k: the top right singular vectors of C
-        V, S = V[:, ::-1][:, :2], np.sqrt(np.maximum(w[::-1][:2], 0.0))
-        Y = (C @ V) / np.sqrt(np.where(S > 0, S, 1.0))  # = U S^(1/2)
-        # least-squares scale to hops, from the distances to the pivots we already have
-        L = np.linalg.norm(Y[None, :, :] - Y[pivots][:, None, :], axis=-1)
-        Y = Y * (float((L * D).sum()) / max(float((L * L).sum()), 1e-300))
-    if Y.shape[1] < 2:
-        Y = np.hstack([Y, np.zeros((n, 2 - Y.shape[1]))])
-    sign = np.sign(Y[np.abs(Y).argmax(axis=0), np.arange(2)])
-    return Y * np.where(sign == 0, 1.0, sign)
+def map_layout(true_map: Any, mds_max_nodes: int | None = None, n_pivots: int | None = None) -> np.ndarray:
+    """Node positions [N, 2] for drawing: ``StreetMap.layout()`` (a copy), the one layout
+    the analyses use too: the map's ``coords`` when it has them, otherwise MDS of the
+    undirected hop distances with the map's fixed orientation (units: hops). Classical
+    MDS for components up to ``mds_max_nodes`` nodes, landmark MDS with ``n_pivots``
+    farthest-point landmarks above (defaults: the map's, ``LAYOUT_MAX_EXACT`` and
+    ``LAYOUT_LANDMARKS``); components side by side, largest first. Deterministic."""
+    return np.array(_street_map(true_map).layout(max_exact=mds_max_nodes, n_landmarks=n_pivots), dtype=np.float64)
 
 
 def as_edges(edges: Any) -> np.ndarray:

@@ -1,16 +1,22 @@
 """The training loop, shared line for line by GPT and NextLat.
 
+``train`` is a short list of named steps: configure, build (or restore), claim the run
+folder, then per step ``_train_step`` / ``_log_step`` / ``_evaluate`` / ``_save``.
+
 Data is streamed from the world's sampler: the batch for step ``s`` is drawn with the seed
 ``(seed, 0, s)``, so a resumed run sees exactly the batches the uninterrupted run would have
 seen, with no sampler state to save. The validation set is drawn once with ``(seed, 1)``
 and never overlaps the training stream's seeds.
+
+A checkpoint is only ever written with finite weights and the validation loss of THOSE
+weights (every save evaluates first), so "the last good checkpoint" is good. Which files
+of a run folder training may touch is decided by ``training.folder``.
 """
 from __future__ import annotations
 
-import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -18,17 +24,29 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..checkpoint import plain, read_checkpoint, save_checkpoint
+from ..checkpoint import (
+    CheckpointError,
+    model_config_problem,
+    plain,
+    read_checkpoint,
+    save_checkpoint,
+    world_of,
+)
+from ..errors import NextLatError, UsageError
 from ..models.config import ModelConfig
 from ..models.dynamics import LatentDynamics
 from ..models.objective import ObjectiveConfig, compute_losses, masked_cross_entropy
-from ..models.transformer import build_transformer, final_hook_name, move, resolve_device
-from ..worlds import World, make_world, world_from_spec
+from ..models.transformer import build_transformer, last_resid_hook, move, resolve_device
+from ..worlds import World, make_world
 from .config import TrainConfig
+from .folder import RunFolder, identity_of_checkpoint, prepare_run_folder, run_identity
+from .log import MetricsLog, truncate_metrics
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN/inf; the last good checkpoint on disk is untouched."""
+class TrainingDiverged(NextLatError):
+    """The loss, a gradient or a weight became NaN/inf; training stopped and no checkpoint
+    was written from the bad state (the message names the last good one, if any). The train
+    CLI prints it as one line and exits with code 3."""
 
 
 def default_seq_len(world: World) -> int:
@@ -87,13 +105,124 @@ class TrainResult:
     val_loss: float
     val_floor: float
     metrics_path: Path
+    replaced: Path | None = None  # where ``overwrite`` moved the folder's old run, if it did
 
 
-def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device):
-    n_ctx = cfg.n_ctx or seq_len
-    if n_ctx < seq_len:
-        raise ValueError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
-    mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size)
+@dataclass
+class _Run:
+    """Everything one training run holds while it runs (built by ``_build``)."""
+
+    cfg: TrainConfig
+    world: World
+    seq_len: int
+    device: torch.device
+    mcfg: ModelConfig
+    ocfg: ObjectiveConfig
+    model: Any
+    dynamics: LatentDynamics | None
+    opt: torch.optim.Optimizer
+    sched: Any
+    step: int = 0
+    val_tokens: np.ndarray | None = None
+    val_floor: float = float("nan")
+    metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
+    last_good: tuple[Path, int] | None = None  # newest checkpoint known good (path, step)
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
+    def last_good_text(self) -> str:
+        if self.last_good is None:
+            return "no checkpoint was saved"
+        return f"last good checkpoint: {self.last_good[0]} (step {self.last_good[1]})"
+
+
+def train(
+    cfg: TrainConfig | None = None,
+    out_dir: str | Path = "runs/run",
+    resume: str | Path | None = None,
+    world: World | None = None,
+    progress: bool = True,
+    extra_steps: int | None = None,
+    stop_at: int | None = None,
+    overwrite: bool = False,
+) -> TrainResult:
+    """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
+    ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
+    write over: nothing of another run unless ``overwrite``, which moves it aside first).
+
+    ``resume``: continue exactly from that checkpoint (its configs win over ``cfg``, except
+    ``steps``, which may be raised via ``cfg.steps`` or ``extra_steps``, and the device).
+    ``stop_at``: stop (with a checkpoint) after this step, as an interrupted run would; the
+    learning-rate schedule still follows ``cfg.steps``, so resuming continues exactly.
+    """
+    state = _read_resume(resume) if resume is not None else None
+    cfg, world = _configure(cfg, world, state, extra_steps)
+    run = _build(cfg, world, state)
+    if state is not None:
+        _restore(run, state)
+    folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
+    try:
+        log = _open_log(run, folder, state)
+        _loop(run, folder, log, stop_at, progress)
+    except BaseException:
+        folder.clean_up_after_failure()
+        raise
+    val_loss = float(run.metrics.get("val_loss", float("nan")))
+    return TrainResult(folder.checkpoint, run.step, val_loss, run.val_floor, folder.metrics, folder.replaced)
+
+
+def _read_resume(resume: str | Path) -> dict[str, Any]:
+    """The checkpoint to resume from, validated (shapes, p_psi) and complete for training."""
+    state = read_checkpoint(resume)
+    p = state["_path"]
+    for key in ("train_config", "step", "optimizer", "scheduler", "rng"):
+        if state.get(key) is None:
+            raise CheckpointError(p, f"cannot resume: the checkpoint has no {key!r}")
+    if not isinstance(state["step"], int) or state["step"] < 0:
+        raise CheckpointError(p, f"cannot resume: invalid step {state['step']!r}")
+    return state
+
+
+def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, Any] | None, extra_steps: int | None) -> tuple[TrainConfig, World]:
+    """The run's TrainConfig and world: the stored ones on resume (``steps`` may grow)."""
+    if state is not None:
+        try:
+            saved = TrainConfig.from_dict(state["train_config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(state["_path"], f"invalid train_config ({exc})") from None
+        if cfg is not None and cfg.steps > saved.steps:
+            saved.steps = cfg.steps
+        if extra_steps:
+            saved.steps = int(state["step"]) + int(extra_steps)
+        saved.steps = max(saved.steps, int(state["step"]))
+        if cfg is not None and cfg.device != "auto":
+            saved.device = cfg.device
+        return saved, world_of(state)
+    cfg = cfg if cfg is not None else TrainConfig()
+    return cfg, world if world is not None else make_world(cfg.world, **cfg.world_options)
+
+
+def _build(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None) -> _Run:
+    """Model, p_psi, optimiser and schedule, freshly initialised from ``cfg.seed``. On
+    resume the model config is the checkpoint's own (already validated against its weights)."""
+    device = resolve_device(cfg.device)
+    seq_len = cfg.seq_len or default_seq_len(world)
+    if state is not None:
+        mcfg = ModelConfig.from_dict(state["model_config"])
+        if mcfg.n_ctx < seq_len:
+            raise CheckpointError(state["_path"], f"model_config.n_ctx ({mcfg.n_ctx}) is smaller than the run's seq_len ({seq_len})")
+    else:
+        n_ctx = cfg.n_ctx or seq_len
+        if n_ctx < seq_len:
+            raise UsageError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
+        mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size)
+        problem = model_config_problem(mcfg)
+        if problem:
+            raise UsageError(problem)
+    if cfg.objective == "nextlat" and cfg.horizon > seq_len - 1:
+        # refused, not clamped: the roll-out would silently be shorter than asked
+        raise UsageError(f"horizon {cfg.horizon} needs sequences of at least {cfg.horizon + 1} tokens (seq_len is {seq_len})")
     ocfg = ObjectiveConfig(cfg.objective, cfg.horizon, float(cfg.lambda_h), float(cfg.lambda_kl))
     torch.manual_seed(cfg.seed)
     model = move(build_transformer(mcfg, seed=cfg.seed), device)
@@ -110,164 +239,161 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device):
         betas=(0.9, 0.95),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    return mcfg, ocfg, model, dynamics, opt, sched
+    run = _Run(cfg, world, seq_len, device, mcfg, ocfg, model, dynamics, opt, sched)
+    run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
+    run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
+    return run
 
 
-def _payload(cfg, world, mcfg, ocfg, model, dynamics, opt, sched, step, metrics) -> dict[str, Any]:
+def _restore(run: _Run, state: dict[str, Any]) -> None:
+    """Weights, optimiser, schedule and torch RNG exactly as saved (bit-exact resume)."""
+    p = state["_path"]
+    try:
+        run.model.load_state_dict(state["model"])
+        if run.dynamics is not None:
+            run.dynamics.load_state_dict(state["dynamics"])
+        run.opt.load_state_dict(state["optimizer"])
+        run.sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(p, f"cannot resume: training state does not match ({first[:160]})") from None
+    run.step = int(state["step"])
+    run.metrics = dict(state.get("metrics") or {})
+    run.last_good = (Path(p), run.step)
+
+
+def _identity(run: _Run) -> dict[str, Any]:
+    return run_identity(run.world.spec(), run.cfg.objective, run.mcfg.to_dict(), run.cfg.seed)
+
+
+def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> MetricsLog:
+    """The metrics log: a fresh one (with the step-0 evaluation), or on resume the existing
+    one truncated back to the checkpoint's step, so no step is logged twice."""
+    log = MetricsLog(folder.metrics)
+    start = {"event": "start", "config": run.cfg.to_dict(), "model_config": run.mcfg.to_dict(), "world": run.world.spec().get("kind")}
+    if state is None:
+        log.write(start)
+        _evaluate(run, log, 0)
+    elif folder.metrics.is_file():
+        truncate_metrics(folder.metrics, run.step)
+        log.write({"event": "resume", "step": run.step, "from": state["_path"]})
+    else:  # resumed into a new folder: its log starts here
+        log.write({**start, "resumed_from": state["_path"], "resumed_at": run.step})
+    return log
+
+
+def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    cfg = run.cfg
+    last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
+    log_every = max(1, min(10, cfg.eval_every))
+    start = run.step
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
+    timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
+    run.model.train()
+    try:
+        for step in range(start + 1, last + 1):
+            losses, gnorm, n_tokens = _train_step(run, step)
+            run.step = step
+            timer[1] += n_tokens
+            if step % log_every == 0 or step == cfg.steps:
+                _log_step(run, log, losses, gnorm, timer, bar)
+            bar.update(1)
+            keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
+            save = step % cfg.save_every == 0 or step == last
+            # every checkpoint carries the validation loss of its own weights
+            if step % cfg.eval_every == 0 or save or keep:
+                _evaluate(run, log, step)
+            if save:
+                _save(run, folder.checkpoint, step)
+            if keep:
+                _save(run, folder.kept(step), step)
+    finally:
+        bar.close()
+    if run.step == start and not folder.checkpoint.exists():  # nothing to do: make sure one exists
+        if run.metrics.get("step") != run.step:
+            _evaluate(run, log, run.step)
+        _save(run, folder.checkpoint, run.step)
+
+
+def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """One optimiser step on the batch of ``step``; stops before the update on a NaN/inf
+    loss or gradient, so the weights (and any later checkpoint) never see it."""
+    tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
+    t, tm, pm = to_batch(run.world, tokens, run.device)
+    losses = compute_losses(run.model, run.dynamics, t, tm, pm, run.ocfg, last_resid_hook(run.mcfg))
+    if not torch.isfinite(losses["loss"]):
+        raise TrainingDiverged(f"loss became {float(losses['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
+    run.opt.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    # the norm is always computed: a finite loss can still give an inf/NaN gradient,
+    # which must stop training BEFORE the optimiser writes it into the weights
+    clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
+    gnorm = torch.nn.utils.clip_grad_norm_(run.params(), clip)
+    if not torch.isfinite(gnorm):
+        raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; stopped before the update ({run.last_good_text()})")
+    run.opt.step()
+    run.sched.step()
+    return losses, gnorm, t.numel()
+
+
+def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:
+    now = time.perf_counter()
+    rec = {k: float(v.detach()) for k, v in losses.items()}
+    rec.update(step=run.step, lr=run.sched.get_last_lr()[0], grad_norm=float(gnorm), tokens_per_s=timer[1] / max(now - timer[0], 1e-9))
+    log.write(rec)
+    timer[:] = [now, 0]
+    bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=f"{run.metrics.get('val_loss', float('nan')):.4f}")
+
+
+def _evaluate(run: _Run, log: MetricsLog, step: int) -> None:
+    vl = evaluate_ce(run.model, run.world, run.val_tokens)
+    run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "val_gap": vl - run.val_floor}
+    log.write(dict(run.metrics))
+
+
+def _save(run: _Run, path: Path, step: int) -> None:
+    """Write a checkpoint of the current state — only if it is good: its own evaluation
+    (this step's) is finite and every weight is finite. Otherwise stop, writing nothing."""
+    vl = run.metrics.get("val_loss", float("nan"))
+    if run.metrics.get("step") != step or not math.isfinite(float(vl)):
+        raise TrainingDiverged(f"validation loss is {vl} at step {step}; not writing {path} ({run.last_good_text()})")
+    modules = [("", run.model)] + ([("p_psi.", run.dynamics)] if run.dynamics is not None else [])
+    for prefix, module in modules:
+        for name, w in module.named_parameters():
+            if not torch.isfinite(w).all():
+                raise TrainingDiverged(f"weight {prefix}{name} is not finite at step {step}; not writing {path} ({run.last_good_text()})")
+    save_checkpoint(_payload(run, step), path)
+    if path.name == "ckpt.pt":
+        run.last_good = (path, step)
+
+
+def _payload(run: _Run, step: int) -> dict[str, Any]:
     def cpu(sd):
         return {k: v.detach().cpu() if torch.is_tensor(v) else v for k, v in sd.items()}
 
     return plain(
         {
             "package_version": __version__,
-            "objective": ocfg.objective,
-            "model_config": mcfg.to_dict(),
-            "objective_config": ocfg.to_dict(),
-            "world_spec": world.spec(),
-            "train_config": cfg.to_dict(),
+            "objective": run.ocfg.objective,
+            "model_config": run.mcfg.to_dict(),
+            "objective_config": run.ocfg.to_dict(),
+            "world_spec": run.world.spec(),
+            "train_config": run.cfg.to_dict(),
             "step": int(step),
-            "model": cpu(model.state_dict()),
-            "dynamics": cpu(dynamics.state_dict()) if dynamics is not None else None,
-            "dynamics_config": dynamics.config() if dynamics is not None else None,
-            "optimizer": opt.state_dict(),
-            "scheduler": sched.state_dict(),
+            "model": cpu(run.model.state_dict()),
+            "dynamics": cpu(run.dynamics.state_dict()) if run.dynamics is not None else None,
+            "dynamics_config": run.dynamics.config() if run.dynamics is not None else None,
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
             "rng": {"torch": torch.get_rng_state()},
-            "metrics": metrics,
+            "metrics": dict(run.metrics),
         }
     )
 
 
-def train(
-    cfg: TrainConfig | None = None,
-    out_dir: str | Path = "runs/run",
-    resume: str | Path | None = None,
-    world: World | None = None,
-    progress: bool = True,
-    extra_steps: int | None = None,
-    stop_at: int | None = None,
-) -> TrainResult:
-    """Train (or resume) a model; writes ``out_dir/ckpt.pt`` and ``out_dir/metrics.jsonl``.
-
-    ``resume``: continue exactly from that checkpoint (its configs win over ``cfg``, except
-    ``steps``, which may be raised via ``cfg.steps`` or ``extra_steps``).
-    ``stop_at``: stop (with a checkpoint) after this step, as an interrupted run would; the
-    learning-rate schedule still follows ``cfg.steps``, so resuming continues exactly.
-    """
-    from tqdm.auto import tqdm
-
-    out_dir = Path(out_dir)
-    state = None
-    if resume is not None:
-        state = read_checkpoint(resume)
-        saved = TrainConfig.from_dict(state["train_config"])
-        if cfg is not None and cfg.steps > saved.steps:
-            saved.steps = cfg.steps
-        if extra_steps:
-            saved.steps = int(state["step"]) + int(extra_steps)
-        if cfg is not None and cfg.device != "auto":
-            saved.device = cfg.device
-        cfg = saved
-        world = world_from_spec(state["world_spec"])
-    if cfg is None:
-        cfg = TrainConfig()
-    if world is None:
-        world = make_world(cfg.world, **cfg.world_options)
-    device = resolve_device(cfg.device)
-    seq_len = cfg.seq_len or default_seq_len(world)
-    mcfg, ocfg, model, dynamics, opt, sched = _build(cfg, world, seq_len, device)
-    start = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        if dynamics is not None:
-            dynamics.load_state_dict(state["dynamics"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        start = int(state["step"])
-
-    val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
-    val_floor = world.exact_cross_entropy(val_tokens)
-    last_hook = final_hook_name(mcfg)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out_dir / "ckpt.pt"
-    metrics_path = out_dir / "metrics.jsonl"
-    metrics: dict[str, Any] = dict(state.get("metrics", {})) if state else {}
-    log_every = max(1, min(10, cfg.eval_every))
-
-    if state is not None and metrics_path.is_file() and metrics_path.stat().st_size:
-        with open(metrics_path, "rb+") as f:  # a killed run may have left half a line
-            f.seek(-1, 2)
-            if f.read(1) != b"\n":
-                f.write(b"\n")
-
-    def write(rec: dict[str, Any]) -> None:
-        with open(metrics_path, "a") as f:
-            f.write(json.dumps(rec) + "\n")
-
-    def do_eval(step: int) -> None:
-        vl = evaluate_ce(model, world, val_tokens)
-        metrics.update(step=step, val_loss=vl, val_floor=val_floor, val_gap=vl - val_floor)
-        write({"step": step, "val_loss": vl, "val_floor": val_floor, "val_gap": vl - val_floor})
-
-    def save(path: Path, step: int) -> None:
-        if not math.isfinite(float(metrics.get("val_loss", 0.0))):
-            raise TrainingDiverged(f"validation loss is {metrics.get('val_loss')} at step {step}; not overwriting {path}")
-        save_checkpoint(_payload(cfg, world, mcfg, ocfg, model, dynamics, opt, sched, step, metrics), path)
-
-    if state is None:
-        metrics_path.unlink(missing_ok=True)  # a fresh run starts a fresh log
-        for old in out_dir.glob("ckpt_step*.pt"):  # and must not mix in another run's history
-            old.unlink()
-        write({"event": "start", "config": cfg.to_dict(), "model_config": mcfg.to_dict(), "world": world.spec().get("kind")})
-        do_eval(0)
-    model.train()
-    last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
-    t_last, tok_count = time.perf_counter(), 0
-    step = start
-    try:
-        for step in range(start + 1, last + 1):
-            tokens = world.sample(cfg.batch_size, seq_len, seed=batch_rng(cfg.seed, step)).tokens
-            t, tm, pm = to_batch(world, tokens, device)
-            losses = compute_losses(model, dynamics, t, tm, pm, ocfg, last_hook)
-            if not torch.isfinite(losses["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {float(losses['loss'].detach())} at step {step}; stopped. "
-                    f"Last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none written yet'}"
-                )
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            params = [p for g in opt.param_groups for p in g["params"]]
-            # the norm is always computed: a finite loss can still give an inf/NaN gradient,
-            # which must stop training BEFORE the optimiser writes it into the weights
-            gnorm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            if not torch.isfinite(gnorm):
-                raise TrainingDiverged(
-                    f"gradient norm became {float(gnorm)} at step {step}; stopped before the update. "
-                    f"Last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none written yet'}"
-                )
-            opt.step()
-            sched.step()
-            tok_count += t.numel()
-            if step % log_every == 0 or step == cfg.steps:
-                now = time.perf_counter()
-                rec = {k: float(v.detach()) for k, v in losses.items()}
-                rec.update(step=step, lr=sched.get_last_lr()[0], grad_norm=float(gnorm), tokens_per_s=tok_count / max(now - t_last, 1e-9))
-                write(rec)
-                t_last, tok_count = now, 0
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=f"{metrics.get('val_loss', float('nan')):.4f}")
-            bar.update(1)
-            keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
-            # evaluate at kept steps too, so every kept checkpoint carries its own val loss
-            if step % cfg.eval_every == 0 or step == last or keep:
-                do_eval(step)
-            if step % cfg.save_every == 0 or step == last:
-                save(ckpt_path, step)
-            if keep:
-                save(out_dir / f"ckpt_step{step}.pt", step)
-    finally:
-        bar.close()
-    if step == start:  # nothing to do (already trained): make sure a checkpoint exists
-        if not ckpt_path.exists():
-            save(ckpt_path, step)
-    return TrainResult(ckpt_path, step, float(metrics.get("val_loss", float("nan"))), float(val_floor), metrics_path)
+def identity_of(path: str | Path) -> dict[str, Any]:
+    """The run identity (world spec, objective, model config, seed) of a checkpoint file."""
+    return identity_of_checkpoint(read_checkpoint(path))

@@ -14,6 +14,11 @@ Node *indices* ``0..N-1`` are what every array uses; ``node_ids`` keeps the orig
 (the map file's integers), whose decimal strings are the taxi world's node tokens.
 The dense successor table ``succ[node, direction]`` (-1 = no edge) makes walks, legality
 checks and exact predictive distributions plain numpy gathers.
+
+Undirected geometry is computed here once for every user (map reconstruction, drawings):
+``undirected()`` (symmetric adjacency), ``undirected_edges()``, ``hops()`` (undirected hop
+distances) and ``layout()`` (the coordinates, or a hop-distance MDS with a fixed
+orientation), cached on the map.
 """
 from __future__ import annotations
 
@@ -34,6 +39,10 @@ DIR_INDEX: dict[str, int] = {d: i for i, d in enumerate(DIRECTIONS)}
 OPPOSITE = np.array([1, 0, 3, 2, 7, 6, 5, 4], dtype=np.int64)
 #: compass angle (degrees, counter-clockwise from east) at the centre of each direction
 DIR_ANGLE = np.array([90.0, 270.0, 0.0, 180.0, 45.0, 135.0, 315.0, 225.0])
+#: ``StreetMap.layout`` defaults: classical MDS up to this many nodes per component ...
+LAYOUT_MAX_EXACT = 1000
+#: ... landmark MDS with this many landmarks above
+LAYOUT_LANDMARKS = 128
 
 
 def compass_direction(dx: np.ndarray, dy: np.ndarray) -> np.ndarray:
@@ -168,6 +177,112 @@ class StreetMap:
         return csgraph.shortest_path(self.adjacency().T.tocsr(), directed=True, unweighted=True,
                                      indices=idx)
 
+    # --- undirected geometry (what layouts, nearness and drawings use; cached) ----------
+    def _cached(self, key: Any, build: Any) -> Any:
+        cache = self.__dict__.setdefault("_geometry_cache", {})
+        if key not in cache:
+            cache[key] = build()
+        return cache[key]
+
+    def _undirected_csr(self) -> sp.csr_matrix:
+        def build() -> sp.csr_matrix:
+            n = self.n_nodes
+            keep = self.edge_src != self.edge_dst
+            s, t = self.edge_src[keep], self.edge_dst[keep]
+            A = sp.csr_matrix((np.ones(2 * s.size), (np.concatenate([s, t]), np.concatenate([t, s]))),
+                              shape=(n, n))
+            A.sum_duplicates()
+            A.data[:] = 1.0  # a two-way street is one link
+            A.sort_indices()
+            return A
+
+        return self._cached("undirected", build)
+
+    def undirected(self) -> sp.csr_matrix:
+        """float64 ``[N, N]`` symmetric 0/1 sparse matrix: 1 where two distinct
+        intersections are joined by a street in either direction (no self-loops).
+        A fresh copy of a cached matrix."""
+        return self._undirected_csr().copy()
+
+    def undirected_edges(self) -> np.ndarray:
+        """int64 ``[E, 2]``: each pair of intersections joined by a street (either
+        direction) once, as ``(u, v)`` with ``u < v``, sorted; self-loops left out.
+        Read-only (cached)."""
+        def build() -> np.ndarray:
+            U = sp.triu(self._undirected_csr(), k=1).tocoo()
+            order = np.lexsort((U.col, U.row))
+            e = np.stack([U.row[order], U.col[order]], axis=1).astype(np.int64).reshape(-1, 2)
+            e.setflags(write=False)
+            return e
+
+        return self._cached("undirected_edges", build)
+
+    def hops(self, sources: Iterable[int] | int | None = None, limit: float | None = None) -> np.ndarray:
+        """float ``[k, N]``: undirected hop distances (streets walked either way) from each
+        source to every node, ``inf`` = other component (or beyond ``limit`` hops, which
+        stops each breadth-first search early); all pairs ``[N, N]`` when ``sources`` is
+        None."""
+        n = self.n_nodes
+        if sources is None:
+            idx = None
+        else:
+            raw = sources if isinstance(sources, (np.ndarray, int, np.integer)) else list(sources)
+            idx = np.atleast_1d(np.asarray(raw, dtype=np.int64)).ravel()
+            if idx.size == 0:
+                return np.zeros((0, n))
+            if idx.min() < 0 or idx.max() >= n:
+                raise WorldError(f"map {self.name!r}: hop sources must be node indices 0..{n - 1}")
+        A = self._undirected_csr()
+        if limit is None:
+            D = csgraph.shortest_path(A, directed=False, unweighted=True, indices=idx)
+        else:
+            D = csgraph.dijkstra(A, directed=False, unweighted=True, indices=idx, limit=float(limit))
+        return np.atleast_2d(D)
+
+    def layout(self, max_exact: int | None = None, n_landmarks: int | None = None) -> np.ndarray:
+        """float64 ``[N, 2]``: the one 2-D layout of the map (drawings, reference geometry).
+
+        With ``coords``: the coordinates themselves. Without: multidimensional scaling of
+        the undirected hop distances (units: hops; a street grid comes out as a grid),
+        each connected component on its own: classical MDS for components of at most
+        ``max_exact`` nodes (default ``LAYOUT_MAX_EXACT``), landmark MDS (de Silva &
+        Tenenbaum 2004) with ``n_landmarks`` (default ``LAYOUT_LANDMARKS``) farthest-point
+        landmarks above, so no ``N x N`` matrix is built for large maps.
+
+        Orientation convention (so one map looks the same everywhere): each component is
+        centred, rotated so its principal axes are x (largest spread) and y, and each axis
+        is signed so that it points towards increasing node index (non-negative
+        covariance with the index; where that is zero, the coordinate of largest
+        magnitude is positive). The largest component sits at the origin, the others
+        follow to its right, 2 hops apart, largest first. Deterministic; read-only and
+        cached per ``(max_exact, n_landmarks)``."""
+        if self.coords is not None:
+            c = self.coords.view()
+            c.setflags(write=False)
+            return c
+        m = LAYOUT_MAX_EXACT if max_exact is None else int(max_exact)
+        k = LAYOUT_LANDMARKS if n_landmarks is None else int(n_landmarks)
+        if m < 1 or k < 1:
+            raise WorldError(f"map {self.name!r}: layout needs max_exact >= 1 and n_landmarks >= 1, got {m}, {k}")
+
+        def build() -> np.ndarray:
+            A = self._undirected_csr()
+            n_comp, labels = csgraph.connected_components(A, directed=False)
+            sizes = np.bincount(labels, minlength=n_comp)
+            out = np.zeros((self.n_nodes, 2))
+            right = None
+            for c in np.argsort(-sizes, kind="stable"):
+                nodes = np.flatnonzero(labels == c)
+                Y = _orient(_mds_2d(A[nodes][:, nodes], m, k))
+                if right is not None:
+                    Y = Y + np.array([right + 2.0 - Y[:, 0].min(), 0.0])
+                right = float(Y[:, 0].max())
+                out[nodes] = Y
+            out.setflags(write=False)
+            return out
+
+        return self._cached(("layout", m, k), build)
+
     def subgraph(self, nodes: Iterable[int], name: str | None = None) -> StreetMap:
         """The map restricted to ``nodes`` (indices, kept in increasing order) and the edges
         between them; original ids and coordinates are kept."""
@@ -300,6 +415,66 @@ class StreetMap:
 
     def __repr__(self) -> str:
         return f"StreetMap({self.name!r}, nodes={self.n_nodes}, edges={self.n_edges})"
+
+
+def _mds_2d(A: sp.csr_matrix, max_exact: int, n_landmarks: int) -> np.ndarray:
+    """``[n, 2]`` MDS of the hop distances of one connected undirected graph ``A``.
+
+    Classical MDS when ``n <= max_exact``; else landmark MDS: classical MDS of ``m``
+    farthest-point landmarks (the first is the node farthest from node 0), every node
+    placed by triangulation from its distances to them (exact for the landmarks, and for
+    every node when the distances are Euclidean). An axis without spread stays 0."""
+    from scipy.linalg import eigh
+
+    n = A.shape[0]
+    if n == 1:
+        return np.zeros((1, 2))
+    if n <= max_exact:
+        land = np.arange(n)
+        D = csgraph.shortest_path(A, directed=False, unweighted=True)
+    else:
+        k = min(max(int(n_landmarks), 3), n)
+        land = np.empty(k, dtype=np.int64)
+        D = np.empty((k, n))
+        land[0] = int(np.argmax(csgraph.shortest_path(A, directed=False, unweighted=True, indices=0)))
+        D[0] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=land[0])
+        nearest = D[0].copy()
+        for i in range(1, k):
+            land[i] = int(np.argmax(nearest))
+            D[i] = csgraph.shortest_path(A, directed=False, unweighted=True, indices=land[i])
+            nearest = np.minimum(nearest, D[i])
+    D2 = D ** 2  # [m, n]
+    delta = D2[:, land]  # [m, m]
+    mean = delta.mean(axis=1)
+    B = -0.5 * (delta - mean[None, :] - mean[:, None] + mean.mean())
+    m = land.size
+    vals, vecs = eigh((B + B.T) / 2, subset_by_index=[max(m - 2, 0), m - 1])  # the two largest
+    lam, v = vals[::-1], vecs[:, ::-1]
+    if lam.size < 2:
+        lam, v = np.append(lam, 0.0), np.column_stack([v, np.zeros(m)])
+    inv = np.where(lam > 1e-9 * max(lam.max(), 1e-300), 1.0 / np.sqrt(np.clip(lam, 1e-300, None)), 0.0)
+    return -0.5 * (D2 - mean[:, None]).T @ (v * inv)
+
+
+def _orient(Y: np.ndarray) -> np.ndarray:
+    """``Y`` ``[n, 2]`` centred, on its principal axes, each axis pointing towards
+    increasing row index (see ``StreetMap.layout``)."""
+    Y = Y - Y.mean(axis=0)
+    if Y.shape[0] > 1:
+        _, _, vt = np.linalg.svd(Y, full_matrices=False)
+        Y = Y @ vt.T
+    scale = max(float(np.abs(Y).max()) if Y.size else 0.0, 1e-300)
+    idx = np.arange(Y.shape[0]) - (Y.shape[0] - 1) / 2.0
+    for a in range(2):
+        col = Y[:, a]
+        cov = float(idx @ col)
+        if abs(cov) <= 1e-9 * scale * max(Y.shape[0], 1) ** 2:
+            big = col[np.argmax(np.abs(col))] if col.size else 0.0
+            cov = float(big) if abs(big) > 1e-9 * scale else 1.0
+        if cov < 0:
+            Y[:, a] = -col
+    Y[np.abs(Y) < 1e-12 * scale] = 0.0  # no -0.0 or rounding dust on an axis without spread
+    return Y
 
 
 # grid offsets (avenue step, street step) of each direction in the synthetic generator;

@@ -64,17 +64,21 @@ SCC has at most ``MAX_HIDDEN_NODES`` intersections.
 Zero-probability prefixes (an illegal turn, ``end`` away from the destination, a turn after
 ``end``, ...) have no posterior: ``beliefs`` and ``next_token_probs`` raise ``WorldError``
 naming the sequence and position, like ``HMM``. Use ``check_sequences`` for model output.
+
+The visible-origin trip automaton (tracing, legality, the text format) is
+``worlds.trips``; ``check_sequences`` and ``parse_sequences`` are re-exported here.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from scipy.sparse import csgraph
 
 from .base import Sample, World, WorldError, as_rng, check_tokens
 from .streetmap import DIR_INDEX, DIRECTIONS, StreetMap, synthetic_manhattan
+from .trips import as_token_matrix, check_sequences, parse_sequences, trace
 
 WALKS = ("random", "shortest", "noisy")
 ORIGINS = ("visible", "hidden")
@@ -84,7 +88,6 @@ DEFAULT_MIN_LEN = 4
 DEFAULT_MAX_LEN = 40
 DEFAULT_NOISE = 0.1
 _HIDDEN_H = 0.5
-_MISSING = -2  # fills rows of ragged token lists; "no more tokens"
 _FAR = np.iinfo(np.int32).max // 4  # "unreachable" in integer distance tables
 
 
@@ -92,125 +95,6 @@ def _one_hot(idx: np.ndarray, size: int) -> np.ndarray:
     out = np.zeros(idx.shape + (size,))
     ok = (idx >= 0) & (idx < size)
     out[ok, idx[ok]] = 1.0
-    return out
-
-
-def _as_token_matrix(tokens_or_lists: Any) -> np.ndarray:
-    """int64 ``[n, length]`` from an array or ragged lists (short rows filled with -2)."""
-    if isinstance(tokens_or_lists, np.ndarray):
-        arr = tokens_or_lists
-        if arr.ndim == 1:
-            arr = arr[None, :]
-        if arr.ndim != 2 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-            raise WorldError(f"taxi: tokens must be a 2-D integer array, got {arr.dtype} {arr.shape}")
-        return arr.astype(np.int64, copy=False)
-    rows = [list(r) for r in tokens_or_lists]
-    width = max((len(r) for r in rows), default=0)
-    out = np.full((len(rows), width), _MISSING, dtype=np.int64)
-    for i, r in enumerate(rows):
-        out[i, :len(r)] = r
-    return out
-
-
-def _trace_visible(tokens: np.ndarray, succ: np.ndarray, n_nodes: int) -> dict[str, np.ndarray]:
-    """Follow ``origin dest d_1 ... end pad ...`` token rows through ``succ``.
-
-    Returns per position: ``node`` (current intersection), ``turns`` (turns so far),
-    ``phase`` (0 = after the origin, 1 = walking, 2 = ended, 3 = no more tokens) and
-    ``bad`` (the prefix so far is malformed or takes a turn missing from ``succ``); also
-    ``dest`` per row (-1 if the second token is not a node). The loop runs over positions,
-    vectorised over sequences. Ids follow the visible vocabulary: nodes ``0..N-1``, the
-    directions ``N..N+7``, ``end = N+8``, ``pad = N+9``; anything else is malformed.
-    """
-    n, L = tokens.shape
-    dir0, end_id, pad_id = n_nodes, n_nodes + 8, n_nodes + 9
-    node = np.zeros((n, L), dtype=np.int64)
-    turns = np.zeros((n, L), dtype=np.int64)
-    phase = np.zeros((n, L), dtype=np.int8)
-    bad = np.zeros((n, L), dtype=bool)
-    dest = np.full(n, -1, dtype=np.int64)
-    if L == 0:
-        return dict(node=node, turns=turns, phase=phase, bad=bad, dest=dest)
-    is_node = (tokens >= 0) & (tokens < n_nodes)
-    cur = np.where(is_node[:, 0], tokens[:, 0], 0)
-    broken = ~is_node[:, 0]
-    ph = np.where(tokens[:, 0] == _MISSING, 3, 0).astype(np.int8)
-    node[:, 0], phase[:, 0], bad[:, 0] = cur, ph, broken
-    if L > 1:
-        dest = np.where(is_node[:, 1], tokens[:, 1], -1)
-        broken = broken | ~is_node[:, 1]
-        ph = np.where((ph == 3) | (tokens[:, 1] == _MISSING), 3, 1).astype(np.int8)
-        node[:, 1], phase[:, 1], bad[:, 1] = cur, ph, broken
-    t = np.zeros(n, dtype=np.int64)
-    for p in range(2, L):
-        tok = tokens[:, p]
-        ph = np.where(tok == _MISSING, 3, ph).astype(np.int8)
-        walking, ended = ph == 1, ph == 2
-        d = tok - dir0
-        is_dir = (d >= 0) & (d < 8)
-        nxt = succ[cur, np.clip(d, 0, 7)]
-        move = walking & is_dir & (nxt >= 0)
-        broken = broken | (walking & ~is_dir & (tok != end_id)) | (walking & is_dir & (nxt < 0))
-        broken = broken | (ended & (tok != pad_id))
-        cur = np.where(move, nxt, cur)
-        t = t + move
-        ph = np.where(walking & (tok == end_id), 2, ph).astype(np.int8)
-        node[:, p], turns[:, p], phase[:, p], bad[:, p] = cur, t, ph, broken
-    return dict(node=node, turns=turns, phase=phase, bad=bad, dest=dest)
-
-
-def check_sequences(street_map: StreetMap, tokens_or_lists: Any) -> dict[str, np.ndarray]:
-    """Legality of visible-origin trips on ``street_map`` (token ids in the visible
-    vocabulary of ``Taxi(street_map)``; ragged lists allowed; unknown ids such as -1 make a
-    sequence neither legal nor valid).
-
-    Returns bool arrays ``legal`` (origin and destination are nodes, every turn is an edge of
-    the map, nothing but padding after ``end``), ``ended`` (an ``end`` token occurs) and
-    ``valid`` (legal, ended, and ``end`` comes at the destination); a trip with no ``end``
-    is never valid.
-    """
-    tokens = _as_token_matrix(tokens_or_lists)
-    n, L = tokens.shape
-    N = street_map.n_nodes
-    if L < 2:
-        z = np.zeros(n, dtype=bool)
-        return {"legal": z, "ended": z.copy(), "valid": z.copy()}
-    tr = _trace_visible(tokens, np.asarray(street_map.succ), N)
-    legal = ~tr["bad"][:, -1]
-    ended = (tr["phase"] == 2).any(axis=1)
-    valid = legal & ended & (tr["node"][:, -1] == tr["dest"])
-    return {"legal": legal, "ended": ended, "valid": valid}
-
-
-def parse_sequences(source: str | Path | Iterable[str], street_map: StreetMap) -> list[list[int]]:
-    """Read trips in the text format (one per line, whitespace-separated,
-    ``origin dest d_1 ... d_k end`` with the map's node ids; trailing ``pad`` allowed).
-
-    ``source`` is a path or an iterable of lines; blank lines are skipped. Returns token ids
-    in the visible vocabulary of ``Taxi(street_map)``; an unknown token becomes -1 (so the
-    line counts as neither legal nor valid). A file that cannot be read as text raises
-    ``WorldError`` (or the ``OSError`` of opening it)."""
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        with open(p, "rb") as f:  # OSError (missing, directory, permission) propagates
-            raw = f.read()
-        if b"\x00" in raw:
-            raise WorldError(f"{p}: not a text file of sequences (contains NUL bytes)")
-        try:
-            lines: Iterable[str] = raw.decode("utf-8").splitlines()
-        except UnicodeDecodeError as exc:
-            raise WorldError(f"{p}: not a UTF-8 text file of sequences (byte {exc.start})") from None
-    else:
-        lines = source
-    N = street_map.n_nodes
-    vocab = {name: i for i, name in enumerate(street_map.node_names)}
-    vocab.update({d: N + i for i, d in enumerate(DIRECTIONS)})
-    vocab.update({"end": N + 8, "pad": N + 9})
-    out = []
-    for line in lines:
-        words = line.split()
-        if words:
-            out.append([vocab.get(w, -1) for w in words])
     return out
 
 
@@ -563,7 +447,7 @@ class Taxi(World):
             probs, extra = self._probs_hidden(tokens)
             first = self._hidden_first_probs()
         else:
-            extra = _trace_visible(tokens, self.walk_succ, self.map.n_nodes)
+            extra = trace(tokens, self.walk_succ, self.map.n_nodes)
             probs = self._probs_random(tokens, extra) if self.walk == "random" else self._probs_shortest(tokens, extra)
             first = np.zeros(self.vocab_size)
             first[self.walk_nodes] = 1.0 / self.walk_nodes.size
@@ -705,7 +589,7 @@ class Taxi(World):
         a street; valid = legal and ended. Accepts arrays or ragged lists of token ids."""
         if self.origin == "visible":
             return check_sequences(self.map, tokens_or_lists)
-        tokens = _as_token_matrix(tokens_or_lists)
+        tokens, lengths = as_token_matrix(tokens_or_lists)
         n, length = tokens.shape
         succ = np.asarray(self.map.succ)
         alive = np.ones((n, self.map.n_nodes), dtype=bool)
@@ -713,7 +597,7 @@ class Taxi(World):
         ph = np.zeros(n, dtype=np.int8)  # 0 walking, 1 ended, 2 no more tokens
         for p in range(length):
             tok = tokens[:, p]
-            ph = np.where(tok == _MISSING, 2, ph).astype(np.int8)
+            ph = np.where(p >= lengths, 2, ph).astype(np.int8)
             walking = ph == 0
             is_dir = (tok >= 0) & (tok < 8)
             ok &= ~(walking & ~is_dir & (tok != self.end_id)) & ~((ph == 1) & (tok != self.pad_id))
@@ -726,7 +610,7 @@ class Taxi(World):
                 alive[rows] = new
             ph = np.where(walking & (tok == self.end_id), 1, ph).astype(np.int8)
         legal = ok & alive.any(axis=1)
-        ended = (tokens == self.end_id).any(axis=1)
+        ended = ((tokens == self.end_id) & (np.arange(length)[None, :] < lengths[:, None])).any(axis=1)
         return {"legal": legal, "ended": ended, "valid": legal & ended}
 
     def to_text(self, tokens: np.ndarray) -> list[str]:

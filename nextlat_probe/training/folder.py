@@ -1,0 +1,214 @@
+"""Run folders: which run a folder holds, and what training may touch in it.
+
+A run folder holds ONE run. Its identity — world spec, objective, model config, seed — is
+written to ``run.json`` (atomically) when the run claims the folder; for folders from
+before ``run.json`` it is read from ``ckpt.pt``. The run's files are ``run.json``,
+``ckpt.pt``, ``ckpt_step{N}.pt`` and ``metrics.jsonl``; anything else in the folder is never
+touched. The rules:
+
+* a fresh run claims a folder that has none of these files (missing or empty folders too);
+* a resumed run also claims a folder that holds the SAME run (its own folder, or a copy);
+* any other folder (a different run, or run files without an identity) is refused in one
+  line, unless ``overwrite``: then the old run's files are first renamed into
+  ``.replaced-<UTC time>/`` inside the folder, before anything is written, so nothing is
+  deleted and the folder never mixes two runs;
+* temp files of the atomic writer (``.ckpt.pt.<random>.tmp``, left by a kill mid-save)
+  are removed on every start and after a failure; a folder the run created and left empty
+  is removed after a failure.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..errors import UsageError
+from .log import METRICS_FILE
+
+RUN_FILE = "run.json"
+CKPT_FILE = "ckpt.pt"
+IDENTITY_KEYS = ("world_spec", "objective", "model_config", "seed")
+_KEPT = re.compile(r"ckpt_step\d+\.pt")
+_TEMP = re.compile(r"\.(ckpt\.pt|ckpt_step\d+\.pt|run\.json|metrics\.jsonl)\.[A-Za-z0-9_]+\.tmp")
+
+
+def _normal(obj: Any) -> Any:
+    """JSON round trip, so identities from run.json and from live objects compare equal."""
+    from ..checkpoint import plain
+
+    return json.loads(json.dumps(plain(obj), sort_keys=True))
+
+
+def run_identity(world_spec: dict[str, Any], objective: str, model_config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """What makes two runs the same run (everything else may differ between a run and its
+    resumption only in ``steps`` and the device)."""
+    return _normal({"world_spec": world_spec, "objective": objective, "model_config": model_config, "seed": int(seed)})
+
+
+def identity_of_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
+    """The identity of the run a (validated) checkpoint dict belongs to."""
+    seed = (data.get("train_config") or {}).get("seed", 0)
+    return run_identity(data["world_spec"], data["objective"], data["model_config"], seed)
+
+
+def is_run_file(name: str) -> bool:
+    return name in (RUN_FILE, CKPT_FILE, METRICS_FILE) or _KEPT.fullmatch(name) is not None
+
+
+def is_temp_file(name: str) -> bool:
+    return _TEMP.fullmatch(name) is not None
+
+
+def folder_identity(path: Path) -> dict[str, Any] | None:
+    """The identity recorded in ``path/run.json`` (or else ``path/ckpt.pt``); None when
+    neither names one."""
+    from ..checkpoint import CheckpointError, read_checkpoint
+
+    try:
+        rec = json.loads((path / RUN_FILE).read_text())
+        return _normal({k: rec[k] for k in IDENTITY_KEYS})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    if (path / CKPT_FILE).is_file():
+        try:
+            return identity_of_checkpoint(read_checkpoint(path / CKPT_FILE))
+        except CheckpointError:
+            return None
+    return None
+
+
+def _differences(a: dict[str, Any], b: dict[str, Any]) -> str:
+    names = {"world_spec": "world", "objective": "objective", "model_config": "model config", "seed": "seed"}
+    return ", ".join(names[k] for k in IDENTITY_KEYS if a.get(k) != b.get(k))
+
+
+@dataclass
+class RunFolder:
+    """A folder claimed by a run (see ``prepare_run_folder``)."""
+
+    path: Path
+    created: Path | None = None  # the topmost folder this run created, if any
+    replaced: Path | None = None  # where ``overwrite`` moved the folder's old run
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.path / CKPT_FILE
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / METRICS_FILE
+
+    def kept(self, step: int) -> Path:
+        return self.path / f"ckpt_step{int(step)}.pt"
+
+    def remove_temp_files(self) -> None:
+        remove_temp_files(self.path)
+
+    def clean_up_after_failure(self) -> None:
+        """Remove temp files, then the folders this run created if they are empty."""
+        if self.path.is_dir():
+            self.remove_temp_files()
+        if self.created is None:
+            return
+        p = self.path
+        while True:
+            try:
+                p.rmdir()  # only succeeds on an empty folder
+            except OSError:
+                return
+            if p == self.created:
+                return
+            p = p.parent
+
+
+def remove_temp_files(path: Path) -> list[str]:
+    """Delete the atomic writer's leftovers (``.ckpt.pt.<random>.tmp``, ...) in ``path``."""
+    removed = []
+    for p in path.iterdir():
+        if p.is_file() and is_temp_file(p.name):
+            p.unlink(missing_ok=True)
+            removed.append(p.name)
+    return removed
+
+
+def _move_aside(path: Path, names: list[str]) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    for i in range(1000):
+        backup = path / (f".replaced-{stamp}" + (f"-{i}" if i else ""))
+        try:
+            backup.mkdir()
+            break
+        except FileExistsError:
+            continue
+    else:  # pragma: no cover - a thousand backups in one second
+        raise UsageError(f"{path}: cannot find a free .replaced-{stamp} name")
+    # run.json last: a move cut short still names its run, and the next start refuses it
+    for name in sorted(names, key=lambda n: n == RUN_FILE):
+        os.rename(path / name, backup / name)
+    return backup
+
+
+def _create(path: Path) -> Path | None:
+    """mkdir -p ``path``; returns the topmost folder created (None if it existed)."""
+    top = None
+    for p in [path, *path.parents]:
+        if p.exists():
+            break
+        top = p
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot create the run folder ({exc.strerror or exc})") from None
+    return top
+
+
+def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: bool, overwrite: bool = False) -> RunFolder:
+    """Claim ``path`` for the run ``identity`` following the module's rules; returns the
+    folder with ``run.json`` written. Raises ``UsageError`` (one line) when refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{path}: exists and is not a folder (the run folder must be a folder)")
+    if not path.exists():
+        folder = RunFolder(path, created=_create(path))
+    else:
+        folder = RunFolder(path)
+        folder.remove_temp_files()
+        present = sorted(p.name for p in path.iterdir() if is_run_file(p.name))
+        if present:
+            held = folder_identity(path)
+            if not (resuming and held == identity):
+                if not overwrite:
+                    raise UsageError(_refusal(path, held, identity, present, resuming))
+                folder.replaced = _move_aside(path, present)
+    if not (path / RUN_FILE).is_file() or folder.replaced is not None:
+        write_run_file(path, identity)
+    return folder
+
+
+def _refusal(path: Path, held: dict[str, Any] | None, identity: dict[str, Any], present: list[str], resuming: bool) -> str:
+    fix = "choose another --out, or --overwrite to move the old run aside"
+    if held is None:
+        shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")
+        return f"{path} holds files of an unidentified run ({shown}); {fix}"
+    if held != identity:
+        return f"{path} holds a different run (other {_differences(held, identity)}); {fix}"
+    what = f"{path / CKPT_FILE} already exists" if (path / CKPT_FILE).is_file() else f"{path} already holds this run's files"
+    return f"{what}; use --resume {path / CKPT_FILE} to continue, another --out, or --overwrite to start afresh"
+
+
+def write_run_file(path: Path, identity: dict[str, Any]) -> None:
+    from ..checkpoint import atomic_write_bytes
+
+    rec = {**identity, "package_version": __version__, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    atomic_write_bytes((json.dumps(rec, indent=1, sort_keys=True) + "\n").encode(), path / RUN_FILE)
+
+
+__all__ = [
+    "RUN_FILE", "CKPT_FILE", "IDENTITY_KEYS", "RunFolder", "run_identity", "identity_of_checkpoint", "folder_identity",
+    "prepare_run_folder", "remove_temp_files", "is_run_file", "is_temp_file", "write_run_file",
+]
