@@ -1,8 +1,9 @@
 """nextlat_probe: train NextLat and GPT hooked transformers on worlds with exact belief
 states, and measure what their hidden states learned.
 
-Pipeline: ``worlds`` -> ``models`` -> ``training`` -> ``activations`` -> ``analysis`` ->
-``plots`` / ``report``. Heavy libraries (torch, transformer-lens) are imported only by the
+Pipeline: ``worlds`` -> ``models`` -> ``training`` -> ``checkpoint`` -> ``activations`` ->
+``analysis`` -> ``compare`` (runners, records out) -> ``tables`` / ``plots`` / ``report`` ->
+CLIs; see docs/architecture.md. Heavy libraries (torch, transformer-lens) are imported only by the
 parts that need them, so ``import nextlat_probe`` and every CLI's ``--help`` stay fast.
 """
 from __future__ import annotations
@@ -12,7 +13,8 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_checkpoint": "nextlat_probe.checkpoint",
     "save_checkpoint": "nextlat_probe.checkpoint",
-    "CheckpointError": "nextlat_probe.checkpoint",
+    "CheckpointError": "nextlat_probe.errors",
+    "NextLatError": "nextlat_probe.errors",
     "make_world": "nextlat_probe.worlds",
     "world_from_spec": "nextlat_probe.worlds",
 }

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         from .worlds.taxi import check_sequences, parse_sequences
 
-        if not args.sequences.is_file():
+        if not args.sequences.exists():
             raise UsageError(f"{args.sequences}: no such file")
         res = check_sequences(street_map, parse_sequences(args.sequences, street_map))
         out = {"n": int(res["legal"].size), "legal": int(res["legal"].sum()), "valid": int(res["valid"].sum())}

@@ -46,7 +46,7 @@ def test_true_trips_give_exactly_the_used_edges():
         assert set(res.recovered) == want and res.invented == []
         assert set(res.missed) == set(street_map.edges()) - want
         assert res.n_explained == res.n_true_valid == n and res.n_malformed == 0
-        assert res.precision.rate == 1.0 and res.recall.count == len(want)
+        assert res.precision.value == 1.0 and res.recall.count == len(want)
     # the synthetic run covered only part of the 6x6 map: missed edges are reported
     assert len(res.missed) > 0
 
@@ -132,7 +132,7 @@ def test_embedding_of_states_that_encode_the_map():
     assert np.allclose(res.mds.coords[seen], m.coords[seen], atol=1e-6) and np.isnan(res.mds.coords[4]).all()
     sub = m.subgraph(seen)
     assert res.mds.nn_map_neighbour.count == _nn_is_neighbour(m.coords[seen], sub)
-    assert res.mds.nn_true_nearest.rate == 1.0
+    assert res.mds.nn_true_nearest.value == 1.0
     # a control: states unrelated to the map
     shuffled = mp.embed_node_states(rng.permutation(m.coords @ Q.T), m)
     assert shuffled.mds.disparity > 0.3 and shuffled.probe.r2 < 0.5
@@ -140,17 +140,23 @@ def test_embedding_of_states_that_encode_the_map():
     plain = StreetMap(m.n_nodes, m.edges(), name="plain")
     res2 = mp.embed_node_states(mp.layout_coords(plain) @ Q.T, plain)
     assert res2.probe is None and "no coordinates" in res2.note and res2.mds.disparity < 1e-8
-    panels = mp.panels_for(res2)
-    assert len(panels) == 1 and set(panels[0]) == {"title", "coords", "edges", "invented", "missing"}
+    from nextlat_probe.compare.mapping import embedding_metrics
+
+    em = embedding_metrics(res2.mds, res2)
+    assert em["nodes"] == list(range(m.n_nodes)) and np.allclose(em["coords"], res2.mds.coords)
 
 
-def test_panels_for_reconstruction():
+def test_behaviour_record_of_a_reconstruction():
+    from nextlat_probe.compare.mapping import behaviour_metrics
+
     m = tiny_map()
     res = mp.reconstruct_map(m, parse_sequences(["3 1 E W end", "0 1 E end"], m))
-    (p,) = mp.panels_for(res)
-    assert p["coords"].shape == (5, 2) and np.allclose(p["coords"], COORDS)
-    assert sorted(p["invented"]) == [(4, 1)] and sorted(p["edges"]) == [(0, 1), (3, 4)]
-    assert len(p["missing"]) == m.n_edges - 2
+    bm = behaviour_metrics(res, list_edges=True)
+    assert [(s, t) for s, _, t in bm["invented_edges"]] == [(4, 1)]
+    assert sorted((s, t) for s, _, t in bm["recovered_edges"]) == [(0, 1), (3, 4)]
+    assert bm["n_missed"] == len(bm["missed_edges"]) == m.n_edges - 2
+    assert bm["edge_recall"] == {"value": 2 / m.n_edges, "low": bm["edge_recall"]["low"],
+                                 "high": bm["edge_recall"]["high"], "n": m.n_edges, "count": 2}
 
 
 # --------------------------------------------------------------------------------------
@@ -176,17 +182,18 @@ def test_cli_on_manhattan_trajectory_file(tmp_path):
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "map.html"
     r = run_cli("nextlat_probe.mapping", "--map", str(MANHATTAN), "--trajectories", str(path), "--json",
-                "--out", str(out), timeout=300)
+                "--plot", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
-    doc = json.loads(r.stdout)["reconstruction"]
-    assert doc["n_trips"] == 300 and doc["n_true_valid"] == 295 and doc["distance"] == "hops"
-    assert doc["edges_invented"] >= 1 and doc["explained"]["n"] == 300 and doc["explained"]["count"] >= 295
+    (rec,) = json.loads(r.stdout)
+    doc, params = rec["metrics"], rec["params"]
+    assert rec["analysis"] == "mapping" and rec["variant"] == "behaviour" and rec["source"] == str(path)
+    assert doc["n_trips"] == 300 and doc["n_true_valid"] == 295 and params["distance"] == "hops"
+    assert doc["n_invented"] >= 1 and doc["explained"]["n"] == 300 and doc["explained"]["count"] >= 295
     good = [line for i, line in enumerate(lines) if i not in set(bad_rows)]
-    assert doc["edges_recovered"] >= len(used_edges(m, good))
+    assert doc["n_recovered"] >= len(used_edges(m, good))
     # every invented edge fills an empty slot and reaches at most 2 undirected hops
     und = m.adjacency() + m.adjacency().T
-    for src, d, dst in doc["invented"]:
-        s_i, t_i = m.id_to_index[src], m.id_to_index[dst]
+    for s_i, d, t_i in doc["invented_edges"]:
         assert m.succ[s_i, ["N", "S", "E", "W", "NE", "NW", "SE", "SW"].index(d)] < 0
         assert csgraph.shortest_path(und, directed=False, unweighted=True, indices=s_i)[t_i] <= 2
     assert out.is_file() and "plotly" in out.read_text()[:200000].lower()
@@ -202,9 +209,10 @@ def test_cli_on_a_synthetic_map(tmp_path, capsys):
     (tmp_path / "trips.txt").write_text("\n".join(lines))
     assert main(["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "trips.txt"),
                  "--json", "--list-edges"]) == 0
-    doc = json.loads(capsys.readouterr().out)["reconstruction"]
-    want = {(m.node_ids[s], d, m.node_ids[t]) for s, d, t in used_edges(m, lines)}
-    assert {tuple(e) for e in doc["recovered"]} == want and doc["invented"] == []
+    (rec,) = json.loads(capsys.readouterr().out)
+    doc = rec["metrics"]
+    want = set(used_edges(m, lines))
+    assert {tuple(e) for e in doc["recovered_edges"]} == want and doc["invented_edges"] == []
     assert main(["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "trips.txt")]) == 0
     text = capsys.readouterr().out
     assert "edges recovered" in text and f"{len(want)}" in text
@@ -236,13 +244,14 @@ def test_cli_with_a_checkpoint(tiny_taxi_ckpts, tmp_path, capsys):
     from nextlat_probe.mapping import main
 
     out = tmp_path / "map.html"
-    assert main([str(tiny_taxi_ckpts["nextlat"]), "--n-trips", "60", "--n-seqs", "48", "--json", "--out", str(out)]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    rec, rep = doc["reconstruction"], doc["representation"]
-    assert doc["objective"] == "nextlat" and rec["n_trips"] == 60
-    assert rec["edges_recovered"] + rec["edges_missed"] == rec["n_true_edges"]
-    assert rep["reference"] == "coordinates" and rep["probe"] is not None and rep["layer"] == "L1"
-    assert 0 <= rep["mds"]["disparity"] <= 1 and rep["n_nodes_seen"] <= rep["n_nodes"]
+    assert main([str(tiny_taxi_ckpts["nextlat"]), "--n-trips", "60", "--n-seqs", "48", "--json", "--plot", str(out)]) == 0
+    recs = {r["variant"]: r for r in json.loads(capsys.readouterr().out)}
+    assert set(recs) == {"behaviour", "probe", "mds"}
+    rec, mds = recs["behaviour"]["metrics"], recs["mds"]["metrics"]
+    assert all(r["objective"] == "nextlat" for r in recs.values()) and rec["n_trips"] == 60
+    assert rec["n_recovered"] + rec["n_missed"] == rec["n_true_edges"]
+    assert mds["reference"] == "coordinates" and recs["probe"]["layer"] == "L1"
+    assert 0 <= mds["disparity"] <= 1 and mds["n_nodes_seen"] == len(mds["nodes"]) == len(mds["coords"])
     assert out.is_file()
 
 

@@ -32,26 +32,38 @@ def test_report_on_two_taxi_checkpoints(tiny_taxi_ckpts, tmp_path):
 
     out = tmp_path / "report"
     summary = run_report([tiny_taxi_ckpts["gpt"], tiny_taxi_ckpts["nextlat"]], out, n_seqs=24, fit_steps=40, progress=False, quiet=True)
-    assert [r["objective"] for r in summary["checkpoints"]] == ["gpt", "nextlat"]
+    assert [r["objective"] for r in summary["summary"]] == ["gpt", "nextlat"]
     scan = _Scan()
     scan.feed((out / "report.html").read_text())
     for section in ("Summary", "Training curves", "Loss per position vs the exact floor", "Effective rank",
-                    "Belief probe R² per layer", "Transition consistency", "Taxi world model (Table 1 style)", "Reconstructed maps"):
+                    "Where the model thinks it is: probed (x, y) over the map", "Belief probe R² per layer",
+                    "Transition consistency", "Taxi world model (Table 1 style)", "Reconstructed maps"):
         assert section in scan.h2, (section, scan.h2)
     assert scan.script_src == []  # offline: plotly.js is inlined, nothing is fetched
     data = json.loads((out / "summary.json").read_text())
-    rows = {r["objective"]: r for r in data["checkpoints"]}
+    rows = {r["objective"]: r for r in data["summary"]}
     assert set(rows) == {"gpt", "nextlat"}
-    for key in ("val_loss", "val_gap", "effective_rank", "probe_r2", "transition_err1", "belief_ratio",
+    for key in ("val_loss", "gap_to_floor", "effective_rank", "probe_r2", "transition_err1", "belief_ratio",
                 "next_token", "valid_trajectory", "compression", "detour"):
         for obj in rows:
             assert rows[obj].get(key) is not None, (obj, key)
-    # the summary agrees with the analyses' own records
-    rank_last = [r for r in data["rank"] if r["objective"] == "gpt"][-1]
-    assert rows["gpt"]["effective_rank"] == pytest.approx(rank_last["effective_rank"])
-    wm = [r for r in data["worldmodel"] if r["objective"] == "nextlat"][0]
-    assert rows["nextlat"]["next_token"] == pytest.approx(wm["next_token"]["rate"])
-    for stem in ("effective_rank", "transition", "worldmodel", "maps", "position_loss"):
+    # every record has the one shape, and the summary agrees with the records
+    from nextlat_probe.records import check_record
+
+    for r in data["records"]:
+        check_record(r)
+    analyses = {r["analysis"] for r in data["records"]}
+    assert analyses == {"rank", "probe", "transition", "position_loss", "worldmodel", "mapping"}
+    rank_last = [r for r in data["records"] if r["analysis"] == "rank" and r["objective"] == "gpt"][-1]
+    assert rank_last["layer"] == "L1" and rank_last["params"]["n_seqs"] == 24
+    assert rows["gpt"]["effective_rank"] == pytest.approx(rank_last["metrics"]["effective_rank"])
+    wm = [r for r in data["records"] if r["analysis"] == "worldmodel" and r["objective"] == "nextlat"][0]
+    assert rows["nextlat"]["next_token"] == pytest.approx(wm["metrics"]["next_token"]["value"])
+    # one set of sequences: rank, probes, transition and losses all read the same 24
+    for r in data["records"]:
+        if r["analysis"] in ("rank", "probe", "transition", "position_loss"):
+            assert r["params"]["n_seqs"] == 24 and r["params"]["seed"] == 0
+    for stem in ("effective_rank", "transition", "worldmodel", "maps", "position_loss", "beliefs"):
         pdf = out / "figures" / f"{stem}.pdf"
         assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF"), stem
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
@@ -67,8 +79,16 @@ def test_report_cli_on_mess3_and_errors(tiny_mess3_ckpts, tmp_path):
     html = (out / "report.html").read_text()
     assert "Belief geometry: exact vs probed" in html  # 3-state world: the simplex section
     assert "Taxi world model" not in html
-    r = run_cli("nextlat_probe.report", str(tmp_path / "nope.pt"), "--out", str(out))
+    assert "wrote" in r.stderr and "figures" not in r.stderr  # --no-figures: none written, none claimed
+    assert not (out / "figures").exists()
+    fresh = tmp_path / "never"
+    r = run_cli("nextlat_probe.report", str(tmp_path / "nope.pt"), "--out", str(fresh))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert not fresh.exists()  # a failed run leaves no empty folder
+    r = run_cli("nextlat_probe.report", str(tiny_mess3_ckpts["gpt"]), "--out", str(out / "report.html"))
+    assert r.returncode == 2 and "not a folder" in r.stderr
+    r = run_cli("nextlat_probe.report", str(tiny_mess3_ckpts["gpt"]), "--out", str(fresh), "--device", "tpu")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and not fresh.exists()
 
 
 @pytest.mark.slow

@@ -171,7 +171,7 @@ def test_every_reading_matches_a_plain_loop_on_corrupted_trips():
     s = w.sample(300, seed=0).tokens
     hit = rng.random(s.shape) < 0.06
     s[hit] = rng.integers(-1, w.vocab_size + 1, size=hit.sum())
-    lists = [list(r[:rng.integers(0, r.size + 1)]) for r in s.tolist()]
+    lists = [r if rng.random() < 0.7 else r[:rng.integers(0, len(r) + 1)] for r in s.tolist()]
     res = T.check_sequences(m, lists)
     ref = np.array([_strict_ref(r, succ, N) for r in lists])
     assert (res["legal"] == ref[:, 0]).all() and (res["ended"] == ref[:, 1]).all()
@@ -198,8 +198,9 @@ def test_byte_order_mark_is_dropped(tmp_path):
     rows = T.parse_sequences(path, m)
     assert rows == [[0, 3, Nt, Et, END], [0, 1, Et, END]]
     assert T.check_sequences(m, rows)["valid"].tolist() == [True, True]
+    # lines from an iterable: only a mark before the first line is dropped
     assert T.parse_sequences(["\ufeff10 13 N E end", "\ufeff10 13 N E end"], m) == [[0, 3, Nt, Et, END],
-                                                                                    [0, 3, Nt, Et, -1, END]]
+                                                                                    [-1, 3, Nt, Et, END]]
     from nextlat_probe.worlds.taxi import parse_sequences
 
     assert parse_sequences(path, m) == rows  # still importable from worlds.taxi

@@ -41,19 +41,23 @@ def tok(world, *names):
 
 
 # --------------------------------------------------------------------------------------
+Z95 = 1.959963984540054  # two-sided 95% normal quantile
+
+
 def test_wilson_interval_against_hand_and_root_finding():
     lo, hi = wm.wilson_interval(8, 10)
     assert lo == pytest.approx(0.4902, abs=1e-4) and hi == pytest.approx(0.9433, abs=1e-4)  # textbook value
     # the Wilson interval is {p : |phat - p| <= z sqrt(p (1 - p) / n)}: solve that directly
     for k, n in [(8, 10), (3, 40), (97, 100)]:
-        f = lambda p, k=k, n=n: (k / n - p) ** 2 - wm.Z95 ** 2 * p * (1 - p) / n  # noqa: E731
+        f = lambda p, k=k, n=n: (k / n - p) ** 2 - Z95 ** 2 * p * (1 - p) / n  # noqa: E731
         lo, hi = wm.wilson_interval(k, n)
         assert lo == pytest.approx(brentq(f, 1e-12, k / n), abs=1e-9)
         assert hi == pytest.approx(brentq(f, k / n, 1 - 1e-12), abs=1e-9)
     assert wm.wilson_interval(0, 10)[0] == 0.0 and wm.wilson_interval(10, 10)[1] == 1.0
     assert all(math.isnan(v) for v in wm.wilson_interval(0, 0))
     r = wm.Rate(8, 10).to_dict()
-    assert r["rate"] == 0.8 and r["count"] == 8 and r["n"] == 10 and r["ci_low"] < 0.8 < r["ci_high"]
+    assert r["value"] == 0.8 and r["count"] == 8 and r["n"] == 10 and r["low"] < 0.8 < r["high"]
+    assert wm.Rate(0, 0).to_dict() == {"value": None, "low": None, "high": None, "n": 0, "count": 0}
 
 
 def test_exact_probabilities_clear_epsilon():
@@ -103,14 +107,14 @@ def test_uniform_predictor_scores_low():
             if name != "end":
                 node = dict(((a, d), b) for a, d, b in EDGES)[node, name]
     assert (res.next_token.count, res.next_token.n) == (good, total)
-    assert 0 < res.next_token.rate < 0.3
+    assert 0 < res.next_token.value < 0.3
     # always N: 0 -> 3, then N is illegal; every other node has no N at all
     assert res.trajectory_legal.count == 0 and res.trajectory_valid.count == 0
     assert all(v["valid"].count == 0 for v in res.detour.values())  # it never says end
     # it treats every state alike: compression is trivially perfect, distinction is nil
-    assert res.compression.rate == 1.0
+    assert res.compression.value == 1.0
     assert res.distinction_recall.count == 0 and res.distinction_recall.n > 50
-    assert res.distinction_precision.n == 0 and math.isnan(res.distinction_precision.rate)
+    assert res.distinction_precision.n == 0 and math.isnan(res.distinction_precision.value)
 
 
 def test_distinction_boundaries_by_hand():
@@ -139,8 +143,8 @@ def test_map_truth_penalises_the_length_prior():
     s = w.sample(120, seed=2)
     exact = wm.distinction(o, w, s, np.random.default_rng(0), truth="world")
     bare = wm.distinction(o, w, s, np.random.default_rng(0), truth="map")
-    assert exact["recall"].rate == 1.0 and exact["precision"].rate == 1.0
-    assert bare["recall"].rate < 1.0
+    assert exact["recall"].value == 1.0 and exact["precision"].value == 1.0
+    assert bare["recall"].value < 1.0
 
 
 class OriginBiased(wm.Predictor):
@@ -165,8 +169,8 @@ def test_compression_scores_under_the_other_prefix():
     s = w.sample(150, seed=4)
     good = wm.compression(wm.oracle_predictor(w), w, s, np.random.default_rng(0), n_continuations=5, max_turns=8)
     bad = wm.compression(OriginBiased(w), w, s, np.random.default_rng(0), n_continuations=5, max_turns=8)
-    assert good["pairs"].rate == 1.0 and good["pairs"].n > 100
-    assert bad["pairs"].n == good["pairs"].n and bad["pairs"].rate < 0.9
+    assert good["pairs"].value == 1.0 and good["pairs"].n > 100
+    assert bad["pairs"].n == good["pairs"].n and bad["pairs"].value < 0.9
 
 
 def test_backward_prefixes_reach_the_state_uniformly():

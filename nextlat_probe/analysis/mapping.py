@@ -43,9 +43,9 @@ sets, 0 = same shape) and nearest-neighbour agreement: the fraction of nodes who
 neighbour in the embedding is a map neighbour (an edge either way), and the fraction
 whose nearest neighbour is among their nearest nodes in the reference geometry.
 
-Figures are drawn by the plotting layer from ``panels_for(result)``: one dict per panel
-``{"title", "coords" [N, 2], "edges": [(src, dst)], "invented": [...], "missing": [...]}``
-with node indices.
+Checkpoint-level use (sampling trips from a model, averaging its hidden states per
+intersection) is ``nextlat_probe.compare.run_mapping``, which returns ``mapping`` records
+that the plotting layer draws.
 """
 from __future__ import annotations
 
@@ -411,95 +411,5 @@ def embed_node_states(means: np.ndarray, street_map: StreetMap, seed: int = 0) -
                                    n_nodes_seen=int(seen.size), mds=emb, probe=probe, note=note)
 
 
-def representation_map(model, world, n_seqs: int = 512, seed: int = 0, layer: int | str = "last",
-                       reconstruction: ReconstructionResult | None = None,
-                       batch_size: int = 64) -> RepresentationMapResult:
-    """Mean hidden state per intersection of a visible-origin taxi model, embedded in 2-D.
-
-    ``layer``: ``"last"`` (last block's residual output, the NextLat hidden state),
-    ``"final"`` (after the final LayerNorm), ``"embed"`` or a block index."""
-    from ..activations import collect, layer_hook, layer_label
-    from .worldmodel import check_taxi_world
-
-    check_taxi_world(world)
-    hook = layer_hook(model.cfg.n_layers - 1 if layer == "last" else layer)
-    sample = world.sample(int(n_seqs), seed=np.random.default_rng([int(seed), 0x4D]))
-    tokens = sample.tokens
-    if tokens.shape[1] > model.cfg.n_ctx:
-        raise AnalysisError(f"trips of {tokens.shape[1]} tokens exceed the model's context of {model.cfg.n_ctx}")
-    H = collect(model, tokens, [hook], batch_size=batch_size)[hook]
-    mask = np.asarray(world.position_mask(tokens), dtype=bool).copy()
-    mask[:, 0] = False  # the origin token alone: destination not yet known
-    means, _ = node_means(H, sample.states[..., 0], mask, world.map.n_nodes)
-    res = embed_node_states(means, world.map, seed=seed)
-    res.layer = layer_label(hook)
-    res.reconstruction = reconstruction
-    return res
-
-
-def map_from_checkpoint(ck, n_trips: int = 1000, n_seqs: int = 512, seed: int = 0, layer: int | str = "last",
-                        epsilon: float = 0.01, max_distance: float | None = None,
-                        batch_size: int = 256) -> tuple[ReconstructionResult, RepresentationMapResult]:
-    """Both reconstructions for a taxi checkpoint (``LoadedCheckpoint``).
-
-    Behaviour: ``n_trips`` trips sampled from the model (epsilon-cutoff sampling, as in
-    the compression test) from held-out (origin, destination) prompts, within the turn
-    budget of ``worldmodel.turn_budget``. Representations: ``representation_map`` on
-    ``n_seqs`` true trips, drawn with the behaviour's edges."""
-    from .worldmodel import check_taxi_world, generate, model_predictor, turn_budget
-
-    world = ck.world
-    check_taxi_world(world)
-    predict = model_predictor(ck.model, batch_size=batch_size)
-    prompts = world.sample(int(n_trips), seed=np.random.default_rng([int(seed), 0x3A])).tokens[:, :2]
-    budget = turn_budget(world, predict, 2)
-    trips = generate(predict, world, prompts, budget + 1, sample=True, epsilon=epsilon,
-                     rng=np.random.default_rng([int(seed), 0x3B]))
-    recon = reconstruct_map(world.map, trips, max_distance=max_distance)
-    rep = representation_map(ck.model, world, n_seqs=n_seqs, seed=seed, layer=layer, reconstruction=recon)
-    return recon, rep
-
-
-# --------------------------------------------------------------------------------------
-# figure data
-# --------------------------------------------------------------------------------------
-def _pairs(edges: list[tuple[int, str, int]]) -> list[tuple[int, int]]:
-    return [(int(s), int(t)) for s, _, t in edges]
-
-
-def panels_for(result: Any, reconstruction: ReconstructionResult | None = None) -> list[dict[str, Any]]:
-    """Panel dicts for ``plots.interactive.map_figure(true_map, panels)``.
-
-    A ``ReconstructionResult`` gives one panel at the map's layout (coordinates or hop-MDS)
-    with recovered edges, invented edges and missed true edges. A
-    ``RepresentationMapResult`` gives one panel per embedding (probe, MDS), with the edges
-    of ``reconstruction`` (default: the one attached to the result; else the true map's
-    edges) drawn between the embedded intersections."""
-    if isinstance(result, ReconstructionResult):
-        m = result.street_map
-        pct = 100 * result.explained.rate if result.explained.n else float("nan")
-        return [{"title": f"from behaviour: {len(result.recovered)} recovered, {len(result.invented)} invented, "
-                          f"{len(result.missed)} missed edges ({pct:.1f}% of trips explained)",
-                 "coords": layout_coords(m), "edges": _pairs(result.recovered),
-                 "invented": _pairs(result.invented), "missing": _pairs(result.missed)}]
-    if isinstance(result, RepresentationMapResult):
-        rec = reconstruction if reconstruction is not None else result.reconstruction
-        if rec is not None:
-            edges, invented, missing = _pairs(rec.recovered), _pairs(rec.invented), _pairs(rec.missed)
-        else:
-            edges, invented, missing = _pairs(result.street_map.edges()), [], []
-        panels = []
-        for emb in (result.probe, result.mds):
-            if emb is None:
-                continue
-            what = "linear probe to (x, y), cross-fitted" if emb.method == "probe" else f"MDS + Procrustes to {result.reference}"
-            where = f" ({result.layer})" if result.layer else ""
-            panels.append({"title": f"from hidden states{where}: {what}; disparity {emb.disparity:.3f}",
-                           "coords": emb.coords, "edges": edges, "invented": invented, "missing": missing})
-        return panels
-    raise AnalysisError(f"panels_for: expected a ReconstructionResult or RepresentationMapResult, got {type(result).__name__}")
-
-
 __all__ = ["Trips", "parse_trips", "ReconstructionResult", "reconstruct_map", "default_max_distance", "hop_distances",
-           "layout_coords", "Embedding", "RepresentationMapResult", "node_means", "embed_node_states",
-           "representation_map", "map_from_checkpoint", "panels_for"]
+           "layout_coords", "Embedding", "RepresentationMapResult", "node_means", "embed_node_states"]

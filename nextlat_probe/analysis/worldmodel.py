@@ -68,12 +68,12 @@ returns a count, the number of trials and a Wilson 95% interval, see ``Rate``):
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
+from ..records import Rate, wilson_interval  # noqa: F401  (re-exported)
 from ..worlds.base import WorldError
 from ..worlds.trips import check_sequences, trace_tolerant
 from .stats import AnalysisError
@@ -82,54 +82,6 @@ EPSILON = 0.01
 DETOUR_KINDS = ("random", "least_likely", "second_most_likely")
 DETOUR_PROBS = (0.75, 0.01)
 TRUTHS = ("world", "map")
-Z95 = 1.959963984540054  # two-sided 95% normal quantile
-
-
-# --------------------------------------------------------------------------------------
-# binomial rates with Wilson intervals
-# --------------------------------------------------------------------------------------
-def wilson_interval(count: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval for ``count`` successes out of ``n`` (NaNs when ``n == 0``).
-
-    Unlike the normal approximation it stays inside [0, 1] and is not degenerate at 0%
-    or 100%, which is exactly where world-model metrics live."""
-    count, n = int(count), int(n)
-    if n <= 0:
-        return float("nan"), float("nan")
-    if not 0 <= count <= n:
-        raise AnalysisError(f"wilson_interval: count {count} outside [0, {n}]")
-    p = count / n
-    z2 = z * z
-    denom = 1.0 + z2 / n
-    centre = (p + z2 / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / denom
-    lo = 0.0 if count == 0 else max(0.0, centre - half)  # exact ends, no rounding residue
-    hi = 1.0 if count == n else min(1.0, centre + half)
-    return lo, hi
-
-
-@dataclass(frozen=True)
-class Rate:
-    """``count`` successes out of ``n`` trials, with the rate and its Wilson 95% interval."""
-
-    count: int
-    n: int
-
-    @property
-    def rate(self) -> float:
-        return self.count / self.n if self.n else float("nan")
-
-    @property
-    def ci(self) -> tuple[float, float]:
-        return wilson_interval(self.count, self.n)
-
-    def to_dict(self) -> dict[str, Any]:
-        lo, hi = self.ci
-        return {"rate": self.rate, "count": int(self.count), "n": int(self.n), "ci_low": lo, "ci_high": hi}
-
-    def __str__(self) -> str:
-        lo, hi = self.ci
-        return f"{self.rate:.3f} [{lo:.3f}, {hi:.3f}] ({self.count}/{self.n})"
 
 
 # --------------------------------------------------------------------------------------

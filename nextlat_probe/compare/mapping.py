@@ -21,8 +21,9 @@ from .inputs import Inputs, load_models, parse_layers
 PROMPT_STREAM, SAMPLE_STREAM, STATES_STREAM = 0x3A, 0x3B, 0x4D
 
 
-def _edge_pairs(edges: list[tuple[int, str, int]]) -> list[list[int]]:
-    return [[int(s), int(t)] for s, _, t in edges]
+def _edge_list(edges: list[tuple[int, str, int]]) -> list[list[Any]]:
+    """Edges as ``[src, direction, dst]`` (node indices of the map, direction names)."""
+    return [[int(s), str(d), int(t)] for s, d, t in edges]
 
 
 def behaviour_metrics(recon: Any, list_edges: bool = False) -> dict[str, Any]:
@@ -33,9 +34,9 @@ def behaviour_metrics(recon: Any, list_edges: bool = False) -> dict[str, Any]:
          "n_trips": int(recon.n_trips), "n_malformed": int(recon.n_malformed), "n_true_valid": int(recon.n_true_valid),
          "n_true_edges": int(recon.street_map.n_edges), "n_recovered": len(recon.recovered),
          "n_invented": len(recon.invented), "n_missed": len(recon.missed),
-         "invented_edges": _edge_pairs(recon.invented), "missed_edges": _edge_pairs(recon.missed)}
+         "invented_edges": _edge_list(recon.invented), "missed_edges": _edge_list(recon.missed)}
     if list_edges:
-        m["recovered_edges"] = _edge_pairs(recon.recovered)
+        m["recovered_edges"] = _edge_list(recon.recovered)
     return m
 
 
@@ -85,17 +86,19 @@ def run_mapping(
     if not 0 < epsilon < 1:
         raise AnalysisError(f"epsilon must lie in (0, 1), got {epsilon}")
     loaded = inputs.models if inputs is not None else load_models(models, device=device)
-    out: list[dict[str, Any]] = []
-    for i, m in enumerate(bar(loaded, desc="maps", disable=not progress)):
-        world = m.world
+    sites = []
+    for m in loaded:  # every check before any work (and before any progress output)
         try:
-            check_taxi_world(world)
+            check_taxi_world(m.world)
         except AnalysisError as exc:
             raise AnalysisError(f"{m.path}: {exc}") from None
-        hooks = parse_layers(layers, m.model_config.n_layers, flag="layer")
+        hooks = parse_layers(layers, m.model_config.n_layers)
         if len(hooks) != 1:
-            raise AnalysisError(f"maps are drawn from one layer, got {layers!r}")
-        hook = hooks[0]
+            raise AnalysisError(f"--layers: maps are drawn from one layer, got {layers!r}")
+        sites.append(hooks[0])
+    out: list[dict[str, Any]] = []
+    for i, (m, hook) in enumerate(bar(list(zip(loaded, sites)), desc="maps", disable=not progress)):
+        world = m.world
         predict = model_predictor(m.model, batch_size=batch_size)
         prompts = world.sample(int(n_trips), seed=np.random.default_rng([int(seed), PROMPT_STREAM])).tokens[:, :2]
         budget = turn_budget(world, predict, 2)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..errors import AnalysisError
 from ..records import identity, make_record
 from .inputs import Inputs, parse_layers, resolve_inputs
 
@@ -43,8 +44,11 @@ def run_rank(
                  for h, a in inp.hidden(i, cached).items()}
         rest = [h for h in hooks if h not in stats]
         if rest:
-            stats.update(collect_stats(m.model, inp.tokens(i), rest, mask=mask, batch_size=inp.batch_size,
-                                       progress=progress))
+            try:
+                stats.update(collect_stats(m.model, inp.tokens(i), rest, mask=mask, batch_size=inp.batch_size,
+                                           progress=progress))
+            except AnalysisError as exc:  # e.g. NaN weights: say which file
+                raise AnalysisError(f"{m.path}: {exc} (are the weights finite?)") from None
         ident = identity(m)
         params = {**inp.params_of(i), "center": bool(center), "tol": TOL}
         for h in hooks:

@@ -1,8 +1,14 @@
 """Training configuration (one dataclass, stored in every checkpoint)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+
+from ..errors import UsageError
+
+#: The largest float32 value: a learning rate above it overflows in the optimiser update.
+_FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass
@@ -45,13 +51,19 @@ class TrainConfig:
             "lambda_h": self.lambda_h >= 0,
             "lambda_kl": self.lambda_kl >= 0,
         }
+        # NaN compares False above, inf passes: neither is a usable number here
+        for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "lambda_h", "lambda_kl"):
+            checks[name] = checks.get(name, True) and math.isfinite(getattr(self, name))
+        checks["lr"] = checks["lr"] and self.lr <= _FLOAT32_MAX
         for name, ok in checks.items():
             if not ok:
-                raise ValueError(f"invalid training option {name}={getattr(self, name)!r}")
+                raise UsageError(f"invalid training option {name}={getattr(self, name)!r}")
         if self.seq_len is not None and self.seq_len < 2:
-            raise ValueError(f"invalid training option seq_len={self.seq_len!r} (need >= 2)")
+            raise UsageError(f"invalid training option seq_len={self.seq_len!r} (need >= 2)")
+        if self.n_ctx is not None and self.n_ctx < 1:
+            raise UsageError(f"invalid training option n_ctx={self.n_ctx!r} (need >= 1)")
         if self.objective not in ("gpt", "nextlat"):
-            raise ValueError(f"objective must be 'gpt' or 'nextlat', got {self.objective!r}")
+            raise UsageError(f"objective must be 'gpt' or 'nextlat', got {self.objective!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -177,14 +177,14 @@ def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: 
         folder = RunFolder(path, created=_create(path))
     else:
         folder = RunFolder(path)
-        folder.remove_temp_files()
         present = sorted(p.name for p in path.iterdir() if is_run_file(p.name))
         if present:
             held = folder_identity(path)
             if not (resuming and held == identity):
-                if not overwrite:
+                if not overwrite:  # refused: the folder is left exactly as it was
                     raise UsageError(_refusal(path, held, identity, present, resuming))
                 folder.replaced = _move_aside(path, present)
+        folder.remove_temp_files()  # claimed: a killed save's leftovers are ours to remove
     if not (path / RUN_FILE).is_file() or folder.replaced is not None:
         write_run_file(path, identity)
     return folder

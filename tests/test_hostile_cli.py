@@ -1,0 +1,87 @@
+"""Hostile use of the analysis CLIs: every bad input is one stderr line and exit code 2,
+nothing is left behind, and errors name the file they are about."""
+import pytest
+import torch
+
+from nextlat_probe.cli import run_main
+
+
+def _run(module, argv, capsys):
+    import importlib
+
+    main = importlib.import_module(f"nextlat_probe.{module}").main
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err.strip()
+
+
+def _one_line(code, err):
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+
+
+@pytest.mark.parametrize("device", ["tpu", "cuda:7", "nonsense:0"])
+@pytest.mark.parametrize("module", ["rank", "probe", "transition", "worldmodel", "mapping"])
+def test_bad_devices_are_one_line(module, device, tiny_mess3_ckpts, tiny_taxi_ckpts, capsys):
+    ck = tiny_taxi_ckpts["gpt"] if module in ("worldmodel", "mapping") else tiny_mess3_ckpts["gpt"]
+    code, _, err = _run(module, [str(ck), "--device", device], capsys)
+    _one_line(code, err)
+    assert "device" in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message for a machine without CUDA")
+def test_cuda_without_gpu_is_one_line(tiny_mess3_ckpts, capsys):
+    for module in ("rank", "probe", "transition"):
+        code, _, err = _run(module, [str(tiny_mess3_ckpts["gpt"]), "--device", "cuda"], capsys)
+        _one_line(code, err)
+        assert "cuda" in err.lower()
+
+
+@pytest.mark.parametrize("module", ["rank", "probe"])
+def test_seq_len_zero_is_refused(module, tiny_mess3_ckpts, capsys):
+    code, _, err = _run(module, [str(tiny_mess3_ckpts["gpt"]), "--seq-len", "0"], capsys)
+    _one_line(code, err)
+    assert "--seq-len" in err
+
+
+@pytest.mark.parametrize("module", ["probe", "transition", "rank"])
+def test_plot_into_a_directory_leaves_nothing(module, tiny_mess3_ckpts, tmp_path, capsys):
+    target = tmp_path / "figs"
+    target.mkdir()
+    code, _, err = _run(module, [str(tiny_mess3_ckpts["gpt"]), "--n-seqs", "8", "--plot", str(target)], capsys)
+    _one_line(code, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figs"] and not any(target.iterdir())
+
+
+def test_nan_weights_name_their_file(tiny_mess3_ckpts, tmp_path, capsys):
+    raw = torch.load(tiny_mess3_ckpts["gpt"], weights_only=True)
+    key = next(k for k, v in raw["model"].items() if v.is_floating_point() and v.dim() == 2)
+    raw["model"][key] = torch.full_like(raw["model"][key], float("nan"))
+    bad = tmp_path / "nan-run" / "ckpt.pt"
+    bad.parent.mkdir()
+    torch.save(raw, bad)
+    for module, extra in (("rank", []), ("probe", ["--n-test", "4"])):
+        code, _, err = _run(module, [str(bad), "--n-seqs", "8", *extra], capsys)
+        _one_line(code, err)
+        assert str(bad) in err
+
+
+def test_mixed_worlds_are_analysed_each_on_its_own(tiny_mess3_ckpts, tiny_taxi_ckpts, capsys):
+    code, out, err = _run("rank", [str(tiny_mess3_ckpts["gpt"]), str(tiny_taxi_ckpts["gpt"]), "--n-seqs", "8",
+                                   "--no-progress"], capsys)
+    assert code == 0, err
+    assert "different worlds" in err and "mess3" in out and "taxi" in out
+
+
+def test_mapping_flags_and_layers(tiny_taxi_ckpts, tmp_path, capsys):
+    ck = str(tiny_taxi_ckpts["gpt"])
+    code, _, err = _run("mapping", [ck, "--layers", "5"], capsys)
+    _one_line(code, err)
+    code, _, err = _run("mapping", [ck, "--layers", "0,1"], capsys)
+    _one_line(code, err)
+    page = tmp_path / "m.html"
+    code, out, err = _run("mapping", [ck, "--n-trips", "20", "--n-seqs", "16", "--plot", str(page), "--no-progress"],
+                          capsys)
+    assert code == 0, err
+    assert page.stat().st_size > 1000 and "edges recovered" in out
