@@ -8,7 +8,7 @@ parts that need them, so ``import nextlat_probe`` and every CLI's ``--help`` sta
 """
 from __future__ import annotations
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {
     "load_checkpoint": "nextlat_probe.checkpoint",

@@ -117,7 +117,8 @@ def train_pair(
     ``horizon``, ``keep_every`` ...). Every kept checkpoint carries its own, current
     validation loss (the trainer evaluates at kept steps), which the matched-loss
     comparison needs. ``log`` receives one line per run (trained / resumed / reused). A finished run with the same configuration is reused and an
-    interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``.
+    interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``; a
+    run folder holding anything else is moved aside (``.replaced-*``), never deleted.
     Returns the runs in the order (seed, objective).
     """
     from .training.config import TrainConfig
@@ -143,10 +144,12 @@ def train_pair(
                 say(f"reusing {folder / 'ckpt.pt'} (finished)")
             else:
                 say(f"{'resuming' if state == 'resume' else 'training'} {obj} on {world}, seed {seed} -> {folder}")
-                if state == "new":
-                    for old in intermediate_checkpoints(folder):
-                        old.unlink()  # from a different run: they would pollute the trajectory
-                res = train(cfg, folder, resume=folder / "ckpt.pt" if state == "resume" else None, progress=progress)
+                # a fresh run moves whatever run the folder held aside (``folder/.replaced-*``)
+                # rather than mixing with it: its kept checkpoints would pollute the trajectory
+                res = train(cfg, folder, resume=folder / "ckpt.pt" if state == "resume" else None, progress=progress,
+                            overwrite=state == "new")
+                if getattr(res, "replaced", None):
+                    say(f"moved the run {folder} held before to {res.replaced}")
                 done = {"step": res.step, "val_loss": res.val_loss, "val_floor": res.val_floor}
             runs.append(Run(obj, seed, folder, folder / "ckpt.pt", int(done["step"]),
                             float(done.get("val_loss", math.nan)), float(done.get("val_floor", math.nan))))

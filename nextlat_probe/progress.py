@@ -25,17 +25,18 @@ class PlainProgress:
     iteration) printing occasional plain lines."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
-                 disable: bool = False, stream: TextIO | None = None, min_seconds: float = 10.0, **_: Any):
+                 disable: bool = False, stream: TextIO | None = None, min_seconds: float = 10.0, initial: int = 0,
+                 **_: Any):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.desc, self.disable = total, desc, disable
         self.stream = stream or sys.stderr
         self.min_seconds = min_seconds
-        self.n = 0
+        self.n = int(initial)
         self.postfix = ""
         self._t0 = self._last = time.monotonic()
-        self._next_frac = 0.1
+        self._next_frac = (int(10 * self.n / total) + 1) / 10 if total else 0.1
         self._closed = False
         if not disable:
             self._print("start")
@@ -63,6 +64,10 @@ class PlainProgress:
 
     def set_postfix_str(self, s: str, refresh: bool = True) -> None:
         self.postfix = s
+
+    def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kw: Any) -> None:
+        items = {**dict(ordered_dict or {}), **kw}
+        self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
     def close(self) -> None:
         if not self._closed and not self.disable:

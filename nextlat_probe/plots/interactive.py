@@ -1,43 +1,52 @@
 """Interactive plotly figures, written as self-contained offline HTML (plotly.js embedded,
 no CDN: the page opens without network).
 
-Every function takes an analysis *result* (plain records, result objects or their
-``to_dict()``), never a checkpoint, and returns a ``plotly.graph_objects.Figure`` that a
-notebook can restyle before ``write_html``. ``paper.py`` draws the same views with the
-same arguments in matplotlib; the shared geometry and colours live in ``style.py``.
+Every figure function takes RECORDS (``nextlat_probe.records``: lists of dicts as the
+``compare`` runners return them; each one is checked with ``records.check_record``) and
+returns a ``plotly.graph_objects.Figure`` that a notebook can restyle before
+``write_html``. ``training_curves_figure`` is the exception: it takes a run's
+``metrics.jsonl`` rows (or path). ``paper.py`` draws the same views from the same records
+in matplotlib; colours live in ``style.py``, geometry in ``geometry.py``.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .style import (
-    DYNAMICS_KINDS,
-    MAP_COLORS,
-    MODEL_COLORS,
-    PLOTLY_DASHES,
-    PLOTLY_MARKERS,
+from ..errors import AnalysisError
+from ..records import value
+from ..tables import format_value
+from .geometry import (
     SIMPLEX_CORNERS,
     TRAIN_PANELS,
     as_float_array,
-    checkpoint_styles,
+    belief_panels,
+    by_name,
+    checked,
     common_limits,
-    control_value,
-    format_cell,
-    group_by,
+    deepest_layer,
+    latest_step,
+    layers_in_order,
     map_panels,
-    model_color,  # noqa: F401  (re-exported for notebooks)
-    pick_layer,
+    points_records,
     polylines_xy,
-    read_metrics,
-    record_name,
-    simplex_panels,
-    table_cell,
-    table_columns,
+    position_panels,
     training_series,
-    transition_dict,
+    worldmodel_columns,
+)
+from .style import (
+    INVENTED_ALPHA,
+    MAP_COLORS,
+    MAP_WIDTHS,
+    MODEL_COLORS,
+    VARIANT_DASHES,
+    model_color,  # noqa: F401  (re-exported for notebooks)
+    plotly_dash,
+    plotly_marker,
+    record_styles,
+    rgb_strings,
 )
 
 __all__ = [
@@ -45,14 +54,14 @@ __all__ = [
     "write_report",
     "rank_figure",
     "rank_training_figure",
-    "belief_simplex_figure",
+    "belief_figure",
     "probe_r2_figure",
     "transition_figure",
     "training_curves_figure",
-    "read_metrics",
     "position_loss_figure",
     "worldmodel_table_figure",
     "map_figure",
+    "WORLDMODEL_FORMATS",
 ]
 
 _LAYOUT = dict(template="plotly_white", font=dict(size=13))
@@ -78,96 +87,95 @@ def write_report(sections: list[tuple[str, Any]], path: str | Path, title: str =
     return write_page([(heading, "", content) for heading, content in sections], path, title=title)
 
 
-def _styles(records: list[dict[str, Any]], key: str | None = None) -> dict[str, dict[str, Any]]:
-    groups = group_by(records, key)
-    return checkpoint_styles(groups, {k: rows[0].get("objective") for k, rows in groups.items()})
+def _label(rows: list[Mapping[str, Any]]) -> str:
+    return f"{rows[0]['name']} ({rows[0]['objective']})"
 
 
-def _rgb_strings(rgb: np.ndarray) -> list[str]:
-    v = np.round(255 * rgb).astype(int)
-    return [f"rgb({r},{g},{b})" for r, g, b in v]
+def _wrap(title: str, width: int = 55) -> str:
+    """Break a long subplot title onto lines (plotly does not wrap)."""
+    import textwrap
+
+    return "<br>".join(textwrap.wrap(str(title), width)) or str(title)
+
+
+def _grid(n: int, cols: int | None, default: int = 3) -> tuple[int, int]:
+    c = max(1, min(cols or default, n))
+    return -(-n // c), c
+
+
+def _equal_axes(fig, k: int, row: int, col: int, visible: bool = False) -> None:
+    fig.update_xaxes(visible=visible, row=row, col=col)
+    fig.update_yaxes(visible=visible, scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=row, col=col)
 
 
 # --------------------------------------------------------------------------------------
 # effective rank
 # --------------------------------------------------------------------------------------
 def rank_figure(records: list[dict[str, Any]]):
-    """Left: singular-value spectra (log-log), one line per checkpoint and layer (deeper
-    layers more opaque, the last one thicker). Right: effective rank per layer, one line
-    per checkpoint. ``records``: output of ``rank.rank_checkpoints``."""
+    """``rank`` records. Left: singular-value spectra (log-log), one line per model and
+    layer (deeper layers more opaque, the deepest thicker). Right: effective rank per
+    layer, one line per model. A model with records of several steps shows its latest."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    recs = latest_step(checked(records, "rank", "rank figure"))
     fig = make_subplots(rows=1, cols=2, subplot_titles=("singular-value spectrum", "effective rank per layer"))
-    styles = _styles(records)
-    for name, rows in group_by(records).items():
+    styles = record_styles(recs)
+    for name, rows in by_name(recs).items():
         st = styles[name]
-        dash = PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)]
+        dash = plotly_dash(st)
         for j, r in enumerate(rows):
-            s = as_float_array(r["spectrum"])
-            fig.add_trace(
-                go.Scatter(
-                    x=np.arange(1, len(s) + 1),
-                    y=s,
-                    mode="lines",
-                    name=f"{name} {r['layer']}",
-                    legendgroup=name,
-                    showlegend=False,
-                    line=dict(color=st["color"], width=1 + 1.5 * (j == len(rows) - 1), dash=dash),
-                    opacity=0.35 + 0.65 * (j + 1) / len(rows),
-                    hovertemplate="component %{x}<br>singular value %{y:.3g}<extra>" + f"{name} {r['layer']}" + "</extra>",
-                ),
-                row=1,
-                col=1,
-            )
-        fig.add_trace(
-            go.Scatter(
-                x=[r["layer"] for r in rows],
-                y=as_float_array([r["effective_rank"] for r in rows]),
-                mode="lines+markers",
-                name=f"{name} ({rows[0].get('objective')})",
-                legendgroup=name,
-                line=dict(color=st["color"], width=2.5, dash=dash),
-                customdata=np.array([[r.get("val_loss"), r.get("val_gap")] for r in rows], dtype=float),
-                hovertemplate="%{x}: eff. rank %{y:.2f}<br>val loss %{customdata[0]:.4f} "
-                "(gap %{customdata[1]:.4f})<extra>" + name + "</extra>",
-            ),
-            row=1,
-            col=2,
-        )
+            s = as_float_array(r["metrics"].get("spectrum"))
+            fig.add_trace(go.Scatter(
+                x=np.arange(1, len(s) + 1), y=s, mode="lines", name=f"{name} {r['layer']}", legendgroup=name,
+                showlegend=False, line=dict(color=st["color"], width=1 + 1.5 * (j == len(rows) - 1), dash=dash),
+                opacity=0.35 + 0.65 * (j + 1) / len(rows),
+                hovertemplate="component %{x}<br>singular value %{y:.3g}<extra>" + f"{name} {r['layer']}" + "</extra>"),
+                row=1, col=1)
+        fig.add_trace(go.Scatter(
+            x=[r["layer"] for r in rows], y=as_float_array([r["metrics"].get("effective_rank") for r in rows]),
+            mode="lines+markers", name=_label(rows), legendgroup=name, line=dict(color=st["color"], width=2.5, dash=dash),
+            marker=dict(symbol=plotly_marker(st)),
+            customdata=np.c_[as_float_array([r["val_loss"] for r in rows]), as_float_array([r["gap_to_floor"] for r in rows])],
+            hovertemplate="%{x}: eff. rank %{y:.2f}<br>val loss %{customdata[0]:.4f} "
+            "(gap %{customdata[1]:.4f})<extra>" + name + "</extra>"),
+            row=1, col=2)
     fig.update_yaxes(type="log", title_text="singular value", row=1, col=1)
     fig.update_xaxes(type="log", title_text="component", row=1, col=1)
     fig.update_yaxes(title_text="effective rank", row=1, col=2)
-    fig.update_xaxes(title_text="layer", row=1, col=2)
+    fig.update_xaxes(title_text="layer", categoryorder="array", categoryarray=layers_in_order(recs), row=1, col=2)
     fig.update_layout(**_LAYOUT, height=450, width=1100)
     return fig
 
 
-def rank_training_figure(records: list[dict[str, Any]], layer: str | None = None, group: str = "objective"):
-    """Effective rank along training: rank vs step (left) and vs validation loss (right),
-    one line per ``group`` (default: objective; use e.g. "run" for several seeds), from
-    ``rank_checkpoints`` records of intermediate checkpoints. The right panel is the
-    matched-loss comparison: an undertrained model looks compact at equal steps."""
+def rank_training_figure(records: list[dict[str, Any]], layer: str | None = None):
+    """``rank`` records of several steps per model: effective rank at ``layer`` (default:
+    the deepest block) vs training step (left) and vs validation loss (right, reversed),
+    one line per model name. The right panel is the matched-loss comparison: an
+    undertrained model looks compact at equal steps."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    rows_all = pick_layer(records, layer)
-    lay = rows_all[0]["layer"] if rows_all else layer
+    recs = checked(records, "rank", "rank-along-training figure")
+    lay = deepest_layer(recs) if layer is None else layer
+    sel = [r for r in recs if r["layer"] == lay]
+    if not sel:
+        raise AnalysisError(f"rank-along-training figure: no rank records at layer {lay!r}")
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"effective rank vs step ({lay})", "effective rank vs validation loss"))
-    groups = group_by(rows_all, group)
-    styles = checkpoint_styles(groups, {k: v[0].get("objective") for k, v in groups.items()})
-    for name, rows in groups.items():
-        rows = sorted(rows, key=lambda r: r.get("step") or 0)
+    styles = record_styles(sel)
+    for name, rows in by_name(sel).items():
+        rows = sorted(rows, key=lambda r: -1 if r["step"] is None else r["step"])
         st = styles[name]
-        step = as_float_array([r.get("step") for r in rows])
-        er = as_float_array([r["effective_rank"] for r in rows])
-        vl = as_float_array([r.get("val_loss") for r in rows])
-        line = dict(color=st["color"], width=2.5, dash=PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)])
+        step = as_float_array([r["step"] for r in rows])
+        er = as_float_array([r["metrics"].get("effective_rank") for r in rows])
+        vl = as_float_array([r["val_loss"] for r in rows])
+        line = dict(color=st["color"], width=2.5, dash=plotly_dash(st))
         fig.add_trace(go.Scatter(x=step, y=er, mode="lines+markers", name=name, legendgroup=name, line=line,
                                  hovertemplate="step %{x}: eff. rank %{y:.2f}<extra>" + name + "</extra>"), row=1, col=1)
         fig.add_trace(go.Scatter(x=vl, y=er, mode="lines+markers", name=name, legendgroup=name, showlegend=False, line=line,
-                                 customdata=step, hovertemplate="val loss %{x:.4f}: eff. rank %{y:.2f} (step %{customdata})<extra>" + name + "</extra>"),
-                      row=1, col=2)
+                                 customdata=step,
+                                 hovertemplate="val loss %{x:.4f}: eff. rank %{y:.2f} (step %{customdata})<extra>"
+                                 + name + "</extra>"), row=1, col=2)
     fig.update_xaxes(title_text="training step", row=1, col=1)
     fig.update_xaxes(title_text="validation loss", autorange="reversed", row=1, col=2)
     fig.update_yaxes(title_text="effective rank", row=1, col=1)
@@ -178,64 +186,95 @@ def rank_training_figure(records: list[dict[str, Any]], layer: str | None = None
 # --------------------------------------------------------------------------------------
 # belief probes
 # --------------------------------------------------------------------------------------
-def belief_simplex_figure(panels: list[dict[str, Any]], max_points: int | None = 4000, seed: int = 0, marker_size: float = 3.0):
-    """True beliefs vs probe predictions, one panel per entry of ``panels``
-    ({"title", "true": [N, S], "pred": [N, S] or None}; pred None = show the true
-    beliefs). 3 states: barycentric coordinates in the triangle; more: the first two
-    principal components of the true beliefs. Colour = true belief (RGB for 3 states)."""
+def belief_figure(records: list[dict[str, Any]], true_map: Any = None, max_points: int | None = 4000, seed: int = 0,
+                  marker_size: float = 3.0, cols: int | None = None):
+    """``probe`` records with ``metrics["points"]`` (other probe records are ignored).
+
+    Beliefs (points ``true`` / ``pred``): a first panel of the exact beliefs, then one per
+    record of the probed beliefs, coloured by the true belief; 3 states in the simplex
+    (barycentric), more states on the first two principal components of the true beliefs.
+    Taxi (points ``xy_true`` / ``xy_pred`` / ``node``): per record, the probed (x, y) of the
+    current intersection over the true map (``true_map``: streets in grey), each point in
+    the colour of its true intersection (``style.place_colors``: the map's corners are
+    blue, vermillion, green and orange), so a good probe puts colours where they belong."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    proj, is_simplex = simplex_panels(panels, max_points, seed)
-    fig = make_subplots(rows=1, cols=len(proj), subplot_titles=[p["title"] for p in proj], horizontal_spacing=0.03)
+    recs, taxi = points_records(checked(records, "probe", "belief figure"))
+    if taxi:
+        base, panels = position_panels(recs, true_map, max_points, seed)
+        lims = [base["nodes_xy"]] + [p["xy"] for p in panels]
+    else:
+        panels, is_simplex = belief_panels(recs, max_points, seed)
+        lims = [p["xy"] for p in panels] + ([SIMPLEX_CORNERS] if is_simplex else [])
+    n_rows, n_cols = _grid(len(panels), cols, 4)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_wrap(p["title"], 45) for p in panels],
+                        horizontal_spacing=0.03, vertical_spacing=0.1 / n_rows)
+    xr, yr = common_limits(lims)
     tri = np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]])
-    xr, yr = common_limits([p["xy"] for p in proj] + ([SIMPLEX_CORNERS] if is_simplex else []))
-    for k, p in enumerate(proj, start=1):
-        if is_simplex:
-            fig.add_trace(go.Scatter(x=tri[:, 0], y=tri[:, 1], mode="lines", line=dict(color="#444444", width=1),
-                                     showlegend=False, hoverinfo="skip"), row=1, col=k)
-        fig.add_trace(
-            go.Scattergl(x=p["xy"][:, 0], y=p["xy"][:, 1], mode="markers", name=p["title"], showlegend=False,
-                         marker=dict(size=marker_size, color=_rgb_strings(p["rgb"]), line=dict(width=0)),
-                         hoverinfo="skip"),
-            row=1, col=k,
-        )
-        anchor = "x" if k == 1 else f"x{k}"
-        fig.update_xaxes(range=xr, row=1, col=k)
-        fig.update_yaxes(range=yr, scaleanchor=anchor, scaleratio=1, row=1, col=k)
-        if is_simplex:
-            fig.update_xaxes(visible=False, row=1, col=k)
-            fig.update_yaxes(visible=False, row=1, col=k)
+    for k, p in enumerate(panels, start=1):
+        row, col = (k - 1) // n_cols + 1, (k - 1) % n_cols + 1
+        if taxi:
+            if len(base["segments"]):
+                x, y = polylines_xy(base["segments"])
+                fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name="streets", legendgroup="streets", showlegend=k == 1,
+                                         line=dict(color=MAP_COLORS["true_under"], width=1.0), hoverinfo="skip"),
+                              row=row, col=col)
+            nx = base["nodes_xy"]
+            fig.add_trace(go.Scatter(x=nx[:, 0], y=nx[:, 1], mode="markers", name="intersections", legendgroup="nodes",
+                                     showlegend=k == 1, marker=dict(size=6, color=rgb_strings(base["node_rgb"]),
+                                                                    line=dict(color="#333333", width=0.5)),
+                                     text=[str(i) for i in range(len(nx))], hovertemplate="node %{text}<extra></extra>"),
+                          row=row, col=col)
+            fig.add_trace(go.Scattergl(x=p["xy"][:, 0], y=p["xy"][:, 1], mode="markers", name=f"{p['name']}: probed (x, y)",
+                                       marker=dict(size=marker_size, color=rgb_strings(p["rgb"]), opacity=0.6, line=dict(width=0)),
+                                       text=[str(i) for i in p["node"]],
+                                       hovertemplate="true node %{text}<br>probed (%{x:.2f}, %{y:.2f})<extra></extra>"),
+                          row=row, col=col)
+            _equal_axes(fig, k, row, col)
         else:
-            fig.update_xaxes(title_text="PC 1 of true beliefs", row=1, col=k)
-            fig.update_yaxes(title_text="PC 2" if k == 1 else None, row=1, col=k)
-    fig.update_layout(**_LAYOUT, height=420, width=max(420, 360 * len(proj)))
+            if is_simplex:
+                fig.add_trace(go.Scatter(x=tri[:, 0], y=tri[:, 1], mode="lines", line=dict(color="#444444", width=1),
+                                         showlegend=False, hoverinfo="skip"), row=row, col=col)
+            fig.add_trace(go.Scattergl(x=p["xy"][:, 0], y=p["xy"][:, 1], mode="markers", name=p["name"], showlegend=False,
+                                       marker=dict(size=marker_size, color=rgb_strings(p["rgb"]), line=dict(width=0)),
+                                       hoverinfo="skip"), row=row, col=col)
+            _equal_axes(fig, k, row, col, visible=not is_simplex)
+            if not is_simplex:
+                fig.update_xaxes(title_text="PC 1 of true beliefs", row=row, col=col)
+                fig.update_yaxes(title_text="PC 2" if col == 1 else None, row=row, col=col)
+        fig.update_xaxes(range=xr, row=row, col=col)
+        fig.update_yaxes(range=yr, row=row, col=col)
+    fig.update_annotations(font_size=11)
+    fig.update_layout(**_LAYOUT, height=60 + 380 * n_rows, width=max(440, 360 * n_cols))
     return fig
 
 
 def probe_r2_figure(records: list[dict[str, Any]], metric: str = "r2"):
-    """Probe ``metric`` (default R^2) per layer, one line per checkpoint; the
-    shuffled-belief control as a dotted line of the same colour when the records have it
-    (``shuffled_r2`` or ``control_r2``)."""
+    """``probe`` records: ``metrics[metric]`` (default R^2) per layer, one line per model;
+    the shuffled-belief control ``metrics["control_" + metric]`` dotted in the same colour.
+    Records without the metric (e.g. no belief targets) are left out."""
     import plotly.graph_objects as go
 
+    recs = latest_step([r for r in checked(records, "probe", "probe figure") if metric in r["metrics"]])
+    if not recs:
+        raise AnalysisError(f"probe figure: no probe record has metric {metric!r}")
     fig = go.Figure()
-    styles = _styles(records)
-    for name, rows in group_by(records).items():
+    styles = record_styles(recs)
+    for name, rows in by_name(recs).items():
         st = styles[name]
         x = [r["layer"] for r in rows]
         fig.add_trace(go.Scatter(
-            x=x, y=as_float_array([r.get(metric) for r in rows]), mode="lines+markers", name=f"{name} ({rows[0].get('objective')})",
-            legendgroup=name, line=dict(color=st["color"], width=2.5, dash=PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)]),
-            marker=dict(symbol=PLOTLY_MARKERS[st["variant"] % len(PLOTLY_MARKERS)]),
-            hovertemplate="%{x}: " + metric + " %{y:.4f}<extra>" + name + "</extra>"))
-        ctrl = [control_value(r, metric) for r in rows]
+            x=x, y=as_float_array([r["metrics"][metric] for r in rows]), mode="lines+markers", name=_label(rows),
+            legendgroup=name, line=dict(color=st["color"], width=2.5, dash=plotly_dash(st)),
+            marker=dict(symbol=plotly_marker(st)), hovertemplate="%{x}: " + metric + " %{y:.4f}<extra>" + name + "</extra>"))
+        ctrl = [r["metrics"].get(f"control_{metric}") for r in rows]
         if any(c is not None for c in ctrl):
             fig.add_trace(go.Scatter(
                 x=x, y=as_float_array(ctrl), mode="lines", name=f"{name} shuffled control", legendgroup=name,
                 line=dict(color=st["color"], width=1.2, dash="dot"),
                 hovertemplate="%{x}: control " + metric + " %{y:.4f}<extra>" + name + "</extra>"))
-    fig.update_xaxes(title_text="layer")
+    fig.update_xaxes(title_text="layer", categoryorder="array", categoryarray=layers_in_order(recs))
     fig.update_yaxes(title_text=f"probe {metric} (held-out sequences)")
     fig.update_layout(**_LAYOUT, height=450, width=750)
     return fig
@@ -244,37 +283,40 @@ def probe_r2_figure(records: list[dict[str, Any]], metric: str = "r2"):
 # --------------------------------------------------------------------------------------
 # transition consistency
 # --------------------------------------------------------------------------------------
-def transition_figure(results: dict[str, Any], objectives: dict[str, str] | None = None, log_y: bool = True):
-    """Relative error ||ĥ_{t+i} - h_{t+i}||² / ||h_{t+i} - mean h||² vs horizon i, one line
-    per checkpoint and dynamics kind (solid = post-hoc MLP, dashed = the model's own
-    p_psi, dotted = post-hoc linear); right: the belief-level ratio (within-belief /
-    total variance of hidden states) per checkpoint when the results have it."""
+def transition_figure(records: list[dict[str, Any]], log_y: bool = True):
+    """``transition`` records: relative error ||ĥ_{t+i} - h_{t+i}||² / ||h_{t+i} - mean h||²
+    vs horizon i, one line per model (colour) and variant (solid = post-hoc mlp, dashed =
+    own p_psi, dotted = post-hoc linear); right: per model the within-belief and
+    within-state variance ratios (``belief_ratio``, ``state_ratio``) where defined."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    res = {k: transition_dict(v) for k, v in results.items()}
-    styles = checkpoint_styles(res, objectives)
-    ratios = {k: r.get("belief_ratio") for k, r in res.items() if r.get("belief_ratio") is not None}
+    recs = checked(records, "transition", "transition figure")
+    groups = by_name(recs)
+    styles = record_styles(recs)
+    ratios = {key: {n: value(rows[0]["metrics"].get(key)) for n, rows in groups.items()} for key in ("belief_ratio", "state_ratio")}
+    ratios = {k: v for k, v in ratios.items() if any(np.isfinite(x) for x in v.values())}
     cols = 2 if ratios else 1
-    fig = make_subplots(rows=1, cols=cols, column_widths=[0.75, 0.25][:cols],
-                        subplot_titles=("relative error vs horizon", "within-belief / total variance")[:cols])
-    for name, r in res.items():
+    fig = make_subplots(rows=1, cols=cols, column_widths=[0.72, 0.28][:cols],
+                        subplot_titles=("relative error vs horizon", "within-group / total variance")[:cols])
+    for name, rows in groups.items():
         st = styles[name]
-        x = as_float_array(r.get("horizons"))
-        for key, label, dash, _ in DYNAMICS_KINDS:
-            y = r.get(key)
-            if y is None:
-                continue
+        for r in rows:
+            label = f"{name}: {r['variant']}"
             fig.add_trace(go.Scatter(
-                x=x, y=as_float_array(y), mode="lines+markers", name=f"{name}: {label}", legendgroup=name,
-                line=dict(color=st["color"], width=2.2, dash=dash),
-                marker=dict(symbol=PLOTLY_MARKERS[st["variant"] % len(PLOTLY_MARKERS)], size=6),
-                hovertemplate="horizon %{x}: %{y:.4g}<extra>" + f"{name}: {label}" + "</extra>"), row=1, col=1)
+                x=as_float_array(r["metrics"].get("horizons")), y=as_float_array(r["metrics"].get("errors")),
+                mode="lines+markers", name=label, legendgroup=name,
+                line=dict(color=st["color"], width=2.2, dash=VARIANT_DASHES.get(r["variant"], ("dashdot", "-."))[0]),
+                marker=dict(symbol=plotly_marker(st), size=6),
+                hovertemplate="horizon %{x}: %{y:.4g}<extra>" + label + "</extra>"), row=1, col=1)
+    for key, vals in ratios.items():
+        fig.add_trace(go.Bar(x=list(vals), y=np.array(list(vals.values())), name=key.replace("_", " "),
+                             marker_color=[styles[n]["color"] for n in vals],
+                             marker_pattern_shape="" if key == "belief_ratio" else "/",
+                             hovertemplate="%{x}: %{y:.4g}<extra>" + key + "</extra>"), row=1, col=2)
     if ratios:
-        fig.add_trace(go.Bar(x=list(ratios), y=as_float_array(list(ratios.values())), showlegend=False,
-                             marker_color=[styles[k]["color"] for k in ratios],
-                             hovertemplate="%{x}: %{y:.4g}<extra></extra>"), row=1, col=2)
-        fig.update_yaxes(title_text="variance ratio (0 = belief state)", rangemode="tozero", row=1, col=2)
+        fig.update_yaxes(title_text="variance ratio (0 = function of the belief / state)", rangemode="tozero", row=1, col=2)
+        fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="horizon i (steps ahead)", row=1, col=1)
     fig.update_yaxes(title_text="relative error", type="log" if log_y else "linear", row=1, col=1)
     fig.update_layout(**_LAYOUT, height=450, width=1100 if ratios else 800)
@@ -287,8 +329,9 @@ def transition_figure(results: dict[str, Any], objectives: dict[str, str] | None
 def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | None = None):
     """Training curves of several runs: validation loss vs step with the exact entropy
     floor (dashed: one black line when all runs share it, else one per run in its colour),
-    train cross-entropy, and NextLat's next_h and KL terms. ``runs``: name -> records of
-    ``metrics.jsonl`` (see ``read_metrics``) or the file's path."""
+    train cross-entropy, and NextLat's next_h and KL terms. ``runs``: name -> rows of the
+    run's ``metrics.jsonl`` (``training.log.read_metrics``) or the file's path (not
+    analysis records)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
@@ -297,14 +340,14 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
     pos = {key: (i // 2 + 1, i % 2 + 1) for i, (key, _) in enumerate(TRAIN_PANELS)}
     for name, s in series.items():
         st = styles[name]
-        dash = PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)]
         first = True
         for key, _ in TRAIN_PANELS:
             if key not in s:
                 continue
             x, y = s[key]
             fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if key == "val_loss" else "lines", name=name,
-                                     legendgroup=name, showlegend=first, line=dict(color=st["color"], width=2, dash=dash),
+                                     legendgroup=name, showlegend=first,
+                                     line=dict(color=st["color"], width=2, dash=plotly_dash(st)),
                                      hovertemplate="step %{x}: %{y:.4f}<extra>" + f"{name} {key}" + "</extra>"),
                           row=pos[key][0], col=pos[key][1])
             first = False
@@ -323,33 +366,32 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
 
 
 def position_loss_figure(records: list[dict[str, Any]]):
-    """Per-position validation loss vs the exact per-position cross-entropy (the entropy
-    floor; dashed). Left: loss and floor; right: the excess loss over the floor.
-    ``records``: [{name, objective, positions, loss, floor}]."""
+    """``position_loss`` records: per-position validation loss vs the exact per-position
+    cross-entropy (the floor; dashed). Left: loss and floor; right: the excess over it."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
+    recs = checked(records, "position_loss", "position-loss figure")
     fig = make_subplots(rows=1, cols=2, subplot_titles=("loss per position", "loss - exact floor"))
-    styles = checkpoint_styles([record_name(r) for r in records], {record_name(r): r.get("objective") for r in records})
-    floors = [as_float_array(r["floor"]) for r in records]
-    shared = all(f.shape == floors[0].shape and np.allclose(f, floors[0], equal_nan=True) for f in floors) if records else False
-    for r, fl in zip(records, floors):
-        name = record_name(r)
-        st = styles[name]
-        x, y = as_float_array(r["positions"]), as_float_array(r["loss"])
-        dash = PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)]
-        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name,
-                                 line=dict(color=st["color"], width=2, dash=dash),
+    styles = record_styles(recs)
+    floors = [as_float_array(r["metrics"]["floor"]) for r in recs]
+    shared = all(f.shape == floors[0].shape and np.allclose(f, floors[0], equal_nan=True) for f in floors)
+    for r, fl in zip(recs, floors):
+        name, st = r["name"], styles[r["name"]]
+        x, y = as_float_array(r["metrics"]["positions"]), as_float_array(r["metrics"]["loss"])
+        line = dict(color=st["color"], width=2, dash=plotly_dash(st))
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers", name=name, legendgroup=name, line=line,
                                  hovertemplate="position %{x}: %{y:.4f}<extra>" + name + "</extra>"), row=1, col=1)
         fig.add_trace(go.Scatter(x=x, y=y - fl, mode="lines+markers", name=name, legendgroup=name, showlegend=False,
-                                 line=dict(color=st["color"], width=2, dash=dash),
-                                 hovertemplate="position %{x}: +%{y:.4f}<extra>" + name + "</extra>"), row=1, col=2)
+                                 line=line, hovertemplate="position %{x}: +%{y:.4f}<extra>" + name + "</extra>"),
+                      row=1, col=2)
         if not shared:
             fig.add_trace(go.Scatter(x=x, y=fl, mode="lines", name=f"{name} floor", legendgroup=name,
                                      line=dict(color=st["color"], width=1.2, dash="dash")), row=1, col=1)
     if shared:
-        fig.add_trace(go.Scatter(x=as_float_array(records[0]["positions"]), y=floors[0], mode="lines", name="exact floor",
-                                 line=dict(color=MODEL_COLORS["exact"], width=1.5, dash="dash")), row=1, col=1)
+        fig.add_trace(go.Scatter(x=as_float_array(recs[0]["metrics"]["positions"]), y=floors[0], mode="lines",
+                                 name="exact floor", line=dict(color=MODEL_COLORS["exact"], width=1.5, dash="dash")),
+                      row=1, col=1)
     fig.add_hline(y=0.0, line=dict(color="#888888", width=1), row=1, col=2)
     fig.update_xaxes(title_text="position")
     fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=1)
@@ -360,73 +402,78 @@ def position_loss_figure(records: list[dict[str, Any]]):
 # --------------------------------------------------------------------------------------
 # taxi: world-model table and maps
 # --------------------------------------------------------------------------------------
-def worldmodel_table_figure(rows: list[dict[str, Any]], columns: list[str] | None = None, formats: dict[str, str] | None = None):
-    """World-model metrics as a plotly table: one row per model, each cell
-    'value [low, high]' (95% intervals). Rows: {"model": name, "objective"?: ...,
-    metric: number | (value, low, high) | {"value", "low", "high"}} or bounds in
-    ``{metric}_ci`` / ``{metric}_low`` / ``{metric}_high``. Model names are coloured by
-    objective."""
+#: default number formats of the world-model columns (rates: ".3g")
+WORLDMODEL_FORMATS = {"effective_rank": ".2f", "val_loss": ".4f", "gap_to_floor": ".4f"}
+
+
+def worldmodel_table_figure(records: list[dict[str, Any]], columns: list[str] | None = None,
+                            formats: dict[str, str] | None = None):
+    """``worldmodel`` records (optionally mixed with ``rank`` records of the same models, to
+    show their effective rank) as a plotly table: one row per model, each rate as
+    'value [low, high]' (Wilson 95%), model names coloured by objective."""
     import plotly.graph_objects as go
 
-    cols = table_columns(rows, columns)
-    formats = formats or {}
-    names = [str(r.get("model", r.get("name", "?"))) for r in rows]
-    styles = checkpoint_styles(names, {n: r.get("objective") for n, r in zip(names, rows)})
-    cells = [names] + [[format_cell(*table_cell(r, c), fmt=formats.get(c, ".3g")) for r in rows] for c in cols]
-    font_colors = [[styles[n]["color"] for n in names]] + [["#222222"] * len(rows) for _ in cols]
+    wm, cols, cell = worldmodel_columns(records, columns)
+    fmts = {**WORLDMODEL_FORMATS, **(formats or {})}
+    names = [r["name"] for r in wm]
+    styles = record_styles(wm)
+    cells = [names] + [[format_value(cell(r, k), fmts.get(k, ".3g")) for r in wm] for k, _ in cols]
+    font_colors = [[styles[n]["color"] for n in names]] + [["#222222"] * len(wm) for _ in cols]
     fig = go.Figure(go.Table(
-        header=dict(values=["model", *cols], fill_color="#EEEEEE", align="left", font=dict(size=13)),
+        header=dict(values=["model", *[h for _, h in cols]], fill_color="#EEEEEE", align="left", font=dict(size=13)),
         cells=dict(values=cells, align="left", font=dict(color=font_colors, size=13), height=28),
     ))
-    fig.update_layout(**_LAYOUT, height=120 + 32 * len(rows), width=min(1150, max(600, 170 * (len(cols) + 1))), margin=dict(l=10, r=10, t=40, b=10))
+    fig.update_layout(**_LAYOUT, height=120 + 32 * len(wm), width=min(1400, max(600, 170 * (len(cols) + 1))),
+                      margin=dict(l=10, r=10, t=40, b=10))
     return fig
 
 
-def map_figure(true_map: Any, panels: list[dict[str, Any]], curvature: float = 0.25, node_size: float = 3.0,
+#: map layers in drawing order: geometry key, legend label, colour key, dash
+_MAP_LAYERS = [("recovered", "recovered streets", "solid"), ("missing", "missing streets", "dot"),
+               ("embedded", "embedded map", "solid"), ("invented", "invented edges", "solid")]
+
+
+def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 0.25, node_size: float = 4.0,
                cols: int | None = None):
-    """Maps side by side: the true street map in grey (nodes at each panel's ``coords``,
-    default the map's coordinates or a deterministic layout), overlaid with recovered
-    edges, invented edges (curved, contrasting colour, as in Vafa et al.) and missing
-    edges (dotted). Panel spec: {"title", "coords": [N, 2] or None, "edges": [(src, dst)],
-    "invented": [(src, dst)], "missing": [(src, dst)]} with node indices. Panels are laid
-    out ``cols`` to a row (default: up to 3)."""
+    """``mapping`` records over the true map (a ``StreetMap``). First panel: the true map
+    alone, dark. Then one panel per record, each over a thinner grey copy of the true map:
+    ``behaviour`` = recovered streets (true streets minus ``missed_edges``), missing
+    streets dotted, ``invented_edges`` as thin translucent arcs (as in Vafa et al.);
+    ``probe`` / ``mds`` = the true streets between the embedded ``nodes`` at their
+    ``coords``. Panels ``cols`` to a row (default up to 3)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    geo, _ = map_panels(true_map, panels, curvature)
-    cols = max(1, min(cols or 3, len(geo)))
-    n_rows = max(1, -(-len(geo) // cols))
-    fig = make_subplots(rows=n_rows, cols=cols, subplot_titles=[_wrap(g["title"]) for g in geo],
+    geo = map_panels(true_map, checked(records, "mapping", "map figure"), curvature)
+    n_rows, n_cols = _grid(len(geo), cols)
+    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_wrap(g["title"]) for g in geo],
                         horizontal_spacing=0.03, vertical_spacing=0.12 / n_rows)
-    layers = [("true", "true map", MAP_COLORS["true"], 1.0, "solid"),
-              ("recovered", "recovered edges", MAP_COLORS["recovered"], 1.6, "solid"),
-              ("missing", "missing edges", MAP_COLORS["missing"], 1.0, "dot"),
-              ("invented", "invented edges", MAP_COLORS["invented"], 1.6, "solid")]
     shown: set[str] = set()
+
+    def lines(paths, name, group, color, width, dash="solid", opacity=1.0, row=1, col=1):
+        x, y = polylines_xy(paths)
+        fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=name, legendgroup=group, showlegend=group not in shown,
+                                 line=dict(color=color, width=width, dash=dash), opacity=opacity, hoverinfo="skip"),
+                      row=row, col=col)
+        shown.add(group)
+
     for k, g in enumerate(geo, start=1):
-        row, col = (k - 1) // cols + 1, (k - 1) % cols + 1
-        for key, label, color, width, dash in layers:
-            if len(g[key]) == 0:
-                continue
-            x, y = polylines_xy(g[key])
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines", name=f"{label}", legendgroup=key, showlegend=key not in shown,
-                                     line=dict(color=color, width=width, dash=dash), hoverinfo="skip"), row=row, col=col)
-            shown.add(key)
-        fig.add_trace(go.Scattergl(x=g["coords"][:, 0], y=g["coords"][:, 1], mode="markers", name="intersections",
-                                   legendgroup="nodes", showlegend="nodes" not in shown,
-                                   marker=dict(size=node_size, color=MAP_COLORS["node"]),
-                                   text=[str(i) for i in range(len(g["coords"]))],
-                                   hovertemplate="node %{text}<extra></extra>"), row=row, col=col)
+        row, col = (k - 1) // n_cols + 1, (k - 1) % n_cols + 1
+        if g["kind"] == "true":
+            lines(g["true"], "true map", "true", MAP_COLORS["true"], MAP_WIDTHS["true"], row=row, col=col)
+        else:
+            lines(g["true"], "true map (under)", "true_under", MAP_COLORS["true_under"], MAP_WIDTHS["true_under"],
+                  row=row, col=col)
+        for key, label, dash in _MAP_LAYERS:
+            if len(g[key]):
+                lines(g[key], label, key, MAP_COLORS[key], MAP_WIDTHS[key], dash,
+                      INVENTED_ALPHA if key == "invented" else 1.0, row, col)
+        xy = g["coords"]
+        fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name="intersections", legendgroup="nodes",
+                                   showlegend="nodes" not in shown, marker=dict(size=node_size, color=MAP_COLORS["node"]),
+                                   hoverinfo="skip"), row=row, col=col)
         shown.add("nodes")
-        fig.update_xaxes(visible=False, row=row, col=col)
-        fig.update_yaxes(visible=False, scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=row, col=col)
+        _equal_axes(fig, k, row, col)
     fig.update_annotations(font_size=11)
-    fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1150, max(600, 400 * cols)))
+    fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1250, max(600, 410 * n_cols)))
     return fig
-
-
-def _wrap(title: str, width: int = 55) -> str:
-    """Break a long subplot title onto lines (plotly does not wrap)."""
-    import textwrap
-
-    return "<br>".join(textwrap.wrap(str(title), width)) or str(title)

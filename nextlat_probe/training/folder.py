@@ -182,7 +182,7 @@ def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: 
             held = folder_identity(path)
             if not (resuming and held == identity):
                 if not overwrite:  # refused: the folder is left exactly as it was
-                    raise UsageError(_refusal(path, held, identity, present, resuming))
+                    raise UsageError(_refusal(path, held, identity, present))
                 folder.replaced = _move_aside(path, present)
         folder.remove_temp_files()  # claimed: a killed save's leftovers are ours to remove
     if not (path / RUN_FILE).is_file() or folder.replaced is not None:
@@ -190,7 +190,7 @@ def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: 
     return folder
 
 
-def _refusal(path: Path, held: dict[str, Any] | None, identity: dict[str, Any], present: list[str], resuming: bool) -> str:
+def _refusal(path: Path, held: dict[str, Any] | None, identity: dict[str, Any], present: list[str]) -> str:
     fix = "choose another --out, or --overwrite to move the old run aside"
     if held is None:
         shown = ", ".join(present[:3]) + (", ..." if len(present) > 3 else "")

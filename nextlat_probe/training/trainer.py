@@ -1,7 +1,8 @@
 """The training loop, shared line for line by GPT and NextLat.
 
-``train`` is a short list of named steps: configure, build (or restore), claim the run
-folder, then per step ``_train_step`` / ``_log_step`` / ``_evaluate`` / ``_save``.
+``train`` is a short list of named steps: ``_configure``, ``_new_run`` (``_build``) and
+``_restore``, claim the run folder (``training.folder``), ``_open_log``, then ``_loop``:
+per step ``_train_step`` / ``_log_step`` / ``_evaluate`` / ``_save``.
 
 Data is streamed from the world's sampler: the batch for step ``s`` is drawn with the seed
 ``(seed, 0, s)``, so a resumed run sees exactly the batches the uninterrupted run would have
@@ -158,7 +159,7 @@ def train(
     """
     state = _read_resume(resume) if resume is not None else None
     cfg, world = _configure(cfg, world, state, extra_steps)
-    run = _build(cfg, world, state)
+    run = _new_run(cfg, world, state)
     if state is not None:
         _restore(run, state)
     folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
@@ -203,16 +204,27 @@ def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, An
     return cfg, world if world is not None else make_world(cfg.world, **cfg.world_options)
 
 
-def _build(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None) -> _Run:
-    """Model, p_psi, optimiser and schedule, freshly initialised from ``cfg.seed``. On
-    resume the model config is the checkpoint's own (already validated against its weights)."""
+def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None) -> _Run:
+    """The run's modules (``_build``) on its device, and its validation set. On resume the
+    model config is the checkpoint's own (already validated against its weights)."""
     device = resolve_device(cfg.device)
     seq_len = cfg.seq_len or default_seq_len(world)
+    mcfg = None
     if state is not None:
         mcfg = ModelConfig.from_dict(state["model_config"])
         if mcfg.n_ctx < seq_len:
             raise CheckpointError(state["_path"], f"model_config.n_ctx ({mcfg.n_ctx}) is smaller than the run's seq_len ({seq_len})")
-    else:
+    run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg))
+    run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
+    run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
+    return run
+
+
+def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, mcfg: ModelConfig | None = None):
+    """(mcfg, ocfg, model, p_psi or None, optimiser, schedule), freshly initialised from
+    ``cfg.seed``; ``mcfg`` defaults to ``cfg.preset`` sized for the world (within the
+    checkpoint bounds, so training never makes a model that loading would refuse)."""
+    if mcfg is None:
         n_ctx = cfg.n_ctx or seq_len
         if n_ctx < seq_len:
             raise UsageError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
@@ -239,10 +251,7 @@ def _build(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None) 
         betas=(0.9, 0.95),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    run = _Run(cfg, world, seq_len, device, mcfg, ocfg, model, dynamics, opt, sched)
-    run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
-    run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
-    return run
+    return mcfg, ocfg, model, dynamics, opt, sched
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -284,13 +293,13 @@ def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> Met
 
 
 def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool) -> None:
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     cfg = run.cfg
     last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
     log_every = max(1, min(10, cfg.eval_every))
     start = run.step
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
+    bar = progress_bar(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
     run.model.train()
     try:

@@ -1,0 +1,461 @@
+"""What the interactive (plotly) and paper (matplotlib) figures draw, computed once.
+
+- records in: ``checked`` validates the records a figure gets (``records.check_record``)
+  and keeps the analyses it draws; ``layer_key`` orders hidden-state sites;
+- beliefs: barycentric (3 states) and PCA projections, shared subsampling, the panels of
+  the belief figure (``belief_panels``) and of the taxi "where am I" figure
+  (``position_panels``);
+- street maps: straight segments, curved Bezier arcs for invented edges, NaN-joined
+  polylines, and every map panel of the map figure (``map_panels``);
+- common axis limits, training-log series.
+
+So a plotly page and the paper figure of the same records show exactly the same picture.
+Only numpy here (no plotly, no matplotlib).
+"""
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from ..errors import AnalysisError
+from ..records import check_record, value
+from ..tables import field
+from .style import belief_colors, checkpoint_styles, place_colors
+
+
+# --------------------------------------------------------------------------------------
+# records in
+# --------------------------------------------------------------------------------------
+def checked(records: Iterable[Any], analyses: str | Sequence[str], what: str) -> list[dict[str, Any]]:
+    """The records a figure ``what`` draws, each validated with ``records.check_record``
+    (a row of another shape is an ``AnalysisError`` naming the figure); every record must
+    be of one of ``analyses``; at least one is needed."""
+    allowed = (analyses,) if isinstance(analyses, str) else tuple(analyses)
+    if isinstance(records, Mapping):
+        raise AnalysisError(f"{what}: expected a list of records, got one dict")
+    out = []
+    for r in records:
+        try:
+            check_record(r)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{what}: not a record ({exc})") from None
+        if r["analysis"] not in allowed:
+            raise AnalysisError(f"{what}: draws {' / '.join(allowed)} records, got a {r['analysis']!r} record "
+                                f"of {r['name']!r}")
+        out.append(r)
+    if not out:
+        raise AnalysisError(f"{what}: no {' / '.join(allowed)} records")
+    return out
+
+
+def layer_key(layer: Any) -> tuple[int, int, str]:
+    """Sort key of hidden-state sites: embed, L0, L1, ..., ln_final, concat, then others."""
+    s = "" if layer is None else str(layer)
+    if s == "embed":
+        return (0, 0, s)
+    m = re.fullmatch(r"L(\d+)", s)
+    if m:
+        return (1, int(m.group(1)), s)
+    return ({"ln_final": 2, "final": 2, "concat": 3}.get(s, 4), 0, s)
+
+
+def layers_in_order(records: Iterable[Mapping[str, Any]]) -> list[Any]:
+    """Distinct ``layer`` values of the records, embed first, blocks by index."""
+    return sorted({r["layer"] for r in records}, key=layer_key)
+
+
+def by_name(records: Iterable[Mapping[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Records grouped by ``name`` (first-seen order), each group sorted by layer."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        out.setdefault(r["name"], []).append(dict(r))
+    return {k: sorted(v, key=lambda r: layer_key(r["layer"])) for k, v in out.items()}
+
+
+def latest_step(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per name, only the records of its largest ``step`` (a per-layer figure shows one
+    checkpoint per model; ``rank_training_*`` shows the steps)."""
+    best: dict[str, Any] = {}
+    for r in records:
+        s = -1 if r["step"] is None else r["step"]
+        best[r["name"]] = max(best.get(r["name"], s), s)
+    return [r for r in records if (-1 if r["step"] is None else r["step"]) == best[r["name"]]]
+
+
+def deepest_layer(records: Iterable[Mapping[str, Any]]) -> Any:
+    """The deepest block ``L{n}`` among the records (else the last site in order)."""
+    layers = layers_in_order(records)
+    blocks = [x for x in layers if layer_key(x)[0] == 1]
+    return blocks[-1] if blocks else (layers[-1] if layers else None)
+
+
+def as_float_array(values: Any) -> np.ndarray:
+    """1-D float array with None -> NaN (``to_jsonable`` writes NaN as null); rates by value."""
+    if values is None:
+        return np.zeros(0)
+    return np.array([value(v) for v in values], dtype=np.float64)
+
+
+# --------------------------------------------------------------------------------------
+# beliefs: projections
+# --------------------------------------------------------------------------------------
+#: corners of the equilateral 2-simplex: state 0 bottom left, 1 bottom right, 2 top
+SIMPLEX_CORNERS = np.array([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3.0) / 2.0]])
+
+
+def simplex_project(beliefs: Any) -> np.ndarray:
+    """Barycentric 2-D coordinates of 3-state belief vectors [N, 3] -> [N, 2]: vertex k of
+    the simplex lands on ``SIMPLEX_CORNERS[k]``; off-simplex vectors (probe predictions)
+    are mapped by the same affine formula (normalised by their sum when it is non-zero)."""
+    B = np.asarray(beliefs, dtype=np.float64)
+    if B.ndim != 2 or B.shape[1] != 3:
+        raise AnalysisError(f"simplex_project: expected beliefs [N, 3], got shape {B.shape}")
+    s = B.sum(axis=1, keepdims=True)
+    B = np.where(np.abs(s) > 1e-12, B / np.where(np.abs(s) > 1e-12, s, 1.0), B)
+    return B @ SIMPLEX_CORNERS
+
+
+def pca_basis(X: Any, n_components: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [S], components [k, S]) of PCA fitted on ``X``; signs fixed so that the
+    largest-magnitude loading of each component is positive (deterministic pictures)."""
+    X = np.asarray(X, dtype=np.float64)
+    mean = X.mean(axis=0)
+    _, _, vt = np.linalg.svd(X - mean, full_matrices=False)
+    comps = vt[:n_components]
+    sign = np.sign(comps[np.arange(comps.shape[0]), np.abs(comps).argmax(axis=1)])
+    comps = comps * np.where(sign == 0, 1.0, sign)[:, None]
+    if comps.shape[0] < n_components:  # fewer dimensions than components: pad with zeros
+        comps = np.vstack([comps, np.zeros((n_components - comps.shape[0], X.shape[1]))])
+    return mean, comps
+
+
+def belief_projection(true_sets: list[Any]) -> tuple[Any, bool]:
+    """Projection to 2-D shared by all panels: barycentric for 3 states, else PCA with two
+    components fitted on the stacked true beliefs. Returns (function, is_simplex)."""
+    S = np.asarray(true_sets[0]).shape[-1]
+    if S == 3:
+        return simplex_project, True
+    mean, comps = pca_basis(np.vstack([np.asarray(t, dtype=np.float64) for t in true_sets]), 2)
+    return (lambda B: (np.asarray(B, dtype=np.float64) - mean) @ comps.T), False
+
+
+def subsample(n: int, max_points: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` of ``n`` rows (all when n is small), drawn
+    with a fixed seed so the same points are shown in every backend."""
+    if max_points is None or n <= max_points:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=int(max_points), replace=False))
+
+
+def common_limits(xys: list[np.ndarray], pad: float = 0.04) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Shared (x range, y range) of several point sets, padded, so panels compare at a glance."""
+    arrs = [np.asarray(x, dtype=np.float64).reshape(-1, 2) for x in xys]
+    pts = np.vstack(arrs) if arrs else np.zeros((0, 2))
+    pts = pts[np.isfinite(pts).all(axis=1)]
+    if len(pts) == 0:
+        return (0.0, 1.0), (0.0, 1.0)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    span = np.maximum(hi - lo, 1e-12)
+    lo, hi = lo - pad * span, hi + pad * span
+    return (float(lo[0]), float(hi[0])), (float(lo[1]), float(hi[1]))
+
+
+def points_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], bool]:
+    """(probe records that carry ``metrics["points"]``, is_taxi): taxi when any of them
+    has probed positions (``xy_true`` / ``xy_pred`` / ``node``); then only those."""
+    with_pts = [r for r in records if isinstance(r["metrics"].get("points"), Mapping)]
+    if not with_pts:
+        raise AnalysisError("belief figure: no probe record has metrics['points'] (run the probe with keep_points > 0)")
+    taxi = [r for r in with_pts if "xy_pred" in r["metrics"]["points"]]
+    if taxi:
+        return taxi, True
+    beliefs = [r for r in with_pts if "true" in r["metrics"]["points"]]
+    if not beliefs:
+        raise AnalysisError("belief figure: points carry neither beliefs (true, pred) nor positions (xy_true, xy_pred)")
+    return beliefs, False
+
+
+def panel_title(r: Mapping[str, Any], extra: str = "") -> str:
+    lay = f" ({r['layer']})" if r.get("layer") else ""
+    return f"{r['name']}{lay}{extra}"
+
+
+def belief_panels(records: list[dict[str, Any]], max_points: int | None = 4000,
+                  seed: int = 0) -> tuple[list[dict[str, Any]], bool]:
+    """Panels of the belief figure with one shared projection: first the exact beliefs
+    (of the first record's points), then each record's probed beliefs, coloured by the
+    true belief; ``[{title, name, xy, rgb}]`` and is_simplex. At most ``max_points``
+    rows per panel (the same rows in every backend)."""
+    trues, preds = [], []
+    for r in records:
+        p = r["metrics"]["points"]
+        T = np.asarray(p["true"], dtype=np.float64)
+        P = np.asarray(p.get("pred", p["true"]), dtype=np.float64)
+        if T.ndim != 2 or P.shape != T.shape:
+            raise AnalysisError(f"belief figure: points of {r['name']!r} must be true [N, S] and pred [N, S], "
+                                f"got {T.shape} and {P.shape}")
+        trues.append(T)
+        preds.append(P)
+    if len({T.shape[1] for T in trues}) > 1:
+        raise AnalysisError("belief figure: records of different worlds (numbers of states differ)")
+    proj, is_simplex = belief_projection(trues)
+    idx0 = subsample(len(trues[0]), max_points, seed)
+    out = [{"title": "exact beliefs", "name": "exact beliefs", "xy": proj(trues[0][idx0]), "rgb": belief_colors(trues[0][idx0])}]
+    for r, T, P in zip(records, trues, preds):
+        idx = subsample(len(T), max_points, seed)
+        out.append({"title": panel_title(r, ": probed"), "name": r["name"], "xy": proj(P[idx]), "rgb": belief_colors(T[idx])})
+    return out, is_simplex
+
+
+def position_panels(records: list[dict[str, Any]], true_map: Any = None, max_points: int | None = 4000,
+                    seed: int = 0) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The taxi view: (map, panels). ``map`` = {"segments": [E, 2, 2] streets (empty without
+    a map), "nodes_xy": [N, 2] intersections, "node_rgb": [N, 3]}; one panel per record =
+    {title, name, xy: probed (x, y) [n, 2], xy_true, node, rgb: the colour of the true
+    intersection}. Intersection colours come from ``style.place_colors`` of their map
+    position, so a probed point wearing the colour of its neighbourhood is right."""
+    if true_map is not None:
+        layout = np.asarray(true_map.layout(), dtype=np.float64)
+        nodes_xy = layout
+        segs = segments(layout, np.asarray(true_map.undirected_edges(), dtype=np.int64).reshape(-1, 2))
+    else:
+        allxy = np.vstack([np.asarray(r["metrics"]["points"]["xy_true"], dtype=np.float64).reshape(-1, 2) for r in records])
+        nodes_xy, segs = np.unique(allxy, axis=0), np.zeros((0, 2, 2))
+    node_rgb = place_colors(nodes_xy, nodes_xy)
+    panels = []
+    for r in records:
+        p = r["metrics"]["points"]
+        xy = np.asarray(p["xy_pred"], dtype=np.float64).reshape(-1, 2)
+        xt = np.asarray(p.get("xy_true", p["xy_pred"]), dtype=np.float64).reshape(-1, 2)
+        node = np.asarray(p.get("node", np.full(len(xy), -1)), dtype=np.int64).ravel()
+        if len(xt) != len(xy) or len(node) != len(xy):
+            raise AnalysisError(f"belief figure: points of {r['name']!r}: xy_pred, xy_true and node differ in length")
+        idx = subsample(len(xy), max_points, seed)
+        if true_map is not None and len(node) and (node.min() < 0 or node.max() >= len(nodes_xy)):
+            raise AnalysisError(f"belief figure: points of {r['name']!r} name intersections outside the map "
+                                f"(0..{len(nodes_xy) - 1})")
+        rgb = node_rgb[node[idx]] if true_map is not None else place_colors(xt[idx], nodes_xy)
+        r2 = value(r["metrics"].get("xy_r2"))
+        extra = f": probed (x, y), R² {r2:.3f}" if np.isfinite(r2) else ": probed (x, y)"
+        panels.append({"title": panel_title(r, extra), "name": r["name"], "xy": xy[idx], "xy_true": xt[idx],
+                       "node": node[idx], "rgb": rgb})
+    return {"segments": segs, "nodes_xy": nodes_xy, "node_rgb": node_rgb}, panels
+
+
+# --------------------------------------------------------------------------------------
+# street maps
+# --------------------------------------------------------------------------------------
+def as_edges(edges: Any) -> np.ndarray:
+    """int64 [E, 2] from a list of (src, dst) pairs (empty -> shape [0, 2])."""
+    if edges is None:
+        return np.zeros((0, 2), dtype=np.int64)
+    arr = np.asarray(list(edges) if not isinstance(edges, np.ndarray) else edges, dtype=np.int64)
+    return arr.reshape(-1, 2)
+
+
+def segments(coords: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """[E, 2, 2] straight segments between node positions."""
+    return np.stack([coords[edges[:, 0]], coords[edges[:, 1]]], axis=1) if len(edges) else np.zeros((0, 2, 2))
+
+
+def bezier_curves(p0: Any, p1: Any, curvature: float = 0.25, n: int = 17) -> np.ndarray:
+    """Quadratic Bezier curves [E, n, 2] from p0 [E, 2] to p1 [E, 2], bulging to the left
+    of the direction of travel by ``curvature`` x the segment length at the control point
+    (so the curve's midpoint sits curvature/2 x length off the straight line, and the two
+    directions of one pair bend apart). Invented edges are drawn this way so they never
+    hide under a true straight street (as in Vafa et al.)."""
+    p0 = np.asarray(p0, dtype=np.float64).reshape(-1, 2)
+    p1 = np.asarray(p1, dtype=np.float64).reshape(-1, 2)
+    d = p1 - p0
+    ctrl = 0.5 * (p0 + p1) + curvature * np.stack([-d[:, 1], d[:, 0]], axis=1)
+    t = np.linspace(0.0, 1.0, n)[None, :, None]
+    return (1 - t) ** 2 * p0[:, None] + 2 * (1 - t) * t * ctrl[:, None] + t**2 * p1[:, None]
+
+
+def polylines_xy(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x and y of [E, k, 2] paths joined into one NaN-separated line (one plotly trace)."""
+    if len(paths) == 0:
+        return np.zeros(0), np.zeros(0)
+    gap = np.full((paths.shape[0], 1, 2), np.nan)
+    flat = np.concatenate([paths, gap], axis=1).reshape(-1, 2)
+    return flat[:, 0], flat[:, 1]
+
+
+def _pair_set(edges: np.ndarray) -> set[tuple[int, int]]:
+    return {(int(min(a, b)), int(max(a, b))) for a, b in edges if a != b}
+
+
+def map_panels(true_map: Any, records: list[dict[str, Any]], curvature: float = 0.25) -> list[dict[str, Any]]:
+    """Every panel of the map figure, geometry only. First the true map alone (all
+    undirected streets at ``true_map.layout()``), then one panel per ``mapping`` record:
+
+    - ``behaviour``: the true map (thin, underneath), recovered streets = the true
+      undirected streets none of whose directions is in ``missed_edges``, missing streets
+      (a direction missed), and ``invented_edges`` as Bezier arcs (self-loops left out);
+    - ``probe`` / ``mds``: the true map (thin, at the true layout, underneath) and the true
+      streets between the embedded ``nodes`` drawn at their ``coords``.
+
+    Panel keys: title, kind ("true" | "behaviour" | "embedding"), coords (node positions
+    drawn), true, recovered, missing, invented, embedded (segments / curves [E, k, 2]),
+    and n_* counts of each."""
+    layout = np.asarray(true_map.layout(), dtype=np.float64)
+    und = np.asarray(true_map.undirected_edges(), dtype=np.int64).reshape(-1, 2)
+    n = layout.shape[0]
+    empty = np.zeros((0, 2, 2))
+    true_segs = segments(layout, und)
+
+    def panel(title: str, kind: str, coords: np.ndarray, **parts: np.ndarray) -> dict[str, Any]:
+        p = {"title": title, "kind": kind, "coords": coords, "true": true_segs, "recovered": empty, "missing": empty,
+             "invented": empty, "embedded": empty}
+        p.update(parts)
+        p.update({f"n_{k}": len(p[k]) for k in ("true", "recovered", "missing", "invented", "embedded")})
+        return p
+
+    out = [panel(f"true map ({n} intersections, {len(und)} streets)", "true", layout)]
+    for r in records:
+        m, variant = r["metrics"], r["variant"]
+        if variant == "behaviour":
+            missed = as_edges(m.get("missed_edges"))
+            inv = as_edges(m.get("invented_edges"))
+            for key, e in (("missed_edges", missed), ("invented_edges", inv)):
+                if len(e) and (e.min() < 0 or e.max() >= n):
+                    raise AnalysisError(f"map figure: {key} of {r['name']!r} name intersections outside the map (0..{n - 1})")
+            gone = _pair_set(missed)
+            is_missing = np.array([(int(a), int(b)) in gone for a, b in und], dtype=bool)
+            inv = inv[inv[:, 0] != inv[:, 1]]
+            recall = value(m.get("edge_recall"))
+            extra = f" - edge recall {recall:.2f}" if np.isfinite(recall) else ""
+            out.append(panel(f"{r['name']}: behaviour{extra}, {len(inv)} invented, {int(is_missing.sum())} missing",
+                             "behaviour", layout, recovered=segments(layout, und[~is_missing]),
+                             missing=segments(layout, und[is_missing]),
+                             invented=bezier_curves(layout[inv[:, 0]], layout[inv[:, 1]], curvature) if len(inv) else empty))
+        else:
+            nodes = np.asarray(m.get("nodes") or [], dtype=np.int64).ravel()
+            coords = np.asarray(m.get("coords") or [], dtype=np.float64).reshape(-1, 2)
+            if len(nodes) != len(coords):
+                raise AnalysisError(f"map figure: {r['name']!r} ({variant}) has {len(nodes)} nodes but {len(coords)} coords")
+            if len(nodes) and (nodes.min() < 0 or nodes.max() >= n):
+                raise AnalysisError(f"map figure: nodes of {r['name']!r} ({variant}) outside the map (0..{n - 1})")
+            pos = np.full((n, 2), np.nan)
+            pos[nodes] = coords
+            seen = np.zeros(n, dtype=bool)
+            seen[nodes] = True
+            inner = und[seen[und[:, 0]] & seen[und[:, 1]]]
+            disp = value(m.get("disparity"))
+            extra = f" - disparity {disp:.3f}" if np.isfinite(disp) else ""
+            out.append(panel(f"{panel_title(r)}: {variant} embedding{extra}", "embedding", coords,
+                             embedded=segments(pos, inner)))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# world-model columns (both backends)
+# --------------------------------------------------------------------------------------
+def worldmodel_columns(records: list[dict[str, Any]], columns: list[str] | None = None,
+                       what: str = "world-model table") -> tuple[list[dict[str, Any]], list[tuple[str, str]], Any]:
+    """(worldmodel records, [(key, header)], cell getter) shared by both backends.
+
+    Columns: ``columns``, else every rate metric of the worldmodel records (first-seen
+    order), then ``effective_rank`` when rank records of the same models are mixed in (the
+    deepest block of each model), then ``val_loss``. ``cell(record, key)`` is the raw value
+    (a rate or number)."""
+    recs = checked(records, ("worldmodel", "rank"), what)
+    wm = [r for r in recs if r["analysis"] == "worldmodel"]
+    if not wm:
+        raise AnalysisError(f"{what}: no worldmodel records")
+    rank: dict[str, dict[str, Any]] = {}
+    for name, rows in by_name([r for r in recs if r["analysis"] == "rank"]).items():
+        lay = deepest_layer(rows)
+        rank[name] = [r for r in rows if r["layer"] == lay][-1]
+    if columns is None:
+        keys: list[str] = []
+        for r in wm:
+            keys += [k for k, v in r["metrics"].items() if isinstance(v, Mapping) and "low" in v and k not in keys]
+        if rank:
+            keys.append("effective_rank")
+        if any(r["val_loss"] is not None for r in wm):
+            keys.append("val_loss")
+    else:
+        keys = list(columns)
+    layers = {r["layer"] for r in rank.values()}
+    rank_head = f"eff. rank ({layers.pop()})" if len(layers) == 1 else "eff. rank (last block)"
+    heads = {"effective_rank": rank_head, "val_loss": "val loss", "gap_to_floor": "gap to floor"}
+
+    def cell(r: Mapping[str, Any], key: str) -> Any:
+        if key == "effective_rank" and "effective_rank" not in r["metrics"]:
+            other = rank.get(r["name"])
+            return None if other is None else other["metrics"].get("effective_rank")
+        return field(r, key)
+
+    return wm, [(k, heads.get(k, k)) for k in keys], cell
+
+
+# --------------------------------------------------------------------------------------
+# training-log series (metrics.jsonl rows, not analysis records)
+# --------------------------------------------------------------------------------------
+TRAIN_PANELS = [("val_loss", "validation loss"), ("ce", "train cross-entropy"), ("next_h", "train next_h (latent)"),
+                ("kl", "train KL")]
+
+
+def _metric_kind(rec: Mapping[str, Any]) -> str | None:
+    from ..training.log import metric_kind
+
+    return metric_kind(dict(rec))
+
+
+def run_objective(rows: list[dict[str, Any]]) -> str | None:
+    """Objective written in a metrics log's start event, if any."""
+    for r in rows:
+        if r.get("event") == "start":
+            return (r.get("config") or {}).get("objective")
+    return None
+
+
+def common_value(values: Iterable[Any], rtol: float = 1e-9) -> float | None:
+    """The shared value if all finite values agree (e.g. one exact floor for all runs)."""
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return None
+    return vals[0] if all(abs(v - vals[0]) <= rtol * max(1.0, abs(vals[0])) for v in vals) else None
+
+
+def training_series(runs: Mapping[str, Any], objectives: Mapping[str, str | None] | None = None):
+    """Per run: {metric: (steps, values)} for each of ``TRAIN_PANELS`` plus ``val_floor``;
+    the run styles; and the floor shared by all runs (None when they differ). ``runs``
+    values are metrics-log rows or paths to ``metrics.jsonl`` files (read with
+    ``training.log.read_metrics``). Metrics that are all zero (GPT's latent losses) are
+    left out."""
+    from ..training.log import read_metrics
+
+    rows = {k: (read_metrics(v) if isinstance(v, (str, Path)) else list(v)) for k, v in runs.items()}
+    objs = dict(objectives or {})
+    for k, v in rows.items():
+        if objs.get(k) is None:
+            objs[k] = run_objective(v)
+    series: dict[str, dict[str, Any]] = {}
+    for name, rs in rows.items():
+        ev = sorted((r for r in rs if _metric_kind(r) == "eval"), key=lambda r: r["step"])
+        tr = sorted((r for r in rs if _metric_kind(r) == "train"), key=lambda r: r["step"])
+        s: dict[str, Any] = {}
+        for key, _ in TRAIN_PANELS:
+            src = ev if key == "val_loss" else tr
+            pts = [(r["step"], r[key]) for r in src if r.get(key) is not None]
+            if pts and any(v != 0 for _, v in pts):
+                s[key] = (as_float_array([p[0] for p in pts]), as_float_array([p[1] for p in pts]))
+        floors = [r.get("val_floor") for r in ev if r.get("val_floor") is not None]
+        s["val_floor"] = float(floors[-1]) if floors else None
+        series[name] = s
+    floor = common_value(s["val_floor"] for s in series.values())
+    return series, checkpoint_styles(list(rows), objs), floor
+
+
+__all__ = [
+    "checked", "layer_key", "layers_in_order", "by_name", "latest_step", "deepest_layer", "as_float_array",
+    "SIMPLEX_CORNERS", "simplex_project", "pca_basis", "belief_projection", "subsample", "common_limits",
+    "points_records", "belief_panels", "position_panels", "as_edges", "segments", "bezier_curves", "polylines_xy",
+    "map_panels", "worldmodel_columns", "TRAIN_PANELS", "run_objective", "common_value", "training_series",
+]

@@ -1,0 +1,269 @@
+"""Text, CSV and LaTeX tables from records (``nextlat_probe.records``) and flat rows.
+
+Columns are ``(key, header, fmt)`` triples. A key addresses, in this order, an identity or
+training field of the record (``name``, ``objective``, ``step``, ``seed``, ``val_loss``,
+``gap_to_floor`` ...), the measurement fields ``analysis`` / ``layer`` / ``variant``, a
+parameter as ``params.<name>``, or a metric name. Rates render as ``value [low, high]``
+with the column's format; None as ``-``::
+
+    from nextlat_probe.tables import text_table, protocol_note, write_csv
+    print(text_table(records, [("name", "model", ""), ("layer", "layer", ""),
+                               ("effective_rank", "eff. rank", ".2f")]))
+    print(protocol_note(records))        # rank: n_seqs=256, seq_len=16, seed=0, center=False
+    write_csv(records, "rank.csv")       # rates as key, key_low, key_high, key_n
+
+``format_table`` (plain rows), ``mean_std`` / ``mean_std_table`` / ``latex_table`` (rows
+of ``experiments.summarise``, or records) and ``write_csv`` are the toolkit's only table
+writers.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import AnalysisError
+from .records import IDENTITY_KEYS, TRAINING_KEYS, check_record, is_rate
+
+Column = tuple[str, str, str]
+FIELD_KEYS = IDENTITY_KEYS + TRAINING_KEYS + ("analysis", "layer", "variant")
+
+
+# --------------------------------------------------------------------------------------
+# plain rows
+# --------------------------------------------------------------------------------------
+def _cell(v: Any, fmt: str) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float) and v != v:
+        return "nan"
+    try:
+        return format(v, fmt) if fmt else str(v)
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """Plain-text table. ``columns``: (key, header, format spec such as '.2f' or '')."""
+    body = [[_cell(r.get(k), f) for k, _, f in columns] for r in rows]
+    heads = [h for _, h, _ in columns]
+    widths = [max(len(h), *(len(b[i]) for b in body)) if body else len(h) for i, h in enumerate(heads)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(b, widths))) for b in body]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# records
+# --------------------------------------------------------------------------------------
+def _checked(records: Iterable[Any], what: str) -> list[dict[str, Any]]:
+    if isinstance(records, Mapping):
+        raise AnalysisError(f"{what}: expected a list of records, got one dict")
+    out = []
+    for r in records:
+        try:
+            check_record(r)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{what}: not a record ({exc})") from None
+        out.append(r)
+    return out
+
+
+def field(record: Mapping[str, Any], key: str) -> Any:
+    """The raw value of column ``key`` in a record: a record field, ``params.<name>``, or
+    a metric (a number, list or rate); None when absent."""
+    if key in FIELD_KEYS:
+        return record.get(key)
+    if key.startswith("params."):
+        return record.get("params", {}).get(key[len("params."):])
+    return record.get("metrics", {}).get(key)
+
+
+def format_value(v: Any, fmt: str = "") -> str:
+    """One display cell: a rate as ``value [low, high]`` (``n/a`` when it measured nothing),
+    a number with ``fmt``, None as ``-``, NaN as ``nan``, anything else as ``str``."""
+    if is_rate(v):
+        if v.get("value") is None:
+            return "n/a"
+        s = _cell(float(v["value"]), fmt)
+        if v.get("low") is not None and v.get("high") is not None:
+            s += f" [{_cell(float(v['low']), fmt)}, {_cell(float(v['high']), fmt)}]"
+        return s
+    if isinstance(v, (list, tuple)):
+        return f"[{len(v)} values]"
+    return _cell(v, fmt)
+
+
+def record_rows(records: Iterable[Mapping[str, Any]], columns: Sequence[Column]) -> list[dict[str, str]]:
+    """Flat display rows, one per record: ``{key: formatted cell}`` for each column."""
+    recs = _checked(records, "record_rows")
+    return [{k: format_value(field(r, k), f) for k, _, f in columns} for r in recs]
+
+
+def text_table(records: Iterable[Mapping[str, Any]], columns: Sequence[Column]) -> str:
+    """Records as a plain-text table (``format_table`` of ``record_rows``)."""
+    rows = record_rows(records, columns)
+    return format_table(rows, [(k, h, "") for k, h, _ in columns])
+
+
+def flat_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A record as one flat CSV row: identity, training and measurement fields, then every
+    metric: numbers and strings as they are, a rate as ``key``, ``key_low``, ``key_high``,
+    ``key_n``; lists and other nested values are left out (``params`` too: see
+    ``protocol_note``)."""
+    row: dict[str, Any] = {k: record.get(k) for k in FIELD_KEYS}
+    for k, v in record["metrics"].items():
+        if is_rate(v):
+            row.update({k: v["value"], f"{k}_low": v["low"], f"{k}_high": v["high"], f"{k}_n": v["n"]})
+        elif v is None or isinstance(v, (int, float, str, bool)):
+            row[k] = v
+    return row
+
+
+def _is_record(r: Any) -> bool:
+    return isinstance(r, Mapping) and "metrics" in r and "analysis" in r
+
+
+def write_csv(rows: Iterable[Mapping[str, Any]], path: str | Path, columns: Sequence[str] | None = None) -> Path:
+    """Records (flattened by ``flat_row``) or plain rows as CSV. Columns: ``columns``, else
+    every key in first-seen order; lists and dicts are skipped unless named; None is an
+    empty cell and NaN is written as ``nan``. Returns the path."""
+    items = list(rows)
+    flat = []
+    for r in items:
+        if _is_record(r):
+            check_record(r)
+            flat.append(flat_row(r))
+        else:
+            flat.append(dict(r))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if columns is None:
+        columns = []
+        for r in flat:
+            for k, v in r.items():
+                if k not in columns and not isinstance(v, (list, dict, tuple)) and not hasattr(v, "shape"):
+                    columns.append(k)
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(columns), extrasaction="ignore")
+        w.writeheader()
+        for r in flat:
+            w.writerow({k: r.get(k) for k in columns})
+    return path
+
+
+def _param_text(v: Any) -> str:
+    if isinstance(v, float):
+        return format(v, "g")
+    if isinstance(v, (list, tuple)):
+        return ",".join(_param_text(x) for x in v)
+    return str(v)
+
+
+def protocol_note(records: Iterable[Mapping[str, Any]]) -> str:
+    """The ``params`` of the records as one line to print under a table: per analysis
+    (first-seen order) ``analysis: key=value, ...``; a parameter whose value differs
+    between records lists the values as ``a|b``; analyses joined by ``; ``. Empty when
+    no record has parameters."""
+    recs = _checked(records, "protocol_note")
+    per: dict[str, dict[str, list[str]]] = {}
+    for r in recs:
+        keys = per.setdefault(r["analysis"], {})
+        for k, v in r["params"].items():
+            vals = keys.setdefault(k, [])
+            t = _param_text(v)
+            if t not in vals:
+                vals.append(t)
+    parts = [f"{a}: " + ", ".join(f"{k}={'|'.join(v)}" for k, v in ps.items()) for a, ps in per.items() if ps]
+    return "; ".join(parts)
+
+
+# --------------------------------------------------------------------------------------
+# summaries over seeds (rows of experiments.summarise) and LaTeX
+# --------------------------------------------------------------------------------------
+def mean_std(row: Mapping[str, Any], metric: str, fmt: str = ".4g", sep: str = " ± ") -> str:
+    """``'mean ± std'`` of a ``summarise`` row (just the mean when std is NaN; '-' if no
+    value)."""
+    m, s = row.get(f"{metric}_mean"), row.get(f"{metric}_std")
+    if m is None or not math.isfinite(m):
+        return "-"
+    if s is None or not math.isfinite(s):
+        return format(m, fmt)
+    return f"{format(m, fmt)}{sep}{format(s, fmt)}"
+
+
+def mean_std_table(rows: list[dict[str, Any]], keys: Sequence[str], metrics: Sequence[Column]) -> str:
+    """Plain-text table of ``summarise`` rows: the ``keys`` columns, then one
+    ``mean ± std`` column per ``(metric, header, format)``."""
+    cells = [{**{k: r.get(k) for k in keys}, **{m: mean_std(r, m, f) for m, _, f in metrics}} for r in rows]
+    return format_table(cells, [(k, k, "") for k in keys] + [(m, h, "") for m, h, _ in metrics])
+
+
+_LATEX_SPECIAL = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+                  "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}"}
+
+
+def latex_escape(text: Any) -> str:
+    """``text`` with LaTeX's special characters escaped (``next_lat`` -> ``next\\_lat``)."""
+    return "".join(_LATEX_SPECIAL.get(c, c) for c in str(text))
+
+
+def _latex_exponents(cell: str) -> str:
+    """``2.98e-03`` -> ``2.98\\times10^{-3}`` inside a math cell."""
+    return re.sub(r"(\d)e([+-])0*(\d+)", lambda m: f"{m.group(1)}\\times10^{{{m.group(2).strip('+')}{m.group(3)}}}", cell)
+
+
+def _latex_metric(r: Mapping[str, Any], key: str, fmt: str) -> str:
+    """A metric cell: ``$mean \\pm std$`` of a summarise row, ``$v$ [$lo$, $hi$]`` of a
+    record's rate, ``$v$`` of a record's number; ``--`` when missing."""
+    if not _is_record(r):
+        cell = mean_std(r, key, fmt, sep=r" \pm ")
+        return "--" if cell == "-" else f"${_latex_exponents(cell)}$"
+    v = field(r, key)
+    if is_rate(v):
+        if v.get("value") is None:
+            return "--"
+        s = f"${_latex_exponents(format(float(v['value']), fmt))}$"
+        if v.get("low") is not None and v.get("high") is not None:
+            lo, hi = (_latex_exponents(format(float(v[b]), fmt)) for b in ("low", "high"))
+            s += f" [${lo}$, ${hi}$]"
+        return s
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+        return f"${_latex_exponents(format(v, fmt))}$"
+    return "--" if v is None or isinstance(v, float) else latex_escape(v)
+
+
+def latex_table(rows: Iterable[Mapping[str, Any]], keys: Sequence[tuple[str, str]], metrics: Sequence[Column],
+                caption: str | None = None, label: str | None = None) -> str:
+    """A booktabs LaTeX table: ``keys`` = ``(field, header)`` columns shown as escaped text,
+    ``metrics`` = ``(metric, header, format)`` columns shown in math mode: ``$mean \\pm
+    std$`` for rows of ``experiments.summarise``, the value (rates with their 95% interval)
+    for records. Headers, ``caption`` and ``label`` are written as given (they may hold
+    LaTeX)."""
+    items = list(rows)
+    for r in items:
+        if _is_record(r):
+            check_record(r)
+    head = [h for _, h in keys] + [h for _, h, _ in metrics]
+    lines = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{" + "l" * len(keys) + "r" * len(metrics) + "}",
+             r"\toprule", " & ".join(head) + r" \\", r"\midrule"]
+    for r in items:
+        cells = []
+        for k, _ in keys:
+            v = field(r, k) if _is_record(r) else r.get(k, "")
+            cells.append("--" if v is None else latex_escape(v))
+        cells += [_latex_metric(r, m, fmt) for m, _, fmt in metrics]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    if caption:
+        lines.append(r"\caption{" + caption + "}")
+    if label:
+        lines.append(r"\label{" + label + "}")
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
+           "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table"]
