@@ -72,12 +72,20 @@ def _checked(records: Iterable[Any], what: str) -> list[dict[str, Any]]:
 
 
 def field(record: Mapping[str, Any], key: str) -> Any:
-    """The raw value of column ``key`` in a record: a record field, ``params.<name>``, or
-    a metric (a number, list or rate); None when absent."""
+    """The raw value of column ``key`` in a record: a record field, ``params.<name>``, a
+    metric (a number, list or rate), or one element of a list metric (``errors[0]``); None
+    when absent."""
     if key in FIELD_KEYS:
         return record.get(key)
     if key.startswith("params."):
         return record.get("params", {}).get(key[len("params."):])
+    if key.endswith("]") and "[" in key:
+        name, _, index = key[:-1].partition("[")
+        values = record.get("metrics", {}).get(name)
+        try:
+            return values[int(index)]
+        except (TypeError, ValueError, IndexError):
+            return None
     return record.get("metrics", {}).get(key)
 
 

@@ -159,10 +159,11 @@ def test_mapping_records_name_the_edges(taxi_records):
     m = models[0].world.map
     beh = [r for r in tx["mapping"] if r["variant"] == "behaviour"]
     assert len(beh) == 2
-    true = {(s, t) for s, _, t in m.edges()}
+    true = {(int(s), d, int(t)) for s, d, t in m.edges()}
     for r in beh:
         mm = r["metrics"]
         assert mm["n_recovered"] + mm["n_missed"] == m.n_edges
-        assert all(tuple(e) in true for e in mm["missed_edges"])
+        assert all(tuple(e) in true for e in mm["missed_edges"])  # [src, direction, dst] of the map
+        assert not any(tuple(e) in true for e in mm["invented_edges"])
         assert len(mm["invented_edges"]) == mm["n_invented"] and len(mm["missed_edges"]) == mm["n_missed"]
         assert mm["edge_recall"]["count"] == mm["n_recovered"] and mm["edge_recall"]["n"] == m.n_edges

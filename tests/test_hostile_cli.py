@@ -71,7 +71,8 @@ def test_mixed_worlds_are_analysed_each_on_its_own(tiny_mess3_ckpts, tiny_taxi_c
     code, out, err = _run("rank", [str(tiny_mess3_ckpts["gpt"]), str(tiny_taxi_ckpts["gpt"]), "--n-seqs", "8",
                                    "--no-progress"], capsys)
     assert code == 0, err
-    assert "different worlds" in err and "mess3" in out and "taxi" in out
+    assert "different worlds" in err and "gpt#1" in out and "gpt#2" in out  # same run name: told apart
+    assert "seq_len=12|15" in out  # each world at its own training length
 
 
 def test_mapping_flags_and_layers(tiny_taxi_ckpts, tmp_path, capsys):

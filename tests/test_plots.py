@@ -1,4 +1,5 @@
-"""Plotting layer: data reaches the pages and files, geometry is right, colours agree."""
+"""Plotting layer: figures read records of the documented shape, the numbers given reach the
+pages and files unchanged, geometry is right, colours agree, non-records are refused."""
 import base64
 import json
 import math
@@ -7,13 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from nextlat_probe.analysis.transition import TransitionResult
+from nextlat_probe.errors import AnalysisError
+from nextlat_probe.plots import geometry as G
 from nextlat_probe.plots import interactive as I
 from nextlat_probe.plots import paper as P
 from nextlat_probe.plots import style as S
+from nextlat_probe.records import make_record, rate
 from nextlat_probe.worlds.streetmap import StreetMap, synthetic_manhattan
 
-GPT, NEXTLAT = S.MODEL_COLORS["gpt"], S.MODEL_COLORS["nextlat"]
+GPT, NEXTLAT = "#0072B2", "#D55E00"
 
 
 # --------------------------------------------------------------------------------------
@@ -26,7 +29,7 @@ def decode(v):
         if "shape" in v:
             a = a.reshape([int(x) for x in str(v["shape"]).split(",")])
         return a
-    return np.array(v, dtype=float)
+    return np.array([np.nan if x is None else x for x in v], dtype=float)
 
 
 def page_figure(path):
@@ -42,14 +45,17 @@ def page_figure(path):
 
 
 def write_and_read(fig, tmp_path, name):
-    path = I.write_html(fig, tmp_path / f"{name}.html", title=name)
-    return page_figure(path)
+    return page_figure(I.write_html(fig, tmp_path / f"{name}.html", title=name))
 
 
-def by_name(traces, name):
+def named(traces, name):
     hits = [t for t in traces if t.get("name") == name]
     assert hits, f"no trace named {name!r}: {[t.get('name') for t in traces]}"
-    return hits[0]
+    return hits
+
+
+def rgb_of(colors):
+    return np.array([[int(v) for v in re.findall(r"\d+", c)] for c in colors]) / 255
 
 
 def check_paper_files(fig, tmp_path, name):
@@ -66,34 +72,291 @@ def check_paper_files(fig, tmp_path, name):
 
 
 # --------------------------------------------------------------------------------------
-# synthetic results
+# records from hand-made numbers
 # --------------------------------------------------------------------------------------
-LAYERS = ["embed", "L0", "L1", "final"]
+def ident(name, objective, step=400, val_loss=1.0, floor=0.8):
+    return {"name": name, "objective": objective, "step": step, "seed": 0, "source": f"runs/{name}/ckpt.pt",
+            "horizon": 1 if objective == "nextlat" else None, "val_loss": val_loss, "val_floor": floor,
+            "gap_to_floor": val_loss - floor}
+
+
+LAYERS = ["embed", "L0", "L1", "ln_final"]
+MODELS = (("gpt-0", "gpt"), ("nextlat-0", "nextlat"))
+
+
+def er(k, step, li):
+    return 3.0 + li + step / 100 + 2 * k
 
 
 def rank_records():
     recs = []
-    for k, obj in enumerate(("gpt", "nextlat")):
+    for k, (name, obj) in enumerate(MODELS):
         for step in (100, 200, 400):
-            for li, lay in enumerate(LAYERS):
-                s = np.geomspace(5.0, 0.01 * (k + 1), 16)
-                recs.append(dict(checkpoint=f"runs/{obj}/ckpt_step{step}.pt", objective=obj, step=step, layer=lay,
-                                 effective_rank=3.0 + li + step / 100 + 2 * k, participation_ratio=2.0, n90=3, n99=8,
-                                 spectrum=s.tolist(), d_model=16, val_loss=1.5 - step / 1000 + 0.01 * k, val_gap=0.2))
+            for li, lay in enumerate(reversed(LAYERS)):  # given out of order: figures sort layers
+                li = LAYERS.index(lay)
+                s = np.geomspace(5.0, 0.01 * (k + 1) * (li + 1), 16)
+                recs.append(make_record(ident(name, obj, step, 1.5 - step / 1000 + 0.01 * k), "rank",
+                                        {"effective_rank": er(k, step, li), "participation_ratio": 2.0, "n90": 3,
+                                         "n99": 8, "d_model": 16, "n_samples": 100, "spectrum": s.tolist()},
+                                        {"n_seqs": 64, "seq_len": 16, "seed": 0, "center": False}, layer=lay))
     return recs
 
 
-def probe_records():
-    return [dict(checkpoint=c, objective=o, layer=lay, r2=0.5 + 0.1 * i + 0.05 * k, shuffled_r2=0.01 * i, mse=0.01)
-            for k, (c, o) in enumerate((("gpt-0", "gpt"), ("nextlat-0", "nextlat"))) for i, lay in enumerate(LAYERS)]
+def beliefs(n, n_states, seed):
+    rng = np.random.default_rng(seed)
+    B = rng.dirichlet(np.ones(n_states), n)
+    return B, B + 0.03 * rng.standard_normal(B.shape)
 
 
-def transition_results():
-    gpt = TransitionResult(horizons=[1, 2, 3], own=None, posthoc_mlp=np.array([0.1, 0.2, 0.4]),
-                           posthoc_linear=np.array([0.2, np.nan, 0.5]), belief_ratio=0.3, n_train_seqs=8, n_test_seqs=2)
-    nl = dict(horizons=[1, 2, 3], own=[0.05, 0.1, 0.2], posthoc_mlp=[0.04, 0.08, 0.1], posthoc_linear=[0.1, 0.2, 0.3],
-              belief_ratio=0.1, n_train_seqs=8, n_test_seqs=2)
-    return {"gpt": gpt, "nextlat": nl}
+def probe_records(n_states=3, n=200):
+    recs = []
+    for k, (name, obj) in enumerate(MODELS):
+        for i, lay in enumerate(LAYERS[:3]):
+            m = {"mse": 0.01, "r2": 0.5 + 0.1 * i + 0.05 * k, "control_r2": 0.01 * i - 0.005 * k, "kl": 0.1}
+            if lay == "L1":
+                T, Pd = beliefs(n, n_states, k)
+                m["points"] = {"true": T.tolist(), "pred": Pd.tolist()}
+            recs.append(make_record(ident(name, obj), "probe", m, {"n_seqs": 32, "alpha": 1.0}, layer=lay))
+    return recs
+
+
+def transition_records():
+    errs = {("gpt-0", "post-hoc mlp"): [0.1, 0.2, 0.4], ("gpt-0", "post-hoc linear"): [0.2, None, 0.5],
+            ("nextlat-0", "own p_psi"): [0.05, 0.1, 0.2], ("nextlat-0", "post-hoc mlp"): [0.04, 0.08, 0.1]}
+    ratios = {"gpt-0": (0.3, 0.35), "nextlat-0": (0.1, 0.12)}
+    objs = dict(MODELS)
+    return [make_record(ident(n, objs[n]), "transition", {"horizons": [1, 2, 3], "errors": e, "belief_ratio": ratios[n][0],
+                                                         "state_ratio": ratios[n][1]}, {"horizon": 3}, layer="L1", variant=v)
+            for (n, v), e in errs.items()]
+
+
+def position_records():
+    pos = np.arange(1, 9)
+    floor = 1.0 + 0.5 * np.exp(-pos)
+    return [make_record(ident(n, o), "position_loss",
+                        {"positions": pos.tolist(), "loss": (floor + (k + 1) * 0.1 / pos).tolist(), "floor": floor.tolist(),
+                         "count": [10] * 8, "mean_loss": 1.2, "mean_floor": 1.1})
+            for k, (n, o) in enumerate(MODELS)]
+
+
+def worldmodel_records():
+    out = []
+    for (name, obj), (c, n) in zip(MODELS, ((95, 100), (188, 200))):
+        out.append(make_record(ident(name, obj), "worldmodel",
+                               {"next_token": rate(c, n), "trajectory_valid": rate(c - 20, n), "compression": rate(0, 0),
+                                "n_pairs": n}, {"n_pairs": n, "epsilon": 0.01}))
+    return out
+
+
+def path_map(n=7):
+    return StreetMap(n, [(i, "E", i + 1) for i in range(n - 1)] + [(i + 1, "W", i) for i in range(n - 1)])
+
+
+def taxi_map():
+    return synthetic_manhattan(4, 4, seed=0)
+
+
+def mapping_records(m):
+    und = sorted({tuple(sorted((s, t))) for s, _, t in m.edges() if s != t})  # computed here, not by the map
+    missed = [[und[0][1], und[0][0]], list(und[3])]  # one direction of two streets
+    far = int(np.argmax(np.linalg.norm(m.coords - m.coords[0], axis=1)))
+    beh = make_record(ident("gpt-0", "gpt"), "mapping",
+                      {"explained": rate(9, 10), "edge_recall": rate(38, 40), "edge_precision": rate(38, 39),
+                       "n_trips": 10, "n_malformed": 0, "n_recovered": 38, "n_invented": 2, "n_missed": 2,
+                       "invented_edges": [[0, far], [far, 0], [3, 3]], "missed_edges": missed},
+                      {"n_trips": 10}, variant="behaviour")
+    nodes = [0, 1, 2, 4, 5, 6]
+    coords = (m.coords[nodes] * 2.0 + 1.0).tolist()
+    emb = make_record(ident("gpt-0", "gpt"), "mapping",
+                      {"disparity": 0.125, "r2": 0.9, "nn_map_neighbour": rate(5, 6), "nn_true_nearest": rate(4, 6),
+                       "nodes": nodes, "coords": coords}, {"n_seqs": 32}, layer="L1", variant="probe")
+    return [beh, emb], und, missed, far, nodes, coords
+
+
+def taxi_probe_records(m, n=60):
+    rng = np.random.default_rng(3)
+    out = []
+    for k, (name, obj) in enumerate(MODELS):
+        node = rng.integers(0, m.n_nodes, n)
+        xy_true = m.coords[node]
+        xy_pred = xy_true + 0.1 * (k + 1) * rng.standard_normal(xy_true.shape)
+        out.append(make_record(ident(name, obj), "probe",
+                               {"xy_r2": 0.9 - 0.1 * k, "state_accuracy": 0.5,
+                                "points": {"xy_true": xy_true.tolist(), "xy_pred": xy_pred.tolist(), "node": node.tolist()}},
+                               {"n_seqs": 16}, layer="L1"))
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# geometry and style
+# --------------------------------------------------------------------------------------
+def test_simplex_projection_corners_and_centre():
+    xy = G.simplex_project(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]))
+    h = math.sqrt(3) / 2
+    np.testing.assert_allclose(xy, [[0, 0], [1, 0], [0.5, h], [0.5, h / 3], [0.5, 0.0]], atol=1e-12)
+    np.testing.assert_allclose(S.belief_colors([[0.2, 0.3, 0.5]]), [[0.2, 0.3, 0.5]])  # colour = the belief
+
+
+def test_pca_projection_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    B = np.random.default_rng(1).dirichlet(np.ones(5), 200)
+    proj, is_simplex = G.belief_projection([B])
+    assert not is_simplex
+    ours, ref = proj(B), PCA(2).fit(B).transform(B)
+    ref *= np.sign((ours * ref).sum(axis=0))  # PCA signs are arbitrary
+    np.testing.assert_allclose(ours, ref, atol=1e-10)
+
+
+def test_bezier_curve_bends_off_the_segment():
+    c = G.bezier_curves([[0.0, 0.0]], [[2.0, 0.0]], curvature=0.25, n=5)[0]
+    np.testing.assert_allclose(c[[0, -1]], [[0, 0], [2, 0]])
+    np.testing.assert_allclose(c[2], [1.0, 0.25])  # midpoint = mid + curvature/2 x length, to the left
+    back = G.bezier_curves([[2.0, 0.0]], [[0.0, 0.0]], curvature=0.25, n=5)[0]
+    np.testing.assert_allclose(back[2], [1.0, -0.25])  # the reverse edge bends the other way
+
+
+def test_layer_order_and_place_colours():
+    assert sorted(["concat", "L10", "ln_final", "L2", "embed"], key=G.layer_key) == ["embed", "L2", "L10", "ln_final", "concat"]
+    corners = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 2.0], [4.0, 2.0], [2.0, 1.0]])
+    rgb = S.place_colors(corners)
+    np.testing.assert_allclose(rgb[:4], S.PLACE_CORNERS)
+    np.testing.assert_allclose(rgb[4], S.PLACE_CORNERS.mean(axis=0))  # the centre blends all four
+
+
+def test_model_colours_are_fixed():
+    st = S.checkpoint_styles(["a", "b", "c"], {"a": "nextlat", "b": "gpt", "c": "gpt"})
+    assert (st["a"]["color"], st["b"]["color"], st["c"]["color"]) == (NEXTLAT, GPT, GPT)
+    assert (st["b"]["variant"], st["c"]["variant"]) == (0, 1)
+    assert S.checkpoint_styles(["runs/nextlat/ckpt.pt"])["runs/nextlat/ckpt.pt"]["color"] == NEXTLAT
+    assert S.record_styles(rank_records())["nextlat-0"]["color"] == NEXTLAT
+
+
+# --------------------------------------------------------------------------------------
+# non-records are refused, with a clear error
+# --------------------------------------------------------------------------------------
+OLD_ROW = {"checkpoint": "gpt", "objective": "gpt", "layer": "L0", "effective_rank": 3.0, "spectrum": [1.0]}
+
+
+@pytest.mark.parametrize("make", [
+    I.rank_figure, I.rank_training_figure, I.probe_r2_figure, I.belief_figure, I.transition_figure,
+    I.position_loss_figure, I.worldmodel_table_figure, lambda r: I.map_figure(path_map(), r),
+    P.rank_plot, P.probe_r2_plot, P.belief_plot, P.transition_plot, P.worldmodel_plot, P.position_loss_plot,
+    lambda r: P.map_plot(path_map(), r),
+])
+def test_figures_refuse_rows_that_are_not_records(make):
+    with pytest.raises(AnalysisError, match="not a record.*missing"):
+        make([OLD_ROW])
+    with pytest.raises(AnalysisError, match="no .*records|draws"):
+        make([])
+
+
+def test_figures_refuse_records_of_another_analysis():
+    with pytest.raises(AnalysisError, match="draws rank records, got a 'probe' record"):
+        I.rank_figure(probe_records())
+    with pytest.raises(AnalysisError, match="keep_points"):
+        I.belief_figure([r for r in probe_records() if "points" not in r["metrics"]])
+
+
+# --------------------------------------------------------------------------------------
+# interactive pages
+# --------------------------------------------------------------------------------------
+def test_rank_pages(tmp_path):
+    recs = rank_records()
+    traces, layout = write_and_read(I.rank_figure(recs), tmp_path, "rank")
+    t = named(traces, "gpt-0 (gpt)")[0]
+    assert t["x"] == LAYERS and t["line"]["color"] == GPT  # layers in order, only the latest step
+    np.testing.assert_allclose(decode(t["y"]), [er(0, 400, li) for li in range(4)])
+    assert named(traces, "nextlat-0 (nextlat)")[0]["line"]["color"] == NEXTLAT
+    spec = named(traces, "nextlat-0 L0")
+    assert len(spec) == 1
+    np.testing.assert_allclose(decode(spec[0]["y"]), np.geomspace(5.0, 0.01 * 2 * 2, 16))
+    assert layout["xaxis2"]["categoryarray"] == LAYERS
+
+    traces, _ = write_and_read(I.rank_training_figure(recs), tmp_path, "rank_steps")
+    t = named(traces, "gpt-0")
+    assert len(t) == 2  # vs step, vs validation loss
+    np.testing.assert_allclose(decode(t[0]["x"]), [100, 200, 400])
+    np.testing.assert_allclose(decode(t[0]["y"]), [er(0, s, 2) for s in (100, 200, 400)])  # deepest block: L1
+    np.testing.assert_allclose(decode(t[1]["x"]), [1.5 - s / 1000 for s in (100, 200, 400)])
+    traces, _ = write_and_read(I.rank_training_figure(recs, layer="embed"), tmp_path, "rank_steps_embed")
+    np.testing.assert_allclose(decode(named(traces, "nextlat-0")[0]["y"]), [er(1, s, 0) for s in (100, 200, 400)])
+    with pytest.raises(AnalysisError, match="no rank records at layer 'L7'"):
+        I.rank_training_figure(recs, layer="L7")
+
+
+@pytest.mark.parametrize("n_states", [3, 4])
+def test_belief_page(tmp_path, n_states):
+    recs = probe_records(n_states)
+    traces, _ = write_and_read(I.belief_figure(recs), tmp_path, "beliefs")
+    T, Pd = beliefs(200, n_states, 1)  # nextlat-0's points, rebuilt here
+    pts = named(traces, "nextlat-0")[0]
+    if n_states == 3:
+        Q = Pd / Pd.sum(axis=1, keepdims=True)
+        want = np.stack([Q[:, 1] + 0.5 * Q[:, 2], math.sqrt(3) / 2 * Q[:, 2]], axis=1)
+    else:  # PCA fitted on the stacked true beliefs of all panels' records
+        from sklearn.decomposition import PCA
+
+        allT = np.vstack([beliefs(200, n_states, 0)[0], T])
+        pca = PCA(2).fit(allT)
+        want = pca.transform(Pd)
+        got = np.stack([decode(pts["x"]), decode(pts["y"])], axis=1)
+        want *= np.sign((got * want).sum(axis=0))
+    np.testing.assert_allclose(decode(pts["x"]), want[:, 0], atol=1e-9)
+    np.testing.assert_allclose(decode(pts["y"]), want[:, 1], atol=1e-9)
+    np.testing.assert_allclose(rgb_of(pts["marker"]["color"]), np.clip(T @ S.state_colors(n_states), 0, 1),
+                               atol=0.5 / 255 + 1e-12)
+    exact = named(traces, "exact beliefs")[0]
+    assert len(decode(exact["x"])) == 200
+    assert len([t for t in traces if t["type"] == "scattergl"]) == 3  # exact + one panel per record with points
+
+
+def test_taxi_belief_page_puts_probed_positions_on_the_map(tmp_path):
+    m = taxi_map()
+    recs = taxi_probe_records(m)
+    traces, _ = write_and_read(I.belief_figure(recs, true_map=m), tmp_path, "taxi_beliefs")
+    for r in recs:
+        pts = named(traces, f"{r['name']}: probed (x, y)")[0]
+        xy = np.array(r["metrics"]["points"]["xy_pred"])
+        np.testing.assert_allclose(decode(pts["x"]), xy[:, 0])
+        np.testing.assert_allclose(decode(pts["y"]), xy[:, 1])
+        lo, hi = m.coords.min(axis=0), m.coords.max(axis=0)
+        want = S.place_colors(m.coords[r["metrics"]["points"]["node"]], np.array([lo, hi]))
+        np.testing.assert_allclose(rgb_of(pts["marker"]["color"]), want, atol=0.5 / 255 + 1e-12)
+    streets = named(traces, "streets")
+    n_und = len({tuple(sorted((s, t))) for s, _, t in m.edges() if s != t})
+    assert len(streets) == 2 and np.isnan(decode(streets[0]["x"])).sum() == n_und
+    nodes = named(traces, "intersections")[0]
+    np.testing.assert_allclose(decode(nodes["x"]), m.coords[:, 0])
+    # without a map: the points and the true intersections they name
+    traces, _ = write_and_read(I.belief_figure(recs), tmp_path, "taxi_beliefs_nomap")
+    np.testing.assert_allclose(decode(named(traces, "gpt-0: probed (x, y)")[0]["y"]),
+                               np.array(recs[0]["metrics"]["points"]["xy_pred"])[:, 1])
+    assert not [t for t in traces if t.get("name") == "streets"]
+
+
+def test_probe_and_transition_pages(tmp_path):
+    recs = probe_records()
+    traces, _ = write_and_read(I.probe_r2_figure(recs), tmp_path, "probe")
+    t = named(traces, "gpt-0 (gpt)")[0]
+    np.testing.assert_allclose(decode(t["y"]), [0.5, 0.6, 0.7])
+    assert t["line"]["color"] == GPT and t["x"] == ["embed", "L0", "L1"]
+    ctrl = named(traces, "nextlat-0 shuffled control")[0]
+    np.testing.assert_allclose(decode(ctrl["y"]), [-0.005, 0.005, 0.015])
+    assert ctrl["line"]["dash"] == "dot" and ctrl["line"]["color"] == NEXTLAT
+
+    traces, _ = write_and_read(I.transition_figure(transition_records()), tmp_path, "transition")
+    mlp = named(traces, "gpt-0: post-hoc mlp")[0]
+    np.testing.assert_allclose(decode(mlp["y"]), [0.1, 0.2, 0.4])
+    assert mlp["line"]["color"] == GPT and mlp["line"]["dash"] == "solid"
+    lin = decode(named(traces, "gpt-0: post-hoc linear")[0]["y"])
+    assert lin[0] == 0.2 and np.isnan(lin[1]) and named(traces, "gpt-0: post-hoc linear")[0]["line"]["dash"] == "dot"
+    own = named(traces, "nextlat-0: own p_psi")[0]
+    assert own["line"]["dash"] == "dash" and own["line"]["color"] == NEXTLAT
+    np.testing.assert_allclose(decode(own["y"]), [0.05, 0.1, 0.2])
+    assert not [t for t in traces if t.get("name") == "gpt-0: own p_psi"]
+    np.testing.assert_allclose(decode(named(traces, "belief ratio")[0]["y"]), [0.3, 0.1])
+    np.testing.assert_allclose(decode(named(traces, "state ratio")[0]["y"]), [0.35, 0.12])
 
 
 FLOOR = 0.8386
@@ -107,168 +370,6 @@ def metrics_lines(obj, scale):
                                      "kl": 0.1 / step if obj == "nextlat" else 0.0, "step": step, "lr": 1e-3}))
         lines.append(json.dumps({"step": step, "val_loss": 1 + scale / (step + 1), "val_floor": FLOOR, "val_gap": 0.1}))
     return lines
-
-
-def position_records():
-    pos = np.arange(8)
-    floor = 1.0 + 0.5 * np.exp(-pos)
-    return [dict(name=n, objective=n, positions=pos.tolist(), loss=(floor + k * 0.1 / (pos + 1)).tolist(), floor=floor.tolist())
-            for k, n in ((1, "gpt"), (2, "nextlat"))]
-
-
-WM_ROWS = [
-    {"model": "GPT", "objective": "gpt", "next-token": {"value": 1.0, "low": 0.99, "high": 1.0}, "valid": (0.97, 0.95, 0.98), "compression": 0.65},
-    {"model": "NextLat", "objective": "nextlat", "next-token": 1.0, "valid": 0.987, "valid_ci": [0.971, 0.994], "compression": 0.71},
-]
-
-
-def path_map(n=7):
-    return StreetMap(n, [(i, "E", i + 1) for i in range(n - 1)] + [(i + 1, "W", i) for i in range(n - 1)])
-
-
-def simplex_panels(n=300, S_=3, seed=0):
-    rng = np.random.default_rng(seed)
-    B = rng.dirichlet(np.ones(S_), n)
-    pred = B + 0.03 * rng.standard_normal(B.shape)
-    return [{"title": "true", "true": B, "pred": None}, {"title": "GPT", "true": B, "pred": pred}], B, pred
-
-
-# --------------------------------------------------------------------------------------
-# geometry
-# --------------------------------------------------------------------------------------
-def test_simplex_projection_corners_and_centre():
-    xy = S.simplex_project(np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]]))
-    h = math.sqrt(3) / 2
-    np.testing.assert_allclose(xy, [[0, 0], [1, 0], [0.5, h], [0.5, h / 3], [0.5, 0.0]], atol=1e-12)
-    # colour of a 3-state belief is the belief itself (RGB)
-    np.testing.assert_allclose(S.belief_colors([[0.2, 0.3, 0.5]]), [[0.2, 0.3, 0.5]])
-
-
-def test_pca_projection_matches_sklearn():
-    from sklearn.decomposition import PCA
-
-    B = np.random.default_rng(1).dirichlet(np.ones(5), 200)
-    proj, is_simplex = S.belief_projection([B])
-    assert not is_simplex
-    ours, ref = proj(B), PCA(2).fit(B).transform(B)
-    ref *= np.sign((ours * ref).sum(axis=0))  # PCA signs are arbitrary
-    np.testing.assert_allclose(ours, ref, atol=1e-10)
-
-
-def test_bezier_curve_bends_off_the_segment():
-    c = S.bezier_curves([[0.0, 0.0]], [[2.0, 0.0]], curvature=0.25, n=5)[0]
-    np.testing.assert_allclose(c[0], [0, 0])
-    np.testing.assert_allclose(c[-1], [2, 0])
-    np.testing.assert_allclose(c[2], [1.0, 0.25])  # midpoint = mid + curvature/2 x length, to the left
-    back = S.bezier_curves([[2.0, 0.0]], [[0.0, 0.0]], curvature=0.25, n=5)[0]
-    np.testing.assert_allclose(back[2], [1.0, -0.25])  # the reverse edge bends the other way
-
-
-def test_map_layout_without_coordinates_recovers_a_path():
-    m = path_map(7)
-    for kw in ({}, {"mds_max_nodes": 2, "n_pivots": 3}):  # classical MDS and pivot MDS
-        L = S.map_layout(m, **kw)
-        D = np.linalg.norm(L[:, None] - L[None], axis=-1)
-        np.testing.assert_allclose(D, np.abs(np.arange(7)[:, None] - np.arange(7)[None]), atol=1e-8)
-        np.testing.assert_array_equal(L, S.map_layout(m, **kw))  # deterministic
-
-
-def test_split_invented_moves_non_edges():
-    m = path_map(4)
-    rec, inv = S.split_invented(m, [(0, 1), (1, 0), (0, 3), (2, 0)], invented=[(3, 1)])
-    assert sorted(map(tuple, rec.tolist())) == [(0, 1), (1, 0)]
-    assert sorted(map(tuple, inv.tolist())) == [(0, 3), (2, 0), (3, 1)]
-
-
-def test_read_metrics_partial_line_and_resume(tmp_path):
-    lines = [
-        json.dumps({"event": "start", "config": {"objective": "gpt"}}),
-        json.dumps({"step": 0, "val_loss": 2.0, "val_floor": 1.0}),
-        json.dumps({"step": 10, "ce": 1.9, "loss": 1.9}),
-        json.dumps({"step": 20, "ce": 1.8, "loss": 1.8}),
-        json.dumps({"step": 20, "val_loss": 1.7, "val_floor": 1.0}),
-        json.dumps({"step": 30, "ce": 1.75, "loss": 1.75}),  # lost by a crash: resumed from step 20
-        json.dumps({"step": 30, "ce": 1.6, "loss": 1.6}),
-        json.dumps({"step": 40, "val_loss": 1.5, "val_floor": 1.0}),
-        '{"step": 50, "ce": 1.',
-    ]
-    path = tmp_path / "metrics.jsonl"
-    path.write_text("\n".join(lines))
-    recs = S.read_metrics(path)
-    train = [(r["step"], r["ce"]) for r in recs if S.metric_kind(r) == "train"]
-    evals = [(r["step"], r["val_loss"]) for r in recs if S.metric_kind(r) == "eval"]
-    assert train == [(10, 1.9), (20, 1.8), (30, 1.6)]
-    assert evals == [(0, 2.0), (20, 1.7), (40, 1.5)]
-    assert S.run_objective(recs) == "gpt"
-
-
-def test_model_colours_are_fixed():
-    assert (GPT, NEXTLAT) == ("#0072B2", "#D55E00")  # Okabe-Ito blue and vermillion, in every figure
-    st = S.checkpoint_styles(["a", "b", "c"], {"a": "nextlat", "b": "gpt", "c": "gpt"})
-    assert (st["a"]["color"], st["b"]["color"], st["c"]["color"]) == (NEXTLAT, GPT, GPT)
-    assert (st["b"]["variant"], st["c"]["variant"]) == (0, 1)
-    assert S.checkpoint_styles(["runs/nextlat/ckpt.pt"])["runs/nextlat/ckpt.pt"]["color"] == NEXTLAT
-
-
-# --------------------------------------------------------------------------------------
-# interactive pages
-# --------------------------------------------------------------------------------------
-def test_rank_pages(tmp_path):
-    recs = rank_records()
-    traces, _ = write_and_read(I.rank_figure(recs), tmp_path, "rank")
-    name = "runs/gpt/ckpt_step400.pt"
-    t = by_name(traces, f"{name} (gpt)")
-    want = [r["effective_rank"] for r in recs if r["checkpoint"] == name]
-    np.testing.assert_allclose(decode(t["y"]), want)
-    assert t["x"] == LAYERS and t["line"]["color"] == GPT
-    assert by_name(traces, "runs/nextlat/ckpt_step100.pt (nextlat)")["line"]["color"] == NEXTLAT
-    spec = by_name(traces, "runs/nextlat/ckpt_step100.pt final")
-    want = [r for r in recs if r["checkpoint"] == "runs/nextlat/ckpt_step100.pt" and r["layer"] == "final"][0]
-    np.testing.assert_allclose(decode(spec["y"]), want["spectrum"])
-
-    traces, _ = write_and_read(I.rank_training_figure(recs), tmp_path, "rank_steps")
-    gpt_final = [r for r in recs if r["objective"] == "gpt" and r["layer"] == "final"]
-    t = [t for t in traces if t["name"] == "gpt"]
-    np.testing.assert_allclose(decode(t[0]["x"]), [r["step"] for r in gpt_final])
-    np.testing.assert_allclose(decode(t[0]["y"]), [r["effective_rank"] for r in gpt_final])
-    np.testing.assert_allclose(decode(t[1]["x"]), [r["val_loss"] for r in gpt_final])
-    assert t[0]["line"]["color"] == GPT
-
-
-@pytest.mark.parametrize("n_states", [3, 4])
-def test_belief_simplex_page(tmp_path, n_states):
-    panels, B, pred = simplex_panels(S_=n_states)
-    traces, _ = write_and_read(I.belief_simplex_figure(panels), tmp_path, "simplex")
-    pts = by_name(traces, "GPT")
-    proj, _ = S.belief_projection([B])
-    np.testing.assert_allclose(decode(pts["x"]), proj(pred)[:, 0], atol=1e-12)
-    np.testing.assert_allclose(decode(pts["y"]), proj(pred)[:, 1], atol=1e-12)
-    rgb = np.array([[int(v) for v in re.findall(r"\d+", c)] for c in pts["marker"]["color"]]) / 255
-    np.testing.assert_allclose(rgb, S.belief_colors(B), atol=0.5 / 255 + 1e-12)
-    if n_states == 3:
-        np.testing.assert_allclose(decode(by_name(traces, "true")["x"]), S.simplex_project(B)[:, 0])
-
-
-def test_probe_and_transition_pages(tmp_path):
-    recs = probe_records()
-    traces, _ = write_and_read(I.probe_r2_figure(recs), tmp_path, "probe")
-    t = by_name(traces, "gpt-0 (gpt)")
-    np.testing.assert_allclose(decode(t["y"]), [r["r2"] for r in recs[:4]])
-    assert t["line"]["color"] == GPT
-    np.testing.assert_allclose(decode(by_name(traces, "nextlat-0 shuffled control")["y"]), [r["shuffled_r2"] for r in recs[4:]])
-
-    traces, _ = write_and_read(I.transition_figure(transition_results()), tmp_path, "transition")
-    mlp = by_name(traces, "gpt: post-hoc MLP")
-    np.testing.assert_allclose(decode(mlp["y"]), [0.1, 0.2, 0.4])
-    assert mlp["line"]["color"] == GPT and mlp["line"]["dash"] == "solid"
-    lin = decode(by_name(traces, "gpt: post-hoc linear")["y"])
-    assert lin[0] == 0.2 and np.isnan(lin[1])
-    own = by_name(traces, "nextlat: own p_psi")
-    assert own["line"]["dash"] == "dash" and own["line"]["color"] == NEXTLAT
-    np.testing.assert_allclose(decode(own["y"]), [0.05, 0.1, 0.2])
-    assert not any(t.get("name") == "gpt: own p_psi" for t in traces)
-    bars = [t for t in traces if t["type"] == "bar"][0]
-    np.testing.assert_allclose(decode(bars["y"]), [0.3, 0.1])
 
 
 def test_training_and_position_pages(tmp_path):
@@ -286,49 +387,86 @@ def test_training_and_position_pages(tmp_path):
 
     recs = position_records()
     traces, _ = write_and_read(I.position_loss_figure(recs), tmp_path, "positions")
-    loss = [t for t in traces if t["name"] == "nextlat"]
-    np.testing.assert_allclose(decode(loss[0]["y"]), recs[1]["loss"])
-    np.testing.assert_allclose(decode(loss[1]["y"]), np.subtract(recs[1]["loss"], recs[1]["floor"]), atol=1e-12)
-    np.testing.assert_allclose(decode(by_name(traces, "exact floor")["y"]), recs[0]["floor"])
+    loss = named(traces, "nextlat-0")
+    pos = np.arange(1, 9)
+    floor = 1.0 + 0.5 * np.exp(-pos)
+    np.testing.assert_allclose(decode(loss[0]["y"]), floor + 0.2 / pos)
+    np.testing.assert_allclose(decode(loss[1]["y"]), 0.2 / pos, atol=1e-12)
+    np.testing.assert_allclose(decode(named(traces, "exact floor")[0]["y"]), floor)
+
+
+def wilson(c, n):
+    """Wilson 95% interval, by its formula (independent of records.wilson_interval)."""
+    z, p = 1.959963984540054, c / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (0.0 if c == 0 else centre - half), (1.0 if c == n else centre + half)
 
 
 def test_worldmodel_table_page(tmp_path):
-    traces, _ = write_and_read(I.worldmodel_table_figure(WM_ROWS), tmp_path, "table")
+    wm = worldmodel_records()
+    rank = [r for r in rank_records() if r["step"] == 400]
+    traces, _ = write_and_read(I.worldmodel_table_figure(wm + rank), tmp_path, "table")
     header, cells = traces[0]["header"]["values"], traces[0]["cells"]["values"]
-    assert header == ["model", "next-token", "valid", "compression"]
-    assert cells[0] == ["GPT", "NextLat"]
-    assert cells[1] == ["1 [0.99, 1]", "1"]
-    assert cells[2] == ["0.97 [0.95, 0.98]", "0.987 [0.971, 0.994]"]
+    assert header == ["model", "next_token", "trajectory_valid", "compression", "eff. rank (L1)", "val loss"]
+    assert cells[0] == ["gpt-0", "nextlat-0"]
+    for j, (c, n) in enumerate(((95, 100), (188, 200))):
+        lo, hi = wilson(c, n)
+        assert cells[1][j] == f"{c / n:.3g} [{lo:.3g}, {hi:.3g}]"
+        lo, hi = wilson(c - 20, n)
+        assert cells[2][j] == f"{(c - 20) / n:.3g} [{lo:.3g}, {hi:.3g}]"
+    assert cells[3] == ["n/a", "n/a"]  # a rate of nothing measured
+    assert cells[4] == [f"{er(0, 400, 2):.2f}", f"{er(1, 400, 2):.2f}"]
+    assert cells[5] == ["1.0000", "1.0000"]
     assert traces[0]["cells"]["font"]["color"][0] == [GPT, NEXTLAT]
+    traces, _ = write_and_read(I.worldmodel_table_figure(wm, columns=["next_token"], formats={"next_token": ".2f"}),
+                               tmp_path, "table2")
+    assert traces[0]["header"]["values"] == ["model", "next_token"]
+    assert traces[0]["cells"]["values"][1][0] == "0.95 [{:.2f}, {:.2f}]".format(*wilson(95, 100))
 
 
-def test_map_page(tmp_path):
-    m = synthetic_manhattan(4, 4, seed=0)
-    e = [(s, t) for s, _, t in m.edges()]
-    far = int(np.argmax(np.linalg.norm(m.coords - m.coords[0], axis=1)))
-    panels = [{"title": "behaviour", "edges": e[:10] + [(0, far)], "missing": e[10:12]},
-              {"title": "embedding", "coords": m.coords * 2.0}]
-    traces, _ = write_and_read(I.map_figure(m, panels), tmp_path, "map")
-    true = [t for t in traces if t["name"] == "true map"]
-    n_true = len(S.map_edges(m))
-    assert len(true) == 2 and np.isnan(decode(true[0]["x"])).sum() == n_true
-    rec = by_name(traces, "recovered edges")
-    assert np.isnan(decode(rec["x"])).sum() == 10 and rec["line"]["color"] == S.MAP_COLORS["recovered"]
-    inv = by_name(traces, "invented edges")
+def test_map_page_shows_the_true_map(tmp_path):
+    m = taxi_map()
+    recs, und, missed, far, nodes, coords = mapping_records(m)
+    traces, layout = write_and_read(I.map_figure(m, recs), tmp_path, "map")
+    true = named(traces, "true map")
+    assert len(true) == 1 and true[0]["xaxis"] == "x"  # its own first panel
+    t = true[0]
+    assert np.isnan(decode(t["x"])).sum() == len(und) and t["line"]["width"] >= 1.5 and t.get("opacity", 1) == 1
+    assert t["line"]["color"] == S.MAP_COLORS["true"]
+    seg = np.stack([decode(t["x"]), decode(t["y"])], axis=1).reshape(-1, 3, 2)[:, :2]
+    want = {tuple(sorted(map(tuple, np.round(m.coords[[a, b]], 9).tolist()))) for a, b in und}
+    assert {tuple(sorted(map(tuple, np.round(s, 9).tolist()))) for s in seg} == want  # every true street, once
+    under = named(traces, "true map (under)")
+    assert len(under) == 2 and all(np.isnan(decode(u["x"])).sum() == len(und) for u in under)
+    assert under[0]["line"]["width"] < t["line"]["width"]
+    rec = named(traces, "recovered streets")[0]
+    assert np.isnan(decode(rec["x"])).sum() == len(und) - 2 and rec["line"]["color"] == S.MAP_COLORS["recovered"]
+    assert np.isnan(decode(named(traces, "missing streets")[0]["x"])).sum() == 2
+    inv = named(traces, "invented edges")[0]
+    assert inv["opacity"] < 1 and inv["line"]["width"] < rec["line"]["width"]
     pts = np.stack([decode(inv["x"]), decode(inv["y"])], axis=1)
-    pts = pts[~np.isnan(pts[:, 0])]
+    arcs = pts.reshape(2, -1, 2)[:, :-1]  # two arcs (the self-loop is left out), NaN-separated
+    np.testing.assert_allclose(arcs[0][[0, -1]], m.coords[[0, far]], atol=1e-9)
+    np.testing.assert_allclose(arcs[1][[0, -1]], m.coords[[far, 0]], atol=1e-9)
     a, b = m.coords[0], m.coords[far]
-    np.testing.assert_allclose(pts[[0, -1]], [a, b], atol=1e-9)
     d = b - a
-    off = np.abs(d[0] * (pts[:, 1] - a[1]) - d[1] * (pts[:, 0] - a[0])) / np.linalg.norm(d)
+    off = np.abs(d[0] * (arcs[0][:, 1] - a[1]) - d[1] * (arcs[0][:, 0] - a[0])) / np.linalg.norm(d)
     assert off.max() > 0.1 * np.linalg.norm(d)  # curved, not the straight segment
-    nodes = [t for t in traces if t["name"] == "intersections"]
-    np.testing.assert_allclose(decode(nodes[1]["x"]), m.coords[:, 0] * 2.0)
+    assert traces.index(inv) > traces.index(under[0])  # drawn above the map
+    emb = named(traces, "embedded map")[0]
+    n_inner = sum(1 for u, v in und if u in nodes and v in nodes)
+    assert np.isnan(decode(emb["x"])).sum() == n_inner
+    ints = named(traces, "intersections")
+    assert len(ints) == 3
+    np.testing.assert_allclose(decode(ints[2]["x"]), np.array(coords)[:, 0])
+    titles = [a["text"] for a in layout["annotations"]]
+    assert titles[0].startswith("true map (16 intersections, 25 streets)")
+    assert "disparity 0.125" in titles[2]
 
 
 def test_write_report_inlines_plotly_once(tmp_path):
     path = I.write_report([("probes", I.probe_r2_figure(probe_records())), ("note", "<p>hello</p>"),
-                           ("table", I.worldmodel_table_figure(WM_ROWS))], tmp_path / "report.html")
+                           ("table", I.worldmodel_table_figure(worldmodel_records()))], tmp_path / "report.html")
     text = path.read_text()
     assert text.count("Plotly.newPlot(") == 2 and "<p>hello</p>" in text
     assert not re.search(r"<script[^>]*\bsrc\s*=", text)
@@ -338,48 +476,89 @@ def test_write_report_inlines_plotly_once(tmp_path):
 # --------------------------------------------------------------------------------------
 # paper figures
 # --------------------------------------------------------------------------------------
-def _line_color(fig, label):
+def _lines(fig, label):
     from matplotlib.colors import to_hex
 
-    for ax in fig.axes:
-        for line in ax.get_lines():
-            if line.get_label() == label:
-                return to_hex(line.get_color()).upper()
-    raise AssertionError(f"no line labelled {label!r}")
+    hits = [ln for ax in fig.axes for ln in ax.get_lines() if ln.get_label() == label]
+    assert hits, f"no line labelled {label!r}"
+    return hits, to_hex(hits[0].get_color()).upper()
 
 
-def test_paper_figures_write_files(tmp_path):
+def test_paper_rank_probe_belief(tmp_path):
     recs = rank_records()
     fig = P.rank_plot(recs)
-    assert _line_color(fig, "runs/gpt/ckpt_step100.pt (gpt)") == GPT
-    assert _line_color(fig, "runs/nextlat/ckpt_step100.pt (nextlat)") == NEXTLAT
-    ys = [ln.get_ydata() for ln in fig.axes[1].get_lines() if ln.get_label() == "runs/gpt/ckpt_step400.pt (gpt)"][0]
-    np.testing.assert_allclose(ys, [r["effective_rank"] for r in recs if r["checkpoint"] == "runs/gpt/ckpt_step400.pt"])
-    assert fig.get_size_inches()[0] == pytest.approx(S.DOUBLE_COLUMN)
+    assert len(fig.axes) == 2 and fig.get_size_inches()[0] == pytest.approx(S.DOUBLE_COLUMN)
+    assert len(fig.axes[0].get_lines()) == 2 * len(LAYERS) and len(fig.axes[1].get_lines()) == 2
+    (line,), color = _lines(fig, "gpt-0 (gpt)")
+    assert color == GPT
+    np.testing.assert_allclose(line.get_ydata(), [er(0, 400, li) for li in range(4)])
+    assert _lines(fig, "nextlat-0 (nextlat)")[1] == NEXTLAT
     check_paper_files(fig, tmp_path, "rank")
-    check_paper_files(P.rank_training_plot(recs), tmp_path, "rank_steps")
+    fig = P.rank_training_plot(recs)
+    (line,), _ = _lines(fig, "gpt-0")
+    np.testing.assert_allclose(line.get_xdata(), [100, 200, 400])
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_xdata(), [1.5 - s / 1000 for s in (100, 200, 400)])
 
-    panels, _, _ = simplex_panels()
-    check_paper_files(P.belief_simplex_plot(panels), tmp_path, "simplex")
     fig = P.probe_r2_plot(probe_records())
-    assert _line_color(fig, "gpt-0 (gpt)") == GPT
-    assert fig.get_size_inches()[0] == pytest.approx(S.SINGLE_COLUMN)
-    check_paper_files(fig, tmp_path, "probe")
+    assert len(fig.axes) == 1 and fig.get_size_inches()[0] == pytest.approx(S.SINGLE_COLUMN)
+    assert len(fig.axes[0].get_lines()) == 4  # two models, each with its control
+    (line,), color = _lines(fig, "gpt-0 (gpt)")
+    np.testing.assert_allclose(line.get_ydata(), [0.5, 0.6, 0.7])
+    assert _lines(fig, "gpt-0 shuffled control")[0][0].get_linestyle() == ":"
+
+    fig = P.belief_plot(probe_records())
+    assert len([a for a in fig.axes if a.get_visible()]) == 3
+    off = fig.axes[2].collections[0].get_offsets()
+    T, Pd = beliefs(200, 3, 1)
+    np.testing.assert_allclose(off, G.simplex_project(Pd), atol=1e-12)
+    check_paper_files(fig, tmp_path, "beliefs")
+    m = taxi_map()
+    trecs = taxi_probe_records(m)
+    fig = P.belief_plot(trecs, true_map=m)
+    pts = fig.axes[1].collections[-1].get_offsets()
+    np.testing.assert_allclose(pts, trecs[1]["metrics"]["points"]["xy_pred"])
+    assert len(fig.axes[0].collections[0].get_segments()) == 25  # the streets under the points
 
 
-def test_paper_figures_write_files_2(tmp_path):
-    fig = P.transition_plot(transition_results())
-    assert _line_color(fig, "gpt: post-hoc MLP") == GPT
+def test_paper_transition_training_position_worldmodel_map(tmp_path):
+    fig = P.transition_plot(transition_records())
+    assert len(fig.axes[0].get_lines()) == 4
+    (line,), color = _lines(fig, "gpt-0: post-hoc mlp")
+    assert color == GPT and line.get_linestyle() == "-"
+    assert _lines(fig, "nextlat-0: own p_psi")[0][0].get_linestyle() == "--"
+    assert "gpt-0 (belief 0.3, state 0.35)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     check_paper_files(fig, tmp_path, "transition")
     runs = {"gpt": [json.loads(x) for x in metrics_lines("gpt", 2.0)], "nextlat": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
     fig = P.training_curves_plot(runs)
-    assert _line_color(fig, "nextlat") == NEXTLAT
-    check_paper_files(fig, tmp_path, "train")
-    check_paper_files(P.position_loss_plot(position_records()), tmp_path, "positions")
-    check_paper_files(P.worldmodel_plot(WM_ROWS), tmp_path, "table")
-    m = synthetic_manhattan(4, 4, seed=0)
-    e = [(s, t) for s, _, t in m.edges()]
-    check_paper_files(P.map_plot(m, [{"title": "rebuilt", "edges": e[:10] + [(0, 5)]}, {"title": "true map"}]), tmp_path, "map")
+    assert _lines(fig, "nextlat")[1] == NEXTLAT
+    fig = P.position_loss_plot(position_records())
+    assert len(fig.axes) == 2
+    pos = np.arange(1, 9)
+    np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), 0.1 / pos, atol=1e-12)
+
+    wm = worldmodel_records()
+    fig = P.worldmodel_plot(wm + [r for r in rank_records() if r["step"] == 400])
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == 5  # 3 rates + effective rank + val loss
+    assert [a.get_title() for a in visible][:2] == ["next_token", "trajectory_valid"]
+    bar = visible[0].get_lines()[0]
+    np.testing.assert_allclose(bar.get_xdata(), wilson(95, 100))
+    check_paper_files(fig, tmp_path, "worldmodel")
+
+    m = taxi_map()
+    recs, und, *_ = mapping_records(m)
+    fig = P.map_plot(m, recs)
+    visible = [a for a in fig.axes if a.get_visible()]
+    assert len(visible) == 3
+    true = visible[0].collections[0]
+    assert len(true.get_segments()) == len(und) and true.get_label() == "true map"
+    from matplotlib.colors import to_hex
+
+    assert to_hex(true.get_colors()[0]).upper() == S.MAP_COLORS["true"].upper()
+    labels = [c.get_label() for c in visible[1].collections[:-1]]
+    assert labels == ["true map (under)", "recovered", "missing", "invented"]
+    assert visible[1].collections[3].get_alpha() == S.INVENTED_ALPHA
+    check_paper_files(fig, tmp_path, "map")
 
 
 def test_paper_plot_into_given_axes_and_style(tmp_path):

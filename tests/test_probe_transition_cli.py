@@ -46,7 +46,7 @@ def test_probe_cli_json_plot_and_errors(tiny_mess3_ckpts, tmp_path):
     assert all(x["params"]["n_seqs"] == 36 and x["params"]["n_test"] == 12 for x in recs)
     html = page.read_text()
     assert "Probed beliefs" in html and '<script src="http' not in html
-    for bad in (["--alpha", "x"], ["--n-test", "40"], ["--layers", "9"], ["--seq-len", "0"], ["--device", "tpu"],
+    for bad in (["--alpha", "x"], ["--n-seqs", "10", "--n-test", "40"], ["--layers", "9"], ["--seq-len", "0"], ["--device", "tpu"],
                 ["--plot", str(tmp_path)]):
         r = run_cli("nextlat_probe.probe", str(tiny_mess3_ckpts["gpt"]), *bad)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (bad, r.stderr)

@@ -250,10 +250,13 @@ def position_panels(records: list[dict[str, Any]], true_map: Any = None, max_poi
 # street maps
 # --------------------------------------------------------------------------------------
 def as_edges(edges: Any) -> np.ndarray:
-    """int64 [E, 2] from a list of (src, dst) pairs (empty -> shape [0, 2])."""
+    """int64 [E, 2] from (src, dst) pairs or the records' (src, direction, dst) triples
+    (empty -> shape [0, 2])."""
     if edges is None:
         return np.zeros((0, 2), dtype=np.int64)
-    arr = np.asarray(list(edges) if not isinstance(edges, np.ndarray) else edges, dtype=np.int64)
+    if not isinstance(edges, np.ndarray):
+        edges = [(e[0], e[-1]) for e in edges]
+    arr = np.asarray(edges, dtype=np.int64)
     return arr.reshape(-1, 2)
 
 
