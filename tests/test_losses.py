@@ -7,12 +7,18 @@ import pytest
 from nextlat_probe.analysis.losses import matched_loss_comparison, position_losses
 
 
+def _rank_record(name, step, val_loss, erank):
+    from nextlat_probe.records import make_record
+
+    ident = {"name": name, "objective": name, "step": step, "val_loss": val_loss}
+    return make_record(ident, "rank", {"effective_rank": erank}, {"n_seqs": 8}, layer="L1")
+
+
 def test_matched_loss_picks_first_checkpoint_at_the_common_loss():
     traj = {
-        "gpt": [{"step": 1, "val_loss": 1.0, "effective_rank": 10}, {"step": 2, "val_loss": 0.8, "effective_rank": 20},
-                {"step": 3, "val_loss": 0.7, "effective_rank": 30}],
-        "nextlat": [{"step": 1, "val_loss": 1.1, "effective_rank": 5}, {"step": 2, "val_loss": 0.85, "effective_rank": 7},
-                    {"step": 3, "val_loss": float("nan"), "effective_rank": 9}],
+        "gpt": [_rank_record("gpt", 1, 1.0, 10), _rank_record("gpt", 2, 0.8, 20), _rank_record("gpt", 3, 0.7, 30)],
+        "nextlat": [_rank_record("nextlat", 1, 1.1, 5), _rank_record("nextlat", 2, 0.85, 7),
+                    _rank_record("nextlat", 3, float("nan"), 9)],
     }
     out = matched_loss_comparison(traj)
     # NextLat's best finite loss is 0.85: GPT first reaches it at step 2 (0.8)

@@ -10,7 +10,7 @@ import pytest
 from nextlat_probe.analysis import mapping as mp
 from nextlat_probe.analysis import worldmodel as wm
 from nextlat_probe.errors import WorldError
-from nextlat_probe.plots import style as S
+from nextlat_probe.plots import geometry as G
 from nextlat_probe.worlds import trips as T
 from nextlat_probe.worlds.streetmap import DIRECTIONS, StreetMap, synthetic_manhattan
 from nextlat_probe.worlds.taxi import Taxi
@@ -224,9 +224,10 @@ def test_undirected_edges_and_adjacency_by_hand():
     A = m.undirected().toarray()
     assert (A == A.T).all() and (np.diag(A) == 0).all() and A.sum() == 8
     assert not m.undirected_edges().flags.writeable
-    assert (S.map_edges(m) == m.undirected_edges()).all()
-    assert (S.map_edges(m.succ) == m.undirected_edges()).all()  # from the successor table too
-    assert S.map_edges(m, undirected=False).tolist() == [[0, 1], [0, 2], [1, 0], [2, 3], [3, 1]]
+    assert sorted((s, t) for s, _, t in m.edges() if s != t) == [(0, 1), (0, 2), (1, 0), (2, 3), (3, 1)]
+    # the map figure draws exactly these streets, once each
+    (true_panel,) = G.map_panels(m, [])
+    assert true_panel["n_true"] == 4
 
 
 def _bfs(street_map: StreetMap, source: int) -> np.ndarray:
@@ -281,10 +282,8 @@ def test_one_layout_everywhere_for_a_map_without_coordinates():
     again = StreetMap(g.n_nodes, g.edges(), name="plain")
     L = plain.layout()
     np.testing.assert_array_equal(L, again.layout())  # deterministic, not per-object luck
-    np.testing.assert_array_equal(S.map_layout(plain), L)
-    np.testing.assert_array_equal(mp.layout_coords(plain), L)
-    np.testing.assert_array_equal(mp.layout_coords(plain, max_landmarks=10, seed=7),
-                                  S.map_layout(plain, mds_max_nodes=10, n_pivots=10))
+    np.testing.assert_array_equal(G.map_panels(plain, [])[0]["coords"], L)  # what the figures draw
+    np.testing.assert_array_equal(mp.layout_coords(plain), L)  # what mapping compares with
     # the orientation convention: centred, principal axes, axes towards increasing index
     idx = np.arange(plain.n_nodes) - (plain.n_nodes - 1) / 2
     for Y in (L, plain.layout(max_exact=10, n_landmarks=10)):
@@ -297,7 +296,7 @@ def test_one_layout_everywhere_for_a_map_without_coordinates():
     H = plain.hops()
     assert np.corrcoef(D.ravel(), H.ravel())[0, 1] > 0.95
     # callers get copies: changing them does not change the map's layout
-    copy = S.map_layout(plain)
+    copy = mp.layout_coords(plain)
     copy[:] = 0
     np.testing.assert_array_equal(mp.layout_coords(plain), L)
     with pytest.raises(ValueError):
@@ -308,7 +307,7 @@ def test_layout_with_coordinates_is_the_coordinates():
     xy = [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0), (1.0, 1.0)]
     m = square(coords=xy)
     np.testing.assert_array_equal(m.layout(), xy)
-    np.testing.assert_array_equal(S.map_layout(m), xy)
+    np.testing.assert_array_equal(G.map_panels(m, [])[0]["coords"], xy)
     np.testing.assert_array_equal(mp.layout_coords(m), xy)
 
 
