@@ -100,7 +100,7 @@ def cli_timing() -> None:
     """Wall time of ``python -m nextlat_probe.rank ckpt.pt`` on a tiny checkpoint, split into
     import, model load, forward passes and rank. Each part is timed in a fresh interpreter
     (the import cost is what a user pays once per command), with the CLI's own defaults:
-    256 sequences, final layer, streamed statistics."""
+    256 sequences, the last block's residual (`--layers last`), streamed statistics."""
     import json
     import subprocess
     import sys
@@ -116,16 +116,16 @@ def cli_timing() -> None:
 import json, time
 t0 = time.perf_counter()
 import torch, transformer_lens  # noqa: F401  (what the CLI imports)
-from nextlat_probe.rank import rank_report
-from nextlat_probe.activations import analysis_mask, collect_stats, layer_hook
-from nextlat_probe.analysis.common import shared_tokens
-from nextlat_probe.checkpoint import load_checkpoint
+import nextlat_probe.rank  # noqa: F401  (the CLI module itself)
+from nextlat_probe.activations import collect_stats, layer_hook
+from nextlat_probe.analysis.rank import rank_report
+from nextlat_probe.compare import Inputs, load_models
 t1 = time.perf_counter()
-ck = load_checkpoint({str(ckpt)!r})
+ck = load_models([{str(ckpt)!r}])[0]
 t2 = time.perf_counter()
-sample = shared_tokens([ck], 256, None, 0)[0]
+inputs = Inputs([ck], n_seqs=256, seed=0)  # the shared sequences compare.run_rank analyses
 hook = layer_hook(ck.model_config.n_layers - 1)
-stats = collect_stats(ck.model, sample.tokens, [hook], mask=analysis_mask(ck.world, sample.tokens))
+stats = collect_stats(ck.model, inputs.tokens(0), [hook], mask=inputs.mask(0))
 t3 = time.perf_counter()
 res = rank_report(stats[hook])
 t4 = time.perf_counter()
@@ -138,7 +138,7 @@ print(json.dumps(dict(imports=t1 - t0, load=t2 - t1, forward=t3 - t2, rank=t4 - 
     t = time.perf_counter()
     subprocess.run([sys.executable, "-m", "nextlat_probe.rank", "--help"], capture_output=True, check=True)
     helptime = time.perf_counter() - t
-    print("\nCLI wall time on a tiny taxi checkpoint (256 sequences, final layer):")
+    print("\nCLI wall time on a tiny taxi checkpoint (256 sequences, last block):")
     for k, v in parts.items():
         print(f"  {k:<8} {v:7.2f} s")
     print(f"  {'total':<8} {total:7.2f} s   (python -m nextlat_probe.rank ckpt.pt, interpreter start included)")

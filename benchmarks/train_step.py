@@ -93,7 +93,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
 
     from nextlat_probe.models.config import ModelConfig
     from nextlat_probe.models.objective import compute_losses
-    from nextlat_probe.models.transformer import build_transformer, final_hook_name, move
+    from nextlat_probe.models.transformer import build_transformer, last_resid_hook, move
     from nextlat_probe.training.config import TrainConfig
     from nextlat_probe.training.trainer import _build, to_batch
 
@@ -104,7 +104,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
         cfg = TrainConfig(objective=objective, horizon=horizon, preset=preset, device=str(device))
         mcfg, ocfg, model, dynamics, opt, sched = _build(cfg, world, seq_len, device)
         model.train()
-        hook = final_hook_name(mcfg)
+        hook = last_resid_hook(mcfg)
         params = [p for g in opt.param_groups for p in g["params"]]
 
         def step() -> None:  # the body of trainer.train's loop, minus data and logging

@@ -6,7 +6,13 @@ import pytest
 import torch
 from helpers import run_cli
 
-from nextlat_probe.activations import EMBED_HOOK, LN_FINAL_HOOK, collect, collect_stats, hidden_states
+from nextlat_probe.activations import (
+    EMBED_HOOK,
+    LN_FINAL_HOOK,
+    collect,
+    collect_stats,
+    hidden_states,
+)
 from nextlat_probe.checkpoint import load_checkpoint
 
 

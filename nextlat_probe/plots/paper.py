@@ -390,14 +390,28 @@ def map_plot(true_map: Any, records: list[dict[str, Any]], ax: Any = None, colum
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 
-    geo = map_panels(true_map, checked(records, "mapping", "map plot"), curvature)
+    recs = checked(records, "mapping", "map plot")
+    geo = map_panels(true_map, recs, curvature)
     layers = [("recovered", "-", "recovered"), ("missing", ":", "missing"), ("embedded", "-", "embedded"),
               ("invented", "-", "invented")]
     with paper_style():
         n = len(geo)
-        n_cols = max(1, min(cols or 3, n))
-        n_rows = -(-n // n_cols)
-        fig, axes = _axes(ax, n, column, aspect=1.15, rows=n_rows)
+        if ax is None and cols is None and recs:
+            # one row per model: [true map | its panels]; the legend below the true map
+            per_model = [len(g) for g in by_name(recs).values()]
+            n_cols, n_rows = 1 + max(per_model), len(per_model)
+            fig, grid = new_figure(column, n_rows, n_cols, aspect=1.15)
+            grid = list(np.ravel(grid))
+            slots = [0] + [r * n_cols + 1 + j for r, k in enumerate(per_model) for j in range(k)]
+            axes = [grid[i] for i in slots]
+            spare = [a for i, a in enumerate(grid) if i not in slots]
+            for a in spare:
+                a.set_axis_off()
+            legend_ax = spare[0] if spare and n_rows > 1 and spare[0] is grid[n_cols] else None
+        else:
+            n_cols = max(1, min(cols or 3, n))
+            fig, axes = _axes(ax, n, column, aspect=1.15, rows=-(-n // n_cols))
+            legend_ax = None
         used: set[str] = set()
         for a, g in zip(axes, geo):
             if g["kind"] == "true":
@@ -424,5 +438,8 @@ def map_plot(true_map: Any, records: list[dict[str, Any]], ax: Any = None, colum
         legend = [("true", MAP_COLORS["true"], "-", "true map"), ("true_under", MAP_COLORS["true_under"], "-", "true map (under)")]
         legend += [(k, MAP_COLORS[k], ls, lab) for k, ls, lab in layers]
         handles = [Line2D([], [], color=c, lw=1.2, ls=ls, label=lab) for key, c, ls, lab in legend if key in used]
-        axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=min(3, len(handles)))
+        if legend_ax is not None:
+            legend_ax.legend(handles=handles, loc="center", ncol=1, frameon=False)
+        else:
+            axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=min(3, len(handles)))
     return fig
