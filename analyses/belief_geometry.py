@@ -29,12 +29,16 @@ import sys
 import time
 from pathlib import Path
 
+#: (record key, header, format): probe metrics and the training state of the same records
 METRICS = [("mse", "belief MSE", ".3g"), ("r2", "R^2", ".4f"), ("control_r2", "shuffled R^2", ".3f"),
-           ("val_loss", "val loss", ".4f"), ("val_gap", "gap to floor", ".4f")]
+           ("val_loss", "val loss", ".4f"), ("gap_to_floor", "gap to floor", ".4f")]
 LATEX_METRICS = [("mse", "belief MSE", ".2e"), ("r2", "$R^2$", ".4f"), ("control_r2", "shuffled $R^2$", ".3f"),
-                 ("val_loss", "val.\\ loss", ".4f"), ("val_gap", "gap to floor", ".4f")]
-RUN_COLUMNS = ["run", "objective", "seed", "step", "layer", "mse", "r2", "control_r2", "kl", "val_loss", "val_floor",
-               "val_gap", "embedding_baseline_r2"]
+                 ("val_loss", "val.\\ loss", ".4f"), ("gap_to_floor", "gap to floor", ".4f")]
+#: columns of the per-run CSV (``tables.write_csv`` of the probe records)
+RUN_COLUMNS = ["name", "objective", "seed", "step", "layer", "mse", "r2", "control_r2", "kl", "val_loss", "val_floor",
+               "gap_to_floor", "embedding_baseline_r2"]
+#: held-out (true, probed) belief points kept for the simplex figure (last layer)
+KEEP_POINTS = 3000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,28 +74,23 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # the paper figures are plain matplotlib Figures; no display needed
 
-    from nextlat_probe.experiments import (
-        latex_table,
-        mean_std_table,
-        summarise,
-        tag_records,
-        train_pair,
-        write_csv,
-    )
+    from nextlat_probe.compare import run_probe
+    from nextlat_probe.experiments import summarise, train_pair
     from nextlat_probe.plots import paper as P
-    from nextlat_probe.probe import probe_checkpoints
+    from nextlat_probe.records import select
+    from nextlat_probe.tables import latex_table, mean_std_table, write_csv
 
     out: Path = args.out
     runs = train_pair("mess3", seeds=range(args.seeds), steps=args.steps, out=out / "runs", preset=args.preset,
                       seq_len=args.seq_len, batch_size=args.batch_size, lr=args.lr, horizon=args.horizon,
                       device=args.device, reuse=not args.retrain, progress=not args.no_progress)
     t_train = time.time() - t0
-    rep = probe_checkpoints([r.checkpoint for r in runs], layers="all", n_train=args.n_train, n_test=args.n_test,
-                            seed=0, progress=not args.no_progress)
-    records = tag_records(rep.records, runs)
+    # one probe record per run and layer (name = the run, e.g. gpt-seed0), all on the same sequences:
+    # the first n_train fit, the last n_test score
+    records = run_probe([r.checkpoint for r in runs], n_seqs=args.n_train + args.n_test, n_test=args.n_test,
+                        layers="all", keep_points=KEEP_POINTS, seed=0, progress=not args.no_progress)
     summary = summarise(records, by=("objective", "layer"), metrics=[m for m, _, _ in METRICS])
 
     write_csv(records, out / "belief_geometry_runs.csv", RUN_COLUMNS)
@@ -103,19 +102,14 @@ def main(argv: list[str] | None = None) -> int:
         latex_table(summary, [("objective", "objective"), ("layer", "layer")], LATEX_METRICS, caption=caption,
                     label="tab:belief-geometry"))
 
-    by_title = {p["title"].split(" ")[0]: p for p in rep.panels}
-    seed0 = [by_title[r.name] for r in runs if r.seed == 0 and r.name in by_title]
+    # the seed-0 models' probed beliefs (their records with points: the last layer), after the exact ones
+    seed0 = [r for r in select(records, seed=0) if "points" in r["metrics"]]
     if seed0:
-        panels = [{"title": "exact beliefs", "true": seed0[0]["true"], "pred": None}]
-        panels += [{"title": f"{p['objective']} probe ({p['title'].split(' ')[-1]})", "true": p["true"], "pred": p["pred"]}
-                   for p in seed0]
         with P.paper_style():
-            fig = P.belief_simplex_plot(panels, column="double")
+            fig = P.belief_plot(seed0, column="double")
             P.save_figure(fig, out / "belief_simplex", formats=("pdf", "png"))
-            plt.close(fig)
             fig = P.probe_r2_plot(records, column="single")
             P.save_figure(fig, out / "probe_r2", formats=("pdf", "png"))
-            plt.close(fig)
 
     print(f"Mess3 belief probes, {args.seeds} seed(s) x {{gpt, nextlat}}, {args.steps} steps each "
           f"(equal steps; mean ± std over seeds, std blank with one seed)")

@@ -208,6 +208,21 @@ def check_record(rec: Any) -> None:
             raise AnalysisError(f"record of {rec.get('name')!r}: metric {k!r} is not a rate {RATE_KEYS}")
 
 
+def check_records(records: Iterable[Any], what: str) -> list[dict[str, Any]]:
+    """``records`` as a list, each checked with ``check_record``; a row of another shape is
+    an ``AnalysisError`` naming the consumer ``what`` (a table, a figure)."""
+    if isinstance(records, Mapping):
+        raise AnalysisError(f"{what}: expected a list of records, got one dict")
+    out = []
+    for r in records:
+        try:
+            check_record(r)
+        except AnalysisError as exc:
+            raise AnalysisError(f"{what}: not a record ({exc})") from None
+        out.append(r)
+    return out
+
+
 def select(records: Iterable[Mapping[str, Any]], **match: Any) -> list[dict[str, Any]]:
     """The records whose fields equal every ``match`` (e.g. ``analysis="rank", layer="L1"``)."""
     return [dict(r) for r in records if all(r.get(k) == v for k, v in match.items())]
@@ -254,6 +269,6 @@ def to_jsonable(obj: Any) -> Any:
 
 __all__ = [
     "RECORD_KEYS", "IDENTITY_KEYS", "TRAINING_KEYS", "ANALYSES", "RATE_KEYS", "Rate", "rate", "wilson_interval",
-    "is_rate", "value", "interval", "metric", "metric_value", "identity", "make_record", "check_record",
+    "is_rate", "value", "interval", "metric", "metric_value", "identity", "make_record", "check_record", "check_records",
     "select", "names", "group_by", "to_jsonable",
 ]

@@ -453,6 +453,8 @@ def run_report(
     tmp.replace(out / "summary.json")
     if not quiet:
         print(format_table(rows, columns))
+        if protocol:
+            print(protocol)
         if matched.get("runs"):
             print("\n" + _matched_line(matched))
         lines = _verdict_lines(rows)

@@ -24,8 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from .errors import AnalysisError
-from .records import IDENTITY_KEYS, TRAINING_KEYS, check_record, is_rate
+from .records import IDENTITY_KEYS, TRAINING_KEYS, check_record, check_records, is_rate
 
 Column = tuple[str, str, str]
 FIELD_KEYS = IDENTITY_KEYS + TRAINING_KEYS + ("analysis", "layer", "variant")
@@ -59,16 +58,7 @@ def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]
 # records
 # --------------------------------------------------------------------------------------
 def _checked(records: Iterable[Any], what: str) -> list[dict[str, Any]]:
-    if isinstance(records, Mapping):
-        raise AnalysisError(f"{what}: expected a list of records, got one dict")
-    out = []
-    for r in records:
-        try:
-            check_record(r)
-        except AnalysisError as exc:
-            raise AnalysisError(f"{what}: not a record ({exc})") from None
-        out.append(r)
-    return out
+    return check_records(records, what)
 
 
 def field(record: Mapping[str, Any], key: str) -> Any:

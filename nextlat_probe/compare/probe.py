@@ -53,7 +53,8 @@ def run_probe(
 
     The first ``n_seqs - n_test`` shared sequences train, the last ``n_test`` test (disjoint
     sequences). ``keep_points > 0`` keeps up to that many held-out (true, predicted) points
-    of the last requested layer in ``metrics["points"]`` for figures."""
+    of the last requested layer in ``metrics["points"]`` for figures: beliefs, or for taxi
+    maps with coordinates the (x, y) of the current intersection."""
     from ..activations import layer_label
     from ..analysis.probes import belief_probe, coordinate_regression, state_classifier
     from ..progress import progress as bar
@@ -97,7 +98,7 @@ def run_probe(
                                control_r2=d["control_r2"], control_kl=d["control_kl"], alpha=d["alpha"],
                                n_train=d["n_train"], n_test=d["n_test"], n_states=d["n_states"],
                                positions=d["positions"], r2_per_position=d["r2_by_position"])
-                if want_points:
+                if want_points and xy is None:  # with (x, y) the figure shows positions, not beliefs
                     points.update(true=beliefs[te][mte][keep], pred=res.predictions[keep])
             if classifier and labels is not None:
                 c = state_classifier(H[tr][mtr], labels[tr][mtr], H[te][mte], labels[te][mte], seed=seed)

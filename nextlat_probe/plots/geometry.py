@@ -22,7 +22,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import AnalysisError
-from ..records import check_record, value
+from ..records import check_records, value
 from ..tables import field
 from .style import belief_colors, checkpoint_styles, place_colors
 
@@ -35,14 +35,8 @@ def checked(records: Iterable[Any], analyses: str | Sequence[str], what: str) ->
     (a row of another shape is an ``AnalysisError`` naming the figure); every record must
     be of one of ``analyses``; at least one is needed."""
     allowed = (analyses,) if isinstance(analyses, str) else tuple(analyses)
-    if isinstance(records, Mapping):
-        raise AnalysisError(f"{what}: expected a list of records, got one dict")
     out = []
-    for r in records:
-        try:
-            check_record(r)
-        except AnalysisError as exc:
-            raise AnalysisError(f"{what}: not a record ({exc})") from None
+    for r in check_records(records, what):
         if r["analysis"] not in allowed:
             raise AnalysisError(f"{what}: draws {' / '.join(allowed)} records, got a {r['analysis']!r} record "
                                 f"of {r['name']!r}")
