@@ -7,7 +7,7 @@ weights and data within a pair), and scored on the same held-out trips:
 
     next-token validity, valid trajectories (legal and ending at the destination),
     sequence compression, detour robustness (random detours, p = 0.75),
-    effective rank of the final layer, validation loss and its gap to the exact floor.
+    effective rank of the last block, validation loss and its gap to the exact floor.
 
 Effective rank is reported twice, and the table says which is which: at equal steps
 (final checkpoints) and at matched validation loss (per seed, each run's first kept
@@ -22,10 +22,11 @@ world-model metrics per model. Finished runs are reused when the script is run a
 
 Outputs in ``--out``:
     taxi_table.csv            mean / std / min / max over seeds, per objective
-    taxi_table_runs.csv       every run's numbers (with 95% Wilson intervals of the rates)
+    taxi_table_runs.csv       every run's world-model record (rates with 95% Wilson intervals)
     taxi_table.tex            the summary as a booktabs LaTeX table
     rank_trajectory.csv       effective rank and validation loss at every kept checkpoint
-    worldmodel.pdf/.png       the metrics per objective (mean, bars = min..max over seeds)
+    rank_matched.csv          the matched-loss checkpoint of every run, with its effective rank
+    worldmodel.pdf/.png       the metrics of every run (bars = 95% Wilson intervals)
     rank_training.pdf/.png    effective rank vs step and vs validation loss, every run
     maps_seed0.pdf/.png       maps rebuilt from the seed-0 models (behaviour, hidden states)
     runs/                     the checkpoints
@@ -37,25 +38,63 @@ import sys
 import time
 from pathlib import Path
 
-METRICS = [("next_token", "next-token", ".3f"), ("valid_trajectory", "valid traj.", ".3f"),
+#: summary columns as (key, header, format); "detour" stands for the record key of the chosen
+#: ``--detour`` setting (``detour_random@0.75`` ...). Keys are record keys: world-model rates
+#: and training state of the ``worldmodel`` records, ``effective_rank`` of the final ``rank``
+#: records, and the matched-loss comparison (``experiments.matched_rank``) as
+#: ``effective_rank_matched`` / ``matched_val_loss``.
+METRICS = [("next_token", "next-token", ".3f"), ("trajectory_valid", "valid traj.", ".3f"),
            ("compression", "compression", ".3f"), ("detour", "detour", ".3f"),
            ("effective_rank", "eff. rank (equal steps)", ".2f"),
            ("effective_rank_matched", "eff. rank (matched loss)", ".2f"),
            ("matched_val_loss", "val loss at match", ".4f"),
-           ("val_loss", "val loss", ".4f"), ("val_gap", "gap to floor", ".4f")]
-LATEX_METRICS = [("next_token", "next-token", ".3f"), ("valid_trajectory", "valid traj.", ".3f"),
+           ("val_loss", "val loss", ".4f"), ("gap_to_floor", "gap to floor", ".4f")]
+LATEX_METRICS = [("next_token", "next-token", ".3f"), ("trajectory_valid", "valid traj.", ".3f"),
                  ("compression", "compression", ".2f"), ("detour", "detour", ".3f"),
                  ("effective_rank", "eff.\\ rank (eq.\\ steps)", ".1f"),
                  ("effective_rank_matched", "eff.\\ rank (matched)", ".1f"),
-                 ("val_loss", "val.\\ loss", ".3f"), ("val_gap", "gap to floor", ".3f")]
-RUN_COLUMNS = ["run", "objective", "seed", "step", "next_token", "next_token_low", "next_token_high",
-               "valid_trajectory", "valid_trajectory_low", "valid_trajectory_high", "legal_trajectory",
-               "compression", "compression_low", "compression_high", "distinction_precision", "distinction_recall",
-               "detour", "detour_low", "detour_high", "effective_rank", "effective_rank_matched", "matched_step",
-               "matched_val_loss", "target_val_loss", "val_loss", "val_floor", "val_gap"]
-FIGURE_METRICS = [("next_token", "next-token"), ("valid_trajectory", "valid traj."), ("compression", "compression"),
-                  ("detour", "detour"), ("effective_rank", "eff. rank (equal steps)"),
-                  ("effective_rank_matched", "eff. rank (matched loss)")]
+                 ("val_loss", "val.\\ loss", ".3f"), ("gap_to_floor", "gap to floor", ".3f")]
+#: summary columns that come from other summaries than the world-model one:
+#: key -> (source, key in that source's summary)
+OTHER_SOURCES = {"effective_rank": ("rank", "effective_rank"), "effective_rank_matched": ("matched", "effective_rank"),
+                 "matched_val_loss": ("matched", "val_loss")}
+TRAJECTORY_COLUMNS = ["name", "objective", "seed", "step", "layer", "effective_rank", "val_loss", "val_floor",
+                      "gap_to_floor"]
+MATCHED_COLUMNS = ["name", "objective", "seed", "step", "val_loss", "target_val_loss", "effective_rank"]
+#: world-model figure panels ("detour" as in METRICS); effective rank from the final rank records
+FIGURE_METRICS = ["next_token", "trajectory_valid", "compression", "detour", "effective_rank"]
+
+
+def with_detour(columns: list, detour_key: str) -> list:
+    """``columns`` with the placeholder ``detour`` replaced by the record key ``detour_key``."""
+    out = []
+    for c in columns:
+        if isinstance(c, tuple):
+            out.append((detour_key if c[0] == "detour" else c[0], *c[1:]))
+        else:
+            out.append(detour_key if c == "detour" else c)
+    return out
+
+
+def combined_summary(summaries: dict[str, list[dict]], metrics: list[tuple[str, str, str]]) -> list[dict]:
+    """One row per objective joining ``experiments.summarise`` rows of several sources
+    (``worldmodel``, ``rank``, ``matched``): ``{metric}_{mean,std,min,max}`` for every
+    metric in ``metrics``, taken from the source ``OTHER_SOURCES`` names (else the
+    world-model summary), plus ``n`` and ``seeds`` of the world-model summary."""
+    from nextlat_probe.experiments import SUMMARY_STATS
+
+    by_obj = {src: {row["objective"]: row for row in rows} for src, rows in summaries.items()}
+    out = []
+    for base in summaries["worldmodel"]:
+        obj = base["objective"]
+        row = {k: base[k] for k in ("objective", "n", "seeds") if k in base}
+        for key, _, _ in metrics:
+            src, src_key = OTHER_SOURCES.get(key, ("worldmodel", key))
+            other = by_obj[src].get(obj, {})
+            for stat in SUMMARY_STATS:
+                row[f"{key}_{stat}"] = other.get(f"{src_key}_{stat}", float("nan"))
+        out.append(row)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -101,27 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    matplotlib.use("Agg")  # the paper figures are plain matplotlib Figures; no display needed
 
     from nextlat_probe.analysis.worldmodel import DETOUR_KINDS, DETOUR_PROBS
-    from nextlat_probe.experiments import (
-        latex_table,
-        matched_rank,
-        mean_std_table,
-        rank_along_training,
-        summarise,
-        tag_records,
-        taxi_metrics,
-        train_pair,
-        write_csv,
-    )
+    from nextlat_probe.compare import load_models, run_mapping, run_rank, run_worldmodel
+    from nextlat_probe.experiments import matched_rank, rank_along_training, summarise, train_pair
     from nextlat_probe.plots import paper as P
-    from nextlat_probe.worldmodel import evaluate_checkpoints
+    from nextlat_probe.records import group_by
+    from nextlat_probe.tables import latex_table, mean_std_table, write_csv
 
     detours = {f"{k}@{p:g}" for k in DETOUR_KINDS for p in DETOUR_PROBS}
     if args.detour not in detours:
         raise UsageError(f"--detour must be one of {', '.join(sorted(detours))}, got {args.detour!r}")
+    detour_key = f"detour_{args.detour}"
+    metrics, latex_metrics = with_detour(METRICS, detour_key), with_detour(LATEX_METRICS, detour_key)
     out: Path = args.out
     world_options = {"map_size": args.map_size, "min_len": args.min_len, "max_len": args.max_len}
     world_options = {k: v for k, v in world_options.items() if v is not None}
@@ -130,68 +162,56 @@ def main(argv: list[str] | None = None) -> int:
                       keep_every=keep, device=args.device, reuse=not args.retrain, progress=not args.no_progress)
     t_train = time.time() - t0
 
-    # equal steps: the final checkpoints, every metric on the same held-out trips
-    records = tag_records(evaluate_checkpoints([r.checkpoint for r in runs], n_pairs=args.n_pairs,
-                                               rank_seqs=args.n_seqs), runs)
-    rows = [{**taxi_metrics(rec, detour=args.detour), "run": rec["run"], "seed": rec["seed"]} for rec in records]
-    # matched validation loss: effective rank along training, compared per seed
+    # equal steps: the final checkpoints, every metric on the same held-out trips (records named after the runs)
+    worldmodel = run_worldmodel([r.checkpoint for r in runs], n_pairs=args.n_pairs, progress=not args.no_progress)
+    # and the effective rank of the last block (uncentred) of the same final checkpoints
+    final_rank = run_rank([r.checkpoint for r in runs], n_seqs=args.n_seqs, layers="last", progress=not args.no_progress)
+    # effective rank along training: every kept checkpoint, on the same sequences
     trajectory = rank_along_training(runs, n_seqs=args.n_seqs)
-    matched = {m["run"]: m for m in matched_rank(trajectory)}
-    for row in rows:
-        m = matched.get(row["run"], {})
-        row.update(effective_rank_matched=m.get("effective_rank"), matched_step=m.get("step"),
-                   matched_val_loss=m.get("val_loss"), target_val_loss=m.get("target_val_loss"))
-    summary = summarise(rows, by=("objective",), metrics=[m for m, _, _ in METRICS])
+    # matched validation loss: per seed, each run's first kept checkpoint at the loss both runs reach
+    matched = matched_rank(trajectory)
+    wm_keys = [k for k, _, _ in metrics if k not in OTHER_SOURCES]
+    summary = combined_summary({"worldmodel": summarise(worldmodel, by=("objective",), metrics=wm_keys),
+                                "rank": summarise(final_rank, by=("objective",), metrics=["effective_rank"]),
+                                "matched": summarise(matched, by=("objective",), metrics=["effective_rank", "val_loss"])},
+                               metrics)
 
-    write_csv(rows, out / "taxi_table_runs.csv", RUN_COLUMNS)
+    write_csv(worldmodel, out / "taxi_table_runs.csv")
     write_csv(summary, out / "taxi_table.csv")
-    write_csv(trajectory, out / "rank_trajectory.csv",
-              ["run", "objective", "seed", "step", "layer", "effective_rank", "val_loss", "val_floor", "val_gap"])
+    write_csv(trajectory, out / "rank_trajectory.csv", TRAJECTORY_COLUMNS)
+    write_csv(matched, out / "rank_matched.csv", MATCHED_COLUMNS)
     caption = (f"Taxi world ({args.map_size}$\\times${args.map_size} synthetic map, random walks), "
                f"{args.preset} models, mean $\\pm$ std over {args.seeds} seed(s). Next-token validity, valid "
                f"trajectories, compression and detour robustness ({latex_detour(args.detour)}) on {args.n_pairs} "
-               f"held-out trips, final checkpoints ({args.steps} steps). Effective rank of the final layer at "
+               f"held-out trips, final checkpoints ({args.steps} steps). Effective rank of the last block at "
                "equal steps and at matched validation loss (per seed, the first kept checkpoint reaching the "
                "lowest validation loss both runs reach).")
-    (out / "taxi_table.tex").write_text(latex_table(summary, [("objective", "objective")], LATEX_METRICS,
+    (out / "taxi_table.tex").write_text(latex_table(summary, [("objective", "objective")], latex_metrics,
                                                     caption=caption, label="tab:taxi"))
 
     with P.paper_style():
-        fig_rows = [{"model": s["objective"], "objective": s["objective"],
-                     **{label: s[f"{m}_mean"] for m, label in FIGURE_METRICS},
-                     **{f"{label}_low": s[f"{m}_min"] for m, label in FIGURE_METRICS},
-                     **{f"{label}_high": s[f"{m}_max"] for m, label in FIGURE_METRICS}} for s in summary]
-        fig, axes = P.new_figure("double", rows=2, cols=3, aspect=0.45)
-        P.worldmodel_plot(fig_rows, ax=axes, columns=[label for _, label in FIGURE_METRICS])
+        fig = P.worldmodel_plot(worldmodel + final_rank, columns=with_detour(FIGURE_METRICS, detour_key))
         P.save_figure(fig, out / "worldmodel", formats=("pdf", "png"))
-        plt.close(fig)
-        fig = P.rank_training_plot(trajectory, group="run")
+        fig = P.rank_training_plot(trajectory)
         P.save_figure(fig, out / "rank_training", formats=("pdf", "png"))
-        plt.close(fig)
         if not args.no_maps:
-            from nextlat_probe.analysis.mapping import map_from_checkpoint, panels_for
-            from nextlat_probe.checkpoint import load_checkpoint
-
-            panels, true_map = [], None
-            for run in (r for r in runs if r.seed == 0):
-                ck = load_checkpoint(run.checkpoint)
-                recon, rep = map_from_checkpoint(ck, n_trips=1000, n_seqs=512)
-                true_map = ck.world.map
-                for p in panels_for(recon) + panels_for(rep)[:1]:
-                    panels.append({**p, "title": f"{run.objective}: {p['title'].split(':')[0]}"})
-            fig, axes = P.new_figure("double", rows=max(1, len(panels) // 2), cols=2, aspect=0.9)
-            P.map_plot(true_map, panels, ax=axes)
+            seed0 = load_models([r.checkpoint for r in runs if r.seed == 0])
+            maps = run_mapping(seed0, n_trips=1000, n_seqs=512, layers="last", progress=not args.no_progress)
+            # per model, run_mapping's records come as behaviour, then the hidden-state embeddings
+            # (probe to (x, y) where the map has coordinates, then MDS): draw the map rebuilt from
+            # the model's trips and the first one rebuilt from its hidden states
+            shown = [rec for recs in group_by(maps, "name").values() for rec in recs[:2]]
+            fig = P.map_plot(seed0[0].world.map, shown)
             P.save_figure(fig, out / "maps_seed0", formats=("pdf", "png"))
-            plt.close(fig)
 
     print(f"Taxi world ({args.map_size}x{args.map_size} map), {args.seeds} seed(s) x {{gpt, nextlat}}, "
           f"{args.steps} steps each; mean ± std over seeds (std blank with one seed)")
     print("World-model metrics and 'eff. rank (equal steps)': final checkpoints. 'eff. rank (matched loss)': "
           "per seed, at the lowest validation loss both runs reach ('val loss at match').")
-    print(mean_std_table(summary, ["objective", "n"], METRICS))
+    print(mean_std_table(summary, ["objective", "n"], metrics))
     print(f"\ntraining {t_train:.0f} s, total {time.time() - t0:.0f} s")
     print(f"wrote {out / 'taxi_table.csv'}, {out / 'taxi_table_runs.csv'}, {out / 'taxi_table.tex'}, "
-          f"{out / 'rank_trajectory.csv'} and figures in {out}", file=sys.stderr)
+          f"{out / 'rank_trajectory.csv'}, {out / 'rank_matched.csv'} and figures in {out}", file=sys.stderr)
     return 0
 
 

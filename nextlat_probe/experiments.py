@@ -168,18 +168,13 @@ def rank_along_training(runs: Sequence[Run], layers: str = "last", n_seqs: int =
     records: list[dict[str, Any]] = []
     for run in runs:
         paths = [p for p in run.intermediate() if p.resolve() != run.checkpoint.resolve()] + [run.checkpoint]
-        loaded = []
-        for p in paths:
+        by_step: dict[int, Any] = {}
+        for p in paths:  # the last kept checkpoint and ckpt.pt may hold the same step: keep one
             ck = load_checkpoint(p, device=device)
             ck.label = run.name
-            loaded.append(ck)
-        seen: set[int] = set()
-        recs = run_rank(loaded, layers=layers, n_seqs=n_seqs, seed=seed, device=device, progress=progress)
-        for rec in sorted(recs, key=lambda r: r["step"]):
-            if rec["step"] in seen:  # the last kept checkpoint and ckpt.pt may be the same step
-                continue
-            seen.add(rec["step"])
-            records.append(rec)
+            by_step[ck.step] = ck
+        loaded = [by_step[k] for k in sorted(by_step)]
+        records.extend(run_rank(loaded, layers=layers, n_seqs=n_seqs, seed=seed, device=device, progress=progress))
     return records
 
 

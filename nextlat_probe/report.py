@@ -138,8 +138,12 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
         loaded = []
         for p in inter:
             ck = load_checkpoint(p, device=ctx.device)
+            if ck.step == m.step:  # the last kept checkpoint is the model itself
+                continue
             ck.label = m.name
             loaded.append(ck)
+        if not loaded:
+            continue
         recs = run_rank(loaded, n_seqs=ctx.n_seqs, seq_len=ctx.inputs.length, seed=ctx.seed, device=ctx.device)
         recs += [r for r in ctx.get("rank") if r["name"] == m.name and r["layer"] == recs[0]["layer"]]
         out.extend(sorted(recs, key=lambda r: r["step"]))

@@ -108,7 +108,7 @@ def test_belief_geometry_script(tmp_path):
         assert layers == {"embed", "L0", "L1", "concat"}, layers
     for r in rows:
         assert r["n"] == "1"
-        for key in ("mse_mean", "r2_mean", "control_r2_mean", "val_loss_mean", "val_gap_mean", "mse_min", "mse_max"):
+        for key in ("mse_mean", "r2_mean", "control_r2_mean", "val_loss_mean", "gap_to_floor_mean", "mse_min", "mse_max"):
             assert math.isfinite(float(r[key])), (key, r)
         assert r["mse_std"] == "nan"  # one seed: no spread to report
         assert float(r["mse_min"]) == float(r["mse_mean"]) == float(r["mse_max"])
@@ -116,10 +116,10 @@ def test_belief_geometry_script(tmp_path):
         # the exact belief is a function of the tokens, so even the embeddings predict it far
         # better than the shuffled control
         assert float(r["r2_mean"]) > float(r["control_r2_mean"]) + 0.3
-        assert float(r["val_gap_mean"]) > -0.05  # nobody beats the exact floor by much
+        assert float(r["gap_to_floor_mean"]) > -0.05  # nobody beats the exact floor by much
     with open(out / "belief_geometry_runs.csv") as f:
         per_run = list(csv.DictReader(f))
-    assert sorted((r["run"], r["layer"]) for r in per_run) == sorted(
+    assert sorted((r["name"], r["layer"]) for r in per_run) == sorted(
         (f"{o}-seed0", lay) for o in ("gpt", "nextlat") for lay in ("embed", "L0", "L1", "concat"))
     tex = (out / "belief_geometry.tex").read_text()
     assert tex.count(r"\\") >= 9 and r"\toprule" in tex and "nextlat" in tex

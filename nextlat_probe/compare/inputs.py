@@ -24,23 +24,24 @@ SEQUENCE_STREAM = 7
 
 def load_models(models: Sequence[Any], device: str = "cpu") -> list[Any]:
     """Paths / run folders or loaded models -> loaded models, in order. Every path is loaded
-    before any analysis starts, so a bad file fails fast. Names are made unique (``#2``
-    suffixes) so records of the same file given twice stay apart."""
+    before any analysis starts, so a bad file fails fast. Models with the same name and step
+    (the same file given twice, two runs in folders of one name) get ``#1``, ``#2`` suffixes
+    so their records stay apart; checkpoints of one run at different steps keep its name."""
     from ..checkpoint import load_checkpoint
 
     if not models:
         raise UsageError("no models given")
     out = [m if hasattr(m, "model") else load_checkpoint(m, device=device) for m in models]
-    seen: dict[str, int] = {}
+    # (name, step) identifies a record; checkpoints of one run along training share the name
+    seen: dict[tuple[str, Any], int] = {}
     for m in out:
-        seen[m.name] = seen.get(m.name, 0) + 1
-    if any(c > 1 for c in seen.values()):
-        count: dict[str, int] = {}
-        for m in out:
-            if seen[m.name] > 1:
-                base = m.name
-                count[base] = count.get(base, 0) + 1
-                m.label = f"{base}#{count[base]}"
+        seen[m.name, m.step] = seen.get((m.name, m.step), 0) + 1
+    count: dict[tuple[str, Any], int] = {}
+    for m in out:
+        key = (m.name, m.step)
+        if seen[key] > 1:
+            count[key] = count.get(key, 0) + 1
+            m.label = f"{key[0]}#{count[key]}"
     return out
 
 
