@@ -12,6 +12,7 @@ __version__ = "0.2.0"
 
 _LAZY = {
     "load_checkpoint": "nextlat_probe.checkpoint",
+    "load_model": "nextlat_probe.sources",
     "save_checkpoint": "nextlat_probe.checkpoint",
     "CheckpointError": "nextlat_probe.errors",
     "NextLatError": "nextlat_probe.errors",

@@ -256,7 +256,10 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     return _read(path, map_location)[0]
 
 
-def _read(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], Any, Any]:
+def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path, Any]:
+    """``(file read, object)`` of a file loaded with ``torch.load(weights_only=True)``: plain
+    types and tensors only, never code. A run folder means its ``ckpt.pt``. Every failure
+    is a one-line ``CheckpointError``."""
     import torch
 
     p = Path(path)
@@ -284,8 +287,21 @@ def _read(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[str,
         raise CheckpointError(p, f"corrupt or truncated file ({_first_line(exc)[:160]})") from None
     except Exception as exc:  # noqa: BLE001 - anything else from a foreign file
         raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+    return p, data
+
+
+def is_nextlat_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether a (safely loadable) file is a nextlat_probe checkpoint rather than, say, a
+    legacy TransformerLens state dict."""
+    _, data = load_plain(path)
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def _read(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[dict[str, Any], Any, Any]:
+    p, data = load_plain(path, map_location)
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(p, "not a nextlat_probe checkpoint")
+        raise CheckpointError(p, "not a nextlat_probe checkpoint (a TransformerLens state dict? give its config "
+                                 "with --tl-config and its world with --world)")
     if data.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(p, f"unsupported checkpoint format version {data.get('format_version')!r} (expected {FORMAT_VERSION})")
     mcfg, ocfg = validate_checkpoint(data, p)
@@ -308,10 +324,12 @@ class LoadedCheckpoint:
     metrics: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False)
     label: str | None = None  # display name override (e.g. to tell two "gpt" runs apart)
+    #: the objective label of a model this toolkit did not train ("external"); None for ours
+    objective_name: str | None = None
 
     @property
     def objective(self) -> str:
-        return self.objective_config.objective
+        return self.objective_name or self.objective_config.objective
 
     @property
     def name(self) -> str:
@@ -386,6 +404,7 @@ def world_of(data: dict[str, Any]) -> Any:
 
 __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint",
+    "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
     "world_of", "plain",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",

@@ -19,7 +19,8 @@ from .errors import NextLatError, UsageError, one_line
 EXIT_USAGE = 2
 FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
-__all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "add_sequence_args",
+__all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
+           "cli_inputs", "add_sequence_args",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
            "progress_enabled"]
 
@@ -57,7 +58,55 @@ def print_json(obj: Any) -> None:
 # shared argument groups: one spelling and one help text per flag, in every CLI
 # --------------------------------------------------------------------------------------
 def add_model_args(p: argparse.ArgumentParser, nargs: str = "+") -> None:
-    p.add_argument("ckpts", nargs=nargs, metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
+    p.add_argument("ckpts", nargs=nargs, metavar="CKPT",
+                   help="checkpoint files (ckpt.pt) or run folders; also legacy TransformerLens state dicts "
+                        "(with --tl-config) and Hugging Face GPT-2 folders, with --world")
+    g = p.add_argument_group("models not trained by nextlat_probe")
+    g.add_argument("--world", default=None, metavar="SPEC",
+                   help='the world the models were trained on, e.g. "mess3:x=0.05,a=0.85", rrxor, '
+                        '"hmm:T=T.npy", taxi (with --map)')
+    g.add_argument("--map", dest="world_map", type=Path, default=None, metavar="FILE.json",
+                   help="the street map of --world taxi (edge-list JSON)")
+    g.add_argument("--tl-config", type=Path, default=None, metavar="CONFIG.json",
+                   help="config of a legacy TransformerLens state dict (n_layers, d_model, n_heads, d_head, "
+                        "d_mlp, n_ctx, d_vocab, act_fn, normalization_type; other keys ignored)")
+    g.add_argument("--hf", action="store_true", help="read model folders as Hugging Face models (config.json + "
+                   "model.safetensors or pytorch_model.bin), never from a hub")
+    g.add_argument("--vocab", type=Path, default=None, metavar="FILE.json",
+                   help="JSON object world token -> model token id, when the model numbers tokens its own way")
+
+
+def source_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The ``sources.load_model`` options of ``add_model_args`` (empty for our checkpoints)."""
+    opts: dict[str, Any] = {}
+    if getattr(args, "world", None) is not None:
+        from .sources import world_from_text
+
+        opts["world"] = world_from_text(args.world, map_path=getattr(args, "world_map", None))
+    elif getattr(args, "world_map", None) is not None:
+        raise UsageError("--map goes with --world taxi")
+    if getattr(args, "tl_config", None) is not None:
+        opts["config"] = args.tl_config
+    if getattr(args, "vocab", None) is not None:
+        opts["vocab"] = args.vocab
+    if getattr(args, "hf", False):
+        opts["hf"] = True
+    return opts
+
+
+def load_cli_models(args: argparse.Namespace, device: str) -> list[Any]:
+    """The CLI's models, loaded once (ours, or foreign ones with ``source_options``)."""
+    from .compare import load_models
+
+    return load_models(args.ckpts, device=device, **source_options(args))
+
+
+def cli_inputs(args: argparse.Namespace, models: list[Any], n_seqs: int):
+    """The shared ``compare.Inputs`` of an analysis CLI (``--all-sequences`` honoured)."""
+    from .compare import Inputs
+
+    return Inputs(models, n_seqs=n_seqs, seq_len=args.seq_len, seed=args.seed, progress=progress_enabled(args),
+                  all_sequences=getattr(args, "all_sequences", False))
 
 
 def add_sequence_args(p: argparse.ArgumentParser, n_seqs: int, what: str = "sequences to analyse",
@@ -68,6 +117,10 @@ def add_sequence_args(p: argparse.ArgumentParser, n_seqs: int, what: str = "sequ
         g.add_argument("--seq-len", type=int, default=None,
                        help="tokens per sequence (default: the training length, within the context)")
     g.add_argument("--seed", type=int, default=0, help="seed of the analysed sequences and every random choice")
+    if seq_len:
+        g.add_argument("--all-sequences", action="store_true",
+                       help="use every one of the V^n sequences of length n (n = --seq-len, else the context) "
+                            "once, instead of --n-seqs sampled ones (small HMM worlds)")
 
 
 def add_layers_arg(p: argparse.ArgumentParser, default: str, flag: str = "--layers") -> None:

@@ -24,6 +24,7 @@ from .cli import (
     add_output_args,
     check_output_path,
     check_positive,
+    load_cli_models,
     print_json,
     progress_enabled,
     resolve_device_arg,
@@ -37,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rebuild the street map from a taxi checkpoint (behaviour and hidden states) "
         "or from a file of trips (--map and --trajectories).")
     p.add_argument("ckpt", nargs="?", metavar="CKPT", help="taxi checkpoint (ckpt.pt) or run folder")
-    p.add_argument("--map", type=Path, default=None, help="edge-list JSON street map (with --trajectories)")
+    p.add_argument("--map", type=Path, default=None,
+                   help="edge-list JSON street map: of --trajectories, or of --world taxi for a foreign CKPT")
     p.add_argument("--trajectories", type=Path, default=None,
                    help="text file of trips, one per line: origin dest turns... end")
     p.add_argument("--max-distance", type=float, default=None,
@@ -50,6 +52,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.01, help="checkpoint: sampling cutoff (default 0.01)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompts, samples and embeddings")
     p.add_argument("--list-edges", action="store_true", help="--json: also list recovered edges")
+    g = p.add_argument_group("models not trained by nextlat_probe")
+    g.add_argument("--world", default=None, metavar="SPEC", help="the model's world: taxi (with --map FILE.json)")
+    g.add_argument("--tl-config", type=Path, default=None, metavar="CONFIG.json",
+                   help="config of a legacy TransformerLens state dict")
+    g.add_argument("--hf", action="store_true", help="read CKPT as a Hugging Face GPT-2 folder")
+    g.add_argument("--vocab", type=Path, default=None, metavar="FILE.json",
+                   help="JSON object world token -> model token id")
     add_output_args(p)
     p.add_argument("--out", dest="plot", type=Path, help=argparse.SUPPRESS)  # the older spelling of --plot
     return p
@@ -93,8 +102,10 @@ def summary(records: list[dict[str, Any]], street_map: Any) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.ckpt is not None and (args.map is not None or args.trajectories is not None):
+    if args.ckpt is not None and args.trajectories is not None:
         raise UsageError("give either CKPT or --map with --trajectories, not both")
+    if args.ckpt is not None and args.map is not None and args.world is None:
+        raise UsageError("--map with a checkpoint is the map of --world taxi (a model not trained by nextlat_probe)")
     if args.ckpt is None and (args.map is None or args.trajectories is None):
         raise UsageError("give a checkpoint, or both --map MAP.json and --trajectories FILE.txt")
     check_positive(max_distance=args.max_distance, n_trips=args.n_trips, n_seqs=args.n_seqs)
@@ -110,9 +121,10 @@ def main(argv: list[str] | None = None) -> int:
                                   list_edges=args.list_edges)]
     else:
         device = resolve_device_arg(args.device)
-        from .compare import load_models, run_mapping
+        from .compare import run_mapping
 
-        models = load_models([args.ckpt], device=device)
+        args.ckpts, args.world_map = [args.ckpt], args.map
+        models = load_cli_models(args, device)
         records = run_mapping(models, n_trips=args.n_trips, n_seqs=args.n_seqs, layers=args.layers,
                               epsilon=args.epsilon, max_distance=args.max_distance, list_edges=args.list_edges,
                               seed=args.seed, progress=progress_enabled(args))

@@ -21,6 +21,8 @@ from .cli import (
     add_sequence_args,
     check_output_path,
     check_positive,
+    cli_inputs,
+    load_cli_models,
     print_json,
     print_table,
     progress_enabled,
@@ -53,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training sequences; sets --n-seqs to n_train + n_test (the older spelling)")
     add_layers_arg(p, "all")
     p.add_argument("--alpha", default="cv", help="ridge strength, or 'cv' to choose it by cross-validation")
+    p.add_argument("--in-sample", action="store_true",
+                   help="the published belief-geometry protocol: ordinary least squares (alpha 0 unless given) "
+                        "fitted and scored on the same rows, every sequence x position; default: held-out")
     p.add_argument("--no-classifier", action="store_true", help="skip the hidden-state classifier")
     add_output_args(p)
     return p
@@ -78,10 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     alpha = parse_alpha(args.alpha)
     check_output_path(args.plot)
     device = resolve_device_arg(args.device)
-    from .compare import load_models, run_probe
+    from .compare import run_probe
 
-    models = load_models(args.ckpts, device=device)
-    records = run_probe(models, n_seqs=n_seqs, n_test=args.n_test, seq_len=args.seq_len, layers=args.layers,
+    models = load_cli_models(args, device)
+    records = run_probe(None, inputs=cli_inputs(args, models, n_seqs), n_test=args.n_test, layers=args.layers,
+                        protocol="in_sample" if args.in_sample else "held_out",
                         alpha=alpha, classifier=not args.no_classifier, keep_points=3000 if args.plot else 0,
                         seed=args.seed, device=device, progress=progress_enabled(args))
     if args.plot is not None:

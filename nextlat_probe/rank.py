@@ -17,6 +17,8 @@ from .cli import (
     add_sequence_args,
     check_output_path,
     check_positive,
+    cli_inputs,
+    load_cli_models,
     print_json,
     print_table,
     progress_enabled,
@@ -59,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device_arg(args.device)
     from .compare import run_rank
 
-    records = run_rank(args.ckpts, n_seqs=args.n_seqs, seq_len=args.seq_len, layers=args.layers,
-                       center=args.center, seed=args.seed, device=device, progress=progress_enabled(args))
+    inputs = cli_inputs(args, load_cli_models(args, device), args.n_seqs)
+    records = run_rank(None, inputs=inputs, layers=args.layers, center=args.center, progress=progress_enabled(args))
     if args.plot is not None:
         from .plots.interactive import rank_figure, write_html
 

@@ -26,7 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .cli import UsageError, check_positive, resolve_device_arg, run_main
+from .cli import (
+    UsageError,
+    add_model_args,
+    check_positive,
+    resolve_device_arg,
+    run_main,
+    source_options,
+)
 
 SUMMARY_COLUMNS = [
     ("name", "checkpoint", ""),
@@ -369,13 +376,13 @@ def _intro_html(rows, columns, matched: dict[str, Any], protocol: str) -> str:
 # the loop
 # --------------------------------------------------------------------------------------
 def prepare(ckpts: list[Any], n_seqs: int, seed: int, device: str, horizon: int, fit_steps: int,
-            progress: bool) -> Context:
+            progress: bool, **source: Any) -> Context:
     """Load every model, draw the shared sequences, and run each model's forward pass over
     them once for every hook any section reads (embeddings and every block)."""
     from .activations import layer_hook
     from .compare import Inputs
 
-    inputs = Inputs.build(ckpts, n_seqs=n_seqs, seed=seed, device=device, progress=progress)
+    inputs = Inputs.build(ckpts, n_seqs=n_seqs, seed=seed, device=device, progress=progress, **source)
     for i, m in enumerate(inputs.models):
         inputs.hidden(i, [layer_hook("embed"), *(layer_hook(b) for b in range(m.model_config.n_layers))])
     return Context(inputs.models, inputs, seed, device, horizon, fit_steps, progress)
@@ -411,10 +418,13 @@ def run_report(
     figures: bool = True,
     progress: bool = True,
     quiet: bool = False,
+    **source: Any,
 ) -> dict[str, Any]:
     """Run every applicable section; write report.html, summary.json and figures/. Returns
     what summary.json holds: ``summary`` (one row per model), ``records`` (every record),
-    ``rank_matched_loss``, the report's ``params`` and ``seconds``."""
+    ``rank_matched_loss``, the report's ``params`` and ``seconds``. ``source``: the
+    ``sources.load_model`` options (``world``, ``config``, ``vocab``, ``hf``) for models this
+    toolkit did not train."""
     from .plots.page import write_page
     from .progress import progress as bar
     from .records import to_jsonable
@@ -424,7 +434,7 @@ def run_report(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
-    ctx = prepare(ckpts, n_seqs, seed, device, horizon, fit_steps, progress)
+    ctx = prepare(ckpts, n_seqs, seed, device, horizon, fit_steps, progress, **source)
     sections = [s for s in SECTIONS if s.analysis not in TAXI_ONLY or ctx.is_taxi]
     pages, paper = [], []
     stages = bar(sections, desc="report", disable=not progress)
@@ -473,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m nextlat_probe.report",
                                 description="Run every analysis on checkpoints and write an offline HTML report, "
                                 "summary.json and paper figures.")
-    p.add_argument("ckpts", nargs="+", metavar="CKPT", help="checkpoint files (ckpt.pt) or run folders")
+    add_model_args(p)
     p.add_argument("--out", type=Path, required=True, help="output folder")
     p.add_argument("--n-seqs", type=int, default=256, help="shared sequences for every analysis (default 256)")
     p.add_argument("--horizon", type=int, default=8, help="transition roll-out horizon")
@@ -494,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--out {args.out}: exists and is not a folder")
     device = resolve_device_arg(args.device)
     run_report(args.ckpts, args.out, n_seqs=args.n_seqs, seed=args.seed, device=device, horizon=args.horizon,
-               fit_steps=args.fit_steps, figures=not args.no_figures, progress=not args.no_progress)
+               fit_steps=args.fit_steps, figures=not args.no_figures, progress=not args.no_progress,
+               **source_options(args))
     wrote = [str(args.out / "report.html"), str(args.out / "summary.json")]
     if not args.no_figures:
         wrote.append(f"{args.out / 'figures'}/")

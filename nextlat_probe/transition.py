@@ -23,6 +23,8 @@ from .cli import (
     add_sequence_args,
     check_output_path,
     check_positive,
+    cli_inputs,
+    load_cli_models,
     print_json,
     print_table,
     progress_enabled,
@@ -65,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device_arg(args.device)
     from .compare import run_transition
 
-    records = run_transition(args.ckpts, n_seqs=n_seqs, n_test=args.n_test, seq_len=args.seq_len,
+    inputs = cli_inputs(args, load_cli_models(args, device), n_seqs)
+    records = run_transition(None, inputs=inputs, n_test=args.n_test,
                              horizon=args.horizon, fit_steps=args.fit_steps, seed=args.seed, device=device,
                              progress=progress_enabled(args))
     if args.plot is not None:

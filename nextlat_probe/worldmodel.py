@@ -19,6 +19,7 @@ from .cli import (
     add_model_args,
     add_output_args,
     check_positive,
+    load_cli_models,
     print_json,
     progress_enabled,
     resolve_device_arg,
@@ -99,9 +100,9 @@ def main(argv: list[str] | None = None) -> int:
     if not 0 < args.epsilon < 1:
         raise UsageError(f"--epsilon must lie in (0, 1), got {args.epsilon}")
     device = resolve_device_arg(args.device)
-    from .compare import load_models, run_rank, run_worldmodel
+    from .compare import run_rank, run_worldmodel
 
-    models = load_models(args.ckpts, device=device)
+    models = load_cli_models(args, device)
     progress = progress_enabled(args)
     records = run_worldmodel(models, n_pairs=args.n_pairs, seed=args.seed, epsilon=args.epsilon,
                              max_turns=args.max_turns, n_continuations=args.continuations, suffix_len=args.suffix_len,

@@ -9,7 +9,7 @@ LAYERS = [
     {"__init__", "errors", "records", "progress"},
     {"worlds"},
     {"models"},
-    {"training", "checkpoint"},
+    {"training", "checkpoint", "sources"},
     {"activations"},
     {"analysis"},
     {"compare"},

@@ -20,18 +20,22 @@ from ..errors import UsageError
 #: ``np.random.default_rng([seed, SEQUENCE_STREAM])`` draws the shared analysis sequences;
 #: a stream of its own so analysis sequences never coincide with training batches
 SEQUENCE_STREAM = 7
+#: ``all_sequences`` enumerates V^n sequences; more than this is refused (memory and time)
+MAX_ALL_SEQUENCES = 200_000
 
 
-def load_models(models: Sequence[Any], device: str = "cpu") -> list[Any]:
-    """Paths / run folders or loaded models -> loaded models, in order. Every path is loaded
-    before any analysis starts, so a bad file fails fast. Models with the same name and step
+def load_models(models: Sequence[Any], device: str = "cpu", **source: Any) -> list[Any]:
+    """Paths / run folders / model objects or loaded models -> loaded models, in order
+    (``sources.load_model``; ``source``: its ``world``, ``config``, ``vocab``, ``hf`` for
+    models this toolkit did not train). Every path is loaded before any analysis starts, so
+    a bad file fails fast. Models with the same name and step
     (the same file given twice, two runs in folders of one name) get ``#1``, ``#2`` suffixes
     so their records stay apart; checkpoints of one run at different steps keep its name."""
-    from ..checkpoint import load_checkpoint
+    from ..sources import load_model
 
     if not models:
         raise UsageError("no models given")
-    out = [m if hasattr(m, "model") else load_checkpoint(m, device=device) for m in models]
+    out = [load_model(m, device=device, **source) for m in models]
     # (name, step) identifies a record; checkpoints of one run along training share the name
     seen: dict[tuple[str, Any], int] = {}
     for m in out:
@@ -104,7 +108,9 @@ class Inputs:
     """Shared sequences and cached hidden states for a list of loaded models.
 
     ``n_seqs`` sequences of ``length`` tokens are drawn once per distinct world with
-    ``default_rng([seed, SEQUENCE_STREAM])``. ``hidden(i, hooks)`` runs model ``i`` once over
+    ``default_rng([seed, SEQUENCE_STREAM])``; with ``all_sequences`` instead every one of the
+    V^n sequences of length n (n = ``seq_len``, else the models' context) is used once,
+    unweighted, and ``n_seqs`` becomes V^n. ``hidden(i, hooks)`` runs model ``i`` once over
     them for every hook not cached yet (float32 ``[n_seqs, length, D]``)."""
 
     models: list[Any]
@@ -113,11 +119,14 @@ class Inputs:
     seed: int = 0
     batch_size: int = 64
     progress: bool = False
+    all_sequences: bool = False
     length: int = field(init=False)  # the shortest analysis length over the models
     _samples: dict[str, Any] = field(default_factory=dict, init=False, repr=False)
     _hidden: dict[tuple[int, str], np.ndarray] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.all_sequences:
+            self._enumerate_all()
         if self.n_seqs < 1:
             raise UsageError(f"--n-seqs must be positive, got {self.n_seqs}")
         self._lengths: dict[str, int] = {}
@@ -129,15 +138,41 @@ class Inputs:
             print("warning: the models were trained on different worlds; each is analysed on its own world's "
                   "sequences", file=sys.stderr)
 
+    def _enumerate_all(self) -> None:
+        """Every sequence of the one world, as ``Sample``s with unknown (-1) hidden states."""
+        from ..worlds.base import Sample
+
+        keys = {world_key(m.world) for m in self.models}
+        if len(keys) != 1:
+            raise UsageError("--all-sequences needs every model on the same world")
+        world = self.models[0].world
+        if int(getattr(world, "prompt_length", 0)) or world.spec().get("kind") == "taxi":
+            raise UsageError(f"--all-sequences enumerates HMM-style worlds, not {world.name!r}")
+        n = int(self.seq_len) if self.seq_len is not None else min(int(m.model_config.n_ctx) for m in self.models)
+        for m in self.models:
+            analysis_length(m, n)  # within every context
+        V = int(world.vocab_size)
+        if V ** n > MAX_ALL_SEQUENCES:
+            raise UsageError(f"--all-sequences: {V}^{n} = {V ** n} sequences exceed the limit of "
+                             f"{MAX_ALL_SEQUENCES}; lower --seq-len")
+        tokens = np.indices((V,) * n).reshape(n, -1).T.astype(np.int64)  # lexicographic order
+        self.n_seqs = int(tokens.shape[0])
+        self.seq_len = n
+        self._all = Sample(tokens, np.full(tokens.shape, -1, dtype=np.int64))
+
     @classmethod
-    def build(cls, models: Sequence[Any], n_seqs: int, seq_len: int | None = None, seed: int = 0,
-              device: str = "cpu", progress: bool = False, batch_size: int = 64) -> "Inputs":
-        return cls(load_models(models, device=device), int(n_seqs), seq_len, int(seed), batch_size, progress)
+    def build(cls, models: Sequence[Any], n_seqs: int = 256, seq_len: int | None = None, seed: int = 0,
+              device: str = "cpu", progress: bool = False, batch_size: int = 64, all_sequences: bool = False,
+              **source: Any) -> "Inputs":
+        return cls(load_models(models, device=device, **source), int(n_seqs), seq_len, int(seed), batch_size,
+                   progress, all_sequences)
 
     def sample(self, i: int):
         """The shared ``Sample`` (tokens, hidden world states) for model ``i``'s world."""
         world = self.models[i].world
         key = world_key(world)
+        if self.all_sequences:
+            return self._all
         if key not in self._samples:
             try:
                 self._samples[key] = world.sample(self.n_seqs, self._lengths[key],
@@ -177,16 +212,18 @@ class Inputs:
 
     def params(self) -> dict[str, Any]:
         """The sequence parameters every record made from these inputs carries."""
-        return {"n_seqs": self.n_seqs, "seq_len": self.length, "seed": self.seed}
+        return {"n_seqs": self.n_seqs, "seq_len": self.length, "seed": self.seed,
+                "sequences": "all" if self.all_sequences else "sampled"}
 
     def params_of(self, i: int) -> dict[str, Any]:
         """``params()`` with model ``i``'s own sequence length."""
-        return {"n_seqs": self.n_seqs, "seq_len": int(self.tokens(i).shape[1]), "seed": self.seed}
+        return {**self.params(), "seq_len": int(self.tokens(i).shape[1])}
 
 
 def resolve_inputs(models: Sequence[Any], inputs: Inputs | None, *, n_seqs: int, seq_len: int | None, seed: int,
                    device: str, progress: bool, batch_size: int = 64) -> Inputs:
-    """``inputs`` if given (its models and sequences win), else a fresh ``Inputs``."""
+    """``inputs`` if given (its models and sequences win), else a fresh ``Inputs`` of the
+    (loaded or loadable) ``models``."""
     if inputs is not None:
         return inputs
     return Inputs.build(models, n_seqs, seq_len=seq_len, seed=seed, device=device, progress=progress,

@@ -12,6 +12,11 @@ from ..errors import UsageError
 from ..records import identity, make_record
 from .inputs import Inputs, parse_layers, resolve_inputs
 
+#: how probe scores are obtained: fit on some sequences and score on held-out ones (ours,
+#: the default), or the published belief-geometry protocol — ordinary least squares with
+#: intercept fitted and scored on the same rows (every sequence x every position)
+PROTOCOLS = ("held_out", "in_sample")
+
 #: belief vectors larger than this are not materialised (e.g. the factored belief on the
 #: real Manhattan map); the classifier / coordinate probes still run
 MAX_BELIEF_DIM = 4096
@@ -41,6 +46,7 @@ def run_probe(
     seq_len: int | None = None,
     layers: str | Sequence[int | str] = "all",
     alpha: float | str = "cv",
+    protocol: str = "held_out",
     classifier: bool = True,
     keep_points: int = 0,
     seed: int = 0,
@@ -51,8 +57,11 @@ def run_probe(
     """One ``probe`` record per model and layer, plus ``concat`` (every block's residual
     side by side) when more than one block is probed.
 
-    The first ``n_seqs - n_test`` shared sequences train, the last ``n_test`` test (disjoint
-    sequences). ``keep_points > 0`` keeps up to that many held-out (true, predicted) points
+    ``protocol="held_out"``: the first ``n_seqs - n_test`` shared sequences train, the last
+    ``n_test`` test (disjoint sequences). ``protocol="in_sample"`` (Shai et al.'s): fit and
+    score on every row, with ``alpha`` 0 (ordinary least squares) unless a number is given;
+    ``n_test`` is then unused. ``params["protocol"]`` and the metrics ``fit_rows`` /
+    ``score_rows`` say which rows produced each number. ``keep_points > 0`` keeps up to that many held-out (true, predicted) points
     of the last requested layer in ``metrics["points"]`` for figures: beliefs, or for taxi
     maps with coordinates the (x, y) of the current intersection."""
     from ..activations import layer_label
@@ -62,9 +71,16 @@ def run_probe(
     inp = resolve_inputs(models, inputs, n_seqs=n_seqs, seq_len=seq_len, seed=seed, device=device,
                          progress=progress)
     n_seqs = inp.n_seqs
-    if not 1 <= n_test <= n_seqs - 2:
-        raise UsageError(f"--n-test must lie in 1..{n_seqs - 2} for {n_seqs} sequences (two or more train), got {n_test}")
-    tr, te = np.arange(n_seqs - n_test), np.arange(n_seqs - n_test, n_seqs)
+    if protocol not in PROTOCOLS:
+        raise UsageError(f"probe protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    if protocol == "in_sample":
+        alpha = 0.0 if alpha == "cv" else alpha
+        tr = te = np.arange(n_seqs)
+    else:
+        if not 1 <= n_test <= n_seqs - 2:
+            raise UsageError(f"--n-test must lie in 1..{n_seqs - 2} for {n_seqs} sequences (two or more train), "
+                             f"got {n_test}")
+        tr, te = np.arange(n_seqs - n_test), np.arange(n_seqs - n_test, n_seqs)
     out: list[dict[str, Any]] = []
     for i, m in enumerate(inp.models):
         world, sample = m.world, inp.sample(i)
@@ -82,11 +98,13 @@ def run_probe(
         pos_te = np.broadcast_to(np.arange(tokens.shape[1]), mte.shape)[mte]
         keep = np.random.default_rng(seed).permutation(int(mte.sum()))[:keep_points]
         ident = identity(m)
-        params = {**inp.params_of(i), "n_test": int(n_test), "alpha": alpha, "classifier": bool(classifier)}
+        params = {**inp.params_of(i), "protocol": protocol, "alpha": alpha, "classifier": bool(classifier),
+                  **({"n_test": int(n_test)} if protocol == "held_out" else {})}
         points_layer = layer_label(hooks[-1])
         recs = []
         for label, H in bar(sets, desc=f"probes {m.name}", disable=not progress, leave=False):
-            metrics: dict[str, Any] = {"d_in": int(H.shape[-1])}
+            metrics: dict[str, Any] = {"d_in": int(H.shape[-1]), "n_rows": int(mask.sum()),
+                                       "fit_rows": int(mtr.sum()), "score_rows": int(mte.sum())}
             points: dict[str, Any] = {}
             want_points = keep_points > 0 and label == points_layer
             if beliefs is not None:

@@ -70,10 +70,12 @@ def run_transition(
                                      beliefs_test=beliefs, mask_train=mask[tr], mask_test=mask[te],
                                      steps=fit_steps, seed=seed)
         states = np.asarray(inp.sample(i).states)[te]
-        fields = states.reshape(*states.shape[:2], -1)  # [n, L, k] hidden-state fields
-        positions = np.broadcast_to(np.arange(tokens.shape[1]), states.shape[:2])[..., None]
-        keys = np.concatenate([fields, positions], -1)  # group by (hidden state, position)
-        state_ratio = float(grouped_consistency(H[te][mask[te]], keys[mask[te]]))
+        state_ratio = None  # enumerated sequences (--all-sequences) have no true hidden states
+        if not (states < 0).all():
+            fields = states.reshape(*states.shape[:2], -1)  # [n, L, k] hidden-state fields
+            positions = np.broadcast_to(np.arange(tokens.shape[1]), states.shape[:2])[..., None]
+            keys = np.concatenate([fields, positions], -1)  # group by (hidden state, position)
+            state_ratio = float(grouped_consistency(H[te][mask[te]], keys[mask[te]]))
         ident = identity(m)
         params = {**inp.params_of(i), "n_test": int(n_test), "horizon": int(horizon), "fit_steps": int(fit_steps),
                   "space": "LayerNorm'd last-block residual"}

@@ -1,0 +1,561 @@
+"""Load models that were not trained by this package into the same ``TransformerBridge``.
+
+Two sources, both from local files only (no hub access, never unpickling code):
+
+``load_legacy_tl(state_dict_path, config)``
+    A legacy TransformerLens ``HookedTransformer.state_dict()`` saved with ``torch.save``
+    (keys ``embed.W_E``, ``blocks.0.attn.W_Q`` [n_heads, d_model, d_head], ...) plus its
+    config (a dict or a JSON file). Converted by TransformerLens's own
+    ``transformer_lens.utilities.tl_checkpoint_conversion.convert_tl_checkpoint`` and loaded
+    into ``TransformerBridge.boot_native``, i.e. the same native architecture our own models
+    use.
+
+``load_hf_folder(folder)``
+    A local Hugging Face folder of a GPT-2 model (``config.json`` + ``model.safetensors`` or
+    ``pytorch_model.bin``), wrapped by TransformerLens's bridge for the HF GPT-2 adapter.
+
+Either way the hook names are the ones the rest of the package reads
+(``blocks.0.hook_resid_pre``, ``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``)
+and ``model(tokens)`` returns logits, so ``nextlat_probe.activations.collect`` works
+unchanged; no compatibility mode is needed (and none is enabled: the weights stay as stored,
+no LayerNorm folding or centring).
+
+On both bridges (as on our own native models) ``ln_final.hook_normalized`` is the final
+norm's normalised input, ``(x - mean) / sqrt(var + eps)``, BEFORE its weight and bias;
+``ln_final.hook_out`` is the affine output the unembedding reads (HF GPT-2's last
+``hidden_states`` entry). The tests check both against independent computations.
+
+Everything is validated before the model is allocated: the config within the same bounds
+as our checkpoints (``checkpoint.MAX_*``), every tensor present with the shape the config
+implies, nothing unexpected. Every bad file is a one-line ``CheckpointError`` naming the
+file and the key. ``transformer_lens`` / ``transformers`` are imported inside the functions
+only, so importing this module stays cheap.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from ..errors import CheckpointError
+from .transformer import move, resolve_device
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformer_lens.model_bridge import TransformerBridge
+
+#: The bounds of ``nextlat_probe.checkpoint`` (MAX_N_LAYERS, ...). Repeated here because the
+#: models layer may not import the checkpoint layer (docs/architecture.md);
+#: tests/test_foreign_models.py checks that the two agree.
+BOUNDS: dict[str, int] = {
+    "n_layers": 128,
+    "d_model": 16_384,
+    "n_heads": 256,
+    "d_head": 1_024,
+    "d_mlp": 65_536,
+    "n_ctx": 65_536,
+    "d_vocab": 1 << 20,
+}
+MAX_PARAMETERS = 1 << 31
+
+#: The legacy config keys ``load_legacy_tl`` needs; any other key is ignored unless it
+#: changes the architecture (see ``UNSUPPORTED_LEGACY_OPTIONS``).
+LEGACY_REQUIRED = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn", "normalization_type")
+#: normalization_type values the native bridge builds and the conversion maps. None (no
+#: normalisation) is refused: its bridge has no ``ln_final.hook_normalized``, which the
+#: analyses read.
+LEGACY_NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre")
+#: act_fn values the native bridge implements for a plain (non-gated) MLP.
+LEGACY_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish")
+#: Config options of a HookedTransformerConfig that change the computed function and that
+#: this loader does not support: refused unless they hold the value in the second column.
+UNSUPPORTED_LEGACY_OPTIONS: dict[str, Any] = {
+    "attn_only": False,
+    "gated_mlp": False,
+    "parallel_attn_mlp": False,
+    "final_rms": False,
+    "use_local_attn": False,
+    "use_qk_norm": False,
+    "post_embedding_ln": False,
+    "scale_attn_by_inverse_layer_idx": False,
+    "positional_embedding_type": "standard",
+    "attention_dir": "causal",
+    "num_experts": None,
+}
+_SOFTCAP_KEYS = ("attn_scores_soft_cap", "output_logits_soft_cap")
+#: Buffers a HookedTransformer state dict carries that are not weights.
+LEGACY_BUFFERS = ("mask", "IGNORE")
+
+#: Hugging Face ``model_type`` values ``load_hf_folder`` accepts.
+HF_MODEL_TYPES = ("gpt2",)
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+# --------------------------------------------------------------------------------------
+# small helpers
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    for ln in lines:  # torch's weights_only refusal: the line naming the refused global
+        if "Unsupported" in ln or "unsupported" in ln:
+            return ln.split("WeightsUnpickler error:")[-1].strip()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
+    """A JSON object from ``path``; a one-line ``CheckpointError`` when it is missing,
+    not JSON, or not an object."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(p, "no such config file")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise CheckpointError(p, f"config is not valid JSON ({_first_line(exc)[:120]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(p, f"config is a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def is_legacy_tl_state_dict(sd: Any) -> bool:
+    """Whether ``sd`` looks like a ``HookedTransformer.state_dict()`` (TL property-format
+    keys such as ``embed.W_E`` and ``unembed.W_U``) rather than a bridge state dict."""
+    return isinstance(sd, Mapping) and "embed.W_E" in sd and "unembed.W_U" in sd
+
+
+def _torch_load(p: Path) -> Any:
+    """``torch.load(weights_only=True)`` with every failure as one CheckpointError line: a
+    pickle that would run code is refused, not executed."""
+    import torch
+
+    if not p.exists():
+        raise CheckpointError(p, "no such file")
+    if p.is_dir():
+        raise CheckpointError(p, "is a directory, not a state-dict file")
+    if p.stat().st_size == 0:
+        raise CheckpointError(p, "empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(p, f"refused to load: not a plain-tensor file ({_first_line(exc)[:160]})") from None
+    except (zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(p, f"corrupt or truncated file ({type(exc).__name__})") from None
+    except RuntimeError as exc:
+        raise CheckpointError(p, f"corrupt or truncated file ({_first_line(exc)[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - anything else from a foreign file
+        raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+
+
+def _check_tensor_dict(p: Path, sd: Any) -> None:
+    import torch
+
+    if not isinstance(sd, dict) or not sd:
+        raise CheckpointError(p, "is not a non-empty dict of tensors (a state_dict)")
+    for k, v in sd.items():
+        if not isinstance(k, str) or not torch.is_tensor(v):
+            raise CheckpointError(p, f"entry {k!r} is not a named tensor")
+
+
+def _check_shapes(p: Path, shapes: Mapping[str, Any], expected: dict[str, tuple[int, ...]],
+                  optional: dict[str, tuple[int, ...] | None], what: str) -> None:
+    """Every ``expected`` key present with its shape; ``optional`` keys may be absent (None:
+    any shape); nothing else. ``shapes`` maps key -> shape tuple."""
+    for key, shape in expected.items():
+        if key not in shapes:
+            raise CheckpointError(p, f"missing {key!r}, which the {what} implies")
+        if tuple(shapes[key]) != shape:
+            raise CheckpointError(p, f"{key} has shape {list(shapes[key])}, the {what} implies {list(shape)}")
+    for key, shape in optional.items():
+        if key in shapes and shape is not None and tuple(shapes[key]) != shape:
+            raise CheckpointError(p, f"{key} has shape {list(shapes[key])}, the {what} implies {list(shape)}")
+    extra = sorted(k for k in shapes if k not in expected and k not in optional)
+    if extra:
+        shown = ", ".join(map(repr, extra[:5])) + (f" and {len(extra) - 5} more" if len(extra) > 5 else "")
+        raise CheckpointError(p, f"unexpected weights {shown} (not part of the model the {what} describes)")
+
+
+def _check_values(p: Path, sd: Mapping[str, "torch.Tensor"], skip: tuple[str, ...] = ()) -> None:
+    import torch
+
+    for k, v in sd.items():
+        if k.endswith(skip):
+            continue
+        if not v.is_floating_point():
+            raise CheckpointError(p, f"{k} has dtype {v.dtype}, not a floating-point weight")
+        if not bool(torch.isfinite(v).all()):
+            raise CheckpointError(p, f"{k} contains NaN or inf")
+
+
+def _bounds_problem(values: Mapping[str, int], where: str) -> str | None:
+    for name, bound in BOUNDS.items():
+        v = values.get(name)
+        if not _is_int(v) or not 0 < v <= bound:
+            return f"{where}{name} = {v!r} is not a positive integer within the bound {bound}"
+    d, L = values["d_model"], values["n_layers"]
+    attn = 4 * d * values["n_heads"] * values["d_head"]
+    n_params = L * (attn + 2 * d * values["d_mlp"]) + d * (2 * values["d_vocab"] + values["n_ctx"])
+    if n_params > MAX_PARAMETERS:
+        return f"{where}config implies ~{n_params:.3g} parameters, above the bound {MAX_PARAMETERS:.3g}"
+    return None
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+    """``HF_HUB_OFFLINE=1`` / ``TRANSFORMERS_OFFLINE=1`` while loading (restored after)."""
+    keys = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    old = {k: os.environ.get(k) for k in keys}
+    os.environ.update({k: "1" for k in keys})
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# --------------------------------------------------------------------------------------
+# legacy TransformerLens state dicts
+
+
+def legacy_config(config: Mapping[str, Any] | str | os.PathLike, source: str | os.PathLike = "<config>") -> dict[str, Any]:
+    """Validate a legacy TL config (a dict, or a path to a JSON file) and return the
+    ``TransformerBridgeConfig`` keyword arguments it implies. ``source`` names the file in
+    errors when ``config`` is a dict."""
+    if isinstance(config, (str, os.PathLike)):
+        source = Path(config)
+        raw = read_json_config(config)
+    elif isinstance(config, Mapping):
+        raw = dict(config)
+    else:
+        raise CheckpointError(source, f"config must be a dict or a JSON file path, got {type(config).__name__}")
+    missing = [k for k in LEGACY_REQUIRED if k not in raw]
+    if missing:
+        raise CheckpointError(source, f"config is missing {', '.join(map(repr, missing))} (needed: {', '.join(LEGACY_REQUIRED)})")
+    problem = _bounds_problem(raw, "config.")
+    if problem:
+        raise CheckpointError(source, problem)
+    norm = raw["normalization_type"]
+    if norm not in LEGACY_NORMALIZATIONS:
+        raise CheckpointError(source, f"config.normalization_type = {norm!r} is not supported (use one of {', '.join(map(str, LEGACY_NORMALIZATIONS))})")
+    act = raw["act_fn"]
+    if act not in LEGACY_ACTIVATIONS:
+        raise CheckpointError(source, f"config.act_fn = {act!r} is not supported (use one of {', '.join(LEGACY_ACTIVATIONS)})")
+    for key, default in UNSUPPORTED_LEGACY_OPTIONS.items():
+        if key in raw and raw[key] not in (default, None):
+            raise CheckpointError(source, f"config.{key} = {raw[key]!r} is not supported (only {default!r})")
+    for key in _SOFTCAP_KEYS:
+        v = raw.get(key)
+        if v is not None and (not isinstance(v, (int, float)) or v > 0):
+            raise CheckpointError(source, f"config.{key} = {v!r} is not supported (no soft-capping)")
+    kv = raw.get("n_key_value_heads")
+    if kv is not None and kv != raw["n_heads"]:
+        raise CheckpointError(source, f"config.n_key_value_heads = {kv!r} is not supported (grouped-query attention)")
+    dvo = raw.get("d_vocab_out")
+    if dvo is not None and dvo not in (-1, raw["d_vocab"]):
+        raise CheckpointError(source, f"config.d_vocab_out = {dvo!r} differs from d_vocab {raw['d_vocab']} (not supported)")
+    out = {k: raw[k] for k in LEGACY_REQUIRED}
+    eps = raw.get("eps", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise CheckpointError(source, f"config.eps = {eps!r} is not a number in (0, 1)")
+    out["eps"] = float(eps)
+    use_scale = raw.get("use_attn_scale", True)
+    if not isinstance(use_scale, bool):
+        raise CheckpointError(source, f"config.use_attn_scale = {use_scale!r} is not a boolean")
+    scale = raw.get("attn_scale", -1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (scale == -1 or scale > 0) or not math.isfinite(scale):
+        raise CheckpointError(source, f"config.attn_scale = {scale!r} is not positive (or -1 for sqrt(d_head))")
+    if not use_scale:  # HookedTransformer: no scaling at all = divide by 1
+        raise CheckpointError(source, "config.use_attn_scale = False is not supported (unscaled attention)")
+    out["use_attn_scale"] = True
+    out["attn_scale"] = float(scale)
+    return out
+
+
+def expected_legacy_shapes(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...] | None]]:
+    """``(required, optional)`` key -> shape of a ``HookedTransformer.state_dict()`` for a
+    validated legacy config (``legacy_config``). Optional: ``unembed.b_U`` (zero-filled when
+    absent, as TransformerLens's own legacy loader does) and the attention buffers."""
+    d, V, C = cfg["d_model"], cfg["d_vocab"], cfg["n_ctx"]
+    H, dh, M = cfg["n_heads"], cfg["d_head"], cfg["d_mlp"]
+    norm = cfg["normalization_type"]
+
+    def ln(prefix: str) -> dict[str, tuple[int, ...]]:
+        if norm == "LN":
+            return {f"{prefix}.w": (d,), f"{prefix}.b": (d,)}
+        if norm == "RMS":
+            return {f"{prefix}.w": (d,)}
+        return {}  # LNPre / RMSPre: no parameters
+
+    req: dict[str, tuple[int, ...]] = {"embed.W_E": (V, d), "pos_embed.W_pos": (C, d)}
+    opt: dict[str, tuple[int, ...] | None] = {"unembed.b_U": (V,)}
+    for i in range(cfg["n_layers"]):
+        b = f"blocks.{i}"
+        req.update(ln(f"{b}.ln1"))
+        req.update({
+            f"{b}.attn.W_Q": (H, d, dh), f"{b}.attn.W_K": (H, d, dh), f"{b}.attn.W_V": (H, d, dh),
+            f"{b}.attn.W_O": (H, dh, d),
+            f"{b}.attn.b_Q": (H, dh), f"{b}.attn.b_K": (H, dh), f"{b}.attn.b_V": (H, dh),
+            f"{b}.attn.b_O": (d,),
+        })
+        req.update(ln(f"{b}.ln2"))
+        req.update({f"{b}.mlp.W_in": (d, M), f"{b}.mlp.b_in": (M,), f"{b}.mlp.W_out": (M, d), f"{b}.mlp.b_out": (d,)})
+        opt.update({f"{b}.attn.mask": (C, C), f"{b}.attn.IGNORE": ()})
+    req.update(ln("ln_final"))
+    req["unembed.W_U"] = (d, V)
+    return req, opt
+
+
+def load_legacy_tl(state_dict_path: str | os.PathLike, config: Mapping[str, Any] | str | os.PathLike,
+                   device: str | None = "cpu") -> "TransformerBridge":
+    """A legacy TransformerLens ``HookedTransformer.state_dict()`` file as a native
+    ``TransformerBridge`` (eval mode) on ``device``.
+
+    ``config`` is a dict or a JSON file with at least ``n_layers, d_model, n_heads, d_head,
+    d_mlp, n_ctx, d_vocab, act_fn, normalization_type`` (e.g. ``HookedTransformerConfig
+    .to_dict()``); other keys are ignored, except ``eps`` and ``attn_scale`` (honoured) and
+    options that would change the computed function, which must hold their default
+    (``UNSUPPORTED_LEGACY_OPTIONS``: attn_only, gated MLP, parallel attention, rotary /
+    shortformer positions, local attention, QK norm, grouped-query heads, soft-capping).
+
+    Supported: ``normalization_type`` LN, LNPre, RMS or RMSPre (not None: that bridge has
+    no ``ln_final.hook_normalized``); ``act_fn`` relu, gelu
+    (exact), gelu_new (tanh), silu / swish; learned absolute positions, causal attention
+    scaled by 1/sqrt(d_head) (or ``attn_scale``). The buffers ``blocks.{l}.attn.mask`` /
+    ``IGNORE`` are accepted and dropped; a missing ``unembed.b_U`` is zero-filled.
+
+    The file is read with ``torch.load(weights_only=True)`` (a pickle that would run code is
+    refused); config bounds, every key and every shape are checked before the model is
+    built. Raises a one-line ``CheckpointError`` naming the file and the key, and
+    ``DeviceError`` for a bad ``device``.
+    """
+    dev = resolve_device(device)
+    p = Path(state_dict_path)
+    kwargs = legacy_config(config, source=p)
+    sd = _torch_load(p)
+    _check_tensor_dict(p, sd)
+    if not is_legacy_tl_state_dict(sd):
+        raise CheckpointError(p, "not a legacy TransformerLens state_dict (no 'embed.W_E' / 'unembed.W_U'; a bridge or HF state dict?)")
+    required, optional = expected_legacy_shapes(kwargs)
+    _check_shapes(p, {k: tuple(v.shape) for k, v in sd.items()}, required, optional, "config")
+    _check_values(p, sd, skip=tuple(f".{b}" for b in LEGACY_BUFFERS))
+
+    import torch
+    from transformer_lens.config import TransformerBridgeConfig
+    from transformer_lens.model_bridge import TransformerBridge
+    from transformer_lens.utilities.tl_checkpoint_conversion import convert_tl_checkpoint
+
+    tl_cfg = TransformerBridgeConfig(**kwargs, init_weights=False, seed=0)
+    try:
+        converted = convert_tl_checkpoint({k: v.float() for k, v in sd.items()}, tl_cfg)
+    except ValueError as exc:
+        raise CheckpointError(p, f"cannot convert ({_first_line(exc)[:200]})") from None
+    converted.setdefault("unembed.bias", torch.zeros(kwargs["d_vocab"]))
+    with _offline():
+        model = TransformerBridge.boot_native(tl_cfg)
+    try:
+        result = model.load_state_dict(converted, strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise CheckpointError(p, f"weights do not fit the native model ({_first_line(exc)[:200]})") from None
+    if result.missing_keys or result.unexpected_keys:  # pragma: no cover - strict raises first
+        raise CheckpointError(p, f"weights do not fit the native model (missing {result.missing_keys}, unexpected {result.unexpected_keys})")
+    return move(model, dev).eval()
+
+
+# --------------------------------------------------------------------------------------
+# local Hugging Face folders (GPT-2)
+
+
+def _hf_dims(p: Path, raw: Mapping[str, Any]) -> dict[str, int]:
+    """Our dimension names for a GPT-2 config.json, within the bounds."""
+    for key in ("n_layer", "n_embd", "n_head", "n_positions", "vocab_size"):
+        if key not in raw:
+            raise CheckpointError(p, f"config is missing {key!r} (needed: n_layer, n_embd, n_head, n_positions, vocab_size)")
+    d, h = raw["n_embd"], raw["n_head"]
+    inner = raw.get("n_inner")
+    dims = {
+        "n_layers": raw["n_layer"], "d_model": d, "n_heads": h,
+        "d_head": d // h if _is_int(d) and _is_int(h) and h > 0 else h,
+        "d_mlp": 4 * d if inner is None and _is_int(d) else inner,
+        "n_ctx": raw["n_positions"], "d_vocab": raw["vocab_size"],
+    }
+    names = {"n_layers": "n_layer", "d_model": "n_embd", "n_heads": "n_head", "d_head": "n_embd // n_head",
+             "d_mlp": "n_inner", "n_ctx": "n_positions", "d_vocab": "vocab_size"}
+    for ours, bound in BOUNDS.items():
+        v = dims[ours]
+        if not _is_int(v) or not 0 < v <= bound:
+            raise CheckpointError(p, f"config.{names[ours]} = {v!r} is not a positive integer within the bound {bound}")
+    if d % h:
+        raise CheckpointError(p, f"config.n_embd = {d} is not divisible by n_head = {h}")
+    problem = _bounds_problem(dims, "")
+    if problem:
+        raise CheckpointError(p, problem)
+    return dims
+
+
+def expected_gpt2_shapes(dims: Mapping[str, int], tied: bool) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...] | None]]:
+    """``(required, optional)`` key -> shape of a ``GPT2LMHeadModel`` state dict (HF Conv1D
+    weights are [in, out]). ``lm_head.weight`` is optional when the embeddings are tied;
+    the old causal-mask buffers ``h.{l}.attn.bias`` / ``masked_bias`` are accepted."""
+    d, M, V, C = dims["d_model"], dims["d_mlp"], dims["d_vocab"], dims["n_ctx"]
+    t = "transformer."
+    req: dict[str, tuple[int, ...]] = {f"{t}wte.weight": (V, d), f"{t}wpe.weight": (C, d)}
+    opt: dict[str, tuple[int, ...] | None] = {}
+    for i in range(dims["n_layers"]):
+        b = f"{t}h.{i}."
+        req.update({
+            f"{b}ln_1.weight": (d,), f"{b}ln_1.bias": (d,),
+            f"{b}attn.c_attn.weight": (d, 3 * d), f"{b}attn.c_attn.bias": (3 * d,),
+            f"{b}attn.c_proj.weight": (d, d), f"{b}attn.c_proj.bias": (d,),
+            f"{b}ln_2.weight": (d,), f"{b}ln_2.bias": (d,),
+            f"{b}mlp.c_fc.weight": (d, M), f"{b}mlp.c_fc.bias": (M,),
+            f"{b}mlp.c_proj.weight": (M, d), f"{b}mlp.c_proj.bias": (d,),
+        })
+        opt.update({f"{b}attn.bias": None, f"{b}attn.masked_bias": None})
+    req.update({f"{t}ln_f.weight": (d,), f"{t}ln_f.bias": (d,)})
+    if tied:
+        opt["lm_head.weight"] = (V, d)
+    else:
+        req["lm_head.weight"] = (V, d)
+    return req, opt
+
+
+def _hf_key(k: str, prefixed: bool) -> str:
+    return k if prefixed or k.startswith("lm_head.") else f"transformer.{k}"
+
+
+def _hf_weight_shapes(wp: Path) -> dict[str, tuple[int, ...]]:
+    """Key -> shape of a safetensors file from its header (nothing loaded)."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(wp), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - SafetensorError and friends from a foreign file
+        raise CheckpointError(wp, f"corrupt or not a safetensors file ({_first_line(exc)[:160]})") from None
+
+
+def load_hf_folder(folder: str | os.PathLike, device: str | None = "cpu") -> "TransformerBridge":
+    """A local Hugging Face GPT-2 folder as a ``TransformerBridge`` (eval mode) on ``device``.
+
+    ``folder`` holds ``config.json`` (``model_type`` "gpt2") and ``model.safetensors``
+    (preferred) or ``pytorch_model.bin`` (read only through ``torch.load(weights_only=
+    True)``); keys with or without the ``transformer.`` prefix. Sharded checkpoints are not
+    supported. Nothing is fetched from a hub (``HF_HUB_OFFLINE=1`` while loading, no
+    ``from_pretrained``) and no tokenizer is loaded: the bridge takes token ids.
+
+    The HF model is built from the config (eager attention), the weights are checked
+    (bounds, keys, shapes) before it is built, and the bridge is made with TransformerLens's
+    own HF adapter (``build_bridge_from_module``, what ``boot_transformers`` does after
+    loading). Its hook names are the same as for our native models:
+    ``blocks.0.hook_resid_pre`` (token + position embedding), ``blocks.{l}.hook_resid_post``
+    (= HF ``hidden_states[l + 1]`` for all but the last block), ``ln_final.hook_normalized``
+    (``ln_f``'s normalised input before its weight and bias; ``ln_final.hook_out`` = ``ln_f``
+    output = HF's last ``hidden_states`` entry). As a guard, the bridge's logits on a short
+    probe sequence must match the HF model's own (computed before wrapping).
+
+    Raises a one-line ``CheckpointError`` naming the file (and key) for a missing folder,
+    config or weights, a foreign ``model_type``, out-of-bounds dimensions, a missing,
+    misshapen or unexpected weight, or an unsafe pickle; ``DeviceError`` for a bad device.
+    """
+    dev = resolve_device(device)
+    root = Path(folder)
+    if not root.exists():
+        raise CheckpointError(root, "no such folder")
+    if not root.is_dir():
+        raise CheckpointError(root, "is not a folder (expected a Hugging Face model folder with config.json)")
+    cfg_path = root / "config.json"
+    if not cfg_path.is_file():
+        raise CheckpointError(root, "has no config.json (not a Hugging Face model folder)")
+    raw = read_json_config(cfg_path)
+    mt = raw.get("model_type")
+    if mt not in HF_MODEL_TYPES:
+        raise CheckpointError(cfg_path, f"model_type {mt!r} is not supported (only {', '.join(map(repr, HF_MODEL_TYPES))})")
+    dims = _hf_dims(cfg_path, raw)
+    tied = raw.get("tie_word_embeddings", True) is not False
+
+    wp = next((root / n for n in HF_WEIGHT_FILES if (root / n).is_file()), None)
+    if wp is None:
+        sharded = any((root / f"{n}.index.json").is_file() for n in HF_WEIGHT_FILES)
+        raise CheckpointError(root, "sharded checkpoints are not supported" if sharded
+                              else f"has no weights ({' or '.join(HF_WEIGHT_FILES)})")
+    if wp.suffix == ".safetensors":
+        shapes = _hf_weight_shapes(wp)
+        sd = None
+    else:
+        sd = _torch_load(wp)
+        _check_tensor_dict(wp, sd)
+        shapes = {k: tuple(v.shape) for k, v in sd.items()}
+    prefixed = any(k.startswith("transformer.") for k in shapes)
+    shapes = {_hf_key(k, prefixed): s for k, s in shapes.items()}
+    required, optional = expected_gpt2_shapes(dims, tied)
+    _check_shapes(wp, shapes, required, optional, "config")
+
+    import torch
+
+    if sd is None:
+        from safetensors.torch import load_file
+
+        try:
+            sd = load_file(str(wp), device="cpu")
+        except Exception as exc:  # noqa: BLE001
+            raise CheckpointError(wp, f"corrupt safetensors file ({_first_line(exc)[:160]})") from None
+    sd = {_hf_key(k, prefixed): v for k, v in sd.items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
+    _check_values(wp, sd)
+    if tied and "lm_head.weight" in sd and not torch.equal(sd["lm_head.weight"], sd["transformer.wte.weight"]):
+        raise CheckpointError(wp, "lm_head.weight differs from transformer.wte.weight although config.json ties them")
+
+    with _offline():
+        from transformer_lens.model_bridge.sources._bridge_builder import build_bridge_from_module
+        from transformer_lens.model_bridge.sources._hf_format import (
+            determine_architecture_from_hf_config,
+        )
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        try:
+            hf_cfg = GPT2Config.from_dict({k: v for k, v in raw.items() if k not in ("auto_map", "transformers_version")})
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(cfg_path, f"invalid GPT-2 config ({_first_line(exc)[:160]})") from None
+        hf_cfg._attn_implementation = "eager"  # what the bridge forces; also the reference below
+        model = GPT2LMHeadModel(hf_cfg)
+        if tied:  # one tensor with wte (checked equal above)
+            sd.pop("lm_head.weight", None)
+        result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
+        missing = [k for k in result.missing_keys if not (tied and k == "lm_head.weight")]
+        if missing or result.unexpected_keys:
+            raise CheckpointError(wp, f"weights do not fit GPT2LMHeadModel (missing {missing[:3]}, unexpected {result.unexpected_keys[:3]})")
+        model.float().eval()
+        probe = (torch.arange(min(8, dims["n_ctx"])) % dims["d_vocab"]).unsqueeze(0)
+        with torch.no_grad():
+            want = model(probe).logits
+        bridge = build_bridge_from_module(model, determine_architecture_from_hf_config(hf_cfg),
+                                          hf_config=hf_cfg, model_name=str(root))
+        bridge.eval()
+        with torch.no_grad():
+            got = bridge(probe)
+    err = float((got - want).abs().max())
+    if not err <= 1e-4 * (1.0 + float(want.abs().max())):
+        raise CheckpointError(root, f"the TransformerLens bridge does not reproduce the model's logits (max difference {err:.3g})")
+    return move(bridge, dev).eval()
+
+
+__all__ = [
+    "BOUNDS", "MAX_PARAMETERS", "LEGACY_REQUIRED", "LEGACY_NORMALIZATIONS", "LEGACY_ACTIVATIONS",
+    "UNSUPPORTED_LEGACY_OPTIONS", "HF_MODEL_TYPES", "HF_WEIGHT_FILES",
+    "load_legacy_tl", "load_hf_folder", "legacy_config", "expected_legacy_shapes", "expected_gpt2_shapes",
+    "is_legacy_tl_state_dict", "read_json_config",
+]
