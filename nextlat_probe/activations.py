@@ -4,7 +4,8 @@ Hook points (TransformerLens's stable names)::
 
     embed     blocks.0.hook_resid_pre      = hook_embed + hook_pos_embed
     L{l}      blocks.{l}.hook_resid_post   the residual stream after block l
-    ln_final  ln_final.hook_normalized     the normalised stream the unembedding reads
+    ln_final  ln_final.hook_normalized     the last residual normalised by the final LayerNorm, before
+                                           its weight and bias (what the unembedding reads, up to them)
 
 ``L{n-1}``, the last block's residual, is what ``--layers last`` selects and what NextLat's
 latent loss predicts; ``ln_final`` is the LayerNorm'd stream after it (called "final" in

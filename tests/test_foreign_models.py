@@ -371,8 +371,103 @@ def test_hf_folder_bad_inputs(tmp_path):
     assert not target.exists()
 
 
+def test_hf_folder_guard_compares_bridge_and_transformers_logits(tmp_path, monkeypatch):
+    """A bridge that computes something else than the HF model is refused, not returned."""
+    from transformer_lens.model_bridge.sources import _bridge_builder
+
+    ref = tiny_gpt2()
+    ref.save_pretrained(tmp_path / "gpt2")
+    real = _bridge_builder.build_bridge_from_module
+
+    def drifting(model, *args, **kwargs):
+        bridge = real(model, *args, **kwargs)
+        with torch.no_grad():
+            model.transformer.ln_f.bias.add_(0.01)
+        return bridge
+
+    monkeypatch.setattr(_bridge_builder, "build_bridge_from_module", drifting)
+    one_line_error(load_hf_folder, tmp_path / "gpt2", match="does not reproduce the model's logits")
+
+
+def test_hf_folder_options_and_device(tmp_path):
+    from nextlat_probe.errors import DeviceError
+
+    ref = tiny_gpt2()
+    ref.save_pretrained(tmp_path / "gpt2")
+    raw = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps({**raw, "scale_attn_weights": False}))
+    one_line_error(load_hf_folder, tmp_path / "gpt2", match="scale_attn_weights")
+    with pytest.raises(DeviceError):
+        load_hf_folder(tmp_path / "gpt2", device="tpu")
+    with pytest.raises(DeviceError):
+        load_legacy_tl(tmp_path / "x.pt", CFG, device="tpu")
+
+
 def test_module_import_does_not_import_transformer_lens():
     code = "import sys, nextlat_probe.models.foreign; print('transformer_lens' in sys.modules, 'transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["False", "False"]
+
+
+# ----------------------------------------------------------------------------- through the CLIs
+
+
+def test_probe_cli_on_a_legacy_state_dict_reproduces_an_in_sample_ols(tmp_path, capsys):
+    """The published belief-geometry protocol end to end: a legacy TransformerLens state
+    dict on Mess3, every sequence of the context, OLS fitted and scored on the same rows at
+    L1; the MSE the CLI prints equals sklearn's on hidden states from our own forward."""
+    from sklearn.linear_model import LinearRegression
+
+    from nextlat_probe.cli import run_main
+    from nextlat_probe.probe import main
+    from nextlat_probe.sources import world_from_text
+
+    cfg = {**CFG, "d_vocab": 3, "n_ctx": 5, "d_model": 32, "d_head": 16}
+    sd = legacy_state_dict(cfg, seed=4)
+    sd_path, cfg_path = save_legacy(tmp_path, sd, cfg)
+    argv = [str(sd_path), "--tl-config", str(cfg_path), "--world", "mess3:x=0.05,a=0.85", "--all-sequences",
+            "--in-sample", "--layers", "1", "--alpha", "0", "--json", "--no-classifier"]
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    cap = capsys.readouterr()
+    assert exc.value.code == 0, cap.err
+    (rec,) = [r for r in json.loads(cap.out) if r["layer"] == "L1"]
+    assert rec["objective"] == "external" and rec["params"]["protocol"] == "in_sample"
+    world = world_from_text("mess3:x=0.05,a=0.85")
+    tokens = np.indices((3,) * 5).reshape(5, -1).T
+    H = reference_forward(sd, cfg, tokens)[0][2].reshape(-1, cfg["d_model"])  # after block 1
+    B = world.beliefs(tokens).reshape(-1, 3)
+    pred = LinearRegression().fit(H, B).predict(H)
+    assert rec["metrics"]["n_rows"] == 3 ** 5 * 5
+    assert rec["metrics"]["mse"] == pytest.approx(float(((pred - B) ** 2).mean()), rel=2e-3)
+
+
+def test_rank_cli_on_a_hugging_face_folder(tmp_path, capsys):
+    from nextlat_probe.cli import run_main
+    from nextlat_probe.rank import main
+
+    model = tiny_gpt2()
+    model.save_pretrained(tmp_path / "gpt2-tiny")
+    argv = [str(tmp_path / "gpt2-tiny"), "--world", "mess3", "--n-seqs", "8", "--seq-len", "10", "--json"]
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    cap = capsys.readouterr()
+    assert exc.value.code == 2 and "--vocab" in cap.err  # 7 model tokens, 3 world tokens
+    (tmp_path / "vocab.json").write_text(json.dumps({"0": 4, "1": 5, "2": 6}))
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, [*argv, "--vocab", str(tmp_path / "vocab.json"), "--layers", "all"])
+    cap = capsys.readouterr()
+    assert exc.value.code == 0, cap.err
+    recs = json.loads(cap.out)
+    assert [r["layer"] for r in recs] == ["embed", "L0", "L1"] and recs[0]["source"] == str(tmp_path / "gpt2-tiny")
+    # the rank of the embeddings, recomputed from transformers' own hidden states of the same tokens
+    from nextlat_probe.compare import Inputs, load_models
+
+    toks = Inputs(load_models([tmp_path / "gpt2-tiny"], world="mess3", vocab=tmp_path / "vocab.json"), 8, 10).tokens(0)
+    with torch.no_grad():
+        hs = model(torch.as_tensor(np.array([4, 5, 6])[toks]), output_hidden_states=True).hidden_states
+    s = np.linalg.svd(hs[0].reshape(-1, 16).double().numpy(), compute_uv=False)
+    s = s[s > 1e-12 * s[0]]
+    p = s / s.sum()
+    assert recs[0]["metrics"]["effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-4)

@@ -486,6 +486,8 @@ def load_hf_folder(folder: str | os.PathLike, device: str | None = "cpu") -> "Tr
     if mt not in HF_MODEL_TYPES:
         raise CheckpointError(cfg_path, f"model_type {mt!r} is not supported (only {', '.join(map(repr, HF_MODEL_TYPES))})")
     dims = _hf_dims(cfg_path, raw)
+    if raw.get("scale_attn_weights", True) is False:  # the bridge's GPT-2 attention always scales
+        raise CheckpointError(cfg_path, "config.scale_attn_weights = false is not supported (the bridge scales attention by 1/sqrt(d_head))")
     tied = raw.get("tie_word_embeddings", True) is not False
 
     wp = next((root / n for n in HF_WEIGHT_FILES if (root / n).is_file()), None)
