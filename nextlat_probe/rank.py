@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_sequence_args(p, n_seqs=256)
     add_layers_arg(p, "last")
     p.add_argument("--center", action="store_true", help="subtract the mean hidden state first")
+    p.add_argument("--protocol", choices=("nextlat2025",), default=None,
+                   help="nextlat2025: the NextLat paper's protocol (last block, 256 sequences x 256 tokens or the "
+                        "world's maximum length, uncentred, s < 1e-12 dropped), named in every record")
     add_output_args(p)
     return p
 
@@ -61,8 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device_arg(args.device)
     from .compare import run_rank
 
-    inputs = cli_inputs(args, load_cli_models(args, device), args.n_seqs)
-    records = run_rank(None, inputs=inputs, layers=args.layers, center=args.center, progress=progress_enabled(args))
+    if args.protocol is not None:
+        records = run_rank(load_cli_models(args, device), protocol=args.protocol, seed=args.seed, device=device,
+                           progress=progress_enabled(args))
+    else:
+        inputs = cli_inputs(args, load_cli_models(args, device), args.n_seqs)
+        records = run_rank(None, inputs=inputs, layers=args.layers, center=args.center,
+                           progress=progress_enabled(args))
     if args.plot is not None:
         from .plots.interactive import rank_figure, write_html
 

@@ -20,10 +20,11 @@ this shape. No other module invents a row format.
       "val_floor": 0.814,             # the exact floor on the same tokens
       "gap_to_floor": 0.052,          # val_loss - val_floor
       # what was measured
-      "analysis": "rank",             # rank | probe | transition | worldmodel | mapping | position_loss
+      "analysis": "rank",             # rank | probe | transition | worldmodel | mapping | position_loss | speculative
       "layer": "L1",                  # hidden-state site (embed, L0.., ln_final, concat) or None
       "variant": None,                # a sub-kind within one analysis (transition: "own p_psi", ...)
       "params": {"n_seqs": 256, ...}, # every parameter the metrics were computed with
+      "protocol": {"name": "vafa2024", ...},  # the published (or named) protocol followed, {} if none
       "metrics": {                    # numbers: floats, lists, or rates
         "effective_rank": 23.4,
         "next_token": {"value": 0.99, "low": 0.98, "high": 1.0, "n": 812, "count": 804},
@@ -44,9 +45,9 @@ from .errors import AnalysisError
 
 IDENTITY_KEYS = ("name", "objective", "step", "seed", "source", "horizon")
 TRAINING_KEYS = ("val_loss", "val_floor", "gap_to_floor")
-ANALYSIS_KEYS = ("analysis", "layer", "variant", "params", "metrics")
+ANALYSIS_KEYS = ("analysis", "layer", "variant", "params", "protocol", "metrics")
 RECORD_KEYS = IDENTITY_KEYS + TRAINING_KEYS + ANALYSIS_KEYS
-ANALYSES = ("rank", "probe", "transition", "worldmodel", "mapping", "position_loss")
+ANALYSES = ("rank", "probe", "transition", "worldmodel", "mapping", "position_loss", "speculative")
 RATE_KEYS = ("value", "low", "high", "n", "count")
 
 
@@ -179,13 +180,15 @@ def identity(model: Any) -> dict[str, Any]:
 
 def make_record(ident: Mapping[str, Any], analysis: str, metrics: Mapping[str, Any],
                 params: Mapping[str, Any] | None = None, layer: str | None = None,
-                variant: str | None = None) -> dict[str, Any]:
+                variant: str | None = None, protocol: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One record: ``ident`` (from ``identity``) plus what was measured, in the fixed key
-    order of ``RECORD_KEYS``."""
+    order of ``RECORD_KEYS``. ``protocol``: the named protocol the numbers follow
+    (``{"name": "vafa2024", ...its defining parameters}``), empty when none is claimed."""
     if analysis not in ANALYSES:
         raise AnalysisError(f"make_record: unknown analysis {analysis!r} (one of {', '.join(ANALYSES)})")
     rec: dict[str, Any] = {k: ident.get(k) for k in IDENTITY_KEYS + TRAINING_KEYS}
-    rec.update(analysis=analysis, layer=layer, variant=variant, params=dict(params or {}), metrics=dict(metrics))
+    rec.update(analysis=analysis, layer=layer, variant=variant, params=dict(params or {}),
+               protocol=dict(protocol or {}), metrics=dict(metrics))
     return rec
 
 
@@ -201,8 +204,8 @@ def check_record(rec: Any) -> None:
         raise AnalysisError(f"record of {rec.get('name')!r}: missing {missing}, unexpected {extra}")
     if rec["analysis"] not in ANALYSES:
         raise AnalysisError(f"record of {rec.get('name')!r}: unknown analysis {rec['analysis']!r}")
-    if not isinstance(rec["params"], Mapping) or not isinstance(rec["metrics"], Mapping):
-        raise AnalysisError(f"record of {rec.get('name')!r}: params and metrics must be dicts")
+    if not all(isinstance(rec[k], Mapping) for k in ("params", "protocol", "metrics")):
+        raise AnalysisError(f"record of {rec.get('name')!r}: params, protocol and metrics must be dicts")
     for k, v in rec["metrics"].items():
         if isinstance(v, Mapping) and set(v) != set(RATE_KEYS) and ("value" in v or "rate" in v):
             raise AnalysisError(f"record of {rec.get('name')!r}: metric {k!r} is not a rate {RATE_KEYS}")

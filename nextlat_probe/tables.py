@@ -161,20 +161,34 @@ def _param_text(v: Any) -> str:
 
 
 def protocol_note(records: Iterable[Mapping[str, Any]]) -> str:
-    """The ``params`` of the records as one line to print under a table: per analysis
-    (first-seen order) ``analysis: key=value, ...``; a parameter whose value differs
-    between records lists the values as ``a|b``; analyses joined by ``; ``. Empty when
-    no record has parameters."""
+    """The protocol and ``params`` of the records as one line to print under a table: per
+    analysis (first-seen order) ``analysis: protocol NAME (key=value, ...); key=value, ...``
+    — the named protocol (``record["protocol"]``, with its defining parameters) first, then
+    the parameters; a value that differs between records lists the values as ``a|b``;
+    analyses joined by ``; ``. Empty when no record has a protocol or parameters."""
     recs = _checked(records, "protocol_note")
     per: dict[str, dict[str, list[str]]] = {}
+    prot: dict[str, dict[str, list[str]]] = {}
     for r in recs:
-        keys = per.setdefault(r["analysis"], {})
-        for k, v in r["params"].items():
-            vals = keys.setdefault(k, [])
-            t = _param_text(v)
-            if t not in vals:
-                vals.append(t)
-    parts = [f"{a}: " + ", ".join(f"{k}={'|'.join(v)}" for k, v in ps.items()) for a, ps in per.items() if ps]
+        for src, dst in ((r.get("protocol") or {}, prot), (r["params"], per)):
+            keys = dst.setdefault(r["analysis"], {})
+            for k, v in src.items():
+                vals = keys.setdefault(k, [])
+                t = _param_text(v)
+                if t not in vals:
+                    vals.append(t)
+    parts = []
+    for a in per:
+        bits = []
+        pr = prot.get(a) or {}
+        if pr:
+            name = "|".join(pr.get("name", ["?"]))
+            rest = ", ".join(f"{k}={'|'.join(v)}" for k, v in pr.items() if k != "name")
+            bits.append(f"protocol {name}" + (f" ({rest})" if rest else ""))
+        if per[a]:
+            bits.append(", ".join(f"{k}={'|'.join(v)}" for k, v in per[a].items()))
+        if bits:
+            parts.append(f"{a}: " + "; ".join(bits))
     return "; ".join(parts)
 
 

@@ -16,8 +16,10 @@ from typing import Any
 
 from .cli import (
     UsageError,
+    add_layers_arg,
     add_model_args,
     add_output_args,
+    check_output_path,
     check_positive,
     load_cli_models,
     print_json,
@@ -44,6 +46,8 @@ def _cell(v: Any, percent: bool) -> str:
     if x != x:
         return "n/a"
     f, digits = (100.0, 1) if percent else (1.0, 3)
+    if lo != lo or hi != hi:  # a mean of per-pair scores (protocol vafa2024) has no Wilson interval
+        return f"{f * x:.{digits}f} (pair mean)"
     return f"{f * x:.{digits}f} [{f * lo:.{digits}f}, {f * hi:.{digits}f}]"
 
 
@@ -65,7 +69,8 @@ def table(records: list[dict[str, Any]]) -> str:
         rows.append({"metric": f"detour {kind.replace('_', '-')} p={p} (%)",
                      **{r["name"]: _cell(r["metrics"][key], True) for r in wm}})
     if ranks:
-        rows.append({"metric": "eff. rank (last block)",
+        layer = next(iter(ranks.values()))["layer"]
+        rows.append({"metric": f"eff. rank ({layer})",
                      **{n: f"{ranks[n]['metrics']['effective_rank']:.2f}" for n in names if n in ranks}})
     for key, label in (("val_loss", "val loss"), ("gap_to_floor", "gap to floor")):
         rows.append({"metric": label, **{r["name"]: "-" if r[key] is None else f"{r[key]:.4f}" for r in wm}})
@@ -84,21 +89,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", type=float, default=0.01, help="acceptance threshold (default 0.01)")
     p.add_argument("--max-turns", type=int, default=None,
                    help="turn budget of generations (default 3 x the world's max_len, capped by the context)")
-    p.add_argument("--continuations", type=int, default=10, help="compression: continuations per prefix pair")
-    p.add_argument("--suffix-len", type=int, default=3, help="distinction: longest suffix enumerated (default 3)")
-    p.add_argument("--truth", choices=("world", "map"), default="world",
-                   help="distinction ground truth: the world's exact support (default) or the bare street map")
+    p.add_argument("--protocol", choices=("vafa2024", "exact"), default="vafa2024",
+                   help="vafa2024 (default): Vafa et al.'s reference definitions (30 continuations, per-pair "
+                        "distinction from 5 sampled suffixes, map boundary of length-5 suffixes); exact: "
+                        "distinction by exact enumeration up to length 3 against the world's support, pooled")
+    p.add_argument("--continuations", type=int, default=None,
+                   help="compression: continuations per prefix pair (default: the protocol's, 30)")
+    p.add_argument("--suffix-len", type=int, default=None,
+                   help="distinction: suffix length (default: the protocol's, vafa2024 5, exact 3)")
+    p.add_argument("--suffix-samples", type=int, default=None,
+                   help="vafa2024 distinction: model suffixes sampled per pair (default 5)")
+    p.add_argument("--truth", choices=("world", "map"), default=None,
+                   help="distinction ground truth (default: the protocol's; vafa2024 map, exact world)")
     p.add_argument("--rank-seqs", type=int, default=256, help="sequences for the effective rank row")
-    add_output_args(p, plot=False)
+    add_layers_arg(p, "last")
+    add_output_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     check_positive(n_pairs=args.n_pairs, continuations=args.continuations, suffix_len=args.suffix_len,
-                   rank_seqs=args.rank_seqs, max_turns=args.max_turns)
+                   suffix_samples=args.suffix_samples, rank_seqs=args.rank_seqs, max_turns=args.max_turns)
+    if args.protocol == "exact" and args.suffix_samples is not None:
+        raise UsageError("--suffix-samples belongs to --protocol vafa2024 (exact enumerates every suffix)")
+    if args.protocol == "vafa2024" and args.truth == "world":
+        raise UsageError("--truth world needs --protocol exact (vafa2024 judges distinction by the map)")
     if not 0 < args.epsilon < 1:
         raise UsageError(f"--epsilon must lie in (0, 1), got {args.epsilon}")
+    check_output_path(args.plot)
     device = resolve_device_arg(args.device)
     from .compare import run_rank, run_worldmodel
 
@@ -106,12 +125,19 @@ def main(argv: list[str] | None = None) -> int:
     progress = progress_enabled(args)
     records = run_worldmodel(models, n_pairs=args.n_pairs, seed=args.seed, epsilon=args.epsilon,
                              max_turns=args.max_turns, n_continuations=args.continuations, suffix_len=args.suffix_len,
-                             truth=args.truth, device=device, progress=progress)
-    records += run_rank(models, n_seqs=args.rank_seqs, layers="last", seed=args.seed, progress=progress)
+                             truth=args.truth, protocol=args.protocol, n_suffix_samples=args.suffix_samples,
+                             device=device, progress=progress)
+    records += run_rank(models, n_seqs=args.rank_seqs, layers=args.layers, seed=args.seed, progress=progress)
+    if args.plot is not None:
+        from .plots.interactive import worldmodel_table_figure, write_html
+
+        write_html(worldmodel_table_figure(records), args.plot, title="Taxi world model")
     if args.json:
         print_json(records)
     else:
         print(table(records))
+        if args.plot is not None:
+            print(f"wrote {args.plot}")
     return 0
 
 

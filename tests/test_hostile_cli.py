@@ -86,3 +86,30 @@ def test_mapping_flags_and_layers(tiny_taxi_ckpts, tmp_path, capsys):
                           capsys)
     assert code == 0, err
     assert page.stat().st_size > 1000 and "edges recovered" in out
+
+
+def test_nan_map_coordinates_name_the_file(tmp_path, capsys):
+    import json
+
+    from nextlat_probe.worlds.streetmap import synthetic_manhattan
+
+    d = synthetic_manhattan(3, 3, seed=0).to_dict()
+    d["coords"][2] = [float("nan"), 1.0]
+    path = tmp_path / "nan-map.json"
+    path.write_text(json.dumps(d))
+    (tmp_path / "trips.txt").write_text("0 1 E end\n")
+    code, _, err = _run("mapping", ["--map", str(path), "--trajectories", str(tmp_path / "trips.txt")], capsys)
+    _one_line(code, err)
+    assert str(path) in err and "NaN" in err
+
+
+def test_a_directory_of_trips_is_named_as_one(tmp_path, capsys):
+    from nextlat_probe.worlds.streetmap import synthetic_manhattan
+
+    synthetic_manhattan(3, 3, seed=0).to_json(tmp_path / "map.json")
+    (tmp_path / "trips").mkdir()
+    for module, argv in (("mapping", ["--map", str(tmp_path / "map.json"), "--trajectories", str(tmp_path / "trips")]),
+                         ("taxi", ["check", "--map", str(tmp_path / "map.json"), str(tmp_path / "trips")])):
+        code, _, err = _run(module, argv, capsys)
+        _one_line(code, err)
+        assert "directory" in err and "no such file" not in err, (module, err)

@@ -159,8 +159,9 @@ def test_grouped_consistency_hand_value_and_tuple_keys():
     assert grouped_consistency(H, [0, 0, 1, 1]) == pytest.approx((10 / 2) / (35 / 3))
     # tuple keys: (state, position) split differently
     keys = np.array([[0, 0], [0, 0], [0, 1], [1, 1]])
-    # groups {1, 3}, {5}, {9}: SS_w = 2 on 1 df
-    assert grouped_consistency(H, keys) == pytest.approx((2 / 1) / (35 / 3))
+    # groups {1, 3}, {5}, {9}: only {1, 3} has two rows; over it SS_w = 2 on 1 df and
+    # SS_t = 2 on 1 df -> 1 (the singleton-inclusive figure would be (2 / 1) / (35 / 3))
+    assert grouped_consistency(H, keys) == pytest.approx(1.0)
     assert np.isnan(grouped_consistency(H, [0, 1, 2, 3]))
     with pytest.raises(AnalysisError, match="keys"):
         grouped_consistency(H, [0, 1])
@@ -192,3 +193,33 @@ def test_bad_inputs():
         rollout_errors(Identity(), H, E, 0)
     with pytest.raises(AnalysisError, match="mask"):
         rollout_errors(Identity(), H, E, 1, mask=np.ones((4, 4), dtype=bool))
+
+
+def test_grouped_report_counts_only_groups_of_two_rows():
+    from nextlat_probe.analysis.transition import grouped_consistency_report
+
+    # rows 1, 3 | 5, 7, 9 | 100 (singleton far away)
+    H = np.array([[1.0], [3.0], [5.0], [7.0], [9.0], [100.0]])
+    rep = grouped_consistency_report(H, [0, 0, 1, 1, 1, 2], positions=[0, 1, 0, 1, 2, 2])
+    # over the 5 rows in groups of >= 2: means 2 and 7, SS_w = 2 + 8 = 10 on 5 - 2 = 3 df;
+    # grand mean 5, SS_t = 16 + 4 + 0 + 4 + 16 = 40 on 4 df -> (10 / 3) / (40 / 4) = 1/3
+    assert rep["ratio"] == pytest.approx(1 / 3)
+    assert (rep["n_rows"], rep["n_groups"], rep["n_rows_all"], rep["n_groups_all"]) == (5, 2, 6, 3)
+    assert rep["share_rows"] == pytest.approx(5 / 6)
+    assert rep["share_rows_per_position"] == [1.0, 1.0, 0.5]
+    # singleton-inclusive extra: grand mean 20.833.., SS_t far larger
+    x = H[:, 0]
+    ss_t = float(((x - x.mean()) ** 2).sum())
+    assert rep["ratio_with_singletons"] == pytest.approx((10 / 3) / (ss_t / 5))
+    assert rep["note"] == ""
+
+
+def test_all_singleton_groups_report_no_groups_with_two_rows():
+    from nextlat_probe.analysis.transition import belief_consistency_report, grouped_consistency_report
+
+    H = np.array([[1.0], [3.0], [5.0]])
+    rep = grouped_consistency_report(H, [0, 1, 2])
+    assert rep["ratio"] is None and rep["note"] == "no groups with two rows"
+    assert rep["n_rows"] == 0 and rep["n_groups"] == 0 and rep["share_rows"] == 0.0
+    B = np.eye(3)
+    assert belief_consistency_report(H, B)["note"] == "no groups with two rows"

@@ -77,7 +77,9 @@ def test_oracle_is_perfect(max_turns):
     """The exact model scores 100% everywhere; max_turns=None (3 x max_len) lets detours
     outlast the length prior, exercising the oracle's fallback."""
     w = tiny_world()
-    res = wm.evaluate_world_model(wm.oracle_predictor(w), w, n_pairs=80, seed=1, max_turns=max_turns)
+    # the exact protocol: distinction against the world's support, where the oracle is exact
+    res = wm.evaluate_world_model(wm.oracle_predictor(w), w, n_pairs=80, seed=1, max_turns=max_turns,
+                                  protocol="exact")
     d = res.to_dict()
     for key in ("next_token", "trajectory_legal", "trajectory_valid", "compression", "compression_continuations",
                 "distinction_precision", "distinction_recall"):
@@ -113,8 +115,14 @@ def test_uniform_predictor_scores_low():
     assert all(v["valid"].count == 0 for v in res.detour.values())  # it never says end
     # it treats every state alike: compression is trivially perfect, distinction is nil
     assert res.compression.value == 1.0
-    assert res.distinction_recall.count == 0 and res.distinction_recall.n > 50
-    assert res.distinction_precision.n == 0 and math.isnan(res.distinction_precision.value)
+    # vafa2024 (default): per pair, an empty model boundary scores precision 1, recall 0
+    assert res.protocol["name"] == "vafa2024"
+    assert res.distinction_recall.value == 0.0 and res.distinction_recall.n > 50
+    assert res.distinction_precision.value == 1.0
+    # exact: pooled counts, precision undefined when the model distinguishes nothing
+    ex = wm.evaluate_world_model(uniform_predictor(w), w, n_pairs=80, seed=1, max_turns=8, protocol="exact")
+    assert ex.distinction_recall.count == 0 and ex.distinction_recall.n > 50
+    assert ex.distinction_precision.n == 0 and math.isnan(ex.distinction_precision.value)
 
 
 def test_distinction_boundaries_by_hand():

@@ -268,16 +268,10 @@ def _train(model, Ht, Et, seq_idx, start_idx, k, steps, lr, batch_size, weight_d
 # --------------------------------------------------------------------------------------
 # belief-level consistency
 # --------------------------------------------------------------------------------------
-def grouped_consistency(H: Any, keys: Any) -> float:
-    """Within-group variance / total variance of the rows of ``H`` grouped by ``keys``.
+NO_PAIRS_NOTE = "no groups with two rows"
 
-    keys: integer key per row ([N]) or a key tuple per row ([N, k], e.g. (hidden state,
-    position)). Variances are mean squares with their degrees of freedom,
-    (SS_within / (N - G)) / (SS_total / (N - 1)), so rows of pure noise give about 1
-    however small the groups, and 0 means H is a function of the key. Groups of one row
-    carry no within-group information (they add nothing to N - G). NaN when every key is
-    distinct.
-    """
+
+def _group_index(H: Any, keys: Any) -> tuple[np.ndarray, np.ndarray]:
     X = as_rows(H, "grouped_consistency H")
     K = np.asarray(as_numpy(keys))
     if K.ndim == 1:
@@ -288,7 +282,58 @@ def grouped_consistency(H: Any, keys: Any) -> float:
     if X.shape[0] < 2:
         raise AnalysisError("grouped_consistency: needs at least 2 rows")
     _, inv = np.unique(K, axis=0, return_inverse=True)
-    return _consistency(X, inv.reshape(-1))
+    return X, inv.reshape(-1)
+
+
+def grouped_consistency_report(H: Any, keys: Any, positions: Any = None) -> dict[str, Any]:
+    """Within-group / total variance of ``H`` grouped by ``keys``, computed over the rows
+    of groups with at least two rows (singletons carry no within-group information, and
+    kept in they would only inflate the total):
+
+    ``ratio`` (None with ``note`` "no groups with two rows" when every group is a
+    singleton), ``n_rows`` and ``n_groups`` (rows and groups with >= 2 rows),
+    ``share_rows`` (their share of all rows), ``n_rows_all``, ``n_groups_all``, and the
+    singleton-inclusive figure as the labelled extra ``ratio_with_singletons``. With
+    ``positions`` (one per row) also ``share_rows_per_position`` (list, by position)."""
+    X, inv = _group_index(H, keys)
+    counts = np.bincount(inv)
+    multi = counts[inv] >= 2
+    out: dict[str, Any] = {"ratio": None, "n_rows": int(multi.sum()), "n_groups": int((counts >= 2).sum()),
+                           "share_rows": float(multi.mean()), "n_rows_all": int(X.shape[0]),
+                           "n_groups_all": int(counts.size), "ratio_with_singletons": None, "note": ""}
+    allv = _consistency(X, inv)
+    out["ratio_with_singletons"] = None if allv != allv else float(allv)
+    if positions is not None:
+        pos = np.asarray(as_numpy(positions)).reshape(-1)
+        if pos.size != X.shape[0]:
+            raise AnalysisError(f"grouped_consistency: {pos.size} positions for {X.shape[0]} rows")
+        P = int(pos.max()) + 1 if pos.size else 0
+        tot = np.bincount(pos, minlength=P)
+        good = np.bincount(pos[multi], minlength=P)
+        out["share_rows_per_position"] = [float(g / t) if t else None for g, t in zip(good, tot)]
+    if not multi.any():
+        out["note"] = NO_PAIRS_NOTE
+        return out
+    sel = np.flatnonzero(multi)
+    _, sub = np.unique(inv[sel], return_inverse=True)
+    r = _consistency(X[sel], sub.reshape(-1))
+    out["ratio"] = None if r != r else float(r)
+    if r != r:
+        out["note"] = "no variance in the rows of groups with two rows"
+    return out
+
+
+def grouped_consistency(H: Any, keys: Any) -> float:
+    """Within-group variance / total variance of the rows of ``H`` grouped by ``keys``,
+    over the rows of groups with at least two rows (``grouped_consistency_report``).
+
+    keys: integer key per row ([N]) or a key tuple per row ([N, k], e.g. (hidden state,
+    position)). Variances are mean squares with their degrees of freedom,
+    (SS_within / (N' - G')) / (SS_total' / (N' - 1)) over those N' rows in G' groups, so
+    rows of pure noise give about 1 however small the groups, and 0 means H is a function
+    of the key. NaN when every group is a singleton ("no groups with two rows")."""
+    r = grouped_consistency_report(H, keys)["ratio"]
+    return float("nan") if r is None else float(r)
 
 
 def belief_consistency(H: Any, beliefs: Any, decimals: int = 6) -> float:
@@ -296,6 +341,12 @@ def belief_consistency(H: Any, beliefs: Any, decimals: int = 6) -> float:
     ``decimals`` (so float noise does not split one belief into many)."""
     B = as_rows(beliefs, "belief_consistency beliefs").astype(np.float64)
     return grouped_consistency(H, np.round(B, decimals) + 0.0)  # + 0.0 folds -0.0 into 0.0
+
+
+def belief_consistency_report(H: Any, beliefs: Any, decimals: int = 6, positions: Any = None) -> dict[str, Any]:
+    """``grouped_consistency_report`` with rows grouped by their rounded belief vector."""
+    B = as_rows(beliefs, "belief_consistency beliefs").astype(np.float64)
+    return grouped_consistency_report(H, np.round(B, decimals) + 0.0, positions)
 
 
 def _consistency(X: np.ndarray, inv: np.ndarray) -> float:
@@ -332,6 +383,8 @@ class TransitionResult:
     belief_ratio: float | None
     n_train_seqs: int
     n_test_seqs: int
+    #: ``belief_consistency_report`` of the test states (None without beliefs)
+    belief: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         from ..records import to_jsonable
@@ -375,12 +428,14 @@ def transition_consistency(
             steps=steps, lr=lr, seed=seed, device=device,
         )
         fitted[kind] = rollout_errors(model, H_test, E_test, horizon, mask=mask_test, mean=ref)
-    ratio = None
+    ratio, report = None, None
     if beliefs_test is not None:
         B = np.asarray(as_numpy(beliefs_test))
         Hn = Hte.numpy()
         sel = M.numpy()
-        ratio = belief_consistency(Hn[sel], B[sel], decimals=decimals)
+        pos = np.broadcast_to(np.arange(sel.shape[1]), sel.shape)[sel]
+        report = belief_consistency_report(Hn[sel], B[sel], decimals=decimals, positions=pos)
+        ratio = report["ratio"]
     return TransitionResult(
         horizons=list(range(1, int(horizon) + 1)),
         own=own,
@@ -389,4 +444,5 @@ def transition_consistency(
         belief_ratio=ratio,
         n_train_seqs=int(Htr.shape[0]),
         n_test_seqs=int(Hte.shape[0]),
+        belief=report,
     )

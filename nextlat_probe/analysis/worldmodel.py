@@ -38,7 +38,12 @@ returns a count, the number of trials and a Wilson 95% interval, see ``Rate``):
   after ``B``. Unit: one prefix pair (all-or-nothing, as Vafa et al.); the fraction of
   single continuations accepted is reported too. A model that ignores the state passes
   trivially; read it together with distinction.
-- **distinction precision / recall** at the Myhill–Nerode boundary: two true trips cut
+- **protocols**: ``vafa2024`` (the default, ``PROTOCOLS``) follows the reference code of
+  Vafa et al. (``compression_test.py``: 30 continuations per pair, epsilon 0.01;
+  ``distinction_test.py``: per-pair precision / recall, see ``distinction_vafa``);
+  ``exact`` is our alternative for distinction (below). Every result names its protocol
+  and parameters (``WorldModelResult.protocol``).
+- **distinction precision / recall** (protocol ``exact``; ``vafa2024``: ``distinction_vafa``) at the Myhill–Nerode boundary: two true trips cut
   after the same number of turns ``k`` at *different* (node, destination) states. For
   suffixes over the trip alphabet (8 turns and ``end``; ``end`` closes a suffix) of at
   most ``suffix_len`` tokens, enumerated exactly:
@@ -82,6 +87,76 @@ EPSILON = 0.01
 DETOUR_KINDS = ("random", "least_likely", "second_most_likely")
 DETOUR_PROBS = (0.75, 0.01)
 TRUTHS = ("world", "map")
+#: the published protocol (Vafa et al. 2024, keyonvafa/world-model-evaluation:
+#: ``compression_test.py``, ``distinction_test.py``) and our exact alternative; every value
+#: here is a defining parameter recorded in the record's ``protocol`` block
+PROTOCOLS: dict[str, dict[str, Any]] = {
+    "vafa2024": {"n_continuations": 30, "suffix_len": 5, "n_suffix_samples": 5, "truth": "map",
+                 "aggregation": "per_pair"},
+    "exact": {"n_continuations": 30, "suffix_len": 3, "truth": "world", "aggregation": "pooled"},
+}
+DEFAULT_PROTOCOL = "vafa2024"
+
+
+def resolve_protocol(protocol: str, epsilon: float = EPSILON, **given: Any) -> dict[str, Any]:
+    """The ``protocol`` block of a record: ``{"name", "epsilon", <defining parameters>}``.
+    ``given`` values that are None take the protocol's default; any other value that
+    differs from it is used AND listed under ``"deviations"`` (never silently)."""
+    if protocol not in PROTOCOLS:
+        raise AnalysisError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+    block: dict[str, Any] = {"name": protocol, "epsilon": float(epsilon)}
+    deviations: dict[str, Any] = {}
+    for key, default in PROTOCOLS[protocol].items():
+        v = given.get(key)
+        block[key] = default if v is None else v
+        if v is not None and v != default:
+            deviations[key] = v
+    if float(epsilon) != EPSILON:
+        deviations["epsilon"] = float(epsilon)
+    if deviations:
+        block["deviations"] = deviations
+    return block
+
+
+@dataclass(frozen=True)
+class PairMean:
+    """A mean of per-pair scores in [0, 1] (Vafa et al.'s aggregation), with the record
+    form of a rate: ``value`` the mean, ``n`` the pairs, ``count`` the SUM of the per-pair
+    scores (a float), ``low`` / ``high`` mean -/+ 1.96 standard errors (clipped to [0, 1];
+    None with fewer than two pairs). Not a binomial count: no Wilson interval."""
+
+    scores: tuple[float, ...]
+
+    @property
+    def n(self) -> int:
+        return len(self.scores)
+
+    @property
+    def count(self) -> float:
+        return float(sum(self.scores))
+
+    @property
+    def value(self) -> float:
+        return self.count / self.n if self.n else float("nan")
+
+    @property
+    def ci(self) -> tuple[float, float]:
+        if self.n < 2:
+            return float("nan"), float("nan")
+        se = float(np.std(self.scores, ddof=1)) / np.sqrt(self.n)
+        return float(max(0.0, self.value - 1.96 * se)), float(min(1.0, self.value + 1.96 * se))
+
+    def to_dict(self) -> dict[str, Any]:
+        if not self.n:
+            return {"value": None, "low": None, "high": None, "n": 0, "count": 0}
+        lo, hi = self.ci
+        return {"value": self.value, "low": None if lo != lo else lo, "high": None if hi != hi else hi,
+                "n": self.n, "count": self.count}
+
+    def __str__(self) -> str:
+        if not self.n:
+            return "n/a (0 pairs)"
+        return f"{self.value:.3f} (mean of {self.n} pairs)"
 
 
 # --------------------------------------------------------------------------------------
@@ -539,7 +614,7 @@ def _backward_prefixes(world, node: np.ndarray, dest: np.ndarray, k: np.ndarray,
 
 
 def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: float = EPSILON,
-                n_continuations: int = 10, max_turns: int | None = None,
+                n_continuations: int = 30, max_turns: int | None = None,
                 retries: int = 10) -> dict[str, Any]:
     """Sequence compression on trips ``sample`` (a ``Sample`` of true trips); see the module
     docstring. Returns ``{"pairs": Rate, "continuations": Rate, "skipped": int}`` where
@@ -567,14 +642,33 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
     use = np.flatnonzero(~same)
     M = int(n_continuations)
     if use.size == 0:
-        return {"pairs": Rate(0, 0), "continuations": Rate(0, 0), "skipped": int(same.sum())}
+        return {"pairs": Rate(0, 0), "continuations": Rate(0, 0), "skipped": int(same.sum()),
+                "per_pair": np.zeros(0, dtype=bool)}
+    _, inside, pr = _sample_and_score(predict, world, A[use], B[use], 2 + k[use], M, epsilon, rng, max_turns)
+    accepted = np.where(inside, pr > epsilon, True).all(axis=1)
+    n_pairs = use.size
+    per_pair = accepted.reshape(-1, M).all(axis=1)
+    return {"pairs": Rate(int(per_pair.sum()), n_pairs),
+            "continuations": Rate(int(accepted.sum()), n_pairs * M), "skipped": int(same.sum()),
+            "per_pair": per_pair}
+
+
+def _sample_and_score(predict: Predictor, world, A: np.ndarray, B: np.ndarray, P: np.ndarray, M: int,
+                      epsilon: float, rng: np.random.Generator,
+                      max_turns: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``M`` epsilon-cutoff continuations sampled from the model after each prefix ``A[i]``
+    (``P[i]`` tokens; rows ``i * M .. i * M + M - 1``), each up to and including its first
+    non-turn token (``end``) or the turn budget, scored after prefix ``B[i]`` instead.
+    Returns (continuation tokens ``[r, S]``, bool ``inside`` ``[r, S]`` (cells of the
+    continuation), model probability of each cell's token after ``B`` + the earlier cells)."""
+    width = A.shape[1]
     budget = turn_budget(world, predict, 2, max_turns)
     cap = getattr(predict, "max_length", None)
-    P = np.repeat(2 + k[use], M)  # prefix length of every continuation row
+    P = np.repeat(np.asarray(P, dtype=np.int64), M)  # prefix length of every continuation row
     n_new = np.maximum(1, budget - (P - 2) + 1)
     if cap is not None:
         n_new = np.minimum(n_new, int(cap) + 1 - P)
-    a, b = np.repeat(A[use], M, axis=0), np.repeat(B[use], M, axis=0)
+    a, b = np.repeat(A, M, axis=0), np.repeat(B, M, axis=0)
     gen = generate(predict, world, a, n_new, lengths=P, sample=True, epsilon=epsilon, rng=rng)
     # row i's continuation occupies cells P_i .. P_i + len_i - 1 (up to and including its
     # first non-turn token); score it after prefix B instead of A
@@ -592,10 +686,7 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
     scored = np.where(np.arange(gen.shape[1])[None, :] < (P + last + 1)[:, None], scored, world.pad_id)
     tp = predict.token_probs(scored[:, :int((P + last).max()) + 1])  # [n, W' - 1]
     pr = np.take_along_axis(tp, np.minimum(cells - 1, tp.shape[1] - 1), axis=1)
-    accepted = np.where(inside, pr > epsilon, True).all(axis=1)
-    n_pairs = use.size
-    return {"pairs": Rate(int(accepted.reshape(-1, M).all(axis=1).sum()), n_pairs),
-            "continuations": Rate(int(accepted.sum()), n_pairs * M), "skipped": int(same.sum())}
+    return np.where(inside, cont, world.pad_id), inside, pr
 
 
 def _accepts(predict: Predictor | None, world, X: np.ndarray, lengths: np.ndarray, need: np.ndarray,
@@ -723,24 +814,250 @@ def distinction(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
             "pairs": int(differ.sum()), "skipped": int((~differ).sum())}
 
 
+def _pairs_of(world, sample, rng: np.random.Generator) -> dict[str, Any]:
+    """Prefix pairs of the distinction tests: each trip with another random trip, both cut
+    after the same number of turns ``k``; pairs at the same (node, destination) are skipped."""
+    n = len(sample)
+    i = np.arange(n)
+    j = (i + 1 + rng.integers(0, n - 1, size=n)) % n
+    L = np.asarray(sample.extras["lengths"], dtype=np.int64)
+    k = rng.integers(1, np.maximum(np.minimum(L[i], L[j]), 1) + 1)
+    differ = (sample.states[i, 1 + k, :2] != sample.states[j, 1 + k, :2]).any(axis=1)
+    differ &= np.minimum(L[i], L[j]) >= 1
+    g = np.flatnonzero(differ)
+    out: dict[str, Any] = {"pairs": int(differ.sum()), "skipped": int((~differ).sum()), "g": g}
+    if g.size:
+        width = 2 + int(k[g].max())
+        keep = np.arange(width)[None, :] < 2 + k[g][:, None]
+        out["A"] = np.where(keep, sample.tokens[i[g], :width], world.pad_id)
+        out["B"] = np.where(keep, sample.tokens[j[g], :width], world.pad_id)
+        out["lengths"] = 2 + k[g]
+    return out
+
+
+def _map_valid(succ: np.ndarray, node: int, dest: int, suffix: Any, dir0: int, end_id: int) -> bool:
+    """Vafa et al.'s ``is_suffix_valid``: every turn a street from the current node, ``end``
+    only at the destination; any other token is invalid."""
+    for t in suffix:
+        t = int(t)
+        if t == end_id:
+            if node != dest:
+                return False
+            continue
+        d = t - dir0
+        if not 0 <= d < 8 or succ[node, d] < 0:
+            return False
+        node = int(succ[node, d])
+    return True
+
+
+def _walks(succ: np.ndarray, K: int) -> np.ndarray:
+    """bool ``[K + 1, N]``: a walk of exactly ``k`` turns starts at the node."""
+    out = np.ones((K + 1, succ.shape[0]), dtype=bool)
+    for k in range(1, K + 1):
+        out[k] = ((succ >= 0) & out[k - 1][np.clip(succ, 0, None)]).any(axis=1)
+    return out
+
+
+def distinction_vafa(predict: Any, world, sample, rng: np.random.Generator, epsilon: float = EPSILON,
+                     suffix_len: int = 5, n_suffix_samples: int = 5, max_turns: int | None = None,
+                     pairs: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Distinction precision / recall as in Vafa et al.'s ``distinction_test.py`` (protocol
+    ``vafa2024``), per prefix pair ``(A, B)`` (states differ), direction A -> B, then averaged
+    over pairs (``PairMean``):
+
+    - precision: ``n_suffix_samples`` suffixes sampled from the model after ``A``
+      (epsilon-cutoff, until ``end`` or the turn budget); each one's first token with model
+      probability <= epsilon after ``B`` ends a model boundary element (a sample that
+      ``B`` accepts gives none). Precision = share of the distinct elements that the map
+      accepts from A's state and rejects from B's state; **1 when the model's boundary is
+      empty**.
+    - recall: the true boundary = the shortest prefixes, rejected from B's state by the
+      map, of the map-valid suffixes of exactly ``suffix_len`` tokens from A's state
+      (``end`` only at A's destination and then only ``end`` again, so ``u end`` counts
+      when ``len(u) < suffix_len``). Recall = share of them that the model accepts after
+      ``A`` (every token > epsilon) and not after ``B``; **1 when the true boundary is
+      empty**.
+
+    Returns ``{"precision": PairMean, "recall": PairMean, "pairs", "skipped",
+    "per_pair_precision", "per_pair_recall", "model_boundary", "true_boundary"}`` (the last
+    two: elements per pair)."""
+    predict = as_predictor(predict)
+    if pairs is None:
+        if len(sample) < 2:
+            return {"precision": PairMean(()), "recall": PairMean(()), "pairs": 0, "skipped": 0,
+                    "per_pair_precision": [], "per_pair_recall": [], "model_boundary": [], "true_boundary": []}
+        pairs = _pairs_of(world, sample, rng)
+    if not pairs["g"].size:
+        return {"precision": PairMean(()), "recall": PairMean(()), "pairs": pairs["pairs"],
+                "skipped": pairs["skipped"], "per_pair_precision": [], "per_pair_recall": [],
+                "model_boundary": [], "true_boundary": []}
+    A, B, lengths = pairs["A"], pairs["B"], pairs["lengths"]
+    m = A.shape[0]
+    succ = np.asarray(world.map.succ)
+    tr_a, tr_b = trace_trips(world, A), trace_trips(world, B)
+    last = (np.arange(m), lengths - 1)
+    node_a, node_b = tr_a["node"][last], tr_b["node"][last]
+    dest_a, dest_b = tr_a["dest"], tr_b["dest"]
+    ok_a, ok_b = tr_a["ok"][last], tr_b["ok"][last]
+    # ---- precision: sampled model suffixes
+    S = int(n_suffix_samples)
+    cont, inside, pr = _sample_and_score(predict, world, A, B, lengths, S, epsilon, rng, max_turns)
+    fail = inside & ~(pr > epsilon)
+    first = np.where(fail.any(axis=1), fail.argmax(axis=1), -1)
+    precision, model_sets = [], []
+    for p in range(m):
+        elems = {tuple(int(t) for t in cont[r, :first[r] + 1]) for r in range(p * S, (p + 1) * S) if first[r] >= 0}
+        model_sets.append(elems)
+        if not elems:
+            precision.append(1.0)
+            continue
+        hit = sum(1 for e in elems
+                  if ok_a[p] and _map_valid(succ, int(node_a[p]), int(dest_a[p]), e, world.dir0, world.end_id)
+                  and not (ok_b[p] and _map_valid(succ, int(node_b[p]), int(dest_b[p]), e, world.dir0,
+                                                  world.end_id)))
+        precision.append(hit / len(elems))
+    # ---- recall: the true boundary, level by level over suffixes u valid from both states
+    Lsuf = int(suffix_len)
+    walks = _walks(succ, Lsuf)
+    dests = np.unique(np.clip(dest_a, 0, None))
+    dist = world.map.distances_to(dests)  # [k, N] turns to each destination
+    drow = np.searchsorted(dests, np.clip(dest_a, 0, None))
+    trip = _trip_ids(world)
+    n_true = np.zeros(m, dtype=np.int64)
+    n_hit = np.zeros(m, dtype=np.int64)
+    true_sets: list[set] = [set() for _ in range(m)]
+    pair = np.flatnonzero(ok_a & ok_b)
+    suffix = np.zeros((pair.size, 0), dtype=np.int64)
+    na, nb = node_a[pair].copy(), node_b[pair].copy()
+    acc_a, acc_b = np.ones(pair.size, bool), np.ones(pair.size, bool)
+    for level in range(Lsuf):
+        if pair.size == 0:
+            break
+        width = A.shape[1] + level
+        ln = lengths[pair] + level
+        cols = np.arange(width)[None, :]
+        shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
+        tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
+        pre = cols < lengths[pair][:, None]
+        xa = np.where(pre, np.pad(A, ((0, 0), (0, level)))[pair], tail)
+        xb = np.where(pre, np.pad(B, ((0, 0), (0, level)))[pair], tail)
+        ta = legal_next(world, na, dest_a[pair])
+        tb = legal_next(world, nb, dest_b[pair])
+        left = Lsuf - level - 1  # tokens still to come after u + x
+        nxt = np.clip(succ[na], 0, None)  # [r, 8]
+        ext_turn = walks[left][nxt] | (dist[drow[pair]][np.arange(pair.size)[:, None], nxt] <= left - 1)
+        ext = np.concatenate([ext_turn, np.ones((pair.size, 1), bool)], axis=1) & ta  # end pads with end
+        ma = _accepts(predict, world, xa, ln, acc_a, epsilon) & acc_a[:, None]
+        mb = _accepts(predict, world, xb, ln, acc_b, epsilon) & acc_b[:, None]
+        bound = ext & ~tb
+        hit = bound & ma & ~mb
+        np.add.at(n_true, pair, bound.sum(axis=1))
+        np.add.at(n_hit, pair, hit.sum(axis=1))
+        for r, x in zip(*np.nonzero(bound)):
+            true_sets[pair[r]].add(tuple(int(v) for v in suffix[r]) + (int(trip[x]),))
+        grow = ext & tb
+        grow[:, 8] = False  # end closes a suffix (only end may follow)
+        r, x = np.nonzero(grow)
+        pair, suffix = pair[r], np.concatenate([suffix[r], trip[x][:, None]], axis=1)
+        acc_a, acc_b = ma[r, x], mb[r, x]
+        na, nb = succ[na[r], x], succ[nb[r], x]
+    recall = np.where(n_true > 0, n_hit / np.maximum(n_true, 1), 1.0)
+    return {"precision": PairMean(tuple(float(v) for v in precision)),
+            "recall": PairMean(tuple(float(v) for v in recall)), "pairs": pairs["pairs"],
+            "skipped": pairs["skipped"], "per_pair_precision": [float(v) for v in precision],
+            "per_pair_recall": [float(v) for v in recall], "model_boundary": model_sets, "true_boundary": true_sets}
+
+
+def distinction_pair_vafa(predict: Any, world, prefix_a, prefix_b, rng: np.random.Generator | None = None,
+                          epsilon: float = EPSILON, suffix_len: int = 5, n_suffix_samples: int = 5,
+                          max_turns: int | None = None) -> dict[str, Any]:
+    """``distinction_vafa`` of ONE prefix pair (equal lengths): ``precision``, ``recall``
+    (floats), ``model_boundary`` and ``true_boundary`` (sets of token-id tuples)."""
+    A = np.asarray(prefix_a, dtype=np.int64)[None, :]
+    B = np.asarray(prefix_b, dtype=np.int64)[None, :]
+    if A.shape != B.shape:
+        raise AnalysisError("distinction_pair_vafa: the two prefixes must have the same length")
+    pairs = {"pairs": 1, "skipped": 0, "g": np.array([0]), "A": A, "B": B, "lengths": np.array([A.shape[1]])}
+    res = distinction_vafa(predict, world, None, np.random.default_rng(0) if rng is None else rng, epsilon,
+                           suffix_len, n_suffix_samples, max_turns, pairs=pairs)
+    return {"precision": res["per_pair_precision"][0], "recall": res["per_pair_recall"][0],
+            "model_boundary": res["model_boundary"][0], "true_boundary": res["true_boundary"][0]}
+
+
+def explicit_pairs(world, prefixes_a: Any, prefixes_b: Any) -> dict[str, Any]:
+    """Hand-chosen prefix pairs (lists of equal-length token lists, pair by pair) in the
+    padded form that ``distinction_vafa`` / ``distinction_on_pairs`` / ``compression_on_pairs``
+    take."""
+    pa = [list(map(int, a)) for a in prefixes_a]
+    pb = [list(map(int, b)) for b in prefixes_b]
+    if len(pa) != len(pb) or any(len(a) != len(b) for a, b in zip(pa, pb)):
+        raise AnalysisError("explicit_pairs: pairs of equal-length prefixes expected")
+    width = max(len(a) for a in pa)
+    A = np.full((len(pa), width), world.pad_id, dtype=np.int64)
+    B = A.copy()
+    for r, (a, b) in enumerate(zip(pa, pb)):
+        A[r, :len(a)], B[r, :len(b)] = a, b
+    return {"pairs": len(pa), "skipped": 0, "g": np.arange(len(pa)), "A": A, "B": B,
+            "lengths": np.array([len(a) for a in pa], dtype=np.int64)}
+
+
+def distinction_on_pairs(predict: Any, world, pairs: dict[str, Any], protocol: str = DEFAULT_PROTOCOL,
+                         rng: np.random.Generator | None = None, epsilon: float = EPSILON,
+                         suffix_len: int | None = None, n_suffix_samples: int | None = None,
+                         truth: str | None = None, max_turns: int | None = None) -> dict[str, Any]:
+    """Distinction on given pairs (``explicit_pairs``) under ``protocol``: ``vafa2024`` gives
+    ``distinction_vafa``'s per-pair lists and means; ``exact`` the pooled counts (both
+    directions) as ``Rate``s."""
+    block = resolve_protocol(protocol, epsilon, suffix_len=suffix_len, truth=truth,
+                             **({"n_suffix_samples": n_suffix_samples} if protocol == "vafa2024" else {}))
+    rng = np.random.default_rng(0) if rng is None else rng
+    if protocol == "vafa2024":
+        return distinction_vafa(predict, world, None, rng, epsilon, int(block["suffix_len"]),
+                                int(block["n_suffix_samples"]), max_turns, pairs=pairs)
+    tot = _distinction_pairs(as_predictor(predict), world, pairs["A"], pairs["B"], pairs["lengths"],
+                             int(block["suffix_len"]), epsilon, block["truth"])
+    return {"precision": Rate(tot["both"], tot["model"]), "recall": Rate(tot["both"], tot["true"]),
+            "pairs": pairs["pairs"], "skipped": 0}
+
+
+def compression_on_pairs(predict: Any, world, pairs: dict[str, Any], n_continuations: int = 30,
+                         rng: np.random.Generator | None = None, epsilon: float = EPSILON,
+                         max_turns: int | None = None) -> dict[str, Any]:
+    """Compression of given pairs (both prefixes at the same state): ``per_pair`` (bool),
+    ``pairs`` (a ``Rate``, the per-pair mean) and ``continuations``."""
+    predict = as_predictor(predict)
+    M = int(n_continuations)
+    rng = np.random.default_rng(0) if rng is None else rng
+    _, inside, pr = _sample_and_score(predict, world, pairs["A"], pairs["B"], pairs["lengths"], M, epsilon, rng,
+                                      max_turns)
+    accepted = np.where(inside, pr > epsilon, True).all(axis=1)
+    per_pair = accepted.reshape(-1, M).all(axis=1)
+    return {"per_pair": per_pair, "pairs": Rate(int(per_pair.sum()), per_pair.size),
+            "continuations": Rate(int(accepted.sum()), accepted.size)}
+
+
 # --------------------------------------------------------------------------------------
 # everything at once
 # --------------------------------------------------------------------------------------
 @dataclass
 class WorldModelResult:
-    """All taxi world-model metrics of one predictor (each a ``Rate``)."""
+    """All taxi world-model metrics of one predictor (each a ``Rate``; distinction under
+    protocol ``vafa2024`` a ``PairMean``, the mean of per-pair scores)."""
 
     next_token: Rate
     trajectory_legal: Rate
     trajectory_valid: Rate
     compression: Rate
     compression_continuations: Rate
-    distinction_precision: Rate
-    distinction_recall: Rate
+    distinction_precision: Any  # Rate (exact) or PairMean (vafa2024)
+    distinction_recall: Any
     #: ``{"random@0.75": {"legal": Rate, "valid": Rate}, ...}``
     detour: dict[str, dict[str, Rate]] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     counts: dict[str, int] = field(default_factory=dict)
+    #: the record's ``protocol`` block (``resolve_protocol``)
+    protocol: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -750,6 +1067,7 @@ class WorldModelResult:
         out["detour"] = {key: {k: r.to_dict() for k, r in v.items()} for key, v in self.detour.items()}
         out["settings"] = dict(self.settings)
         out["counts"] = dict(self.counts)
+        out["protocol"] = dict(self.protocol)
         return out
 
 
@@ -758,19 +1076,37 @@ def detour_key(kind: str, p: float) -> str:
 
 
 def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0, epsilon: float = EPSILON,
-                         max_turns: int | None = None, n_continuations: int = 10, suffix_len: int = 3,
-                         detour_probs: tuple[float, ...] = DETOUR_PROBS,
-                         detour_kinds: tuple[str, ...] = DETOUR_KINDS, truth: str = "world") -> WorldModelResult:
+                         max_turns: int | None = None, n_continuations: int | None = None,
+                         suffix_len: int | None = None, detour_probs: tuple[float, ...] = DETOUR_PROBS,
+                         detour_kinds: tuple[str, ...] = DETOUR_KINDS, truth: str | None = None,
+                         protocol: str = DEFAULT_PROTOCOL, n_suffix_samples: int | None = None) -> WorldModelResult:
     """Every metric of the module docstring on ``n_pairs`` fresh trips drawn from ``world``
-    with ``seed`` (the same trips for every predictor given the same world and seed)."""
+    with ``seed`` (the same trips for every predictor given the same world and seed).
+
+    ``protocol``: ``"vafa2024"`` (default; Vafa et al.'s reference code: 30 continuations
+    per compression pair, distinction per pair from 5 sampled model suffixes and the map's
+    boundary of suffixes of length 5, averaged over pairs) or ``"exact"`` (distinction by
+    exact enumeration of suffixes up to length 3 against the world's support, pooled
+    counts). Parameters left None take the protocol's values; others are used and listed as
+    deviations in ``result.protocol``."""
     check_taxi_world(world)
     predict = as_predictor(predict)
     if n_pairs < 1:
         raise AnalysisError(f"n_pairs must be positive, got {n_pairs}")
     if not 0 < epsilon < 1:
         raise AnalysisError(f"epsilon must lie in (0, 1), got {epsilon}")
+    given = {"n_continuations": n_continuations, "suffix_len": suffix_len, "truth": truth}
+    if protocol == "vafa2024":
+        given["n_suffix_samples"] = n_suffix_samples
+    elif n_suffix_samples is not None:
+        raise AnalysisError("n_suffix_samples belongs to protocol vafa2024 (exact enumerates every suffix)")
+    block = resolve_protocol(protocol, epsilon, **given)
+    n_continuations, suffix_len, truth = block["n_continuations"], block["suffix_len"], block["truth"]
     if truth not in TRUTHS:
         raise AnalysisError(f"truth must be one of {', '.join(TRUTHS)}, got {truth!r}")
+    if protocol == "vafa2024" and truth != "map":
+        raise AnalysisError("protocol vafa2024 judges distinction by the street map (truth='map'); "
+                            "use protocol 'exact' for the world's support")
     for kind in detour_kinds:
         if kind not in DETOUR_KINDS:
             raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
@@ -787,25 +1123,36 @@ def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0,
                                                 np.random.default_rng([int(seed), 3]))
     legal, valid = Rate(int(legal_all[:n].sum()), n), Rate(int(valid_all[:n].sum()), n)
     comp = compression(predict, world, sample, np.random.default_rng([int(seed), 1]), epsilon,
-                       n_continuations, budget)
-    dist = distinction(predict, world, sample, np.random.default_rng([int(seed), 2]), epsilon, suffix_len, truth)
+                       int(n_continuations), budget)
+    rng_d = np.random.default_rng([int(seed), 2])
+    if protocol == "vafa2024":
+        dist = distinction_vafa(predict, world, sample, rng_d, epsilon, int(suffix_len),
+                                int(block["n_suffix_samples"]), budget)
+    else:
+        dist = distinction(predict, world, sample, rng_d, epsilon, int(suffix_len), truth)
     detours: dict[str, dict[str, Rate]] = {}
     for b, (kind, p) in enumerate(settings_list[1:], start=1):
-        block = slice(b * n, (b + 1) * n)
-        detours[detour_key(kind, p)] = {"legal": Rate(int(legal_all[block].sum()), n),
-                                        "valid": Rate(int(valid_all[block].sum()), n)}
+        block_rows = slice(b * n, (b + 1) * n)
+        detours[detour_key(kind, p)] = {"legal": Rate(int(legal_all[block_rows].sum()), n),
+                                        "valid": Rate(int(valid_all[block_rows].sum()), n)}
     settings = {"n_pairs": int(n_pairs), "seed": int(seed), "epsilon": float(epsilon), "max_turns": budget,
                 "n_continuations": int(n_continuations), "suffix_len": int(suffix_len), "truth": truth,
-                "detour_probs": [float(p) for p in detour_probs], "detour_kinds": list(detour_kinds)}
+                "detour_probs": [float(p) for p in detour_probs], "detour_kinds": list(detour_kinds),
+                "protocol": protocol}
+    if protocol == "vafa2024":
+        settings["n_suffix_samples"] = int(block["n_suffix_samples"])
+    block = {**block, "detour_kinds": list(detour_kinds), "detour_probs": [float(p) for p in detour_probs]}
     counts = {"compression_skipped": comp["skipped"], "distinction_pairs": dist["pairs"],
               "distinction_skipped": dist["skipped"]}
     return WorldModelResult(next_token=nt, trajectory_legal=legal, trajectory_valid=valid,
                             compression=comp["pairs"], compression_continuations=comp["continuations"],
                             distinction_precision=dist["precision"], distinction_recall=dist["recall"],
-                            detour=detours, settings=settings, counts=counts)
+                            detour=detours, settings=settings, counts=counts, protocol=block)
 
 
 __all__ = ["EPSILON", "DETOUR_KINDS", "DETOUR_PROBS", "Rate", "wilson_interval", "Predictor", "ModelPredictor",
            "OraclePredictor", "model_predictor", "oracle_predictor", "as_predictor", "trace_trips", "legal_next",
            "generate", "turn_budget", "next_token_validity", "trajectory_validity", "compression", "distinction",
-           "distinction_sets", "WorldModelResult", "evaluate_world_model", "detour_key", "check_taxi_world"]
+           "distinction_sets", "WorldModelResult", "evaluate_world_model", "detour_key", "check_taxi_world",
+           "PROTOCOLS", "DEFAULT_PROTOCOL", "resolve_protocol", "PairMean", "distinction_vafa",
+           "distinction_pair_vafa", "explicit_pairs", "distinction_on_pairs", "compression_on_pairs"]

@@ -23,8 +23,9 @@ from .losses import run_position_loss
 from .mapping import map_from_trips, run_mapping
 from .probe import run_probe
 from .rank import run_rank
+from .speculative import run_speculative
 from .transition import run_transition
 from .worldmodel import run_worldmodel
 
 __all__ = ["Inputs", "analysis_length", "load_models", "parse_layers", "run_rank", "run_probe", "run_transition",
-           "run_worldmodel", "run_mapping", "map_from_trips", "run_position_loss"]
+           "run_worldmodel", "run_mapping", "map_from_trips", "run_position_loss", "run_speculative"]

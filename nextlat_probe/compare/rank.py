@@ -10,6 +10,17 @@ from ..records import identity, make_record
 from .inputs import Inputs, parse_layers, resolve_inputs
 
 TOL = 1e-12
+#: the NextLat paper's protocol (arXiv 2511.05963): final-layer (last block) states of 256
+#: sequences x 256 tokens (or the world's maximum length, stated), uncentred, s < 1e-12 dropped
+NEXTLAT2025 = {"name": "nextlat2025", "n_seqs": 256, "seq_len": 256, "layer": "last", "center": False, "tol": TOL}
+
+
+def _world_max_length(world: Any, default: int) -> int:
+    """Longest sequence a world produces: taxi ``origin dest`` + ``max_len`` turns + ``end``;
+    ``default`` (the context) for worlds without an end."""
+    if getattr(world, "name", None) == "taxi" and getattr(world, "max_len", None):
+        return 2 * (getattr(world, "origin", "visible") == "visible") + int(world.max_len) + 1
+    return int(default)
 
 
 def run_rank(
@@ -24,11 +35,32 @@ def run_rank(
     progress: bool = False,
     inputs: Inputs | None = None,
     batch_size: int = 64,
+    protocol: str | None = None,
 ) -> list[dict[str, Any]]:
     """One ``rank`` record per model and layer (``nextlat_probe.records`` shape).
 
     Hidden states already in ``inputs`` are used as they are; otherwise they are streamed
-    (count, sum and X^T X per layer in float64), so N x D is never held in memory."""
+    (count, sum and X^T X per layer in float64), so N x D is never held in memory.
+
+    ``protocol="nextlat2025"`` fixes the NextLat paper's settings (``NEXTLAT2025``; the
+    sequence length is 256 tokens or, when the model or world is shorter, the longest
+    available, recorded in the protocol block as ``seq_len`` with ``seq_len_requested``);
+    the records then carry that protocol block, otherwise ``{}``."""
+    block: dict[str, Any] = {}
+    if protocol is not None:
+        if protocol != "nextlat2025":
+            raise AnalysisError(f"rank protocol must be 'nextlat2025', got {protocol!r}")
+        if inputs is not None:
+            raise AnalysisError("protocol nextlat2025 samples its own 256 sequences; pass models, not inputs")
+        from .inputs import load_models
+
+        loaded = load_models(models, device=device)
+        longest = min(int(m.model_config.n_ctx) for m in loaded)
+        world_max = min(_world_max_length(m.world, longest) for m in loaded)
+        n_seqs, seq_len = NEXTLAT2025["n_seqs"], min(NEXTLAT2025["seq_len"], longest, max(world_max, 2))
+        layers, center = "last", False
+        models = loaded
+        block = {**NEXTLAT2025, "seq_len": int(seq_len), "seq_len_requested": NEXTLAT2025["seq_len"]}
     from ..activations import collect_stats, layer_label
     from ..analysis.rank import rank_report
     from ..analysis.stats import SufficientStats
@@ -54,7 +86,7 @@ def run_rank(
         for h in hooks:
             res = rank_report(stats[h], center=center, tol=TOL).to_dict()
             res.pop("centered", None)
-            out.append(make_record(ident, "rank", res, params, layer=layer_label(h)))
+            out.append(make_record(ident, "rank", res, params, layer=layer_label(h), protocol=block))
     return out
 
 

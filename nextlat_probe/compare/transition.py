@@ -22,6 +22,22 @@ from .probe import MAX_BELIEF_DIM
 VARIANTS = (("own p_psi", "own"), ("post-hoc mlp", "posthoc_mlp"), ("post-hoc linear", "posthoc_linear"))
 
 
+#: the variance ratios' protocol: groups with at least two rows only (singletons add
+#: nothing to the within-group part); the singleton-inclusive figure is a labelled extra
+PROTOCOL = {"name": "groups>=2", "min_group_rows": 2, "ratio": "mean squares (SS_w/(N-G)) / (SS_t/(N-1))"}
+
+
+def _group_metrics(name: str, rep: dict[str, Any]) -> dict[str, Any]:
+    """``{name}_n_rows``, ``_n_groups``, ``_share_rows``, ``_with_singletons``, ``_note``
+    (and ``_share_rows_per_position``) of a ``grouped_consistency_report``."""
+    out = {f"{name}_n_rows": rep["n_rows"], f"{name}_n_groups": rep["n_groups"],
+           f"{name}_share_rows": rep["share_rows"], f"{name}_with_singletons": rep["ratio_with_singletons"],
+           f"{name}_note": rep["note"]}
+    if "share_rows_per_position" in rep:
+        out[f"{name}_share_rows_per_position"] = rep["share_rows_per_position"]
+    return out
+
+
 def latent_states(hidden: np.ndarray) -> np.ndarray:
     """NextLat's latent space: per-position LayerNorm without affine parameters."""
     H = hidden.astype(np.float32)
@@ -45,7 +61,7 @@ def run_transition(
     models that have one). The first ``n_seqs - n_test`` shared sequences fit the post-hoc
     dynamics, the last ``n_test`` score every variant."""
     from ..activations import layer_hook, layer_label
-    from ..analysis.transition import grouped_consistency, transition_consistency
+    from ..analysis.transition import grouped_consistency_report, transition_consistency
     from ..progress import progress as bar
 
     if horizon < 1 or fit_steps < 1:
@@ -70,12 +86,14 @@ def run_transition(
                                      beliefs_test=beliefs, mask_train=mask[tr], mask_test=mask[te],
                                      steps=fit_steps, seed=seed)
         states = np.asarray(inp.sample(i).states)[te]
-        state_ratio = None  # enumerated sequences (--all-sequences) have no true hidden states
+        state_ratio, state_rep = None, None  # enumerated sequences (--all-sequences) have no true hidden states
         if not (states < 0).all():
             fields = states.reshape(*states.shape[:2], -1)  # [n, L, k] hidden-state fields
             positions = np.broadcast_to(np.arange(tokens.shape[1]), states.shape[:2])[..., None]
             keys = np.concatenate([fields, positions], -1)  # group by (hidden state, position)
-            state_ratio = float(grouped_consistency(H[te][mask[te]], keys[mask[te]]))
+            state_rep = grouped_consistency_report(H[te][mask[te]], keys[mask[te]],
+                                                   positions[..., 0].astype(np.int64)[mask[te]])
+            state_ratio = state_rep["ratio"]
         ident = identity(m)
         params = {**inp.params_of(i), "n_test": int(n_test), "horizon": int(horizon), "fit_steps": int(fit_steps),
                   "space": "LayerNorm'd last-block residual"}
@@ -85,7 +103,11 @@ def run_transition(
                 continue
             metrics = {"horizons": list(res.horizons), "errors": [float(e) for e in errs],
                        "belief_ratio": res.belief_ratio, "state_ratio": state_ratio}
-            out.append(make_record(ident, "transition", metrics, params, layer=layer_label(hook), variant=variant))
+            for name, rep in (("belief_ratio", res.belief), ("state_ratio", state_rep)):
+                if rep is not None:
+                    metrics.update(_group_metrics(name, rep))
+            out.append(make_record(ident, "transition", metrics, params, layer=layer_label(hook), variant=variant,
+                                   protocol=PROTOCOL))
     return out
 
 

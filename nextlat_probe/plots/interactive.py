@@ -477,3 +477,43 @@ def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 
     fig.update_annotations(font_size=11)
     fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1250, max(600, 410 * n_cols)))
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# self-speculative decoding
+# --------------------------------------------------------------------------------------
+def speculative_figure(records: list[dict[str, Any]]):
+    """``speculative`` records: left, the distribution of drafted tokens accepted per
+    verification (fraction of verifications) per model and policy; right, tokens per
+    transformer forward and wall-clock speedup over greedy per policy (the regime, e.g.
+    no KV cache, is in the title)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    recs = checked(records, "speculative", "speculative figure")
+    regimes = sorted({str(r["params"].get("regime")) for r in recs})
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(
+        "accepted drafted tokens per verification",
+        f"tokens per forward and wall-clock speedup ({', '.join(regimes)})"))
+    names = list(dict.fromkeys(r["name"] for r in recs))
+    for r in recs:
+        hist = as_float_array(r["metrics"]["accepted_histogram"])
+        frac = hist / hist.sum() if hist.sum() > 0 else hist
+        label = f"{r['name']} {r['variant']}" if len(names) > 1 else str(r["variant"])
+        fig.add_trace(go.Bar(x=np.arange(hist.size), y=frac, name=label, legendgroup=label,
+                             hovertemplate="%{x} accepted: %{y:.3f}<extra>" + label + "</extra>"), row=1, col=1)
+    for name in names:
+        rows = [r for r in recs if r["name"] == name]
+        x = [str(r["variant"]) for r in rows]
+        prefix = f"{name}: " if len(names) > 1 else ""
+        fig.add_trace(go.Bar(x=x, y=[value(r["metrics"]["tokens_per_forward"]) for r in rows],
+                             name=f"{prefix}tokens / forward", hovertemplate="%{x}: %{y:.2f} tokens/forward<extra></extra>"),
+                      row=1, col=2)
+        fig.add_trace(go.Bar(x=x, y=[value(r["metrics"]["speedup"]) for r in rows], name=f"{prefix}speedup",
+                             hovertemplate="%{x}: %{y:.2f}x<extra></extra>"), row=1, col=2)
+    fig.add_hline(y=1.0, line=dict(color="#888888", width=1, dash="dash"), row=1, col=2)
+    fig.update_xaxes(title_text="drafted tokens accepted", row=1, col=1)
+    fig.update_yaxes(title_text="fraction of verifications", row=1, col=1)
+    fig.update_xaxes(title_text="draft policy", row=1, col=2)
+    fig.update_layout(**_LAYOUT, barmode="group", height=450, width=1100)
+    return fig

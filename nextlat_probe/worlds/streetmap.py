@@ -104,7 +104,8 @@ class StreetMap:
         if coords is not None:
             c = np.asarray(coords, dtype=np.float64)
             if c.shape != (n, 2) or not np.isfinite(c).all():
-                raise WorldError(f"map {self.name!r}: coords must be finite [{n}, 2], got shape {c.shape}")
+                bad = "some are NaN or infinite" if c.shape == (n, 2) else f"got shape {c.shape}"
+                raise WorldError(f"map {self.name!r}: coords must be [{n}, 2] finite numbers ({bad})")
             coords = c
         self.coords: np.ndarray | None = coords
 
@@ -411,7 +412,11 @@ class StreetMap:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WorldError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-        return cls.from_dict(data, source=str(p))
+        try:
+            return cls.from_dict(data, source=str(p))
+        except WorldError as exc:  # every problem names the file it is in
+            msg = str(exc)
+            raise WorldError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
 
     def __repr__(self) -> str:
         return f"StreetMap({self.name!r}, nodes={self.n_nodes}, edges={self.n_edges})"
