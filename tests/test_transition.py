@@ -215,7 +215,10 @@ def test_grouped_report_counts_only_groups_of_two_rows():
 
 
 def test_all_singleton_groups_report_no_groups_with_two_rows():
-    from nextlat_probe.analysis.transition import belief_consistency_report, grouped_consistency_report
+    from nextlat_probe.analysis.transition import (
+        belief_consistency_report,
+        grouped_consistency_report,
+    )
 
     H = np.array([[1.0], [3.0], [5.0]])
     rep = grouped_consistency_report(H, [0, 1, 2])

@@ -283,14 +283,18 @@ def test_worldmodel_cli_table_and_json(tiny_taxi_ckpts, capsys):
     nt = wm[1]["metrics"]["next_token"]
     assert f"{100 * nt['value']:.1f} [{100 * nt['low']:.1f}, {100 * nt['high']:.1f}]" in text
     assert "n_pairs=24" in text and "seed=5" in text  # the protocol line under the table
+    assert "worldmodel: protocol vafa2024 (" in text  # the protocol's name first
     assert [r["objective"] for r in wm] == ["gpt", "nextlat"]
     for r in wm:
         assert ranks[r["name"]]["metrics"]["effective_rank"] > 1 and r["val_loss"] is not None
         assert r["params"]["n_pairs"] == 24 and r["params"]["n_continuations"] == 3
         m = r["metrics"]
-        for key in ("next_token", "trajectory_legal", "trajectory_valid", "compression", "distinction_recall"):
+        for key in ("next_token", "trajectory_legal", "trajectory_valid", "compression"):
             c = m[key]
             assert 0 <= c["count"] <= c["n"] and (c["n"] == 0 or c["low"] <= c["value"] <= c["high"])
+        # protocol vafa2024 (default): distinction is a mean of per-pair scores, named in the record
+        assert r["protocol"]["name"] == "vafa2024" and r["protocol"]["deviations"] == {"n_continuations": 3}
+        assert m["distinction_recall_n_pairs"] > 0 and 0 <= m["distinction_recall"] <= 1
         assert m["trajectory_valid"]["count"] <= m["trajectory_legal"]["count"] <= 24
     # next-token validity recomputed independently: the same trips, a plain forward pass
     ck = load_checkpoint(paths[0])

@@ -106,7 +106,7 @@ def run_speculative(
         prompts, new, stop, pparams = prompts_for(m.world, m.model, n_prompts, seed, prefix_len, max_new)
         pad = int(getattr(m.world, "pad_id", 0) or 0)
         drafter = LatentDrafter(m.model, m.dynamics)
-        greedy_decode(m.model, prompts[:1], min(new, 2), stop_mask=stop, pad_id=pad)  # warm-up, untimed
+        greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size, pad_id=pad)  # warm-up, untimed
         for pol in policies:
             best_g = best_s = None
             for _ in range(int(repeats)):

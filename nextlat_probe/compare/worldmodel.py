@@ -46,7 +46,12 @@ def run_worldmodel(
     the settings actually used (the turn budget resolved); ``protocol`` the named protocol
     (``vafa2024`` by default, or ``exact``) with its defining parameters; parameters left
     None take the protocol's values (``analysis.worldmodel.PROTOCOLS``)."""
-    from ..analysis.worldmodel import PairMean, check_taxi_world, evaluate_world_model, model_predictor
+    from ..analysis.worldmodel import (
+        PairMean,
+        check_taxi_world,
+        evaluate_world_model,
+        model_predictor,
+    )
     from ..progress import progress as bar
 
     loaded = load_models(models, device=device)
