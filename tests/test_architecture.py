@@ -15,7 +15,7 @@ LAYERS = [
     {"compare"},
     {"experiments"},
     {"tables", "plots"},
-    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report"},
+    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate"},
 ]
 CLIS = LAYERS[-1] - {"cli"}
 #: a module that sits lower than its package: the streaming statistics depend on numpy

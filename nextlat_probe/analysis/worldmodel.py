@@ -728,14 +728,15 @@ def _distinction_pairs(predict: Predictor, world, A: np.ndarray, B: np.ndarray, 
     counts = {"true": 0, "model": 0, "both": 0}
     sets: dict[str, set] = {"true_ab": set(), "true_ba": set(), "model_ab": set(), "model_ba": set()}
     for level in range(int(suffix_len)):
-        width = A.shape[1] + level
         ln = lengths[pair] + level
+        width = int(ln.max())  # only what is fed: prefix + suffix so far
         cols = np.arange(width)[None, :]
         shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
         tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
         pre = cols < lengths[pair][:, None]
-        xa = np.where(pre, np.pad(A, ((0, 0), (0, level)))[pair], tail)
-        xb = np.where(pre, np.pad(B, ((0, 0), (0, level)))[pair], tail)
+        grow_to = ((0, 0), (0, max(0, width - A.shape[1])))
+        xa = np.where(pre, np.pad(A, grow_to)[pair][:, :width], tail)
+        xb = np.where(pre, np.pad(B, grow_to)[pair][:, :width], tail)
         if truth == "map":
             ta = legal_next(world, n_a, d_a[pair]) & v_a[:, None]
             tb = legal_next(world, n_b, d_b[pair]) & v_b[:, None]
@@ -928,20 +929,29 @@ def distinction_vafa(predict: Any, world, sample, rng: np.random.Generator, epsi
     n_hit = np.zeros(m, dtype=np.int64)
     true_sets: list[set] = [set() for _ in range(m)]
     pair = np.flatnonzero(ok_a & ok_b)
+    # a pair whose prefix plus a full suffix does not fit the model's context cannot be
+    # scored for recall: it is left out and counted (``recall_context_skipped``)
+    cap = getattr(predict, "max_length", None)
+    scored = np.ones(m, dtype=bool)
+    if cap is not None:
+        fits = lengths[pair] + Lsuf - 1 <= int(cap)
+        scored[pair[~fits]] = False
+        pair = pair[fits]
     suffix = np.zeros((pair.size, 0), dtype=np.int64)
     na, nb = node_a[pair].copy(), node_b[pair].copy()
     acc_a, acc_b = np.ones(pair.size, bool), np.ones(pair.size, bool)
     for level in range(Lsuf):
         if pair.size == 0:
             break
-        width = A.shape[1] + level
         ln = lengths[pair] + level
+        width = int(ln.max())  # only what is fed: prefix + suffix so far
         cols = np.arange(width)[None, :]
         shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
         tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
         pre = cols < lengths[pair][:, None]
-        xa = np.where(pre, np.pad(A, ((0, 0), (0, level)))[pair], tail)
-        xb = np.where(pre, np.pad(B, ((0, 0), (0, level)))[pair], tail)
+        grow_to = ((0, 0), (0, max(0, width - A.shape[1])))
+        xa = np.where(pre, np.pad(A, grow_to)[pair][:, :width], tail)
+        xb = np.where(pre, np.pad(B, grow_to)[pair][:, :width], tail)
         ta = legal_next(world, na, dest_a[pair])
         tb = legal_next(world, nb, dest_b[pair])
         left = Lsuf - level - 1  # tokens still to come after u + x
@@ -962,11 +972,12 @@ def distinction_vafa(predict: Any, world, sample, rng: np.random.Generator, epsi
         pair, suffix = pair[r], np.concatenate([suffix[r], trip[x][:, None]], axis=1)
         acc_a, acc_b = ma[r, x], mb[r, x]
         na, nb = succ[na[r], x], succ[nb[r], x]
-    recall = np.where(n_true > 0, n_hit / np.maximum(n_true, 1), 1.0)
+    recall = np.where(n_true > 0, n_hit / np.maximum(n_true, 1), 1.0)[scored]
     return {"precision": PairMean(tuple(float(v) for v in precision)),
             "recall": PairMean(tuple(float(v) for v in recall)), "pairs": pairs["pairs"],
             "skipped": pairs["skipped"], "per_pair_precision": [float(v) for v in precision],
-            "per_pair_recall": [float(v) for v in recall], "model_boundary": model_sets, "true_boundary": true_sets}
+            "per_pair_recall": [float(v) for v in recall], "model_boundary": model_sets, "true_boundary": true_sets,
+            "recall_context_skipped": int((~scored).sum())}
 
 
 def distinction_pair_vafa(predict: Any, world, prefix_a, prefix_b, rng: np.random.Generator | None = None,
@@ -1144,6 +1155,8 @@ def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0,
     block = {**block, "detour_kinds": list(detour_kinds), "detour_probs": [float(p) for p in detour_probs]}
     counts = {"compression_skipped": comp["skipped"], "distinction_pairs": dist["pairs"],
               "distinction_skipped": dist["skipped"]}
+    if "recall_context_skipped" in dist:  # pairs too long for the model's context to score recall
+        counts["distinction_recall_context_skipped"] = dist["recall_context_skipped"]
     return WorldModelResult(next_token=nt, trajectory_legal=legal, trajectory_valid=valid,
                             compression=comp["pairs"], compression_continuations=comp["continuations"],
                             distinction_precision=dist["precision"], distinction_recall=dist["recall"],
