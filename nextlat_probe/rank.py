@@ -1,7 +1,8 @@
 """Effective rank of hidden states: ``python -m nextlat_probe.rank ckpt.pt [ckpt.pt ...]``.
 
-The default mirrors the NextLat paper: the last block's residual output on 256 sequences,
-uncentred, singular values below 1e-12 x the largest dropped. Several checkpoints are
+The default: the last block's residual output on 256 sequences at the training length,
+uncentred, singular values below 1e-12 dropped; ``--protocol nextlat2025`` is the NextLat
+paper's 256 sequences x 256 tokens (or the world's maximum length). Several checkpoints are
 compared side by side on the same sequences; each row carries the checkpoint's validation
 loss and gap to the exact floor (rank grows during training: compare at equal steps AND at
 matched validation loss). Python: ``nextlat_probe.compare.run_rank``.

@@ -167,3 +167,22 @@ def test_mapping_records_name_the_edges(taxi_records):
         assert not any(tuple(e) in true for e in mm["invented_edges"])
         assert len(mm["invented_edges"]) == mm["n_invented"] and len(mm["missed_edges"]) == mm["n_missed"]
         assert mm["edge_recall"]["count"] == mm["n_recovered"] and mm["edge_recall"]["n"] == m.n_edges
+
+
+def test_rank_protocol_nextlat2025_uses_its_own_settings(tiny_mess3_ckpts):
+    """256 sequences at the longest length the model allows, last block, uncentred; the
+    number equals a dense SVD of the same tokens' states, and the record names it."""
+    from nextlat_probe.activations import collect
+
+    ck = compare.load_models([tiny_mess3_ckpts["gpt"]])[0]
+    (rec,) = compare.run_rank([ck], protocol="nextlat2025", layers="all", center=True, n_seqs=7)  # overridden
+    n_ctx = ck.model_config.n_ctx
+    assert rec["protocol"]["name"] == "nextlat2025" and rec["protocol"]["seq_len_requested"] == 256
+    assert rec["params"]["n_seqs"] == 256 and rec["params"]["seq_len"] == rec["protocol"]["seq_len"] == n_ctx
+    assert rec["layer"] == "L1" and rec["params"]["center"] is False
+    tokens = compare.Inputs([ck], n_seqs=256, seq_len=n_ctx).tokens(0)
+    H = collect(ck.model, tokens, ["blocks.1.hook_resid_post"])["blocks.1.hook_resid_post"].reshape(-1, 64)
+    s = np.linalg.svd(H.astype(np.float64), compute_uv=False)
+    s = s[s >= 1e-12]
+    p = s / s.sum()
+    assert rec["metrics"]["effective_rank"] == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-6)

@@ -1,6 +1,6 @@
-"""Effective rank of hidden states, per model and layer (the NextLat paper's protocol by
-default: last block's residual, 256 sequences, uncentred, singular values < 1e-12 x the
-largest dropped)."""
+"""Effective rank of hidden states, per model and layer (by default: last block's residual,
+256 sequences at the training length, uncentred, singular values below 1e-12 dropped;
+``protocol="nextlat2025"`` for the NextLat paper's 256 x 256 tokens)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
