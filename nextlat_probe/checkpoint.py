@@ -31,15 +31,13 @@ Layout (``FORMAT_VERSION`` 1)::
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import warnings
-import zipfile
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
 from .errors import CheckpointError
+from .safeio import torch_load_plain
 
 FORMAT = "nextlat_probe.checkpoint"
 FORMAT_VERSION = 1
@@ -260,7 +258,6 @@ def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path
     """``(file read, object)`` of a file loaded with ``torch.load(weights_only=True)``: plain
     types and tensors only, never code. A run folder means its ``ckpt.pt``. Every failure
     is a one-line ``CheckpointError``."""
-    import torch
 
     p = Path(path)
     if not p.exists():
@@ -273,20 +270,7 @@ def load_plain(path: str | os.PathLike, map_location: Any = "cpu") -> tuple[Path
             raise CheckpointError(p, "is a directory without ckpt.pt")
     if p.stat().st_size == 0:
         raise CheckpointError(p, "empty file")
-    try:
-        # torch warns (e.g. "Detected pickle protocol 4") before refusing a foreign pickle;
-        # the refusal below is the one line the user gets
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            data = torch.load(p, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(p, f"refused to load: not a plain-tensor checkpoint ({_first_line(exc)[:160]})") from None
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(p, f"corrupt or truncated file ({type(exc).__name__})") from None
-    except RuntimeError as exc:
-        raise CheckpointError(p, f"corrupt or truncated file ({_first_line(exc)[:160]})") from None
-    except Exception as exc:  # noqa: BLE001 - anything else from a foreign file
-        raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+    data = torch_load_plain(p, map_location)
     return p, data
 
 

@@ -37,13 +37,11 @@ import contextlib
 import json
 import math
 import os
-import pickle
-import warnings
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from ..errors import CheckpointError
+from ..safeio import torch_load_plain
 from .transformer import move, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -137,7 +135,6 @@ def is_legacy_tl_state_dict(sd: Any) -> bool:
 def _torch_load(p: Path) -> Any:
     """``torch.load(weights_only=True)`` with every failure as one CheckpointError line: a
     pickle that would run code is refused, not executed."""
-    import torch
 
     if not p.exists():
         raise CheckpointError(p, "no such file")
@@ -145,18 +142,7 @@ def _torch_load(p: Path) -> Any:
         raise CheckpointError(p, "is a directory, not a state-dict file")
     if p.stat().st_size == 0:
         raise CheckpointError(p, "empty file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return torch.load(p, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise CheckpointError(p, f"refused to load: not a plain-tensor file ({_first_line(exc)[:160]})") from None
-    except (zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(p, f"corrupt or truncated file ({type(exc).__name__})") from None
-    except RuntimeError as exc:
-        raise CheckpointError(p, f"corrupt or truncated file ({_first_line(exc)[:160]})") from None
-    except Exception as exc:  # noqa: BLE001 - anything else from a foreign file
-        raise CheckpointError(p, f"unreadable ({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+    return torch_load_plain(p, what="file")
 
 
 def _check_tensor_dict(p: Path, sd: Any) -> None:
