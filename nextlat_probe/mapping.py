@@ -1,6 +1,6 @@
 """Rebuild the street map from a taxi model or from a file of trips.
 
-    python -m nextlat_probe.mapping CKPT [--plot map.html] [--json]
+    python -m nextlat_probe.mapping CKPT [--protocol vafa2024|lenient] [--plot map.html] [--json]
     python -m nextlat_probe.mapping --map MAP.json --trajectories FILE.txt [--plot map.html] [--json]
 
 With a checkpoint: trips sampled from the model are replayed on the true map (edges
@@ -10,7 +10,10 @@ Procrustes). With ``--map`` and ``--trajectories``: the behavioural reconstructi
 file of trips (one per line, ``origin dest d_1 ... d_k end`` with the map's node ids, as
 written by ``python -m nextlat_probe.taxi sample``); this runs on the real Manhattan map
 without torch. ``--plot`` writes an offline plotly page of the true map and the
-reconstructions. Python: ``nextlat_probe.compare.run_mapping`` / ``map_from_trips``.
+reconstructions. ``--protocol vafa2024`` (default) replays trips by Vafa et al.'s rules
+(at most ``--max-degree`` 4 out-edges in use per node, repair of unfollowable turns, failed
+trips counted, trips without turns dropped); ``--protocol lenient`` is the earlier rule
+(no cap, unexplained trips left out). Python: ``nextlat_probe.compare.run_mapping`` / ``map_from_trips``.
 """
 from __future__ import annotations
 
@@ -45,6 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-distance", type=float, default=None,
                    help="how far an invented edge may reach: map units with coordinates (default twice the "
                    "median edge length), else undirected hops (default 2)")
+    p.add_argument("--protocol", choices=("vafa2024", "lenient"), default="vafa2024",
+                   help="reconstruction rules from behaviour: vafa2024 (Vafa et al. 2024, default) or lenient")
+    p.add_argument("--max-degree", type=int, default=4,
+                   help="vafa2024: most out-edges in use per node, true and new (default 4)")
     p.add_argument("--n-trips", type=int, default=1000, help="checkpoint: trips sampled from the model")
     p.add_argument("--n-seqs", type=int, default=512, help="checkpoint: true trips for the hidden states")
     add_layers_arg(p, "last")
@@ -77,11 +84,17 @@ def summary(records: list[dict[str, Any]], street_map: Any) -> str:
         m, p = r["metrics"], r["params"]
         if r["variant"] == "behaviour":
             unit = "hops" if p["distance"] == "hops" else "map units"
+            prot = r.get("protocol") or {}
+            rules = prot.get("name", "lenient")
+            if rules == "vafa2024":
+                rules += f": at most {prot.get('max_degree')} out-edges in use per node"
             lines += [f"reconstruction from behaviour (map {street_map.name}: {street_map.n_nodes} intersections, "
-                      f"{street_map.n_edges} edges)",
+                      f"{street_map.n_edges} edges; protocol {rules})",
                       f"  trips            {m['n_trips']} ({m['n_malformed']} malformed, {m['n_true_valid']} valid on "
                       "the true map)",
                       f"  explained        {_pct(m['explained'])}",
+                      f"  outcome          {m.get('n_followed', 0)} followed as they are, {m.get('n_repaired', 0)} "
+                      f"repaired, {m.get('n_failed', 0)} failed, {m.get('n_ill_formed', m['n_malformed'])} ill-formed",
                       f"  edges recovered  {m['n_recovered']}  (recall {_pct(m['edge_recall'])})",
                       f"  edges invented   {m['n_invented']}  (edge precision {_pct(m['edge_precision'])})",
                       f"  edges missed     {m['n_missed']}",
@@ -108,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError("--map with a checkpoint is the map of --world taxi (a model not trained by nextlat_probe)")
     if args.ckpt is None and (args.map is None or args.trajectories is None):
         raise UsageError("give a checkpoint, or both --map MAP.json and --trajectories FILE.txt")
-    check_positive(max_distance=args.max_distance, n_trips=args.n_trips, n_seqs=args.n_seqs)
+    check_positive(max_distance=args.max_distance, n_trips=args.n_trips, n_seqs=args.n_seqs,
+                   max_degree=args.max_degree)
     if not 0 < args.epsilon < 1:
         raise UsageError(f"--epsilon must lie in (0, 1), got {args.epsilon}")
     check_output_path(args.plot)
@@ -118,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
 
         street_map = StreetMap.from_json(args.map)
         records = [map_from_trips(street_map, args.trajectories, max_distance=args.max_distance,
-                                  list_edges=args.list_edges)]
+                                  list_edges=args.list_edges, protocol=args.protocol, max_degree=args.max_degree)]
     else:
         device = resolve_device_arg(args.device)
         from .compare import run_mapping
@@ -126,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
         args.ckpts, args.world_map = [args.ckpt], args.map
         models = load_cli_models(args, device)
         records = run_mapping(models, n_trips=args.n_trips, n_seqs=args.n_seqs, layers=args.layers,
-                              epsilon=args.epsilon, max_distance=args.max_distance, list_edges=args.list_edges,
+                              epsilon=args.epsilon, max_distance=args.max_distance, protocol=args.protocol,
+                              max_degree=args.max_degree, list_edges=args.list_edges,
                               seed=args.seed, progress=progress_enabled(args))
         street_map = models[0].world.map
     if args.plot is not None:

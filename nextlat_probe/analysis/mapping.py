@@ -1,7 +1,40 @@
 """Map reconstruction: rebuild the street map from a model's behaviour or from its hidden
 states (Vafa et al. 2024; SPEC §3 "Taxi world-model metrics").
 
-**From behaviour** (``reconstruct_map``). Trips in the taxi format (``origin dest d_1 ..
+**From behaviour** (``reconstruct_map``), two protocols.
+
+``protocol="vafa2024"`` (default) follows ``reconstruct_graph`` / ``reconstruct_sequence``
+/ ``bfs_to_failure`` of Vafa et al.'s ``mapping/reconstruction.py``
+(github.com/keyonvafa/world-model-evaluation):
+
+- the graph starts as the true map with every edge *unused*; an edge is *in use* once a
+  trip has walked it (a true edge) or once it was added (a new edge);
+- a node may have at most ``max_degree`` (4) out-edges in use; the cap can block even a
+  true edge (``get_used_degree``), and a direction already in use at a node can get no
+  new edge (``check_node_using_direction``); a new edge may go out in a direction whose
+  true edge is still unused, and that true edge can then never be used;
+- a trip is walked on the edges in use plus the unused true edges the cap allows; if it
+  reaches its destination it is explained. Otherwise the walk is cut back to its longest
+  prefix that ends at a node with room for a new edge in the next direction, and from
+  there a new edge with the missing turn goes to the nearby node (within ``max_distance``,
+  *the current node included*; nodes in index order, the first strictly best kept) from
+  which the remaining turns walk furthest (all the way to the destination beats any
+  prefix); this repeats until the trip is explained;
+- when only the last turn is missing, the new edge goes straight to the destination if the
+  destination is near enough;
+- a trip that cannot be repaired (source at the cap or already using the turn, no nearby
+  node explains a further turn, destination too far for the last turn) is *failed*, but
+  the edges it already used or added stay;
+- rows without ``end`` (or otherwise not a trip) and trips with no turns are dropped as
+  ill-formed (``utils.sample2sequence``).
+
+Differences from the reference, by necessity: trips are taken in input order (the
+reference shuffles them first); nearby nodes are within ``max_distance`` in map units
+(Euclidean, default twice the median edge length) on maps with coordinates or undirected
+hops on the true map (default 2) without them, where the reference uses 0.5 miles of
+haversine distance on Manhattan latitude/longitude; the bound used is in the result.
+
+``protocol="lenient"`` is the earlier rule of this package, kept unchanged: trips in the taxi format (``origin dest d_1 ..
 d_k end``) are replayed on a graph that starts as the true map. A trip follows existing
 edges while they explain its turns; where a turn is impossible (no edge in that direction
 from the current node) a NEW edge with that label is added from the current node to a
@@ -20,9 +53,11 @@ trips that the true map already explains are replayed for all trips at once (vec
 and only the others go through the sequential repair, in file order. True trips therefore
 give back exactly the true edges they use and invent nothing.
 
-Reported: edges recovered (true edges traversed), missed (true edges never traversed) and
-invented, with precision = recovered / (recovered + invented), recall = recovered / true
-edges, and the fraction of trips explained.
+Reported (both protocols): edges recovered (true edges used), missed (true edges never
+used) and invented (new edges), with precision = recovered / (recovered + invented),
+recall = recovered / true edges; trips explained (as they are or after a repair) out of
+the well-formed ones, and the counts of trips followed as they are, repaired, failed and
+ill-formed (``trips_used``: explained out of all rows).
 
 **From representations** (``embed_node_states``, ``representation_map``). The mean hidden
 state of every intersection (the current node of each position of visible-origin trips,
@@ -62,6 +97,8 @@ from .worldmodel import Rate
 
 DEFAULT_HOPS = 2
 DEFAULT_EDGE_FACTOR = 2.0  # max_distance default with coordinates: x median edge length
+DEFAULT_MAX_DEGREE = 4  # vafa2024: out-edges in use per node (reconstruct_graph(max_degree=4))
+PROTOCOLS = ("vafa2024", "lenient")
 
 
 # --------------------------------------------------------------------------------------
@@ -81,10 +118,41 @@ class ReconstructionResult:
     n_true_valid: int
     max_distance: float
     distance: str  # "euclidean" or "hops"
+    protocol: str = "lenient"
+    max_degree: int | None = None  # vafa2024 only
+    n_repaired: int = 0  # explained trips that needed new edges
+    n_failed: int = 0  # well-formed trips left unexplained
+    n_no_turns: int = 0  # vafa2024: trips without turns, dropped as ill-formed
+
+    @property
+    def n_ill_formed(self) -> int:
+        """Rows dropped: not trips (``n_malformed``) plus, under vafa2024, trips with no turns."""
+        return self.n_malformed + self.n_no_turns
+
+    @property
+    def n_followed(self) -> int:
+        """Trips explained without any new edge."""
+        return self.n_explained - self.n_repaired
 
     @property
     def explained(self) -> Rate:
-        return Rate(self.n_explained, self.n_trips - self.n_malformed)
+        return Rate(self.n_explained, self.n_trips - self.n_ill_formed)
+
+    @property
+    def trips_used(self) -> Rate:
+        """Trips the reconstructed map explains, out of all rows read."""
+        return Rate(self.n_explained, self.n_trips)
+
+    def protocol_dict(self) -> dict[str, Any]:
+        """The protocol block of a record: name and its defining parameters."""
+        out: dict[str, Any] = {"name": self.protocol}
+        if self.protocol == "vafa2024":
+            out["max_degree"] = int(self.max_degree or DEFAULT_MAX_DEGREE)
+        out.update(max_distance=float(self.max_distance), distance=self.distance)
+        if self.protocol == "vafa2024":
+            out["reference_max_distance"] = "0.5 miles (haversine on Manhattan latitude/longitude)"
+            out["trip_order"] = "input order (the reference shuffles)"
+        return out
 
     @property
     def precision(self) -> Rate:
@@ -109,6 +177,9 @@ class ReconstructionResult:
             "edges_missed": len(self.missed), "edges_invented": len(self.invented),
             "edge_precision": self.precision.to_dict(), "edge_recall": self.recall.to_dict(),
             "max_distance": self.max_distance, "distance": self.distance,
+            "protocol": self.protocol, "max_degree": self.max_degree, "n_ill_formed": self.n_ill_formed,
+            "n_followed": self.n_followed, "n_repaired": self.n_repaired, "n_failed": self.n_failed,
+            "trips_used": self.trips_used.to_dict(),
         }
         if edges in ("invented", "all"):
             out["invented"] = named(self.invented)
@@ -129,10 +200,11 @@ def default_max_distance(street_map: StreetMap) -> tuple[float, str]:
 
 
 class _Nearby:
-    """Nodes within the distance bound of a node (cached per node)."""
+    """Nodes within the distance bound of a node (cached per node), the node itself
+    excluded unless ``include_self``."""
 
-    def __init__(self, street_map: StreetMap, bound: float, kind: str):
-        self.map, self.bound, self.kind = street_map, bound, kind
+    def __init__(self, street_map: StreetMap, bound: float, kind: str, include_self: bool = False):
+        self.map, self.bound, self.kind, self.include_self = street_map, bound, kind, include_self
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def __call__(self, node: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,7 +213,7 @@ class _Nearby:
                 d = np.linalg.norm(self.map.coords - self.map.coords[node], axis=1)
             else:
                 d = self.map.hops([node], limit=self.bound + 0.5)[0]
-            d[node] = np.inf
+            d[node] = 0.0 if self.include_self else np.inf
             idx = np.flatnonzero(d <= self.bound)
             self._cache[node] = (idx, d[idx])
         return self._cache[node]
@@ -161,44 +233,69 @@ def _follow(G: np.ndarray, start: np.ndarray, turns: np.ndarray) -> tuple[np.nda
     return steps, pos
 
 
-def reconstruct_map(street_map: StreetMap, trips: Any, max_distance: float | None = None) -> ReconstructionResult:
+def _true_valid(succ: np.ndarray, tr: Trips) -> tuple[np.ndarray, list]:
+    """Trips the true map explains (vectorised): (mask ``[n]``, per turn position
+    ``(node, direction, legal step)`` arrays)."""
+    cur = tr.origin.copy()
+    legal = np.ones(tr.origin.size, dtype=bool)
+    visits = []
+    for k in range(tr.turns.shape[1]):
+        d = tr.turns[:, k]
+        act = d >= 0
+        nxt = succ[cur, np.clip(d, 0, 7)]
+        step = act & (nxt >= 0)
+        legal &= ~act | step
+        visits.append((cur.copy(), d.copy(), step & legal))
+        cur = np.where(step, nxt, cur)
+    return legal & (cur == tr.dest), visits
+
+
+def reconstruct_map(street_map: StreetMap, trips: Any, max_distance: float | None = None,
+                    protocol: str = "vafa2024", max_degree: int = DEFAULT_MAX_DEGREE) -> ReconstructionResult:
     """Rebuild a street graph from ``trips`` (see the module docstring and ``parse_trips``).
 
-    ``max_distance``: how far a new edge may reach (Euclidean with coordinates, undirected
-    hops without); default ``default_max_distance``."""
+    ``protocol``: ``"vafa2024"`` (Vafa et al.'s rules, default) or ``"lenient"`` (this
+    package's earlier rule). ``max_distance``: how far a new edge may reach (Euclidean with
+    coordinates, undirected hops without); default ``default_max_distance``.
+    ``max_degree``: vafa2024's cap on out-edges in use per node (ignored by lenient)."""
+    if protocol not in PROTOCOLS:
+        raise AnalysisError(f"unknown map reconstruction protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
     tr = parse_trips(street_map, trips)
     bound, kind = default_max_distance(street_map)
     if max_distance is not None:
         if not max_distance > 0:
             raise AnalysisError(f"max_distance must be positive, got {max_distance}")
         bound = float(max_distance)
+    if protocol == "lenient":
+        return _reconstruct_lenient(street_map, tr, bound, kind)
+    if isinstance(max_degree, bool) or int(max_degree) != max_degree or max_degree < 1:
+        raise AnalysisError(f"max_degree must be a positive integer, got {max_degree}")
+    return _reconstruct_vafa(street_map, tr, bound, kind, int(max_degree))
+
+
+def _listing(mask: np.ndarray, G: np.ndarray) -> list[tuple[int, str, int]]:
+    s, d = np.nonzero(mask)
+    return [(int(a), DIRECTIONS[int(b)], int(G[a, b])) for a, b in zip(s, d)]
+
+
+def _reconstruct_lenient(street_map: StreetMap, tr: Trips, bound: float, kind: str) -> ReconstructionResult:
     G = np.array(street_map.succ, dtype=np.int64)  # grows with invented edges
     used = np.zeros(G.shape, dtype=bool)
     invented = np.zeros(G.shape, dtype=bool)
-    n = tr.origin.size
     # 1) trips the true map explains, all at once
-    cur = tr.origin.copy()
-    legal = np.ones(n, dtype=bool)
-    visits = []
-    for k in range(tr.turns.shape[1]):
-        d = tr.turns[:, k]
-        act = d >= 0
-        nxt = G[cur, np.clip(d, 0, 7)]
-        step = act & (nxt >= 0)
-        legal &= ~act | step
-        visits.append((cur.copy(), d.copy(), step & legal))
-        cur = np.where(step, nxt, cur)
-    true_valid = legal & (cur == tr.dest)
+    true_valid, visits = _true_valid(G, tr)
     for node, d, step in visits:
         sel = step & true_valid
         used[node[sel], d[sel]] = True
     explained = true_valid.copy()
+    repaired = np.zeros_like(explained)
     # 2) the rest, one trip at a time, in input order
     nearby = _Nearby(street_map, bound, kind)
     for i in np.flatnonzero(~true_valid):
         turns = tr.turns[i, :tr.lengths[i]]
         node, dest = int(tr.origin[i]), int(tr.dest[i])
         ok = True
+        added = False
         for j, d in enumerate(turns):
             nxt = G[node, d]
             if nxt < 0:
@@ -223,21 +320,165 @@ def reconstruct_map(street_map: StreetMap, trips: Any, max_distance: float | Non
                     nxt = int(cand[best])
                 G[node, d] = nxt
                 invented[node, d] = True
+                added = True
             else:
                 used[node, d] = True
             node = int(nxt)
         explained[i] = ok and node == dest
+        repaired[i] = explained[i] and added
     true_edge = np.asarray(street_map.succ) >= 0
     used &= true_edge
+    n_explained = int(explained.sum())
+    return ReconstructionResult(street_map=street_map, recovered=_listing(used, G),
+                                missed=_listing(true_edge & ~used, G), invented=_listing(invented, G),
+                                n_trips=tr.n_input, n_malformed=len(tr.malformed), n_explained=n_explained,
+                                n_true_valid=int(true_valid.sum()), max_distance=bound, distance=kind,
+                                protocol="lenient", n_repaired=int(repaired.sum()),
+                                n_failed=int(tr.origin.size - n_explained))
 
-    def listing(mask: np.ndarray) -> list[tuple[int, str, int]]:
-        s, d = np.nonzero(mask)
-        return [(int(a), DIRECTIONS[int(b)], int(G[a, b])) for a, b in zip(s, d)]
 
-    return ReconstructionResult(street_map=street_map, recovered=listing(used), missed=listing(true_edge & ~used),
-                                invented=listing(invented), n_trips=tr.n_input, n_malformed=len(tr.malformed),
-                                n_explained=int(explained.sum()), n_true_valid=int(true_valid.sum()),
-                                max_distance=bound, distance=kind)
+FOLLOWED, REPAIRED, FAILED = 0, 1, 2
+
+
+class _VafaGraph:
+    """The reconstruction state of Vafa et al.'s ``reconstruct_graph``, for maps with at
+    most one true edge per (node, direction): ``used[u][d]`` (the true edge is in use),
+    ``new[u][d]`` (target of the new edge, -1 = none), ``deg[u]`` (out-edges in use).
+
+    Per (node, direction) at most one edge can be walked: the new one, else the true one
+    (in use, or unused and allowed by the cap), so the reference's breadth-first search is
+    a single walk here."""
+
+    def __init__(self, street_map: StreetMap, max_degree: int, nearby: _Nearby):
+        n = street_map.n_nodes
+        self.true = np.asarray(street_map.succ, dtype=np.int64).tolist()
+        self.used = [[False] * 8 for _ in range(n)]
+        self.new = [[-1] * 8 for _ in range(n)]
+        self.deg = [0] * n
+        self.max_degree = max_degree
+        self.nearby = nearby
+        self._near: dict[int, list[int]] = {}
+
+    def near(self, node: int) -> list[int]:
+        if node not in self._near:
+            self._near[node] = [int(v) for v in self.nearby(node)[0]]
+        return self._near[node]
+
+    def using(self, u: int, d: int) -> bool:
+        """``check_node_using_direction``: an edge in use leaves ``u`` in direction ``d``."""
+        return self.used[u][d] or self.new[u][d] >= 0
+
+    def walk(self, src: int, dest: int, dirs: list[int], init: tuple[int, int] | None = None) -> list[tuple]:
+        """``bfs_to_failure``: the full walk of ``dirs`` from ``src`` if it ends at ``dest``,
+        else its longest prefix (at least one edge) ending at a node with room for a new
+        edge in the next direction (or []). ``init`` = (node, direction) of the new edge
+        about to be added: reserved in the degree count, its unused true edge not walked.
+        Edges as ``(u, d, v, is_new)``."""
+        pending: dict[int, set[int]] = {}
+        if init is not None:
+            pending[init[0]] = {init[1]}
+        path: list[tuple] = []
+        longest = 0
+        cur, n = src, len(dirs)
+        for j in range(n):
+            d = dirs[j]
+            v = self.new[cur][d]
+            is_new = v >= 0
+            if not is_new:
+                v = self.true[cur][d]
+                if v < 0:
+                    break
+                if not self.used[cur][d]:
+                    if init is not None and cur == init[0] and d == init[1]:
+                        break
+                    p = pending.setdefault(cur, set())
+                    if d not in p:
+                        if len(p) + self.deg[cur] >= self.max_degree:
+                            break  # the cap blocks this true edge
+                        p.add(d)
+            path.append((cur, d, v, is_new))
+            cur = v
+            if j + 1 == n:
+                if v == dest:
+                    return path
+                break
+            nd = dirs[j + 1]
+            p = pending.get(v, ())
+            if len(p) + self.deg[v] < self.max_degree and not self.using(v, nd) and nd not in p:
+                longest = j + 1
+        return path[:longest]
+
+    def commit(self, path: list[tuple]) -> None:
+        for u, d, _, is_new in path:
+            if not is_new and not self.used[u][d]:
+                self.used[u][d] = True
+                self.deg[u] += 1
+
+    def add(self, u: int, d: int, v: int) -> None:
+        assert not self.using(u, d) and self.deg[u] < self.max_degree
+        self.new[u][d] = v
+        self.deg[u] += 1
+
+    def trip(self, src: int, dest: int, dirs: list[int]) -> int:
+        """``reconstruct_sequence``: FOLLOWED, REPAIRED or FAILED (edges used or added
+        before a failure stay)."""
+        path = self.walk(src, dest, dirs)
+        self.commit(path)
+        k, n = len(path), len(dirs)
+        cur = path[-1][2] if path else src
+        added = False
+        while k < n:
+            d = dirs[k]
+            if k == 0 and (self.deg[src] >= self.max_degree or self.using(src, d)):
+                return FAILED  # no room at the source
+            if k == n - 1:  # only the last turn is missing: straight to the destination
+                if dest not in self.near(cur):
+                    return FAILED
+                self.add(cur, d, dest)
+                return REPAIRED
+            rest = dirs[k + 1:]
+            best: list[tuple] = []
+            best_node = -1
+            for node in self.near(cur):
+                sub = self.walk(node, dest, rest, init=(cur, d))
+                if len(sub) > len(best):
+                    best, best_node = sub, node
+            if not best:
+                return FAILED
+            self.add(cur, d, best_node)
+            self.commit(best)
+            added = True
+            k += 1 + len(best)
+            cur = best[-1][2]
+        return REPAIRED if added else FOLLOWED
+
+
+def _reconstruct_vafa(street_map: StreetMap, tr: Trips, bound: float, kind: str,
+                      max_degree: int) -> ReconstructionResult:
+    has_turns = tr.lengths > 0
+    true_valid, _ = _true_valid(np.asarray(street_map.succ, dtype=np.int64), tr)
+    g = _VafaGraph(street_map, max_degree, _Nearby(street_map, bound, kind, include_self=True))
+    outcome = np.full(tr.origin.size, -1)
+    for i in np.flatnonzero(has_turns):
+        dirs = [int(x) for x in tr.turns[i, :tr.lengths[i]]]
+        outcome[i] = g.trip(int(tr.origin[i]), int(tr.dest[i]), dirs)
+    true = np.asarray(street_map.succ, dtype=np.int64)
+    used = np.array(g.used, dtype=bool).reshape(true.shape)
+    new = np.array(g.new, dtype=np.int64).reshape(true.shape)
+    assert ((used.sum(axis=1) + (new >= 0).sum(axis=1)) <= max_degree).all()
+    n_rep, n_fail = int((outcome == REPAIRED).sum()), int((outcome == FAILED).sum())
+    # a new edge that lands where the unused true edge of that direction goes is that street
+    # found again, not an invented one (the reference can add it when the true edge was
+    # blocked by the degree cap earlier): it counts as recovered
+    same = (new >= 0) & (new == true)
+    found = used | same
+    return ReconstructionResult(street_map=street_map, recovered=_listing(found, true),
+                                missed=_listing((true >= 0) & ~found, true), invented=_listing((new >= 0) & ~same, new),
+                                n_trips=tr.n_input, n_malformed=len(tr.malformed),
+                                n_explained=int((outcome == FOLLOWED).sum()) + n_rep,
+                                n_true_valid=int((true_valid & has_turns).sum()), max_distance=bound, distance=kind,
+                                protocol="vafa2024", max_degree=max_degree, n_repaired=n_rep, n_failed=n_fail,
+                                n_no_turns=int((~has_turns).sum()))
 
 
 # --------------------------------------------------------------------------------------
@@ -411,5 +652,6 @@ def embed_node_states(means: np.ndarray, street_map: StreetMap, seed: int = 0) -
                                    n_nodes_seen=int(seen.size), mds=emb, probe=probe, note=note)
 
 
-__all__ = ["Trips", "parse_trips", "ReconstructionResult", "reconstruct_map", "default_max_distance", "hop_distances",
+__all__ = ["Trips", "parse_trips", "ReconstructionResult", "reconstruct_map", "default_max_distance", "PROTOCOLS",
+           "DEFAULT_MAX_DEGREE", "hop_distances",
            "layout_coords", "Embedding", "RepresentationMapResult", "node_means", "embed_node_states"]

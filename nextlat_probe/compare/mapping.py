@@ -2,7 +2,9 @@
 
 Behaviour: trips sampled from the model (epsilon-cutoff sampling, as in the compression
 test) from held-out (origin, destination) prompts, replayed on the true map: edges
-recovered / missed / invented, trips explained (Vafa et al.). Representations: the mean
+recovered / missed / invented, trips explained / repaired / failed / ill-formed, under
+Vafa et al.'s rules (protocol ``vafa2024``, default) or this package's earlier lenient rule
+(``lenient``); the record's ``protocol`` names which, with its degree cap and distance bound. Representations: the mean
 hidden state of every intersection embedded in 2-D by a cross-fitted linear probe to
 (x, y) and by MDS aligned with Procrustes. Definitions: ``nextlat_probe.analysis.mapping``.
 """
@@ -28,13 +30,16 @@ def _edge_list(edges: list[tuple[int, str, int]]) -> list[list[Any]]:
 
 def behaviour_metrics(recon: Any, list_edges: bool = False) -> dict[str, Any]:
     """The ``behaviour`` variant's metrics of a ``ReconstructionResult``."""
-    m = {"explained": rate(recon.n_explained, recon.n_trips - recon.n_malformed),
+    m = {"explained": rate(recon.n_explained, recon.n_trips - recon.n_ill_formed),
          "edge_recall": rate(len(recon.recovered), recon.street_map.n_edges),
          "edge_precision": rate(len(recon.recovered), len(recon.recovered) + len(recon.invented)),
          "n_trips": int(recon.n_trips), "n_malformed": int(recon.n_malformed), "n_true_valid": int(recon.n_true_valid),
          "n_true_edges": int(recon.street_map.n_edges), "n_recovered": len(recon.recovered),
          "n_invented": len(recon.invented), "n_missed": len(recon.missed),
-         "invented_edges": _edge_list(recon.invented), "missed_edges": _edge_list(recon.missed)}
+         "invented_edges": _edge_list(recon.invented), "missed_edges": _edge_list(recon.missed),
+         "trips_used": rate(recon.n_explained, recon.n_trips), "n_ill_formed": int(recon.n_ill_formed),
+         "n_no_turns": int(recon.n_no_turns), "n_followed": int(recon.n_followed),
+         "n_repaired": int(recon.n_repaired), "n_failed": int(recon.n_failed)}
     if list_edges:
         m["recovered_edges"] = _edge_list(recon.recovered)
     return m
@@ -66,6 +71,8 @@ def run_mapping(
     layers: str | int = "last",
     epsilon: float = 0.01,
     max_distance: float | None = None,
+    protocol: str = "vafa2024",
+    max_degree: int = 4,
     list_edges: bool = False,
     seed: int = 0,
     device: str = "cpu",
@@ -75,6 +82,8 @@ def run_mapping(
 ) -> list[dict[str, Any]]:
     """Per taxi model: one ``mapping`` record of variant ``behaviour`` and one per hidden-state
     embedding (``probe`` when the map has coordinates, ``mds``) at the one ``layers`` site.
+    ``protocol`` / ``max_degree`` / ``max_distance``: the behavioural reconstruction's rules
+    (``nextlat_probe.analysis.mapping.reconstruct_map``).
     With ``inputs`` the node means come from its shared sequences and cached states."""
     from ..activations import collect, layer_label
     from ..analysis.mapping import embed_node_states, node_means, reconstruct_map
@@ -85,6 +94,7 @@ def run_mapping(
         raise AnalysisError(f"n_trips and n_seqs must be positive, got {n_trips} and {n_seqs}")
     if not 0 < epsilon < 1:
         raise AnalysisError(f"epsilon must lie in (0, 1), got {epsilon}")
+    _check_protocol(protocol, max_degree)
     loaded = inputs.models if inputs is not None else load_models(models, device=device)
     sites = []
     for m in loaded:  # every check before any work (and before any progress output)
@@ -104,7 +114,8 @@ def run_mapping(
         budget = turn_budget(world, predict, 2)
         trips = generate(predict, world, prompts, budget + 1, sample=True, epsilon=epsilon,
                          rng=np.random.default_rng([int(seed), SAMPLE_STREAM]))
-        recon = reconstruct_map(world.map, trips, max_distance=max_distance)
+        recon = reconstruct_map(world.map, trips, max_distance=max_distance, protocol=protocol,
+                                max_degree=max_degree)
         if inputs is not None:
             tokens, states, H = inputs.tokens(i), inputs.sample(i).states, inputs.hidden(i, [hook])[hook]
             seq_params = inputs.params_of(i)
@@ -123,7 +134,8 @@ def run_mapping(
         ident = identity(m)
         params = {"n_trips": int(n_trips), "epsilon": float(epsilon), "max_turns": int(budget),
                   "max_distance": float(recon.max_distance), "distance": recon.distance, "seed": int(seed)}
-        out.append(make_record(ident, "mapping", behaviour_metrics(recon, list_edges), params, variant="behaviour"))
+        out.append(make_record(ident, "mapping", behaviour_metrics(recon, list_edges), params, variant="behaviour",
+                               protocol=recon.protocol_dict()))
         for emb in (rep.probe, rep.mds):
             if emb is not None:
                 out.append(make_record(ident, "mapping", embedding_metrics(emb, rep), seq_params,
@@ -131,20 +143,30 @@ def run_mapping(
     return out
 
 
+def _check_protocol(protocol: str, max_degree: int) -> None:
+    from ..analysis.mapping import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise AnalysisError(f"unknown map reconstruction protocol {protocol!r} (one of {', '.join(PROTOCOLS)})")
+    if isinstance(max_degree, bool) or not isinstance(max_degree, (int, np.integer)) or max_degree < 1:
+        raise AnalysisError(f"max_degree must be a positive integer, got {max_degree!r}")
+
+
 def map_from_trips(street_map: Any, trips_path: Any, max_distance: float | None = None,
-                   list_edges: bool = False) -> dict[str, Any]:
+                   list_edges: bool = False, protocol: str = "vafa2024", max_degree: int = 4) -> dict[str, Any]:
     """The ``behaviour`` record of a file of trips (one per line: origin dest turns... end)."""
     from ..analysis.mapping import reconstruct_map
     from ..worlds.taxi import parse_sequences
 
+    _check_protocol(protocol, max_degree)
     trips = parse_sequences(trips_path, street_map)
-    recon = reconstruct_map(street_map, trips, max_distance=max_distance)
+    recon = reconstruct_map(street_map, trips, max_distance=max_distance, protocol=protocol, max_degree=max_degree)
     if recon.n_trips == recon.n_malformed:
         raise AnalysisError(f"{trips_path}: none of its {recon.n_trips} lines is a trip on map {street_map.name!r} "
                             "(origin dest turns... end, with the map's node ids)")
     params = {"trips_file": str(trips_path), "max_distance": float(recon.max_distance), "distance": recon.distance}
     return make_record(trips_identity(trips_path), "mapping", behaviour_metrics(recon, list_edges), params,
-                       variant="behaviour")
+                       variant="behaviour", protocol=recon.protocol_dict())
 
 
 __all__ = ["run_mapping", "map_from_trips", "behaviour_metrics", "embedding_metrics"]
