@@ -22,7 +22,7 @@ FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permiss
 __all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
            "cli_inputs", "add_sequence_args",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
-           "progress_enabled"]
+           "progress_enabled", "table_text", "print_table", "finish"]
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
@@ -171,11 +171,25 @@ def progress_enabled(args: argparse.Namespace) -> bool:
     return not (getattr(args, "no_progress", False) or getattr(args, "json", False))
 
 
-def print_table(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+def table_text(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
     """Records as a text table with the protocol line (their ``params``) under it."""
     from .tables import protocol_note, text_table
 
-    print(text_table(records, columns))
     note = protocol_note(records)
-    if note:
-        print(note)
+    return text_table(records, columns) + (f"\n{note}" if note else "")
+
+
+def print_table(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:
+    print(table_text(records, columns))
+
+
+def finish(args: argparse.Namespace, records: list[dict[str, Any]], text: Callable[[], str]) -> int:
+    """The end of every analysis CLI: one JSON document with ``--json``, else the text (and
+    where ``--plot`` wrote its page)."""
+    if args.json:
+        print_json(records)
+    else:
+        print(text())
+        if getattr(args, "plot", None) is not None:
+            print(f"wrote {args.plot}")
+    return 0

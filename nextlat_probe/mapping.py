@@ -27,8 +27,8 @@ from .cli import (
     add_output_args,
     check_output_path,
     check_positive,
+    finish,
     load_cli_models,
-    print_json,
     progress_enabled,
     resolve_device_arg,
     run_main,
@@ -148,13 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         from .plots.interactive import map_figure, write_html
 
         write_html(map_figure(street_map, records), args.plot, title=f"Map reconstruction: {street_map.name}")
-    if args.json:
-        print_json(records)
-    else:
-        print(summary(records, street_map))
-        if args.plot is not None:
-            print(f"wrote {args.plot}")
-    return 0
+    return finish(args, records, lambda: summary(records, street_map))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,12 @@ from .cli import (
     check_output_path,
     check_positive,
     cli_inputs,
+    finish,
     load_cli_models,
-    print_json,
-    print_table,
     progress_enabled,
     resolve_device_arg,
     run_main,
+    table_text,
 )
 
 COLUMNS = [
@@ -102,14 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             sections.append(("Probe R^2 per layer", "Weighted R^2 of the belief probe per layer; dotted: "
                              "shuffled-belief control.", probe_r2_figure(records)))
         write_page(sections, args.plot, title="Belief probes")
-    if args.json:
-        print_json(records)
-    else:
-        print_table([{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "points"}} for r in records],
-                    COLUMNS)
-        if args.plot is not None:
-            print(f"wrote {args.plot}")
-    return 0
+    return finish(args, records, lambda: table_text([{**r, "metrics": {k: v for k, v in r["metrics"].items() if k != "points"}}
+                                                for r in records], COLUMNS))
 
 
 if __name__ == "__main__":

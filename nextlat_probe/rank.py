@@ -19,12 +19,12 @@ from .cli import (
     check_output_path,
     check_positive,
     cli_inputs,
+    finish,
     load_cli_models,
-    print_json,
-    print_table,
     progress_enabled,
     resolve_device_arg,
     run_main,
+    table_text,
 )
 
 COLUMNS = [
@@ -76,13 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         from .plots.interactive import rank_figure, write_html
 
         write_html(rank_figure(records), args.plot, title="Effective rank")
-    if args.json:
-        print_json(records)
-    else:
-        print_table(records, COLUMNS)
-        if args.plot is not None:
-            print(f"wrote {args.plot}")
-    return 0
+    return finish(args, records, lambda: table_text(records, COLUMNS))
 
 
 if __name__ == "__main__":

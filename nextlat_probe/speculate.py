@@ -20,8 +20,8 @@ from .cli import (
     add_output_args,
     check_output_path,
     check_positive,
+    finish,
     load_cli_models,
-    print_json,
     progress_enabled,
     resolve_device_arg,
     run_main,
@@ -90,13 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         from .plots.interactive import speculative_figure, write_html
 
         write_html(speculative_figure(records), args.plot, title="Self-speculative decoding")
-    if args.json:
-        print_json(records)
-    else:
-        print(table(records))
-        if args.plot is not None:
-            print(f"wrote {args.plot}")
-    return 0
+    return finish(args, records, lambda: table(records))
 
 
 if __name__ == "__main__":

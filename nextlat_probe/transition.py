@@ -24,12 +24,12 @@ from .cli import (
     check_output_path,
     check_positive,
     cli_inputs,
+    finish,
     load_cli_models,
-    print_json,
-    print_table,
     progress_enabled,
     resolve_device_arg,
     run_main,
+    table_text,
 )
 
 
@@ -78,13 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         write_page([("Transition error vs horizon", "Relative error of rolled-out dynamics; lower = hidden states "
                      "follow a fixed transition rule.", transition_figure(records))], args.plot,
                    title="Transition consistency")
-    if args.json:
-        print_json(records)
-    else:
-        print_table(records, table_columns(args.horizon))
-        if args.plot is not None:
-            print(f"wrote {args.plot}")
-    return 0
+    return finish(args, records, lambda: table_text(records, table_columns(args.horizon)))
 
 
 if __name__ == "__main__":

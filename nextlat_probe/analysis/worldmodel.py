@@ -708,6 +708,18 @@ def _accepts(predict: Predictor | None, world, X: np.ndarray, lengths: np.ndarra
     return out
 
 
+def _with_suffix(P: np.ndarray, lengths: np.ndarray, pair: np.ndarray, suffix: np.ndarray, level: int) -> np.ndarray:
+    """Rows ``pair`` of prefixes ``P`` (true lengths ``lengths``) followed by their first
+    ``level`` suffix tokens, cut to the longest row: only what is fed to a predictor."""
+    ln = lengths[pair] + level
+    width = int(ln.max())
+    cols = np.arange(width)[None, :]
+    shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
+    tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
+    grown = np.pad(P, ((0, 0), (0, max(0, width - P.shape[1]))))[pair][:, :width]
+    return np.where(cols < lengths[pair][:, None], grown, tail)
+
+
 def _distinction_pairs(predict: Predictor, world, A: np.ndarray, B: np.ndarray, lengths: np.ndarray,
                        suffix_len: int, epsilon: float, truth: str, return_sets: bool = False) -> dict[str, Any]:
     """Boundary counts for prefix pairs ``A[i]``, ``B[i]`` of equal length ``lengths[i]``
@@ -729,14 +741,7 @@ def _distinction_pairs(predict: Predictor, world, A: np.ndarray, B: np.ndarray, 
     sets: dict[str, set] = {"true_ab": set(), "true_ba": set(), "model_ab": set(), "model_ba": set()}
     for level in range(int(suffix_len)):
         ln = lengths[pair] + level
-        width = int(ln.max())  # only what is fed: prefix + suffix so far
-        cols = np.arange(width)[None, :]
-        shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
-        tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
-        pre = cols < lengths[pair][:, None]
-        grow_to = ((0, 0), (0, max(0, width - A.shape[1])))
-        xa = np.where(pre, np.pad(A, grow_to)[pair][:, :width], tail)
-        xb = np.where(pre, np.pad(B, grow_to)[pair][:, :width], tail)
+        xa, xb = _with_suffix(A, lengths, pair, suffix, level), _with_suffix(B, lengths, pair, suffix, level)
         if truth == "map":
             ta = legal_next(world, n_a, d_a[pair]) & v_a[:, None]
             tb = legal_next(world, n_b, d_b[pair]) & v_b[:, None]
@@ -944,14 +949,7 @@ def distinction_vafa(predict: Any, world, sample, rng: np.random.Generator, epsi
         if pair.size == 0:
             break
         ln = lengths[pair] + level
-        width = int(ln.max())  # only what is fed: prefix + suffix so far
-        cols = np.arange(width)[None, :]
-        shifted = np.clip(cols - lengths[pair][:, None], 0, max(level - 1, 0))
-        tail = np.take_along_axis(suffix, shifted, axis=1) if level else np.zeros((pair.size, width), np.int64)
-        pre = cols < lengths[pair][:, None]
-        grow_to = ((0, 0), (0, max(0, width - A.shape[1])))
-        xa = np.where(pre, np.pad(A, grow_to)[pair][:, :width], tail)
-        xb = np.where(pre, np.pad(B, grow_to)[pair][:, :width], tail)
+        xa, xb = _with_suffix(A, lengths, pair, suffix, level), _with_suffix(B, lengths, pair, suffix, level)
         ta = legal_next(world, na, dest_a[pair])
         tb = legal_next(world, nb, dest_b[pair])
         left = Lsuf - level - 1  # tokens still to come after u + x
