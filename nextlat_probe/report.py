@@ -157,27 +157,26 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
-def _runner(name: str, **kw: Any) -> Callable[[Context], list[dict[str, Any]]]:
-    def compute(ctx: Context) -> list[dict[str, Any]]:
-        import nextlat_probe.compare as C
+def _compare():
+    from . import compare
 
-        opts = {k: (v(ctx) if callable(v) else v) for k, v in kw.items()}
-        return getattr(C, name)(None if "inputs" in opts else ctx.models, seed=ctx.seed, device=ctx.device, **opts)
-
-    return compute
+    return compare
 
 
-#: analysis key -> how the report computes its records
+#: analysis key -> how the report computes its records (all on the context's shared inputs,
+#: except the world-model metrics, which generate trips of their own)
 ANALYSES: dict[str, Callable[[Context], Any]] = {
     "training": _training_logs,
-    "position_loss": _runner("run_position_loss", inputs=lambda c: c.inputs),
-    "rank": _runner("run_rank", inputs=lambda c: c.inputs, layers="all"),
+    "position_loss": lambda c: _compare().run_position_loss(None, inputs=c.inputs),
+    "rank": lambda c: _compare().run_rank(None, inputs=c.inputs, layers="all"),
     "rank_training": _rank_along_training,
-    "probe": _runner("run_probe", inputs=lambda c: c.inputs, layers="all", n_test=lambda c: c.n_test, keep_points=3000),
-    "transition": _runner("run_transition", inputs=lambda c: c.inputs, n_test=lambda c: c.n_test,
-                          horizon=lambda c: c.horizon, fit_steps=lambda c: c.fit_steps),
-    "worldmodel": _runner("run_worldmodel", n_pairs=lambda c: max(50, min(200, c.n_seqs))),
-    "mapping": _runner("run_mapping", inputs=lambda c: c.inputs, n_trips=lambda c: min(500, 2 * c.n_seqs)),
+    "probe": lambda c: _compare().run_probe(None, inputs=c.inputs, layers="all", n_test=c.n_test, keep_points=3000,
+                                            seed=c.seed),
+    "transition": lambda c: _compare().run_transition(None, inputs=c.inputs, n_test=c.n_test, horizon=c.horizon,
+                                                      fit_steps=c.fit_steps, seed=c.seed),
+    "worldmodel": lambda c: _compare().run_worldmodel(c.models, n_pairs=max(50, min(200, c.n_seqs)), seed=c.seed,
+                                                      device=c.device),
+    "mapping": lambda c: _compare().run_mapping(None, inputs=c.inputs, n_trips=min(500, 2 * c.n_seqs), seed=c.seed),
 }
 
 
