@@ -98,7 +98,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
     from nextlat_probe.training.trainer import _build, to_batch
 
     seq_len = tokens.shape[1]
-    t, tm, pm = to_batch(world, tokens, device)
+    batch = to_batch(world, tokens, device)
 
     def trainer_variant(name: str, objective: str, horizon: int) -> Variant:
         cfg = TrainConfig(objective=objective, horizon=horizon, preset=preset, device=str(device))
@@ -108,7 +108,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
         params = [p for g in opt.param_groups for p in g["params"]]
 
         def step() -> None:  # the body of trainer.train's loop, minus data and logging
-            losses = compute_losses(model, dynamics, t, tm, pm, ocfg, hook)
+            losses = compute_losses(model, dynamics, batch, ocfg, hook)
             if not torch.isfinite(losses["loss"]):
                 raise RuntimeError(f"{objective} d={horizon}: loss became non-finite")
             opt.zero_grad(set_to_none=True)
@@ -118,7 +118,7 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
             sched.step()
 
         parts = dict(model=model, dynamics=dynamics, opt=opt, sched=sched, ocfg=ocfg, hook=hook,
-                     params=params, clip=cfg.grad_clip, batch=(t, tm, pm))
+                     params=params, clip=cfg.grad_clip, batch=batch)
         return Variant(name, step, parts)
 
     # Bare TransformerLens: the simplest possible training step, same model size and batch
@@ -130,13 +130,13 @@ def build_variants(preset: str, world, tokens, device) -> list[Variant]:
     bare_opt = torch.optim.AdamW(bare.parameters(), lr=1e-3)
 
     def bare_step() -> None:  # loss -> zero_grad -> backward -> step, nothing else
-        loss = bare(t, return_type="loss")
+        loss = bare(batch.tokens, return_type="loss")
         bare_opt.zero_grad()
         loss.backward()
         bare_opt.step()
 
     return [
-        Variant("TL bare", bare_step, dict(model=bare, dynamics=None, opt=bare_opt, batch=(t, tm, pm))),
+        Variant("TL bare", bare_step, dict(model=bare, dynamics=None, opt=bare_opt, batch=batch)),
         trainer_variant("GPT", "gpt", 1),
         trainer_variant("NextLat d=1", "nextlat", 1),
         trainer_variant("NextLat d=8", "nextlat", 8),
@@ -253,7 +253,8 @@ def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> 
         p = v.parts
         bare = "ocfg" not in p
         model, dynamics, ocfg = p["model"], p["dynamics"], p.get("ocfg")
-        t, tm, pm = p["batch"]
+        b = p["batch"]
+        t = b.tokens
         times: dict[str, list[float]] = {"fwd": [], "lat": [], "bwd": [], "opt": []}
         for _ in range(steps):
             clock = [now()]
@@ -261,15 +262,15 @@ def breakdown(variants: list[Variant], steps: int, sync: Callable[[], None]) -> 
                 loss = model(t, return_type="loss")
                 clock += [now(), now()]
             elif dynamics is None:
-                loss = masked_cross_entropy(model(t), t, tm)
+                loss = masked_cross_entropy(model(t), b.targets, b.scored)
                 clock += [now(), now()]
             else:
                 with model.hooks(fwd_hooks=[(p["hook"], keep)]):
                     logits = model(t)
-                ce = masked_cross_entropy(logits, t, tm)
+                ce = masked_cross_entropy(logits, b.targets, b.scored)
                 clock.append(now())
                 h = normalize_latent(store.pop("resid"))
-                nh, kl = nextlat_latent_losses(model, dynamics, h, t, pm, ocfg.horizon, with_kl=ocfg.lambda_kl > 0)
+                nh, kl = nextlat_latent_losses(model, dynamics, h, t, b.valid, ocfg.horizon, with_kl=ocfg.lambda_kl > 0)
                 loss = ce + ocfg.lambda_h * nh + ocfg.lambda_kl * kl
                 clock.append(now())
             p["opt"].zero_grad(set_to_none=True)

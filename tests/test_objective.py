@@ -7,6 +7,7 @@ from nextlat_probe.models.config import ModelConfig
 from nextlat_probe.models.dynamics import LatentDynamics
 from nextlat_probe.models.objective import (
     ObjectiveConfig,
+    Batch,
     compute_losses,
     masked_cross_entropy,
     nextlat_latent_losses,
@@ -38,6 +39,16 @@ def batch(vocab=7, n=3, length=10, seed=0):
     return t, tm, torch.ones_like(tm)
 
 
+def as_batch(t, tm, pm):
+    """The next-token Batch of tokens ``t`` whose token i is a target where ``tm[:, i]``
+    (written here, not via World.output_targets, so the test checks that alignment)."""
+    targets = torch.zeros_like(t)
+    targets[:, :-1] = t[:, 1:]
+    scored = torch.zeros_like(tm)
+    scored[:, :-1] = tm[:, 1:]
+    return Batch(t, targets, scored, pm)
+
+
 def test_p_psi_starts_as_identity():
     dyn = LatentDynamics(8, d_hidden=5)
     h, e = torch.randn(4, 3, 8), torch.randn(4, 3, 8)
@@ -48,9 +59,9 @@ def test_p_psi_starts_as_identity():
 def test_zero_lambdas_equal_gpt_loss_exactly():
     cfg, model, dyn = make(n_layers=2)
     randomize(dyn)
-    t, tm, pm = batch()
-    gpt = compute_losses(model, None, t, tm, pm, ObjectiveConfig("gpt"), final_hook_name(cfg))["loss"]
-    nl = compute_losses(model, dyn, t, tm, pm, ObjectiveConfig("nextlat", 3, 0.0, 0.0), final_hook_name(cfg))
+    b = as_batch(*batch())
+    gpt = compute_losses(model, None, b, ObjectiveConfig("gpt"), final_hook_name(cfg))["loss"]
+    nl = compute_losses(model, dyn, b, ObjectiveConfig("nextlat", 3, 0.0, 0.0), final_hook_name(cfg))
     assert torch.equal(nl["loss"], gpt)
     assert nl["next_h"] > 0  # the term is computed, just weighted by 0
 
@@ -60,7 +71,8 @@ def test_ce_matches_hand_computation():
     t, tm, _ = batch()
     tm[1, 4] = False
     logits = model(t)
-    ce = masked_cross_entropy(logits, t, tm)
+    b = as_batch(t, tm, torch.ones_like(tm))
+    ce = masked_cross_entropy(logits, b.targets, b.scored)
     lp = logits.log_softmax(-1)
     vals = [-lp[b, i - 1, t[b, i]] for b in range(t.shape[0]) for i in range(1, t.shape[1]) if tm[b, i]]
     assert torch.allclose(ce, torch.stack(vals).mean(), atol=1e-6)
@@ -166,11 +178,11 @@ def test_padding_pairs_are_excluded():
 
 def test_single_forward_pass_per_step():
     cfg, model, dyn = make(n_layers=2)
-    t, tm, pm = batch()
+    b = as_batch(*batch())
     calls = []
     handle = model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
     try:
-        out = compute_losses(model, dyn, t, tm, pm, ObjectiveConfig("nextlat", 4), final_hook_name(cfg))
+        out = compute_losses(model, dyn, b, ObjectiveConfig("nextlat", 4), final_hook_name(cfg))
     finally:
         handle.remove()
     assert len(calls) == 1

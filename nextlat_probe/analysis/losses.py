@@ -10,27 +10,27 @@ def position_losses(model, world, tokens: np.ndarray, batch_size: int = 128) -> 
     """Mean model cross-entropy and the exact floor (the world's exact predictive
     distribution) per target position, on the same tokens.
 
-    Position p in the result is the position of the *predicted* token (p >= 1)."""
+    Position p in the result is the position of the *predicted* token (p >= 1) in a
+    next-token world, and the position of the labelled token itself in a tagging world."""
     import torch
 
     tokens = np.asarray(tokens, dtype=np.int64)
     dev = next(model.parameters()).device
-    exact = world.next_token_probs(tokens)[:, :-1]
-    nxt = tokens[:, 1:]
-    p_exact = np.take_along_axis(exact, nxt[..., None], -1)[..., 0]
-    mask = world.target_mask(tokens)[:, 1:]
-    nll = np.empty(nxt.shape, dtype=np.float64)
+    targets, mask = world.output_targets(tokens)
+    p_exact = np.take_along_axis(world.target_probs(tokens), targets[..., None], -1)[..., 0]
+    nll = np.empty(targets.shape, dtype=np.float64)
     model.eval()
     with torch.no_grad():
         for s in range(0, len(tokens), batch_size):
             t = torch.as_tensor(tokens[s : s + batch_size], device=dev)
-            lp = model(t)[:, :-1].float().log_softmax(-1)
-            nll[s : s + batch_size] = -lp.gather(-1, t[:, 1:, None])[..., 0].cpu().numpy()
+            y = torch.as_tensor(targets[s : s + batch_size], device=dev)
+            lp = model(t).float().log_softmax(-1)
+            nll[s : s + batch_size] = -lp.gather(-1, y[..., None])[..., 0].cpu().numpy()
     with np.errstate(divide="ignore"):
         floor = -np.log(p_exact)
     counts = mask.sum(0)
     keep = counts > 0
-    pos = np.arange(1, tokens.shape[1])[keep]
+    pos = (np.arange(tokens.shape[1]) + (0 if world.tagging else 1))[keep]
     model_loss = (np.where(mask, nll, 0).sum(0)[keep] / counts[keep])
     floor_loss = (np.where(mask, floor, 0).sum(0)[keep] / counts[keep])
     return {

@@ -44,13 +44,26 @@ def normalize_latent(resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... 
     return F.layer_norm(resid, resid.shape[-1:])
 
 
+@dataclass
+class Batch:
+    """One batch as every loss reads it (built by ``training.trainer.to_batch`` from
+    ``World.output_targets``): the output at position t is scored against ``targets[:, t]``
+    where ``scored[:, t]``; ``valid`` marks non-padding positions (NextLat's pairs)."""
+
+    tokens: Int[Tensor, "batch pos"]
+    targets: Int[Tensor, "batch pos"]
+    scored: Bool[Tensor, "batch pos"]
+    valid: Bool[Tensor, "batch pos"]
+
+
 def masked_cross_entropy(
-    logits: Float[Tensor, "batch pos vocab"], tokens: Int[Tensor, "batch pos"], target_mask: Bool[Tensor, "batch pos"]
+    logits: Float[Tensor, "batch pos vocab"], targets: Int[Tensor, "batch pos"], scored: Bool[Tensor, "batch pos"]
 ) -> Tensor:
-    """Mean CE of logits[:, t] against tokens[:, t+1] over positions where token t+1 is a target."""
-    lp = logits[:, :-1].float().log_softmax(-1)
-    nll = -lp.gather(-1, tokens[:, 1:, None])[..., 0]
-    m = target_mask[:, 1:].to(nll.dtype)
+    """Mean CE of ``logits[:, t]`` against ``targets[:, t]`` over the scored positions (for a
+    next-token world ``targets[:, t]`` is token t + 1: see ``World.output_targets``)."""
+    lp = logits.float().log_softmax(-1)
+    nll = -lp.gather(-1, targets[..., None])[..., 0]
+    m = scored.to(nll.dtype)
     return (nll * m).sum() / m.sum().clamp_min(1.0)
 
 
@@ -122,16 +135,15 @@ def nextlat_latent_losses(
 def compute_losses(
     model,
     dynamics: LatentDynamics | None,
-    tokens: Int[Tensor, "batch pos"],
-    target_mask: Bool[Tensor, "batch pos"],
-    valid: Bool[Tensor, "batch pos"] | None,
+    batch: Batch,
     cfg: ObjectiveConfig,
     last_hook: str,
 ) -> dict[str, Tensor]:
     """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT)."""
+    tokens, valid = batch.tokens, batch.valid
     if cfg.objective == "gpt" or dynamics is None:
         logits = model(tokens)
-        ce = masked_cross_entropy(logits, tokens, target_mask)
+        ce = masked_cross_entropy(logits, batch.targets, batch.scored)
         zero = ce.new_zeros(())
         return {"loss": ce, "ce": ce, "next_h": zero, "kl": zero}
 
@@ -143,10 +155,8 @@ def compute_losses(
 
     with model.hooks(fwd_hooks=[(last_hook, keep)]):
         logits = model(tokens)
-    ce = masked_cross_entropy(logits, tokens, target_mask)
+    ce = masked_cross_entropy(logits, batch.targets, batch.scored)
     h = normalize_latent(store["resid"])
-    if valid is None:
-        valid = torch.ones_like(tokens, dtype=torch.bool)
     need_kl = cfg.lambda_kl > 0
     next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl)
     loss = ce + cfg.lambda_h * next_h + cfg.lambda_kl * kl

@@ -36,7 +36,7 @@ from ..checkpoint import (
 from ..errors import NextLatError, UsageError
 from ..models.config import ModelConfig
 from ..models.dynamics import LatentDynamics
-from ..models.objective import ObjectiveConfig, compute_losses, masked_cross_entropy
+from ..models.objective import Batch, ObjectiveConfig, compute_losses, masked_cross_entropy
 from ..models.transformer import build_transformer, last_resid_hook, move, resolve_device
 from ..worlds import World, make_world
 from .config import TrainConfig
@@ -75,25 +75,28 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def to_batch(world: World, tokens: np.ndarray, device: torch.device) -> tuple[torch.Tensor, ...]:
-    t = torch.as_tensor(tokens, dtype=torch.long, device=device)
-    tm = torch.as_tensor(world.target_mask(tokens), device=device)
-    pm = torch.as_tensor(world.position_mask(tokens), device=device)
-    return t, tm, pm
+def to_batch(world: World, tokens: np.ndarray, device: torch.device) -> Batch:
+    """Tokens and the world's per-position targets (``World.output_targets``) as tensors."""
+    targets, scored = world.output_targets(tokens)
+
+    def dev(a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(a, device=device)
+
+    return Batch(dev(np.asarray(tokens, dtype=np.int64)), dev(targets), dev(scored), dev(world.position_mask(tokens)))
 
 
 @torch.no_grad()
 def evaluate_ce(model, world: World, tokens: np.ndarray, batch_size: int = 256) -> float:
-    """Mean next-token CE over target positions (weighted by target count across batches)."""
+    """Mean CE over the scored targets (weighted by their count across batches)."""
     was_training = model.training
     model.eval()
     dev = next(model.parameters()).device
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch_size):
-        t, tm, _ = to_batch(world, tokens[i : i + batch_size], dev)
-        n = int(tm[:, 1:].sum())
+        b = to_batch(world, tokens[i : i + batch_size], dev)
+        n = int(b.scored.sum())
         if n:
-            total += float(masked_cross_entropy(model(t), t, tm)) * n
+            total += float(masked_cross_entropy(model(b.tokens), b.targets, b.scored)) * n
             count += n
     model.train(was_training)
     return total / max(count, 1)
@@ -331,8 +334,8 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
     """One optimiser step on the batch of ``step``; stops before the update on a NaN/inf
     loss or gradient, so the weights (and any later checkpoint) never see it."""
     tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
-    t, tm, pm = to_batch(run.world, tokens, run.device)
-    losses = compute_losses(run.model, run.dynamics, t, tm, pm, run.ocfg, last_resid_hook(run.mcfg))
+    batch = to_batch(run.world, tokens, run.device)
+    losses = compute_losses(run.model, run.dynamics, batch, run.ocfg, last_resid_hook(run.mcfg))
     if not torch.isfinite(losses["loss"]):
         raise TrainingDiverged(f"loss became {float(losses['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
     run.opt.zero_grad(set_to_none=True)
@@ -345,7 +348,7 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
         raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; stopped before the update ({run.last_good_text()})")
     run.opt.step()
     run.sched.step()
-    return losses, gnorm, t.numel()
+    return losses, gnorm, batch.tokens.numel()
 
 
 def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:

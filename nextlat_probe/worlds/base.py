@@ -16,6 +16,12 @@ Conventions (shared by all worlds, training and analyses):
   Prompt tokens (taxi origin/destination), padding and A5 input tokens are not targets.
 - ``position_mask(tokens)[:, t]`` is True for positions whose hidden state analyses should
   use (e.g. not padding); defaults to all True.
+- ``output_targets(tokens)`` says what the model's output at position ``t`` is scored
+  against: token ``t + 1`` by default (language modelling), a label of position ``t`` itself
+  in a *tagging* world (``tagging = True``; e.g. A5 in tagging form, whose output at ``t`` is
+  the running product ``s_t``). ``target_probs`` is the exact distribution of that target.
+  Training's cross-entropy, the validation loss, the exact floor and the per-position loss
+  all go through these two, so a world decides its targets in one place.
 """
 from __future__ import annotations
 
@@ -51,6 +57,9 @@ class World(ABC):
     """Abstract world. Subclasses set ``name`` and implement the abstract methods."""
 
     name: str = "world"
+    #: True when the output at position t is scored against a label of position t (see
+    #: ``output_targets``), not against the next token.
+    tagging: bool = False
     #: names of the columns of ``Sample.states`` when it is ``[n, length, k]``; None if scalar
     state_fields: tuple[str, ...] | None = None
 
@@ -103,19 +112,40 @@ class World(ABC):
         """bool ``[n, length]``: positions whose hidden states analyses should use."""
         return np.ones(np.asarray(tokens).shape, dtype=bool)
 
+    # --- per-position targets -------------------------------------------------------
+    def output_targets(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(targets int64 ``[n, length]``, scored bool ``[n, length]``): the id the model's
+        output at position ``t`` is scored against, and whether it is scored at all.
+
+        Default (next-token worlds): ``targets[:, t] = tokens[:, t + 1]`` where
+        ``target_mask[:, t + 1]``; the last position is never scored (nothing follows it in
+        the array). Tagging worlds override this with their per-position labels."""
+        tokens = np.asarray(tokens, dtype=np.int64)
+        if tokens.ndim == 1:
+            tokens = tokens[None, :]
+        targets = np.zeros(tokens.shape, dtype=np.int64)
+        scored = np.zeros(tokens.shape, dtype=bool)
+        targets[:, :-1] = tokens[:, 1:]
+        scored[:, :-1] = self.target_mask(tokens)[:, 1:]
+        return targets, scored
+
+    def target_probs(self, tokens: np.ndarray) -> np.ndarray:
+        """float64 ``[n, length, V]``: the exact distribution of ``output_targets[:, t]``
+        given tokens ``0..t``. For next-token worlds this is ``next_token_probs``."""
+        return self.next_token_probs(tokens)
+
     # --- loss floor -------------------------------------------------------------------
     def exact_cross_entropy(self, tokens: np.ndarray) -> float:
-        """Mean cross-entropy (nats) of the exact predictive distribution on the target
-        tokens: the floor a perfect model would reach on these very tokens."""
+        """Mean cross-entropy (nats) of the exact target distribution on the scored
+        targets: the floor a perfect model would reach on these very tokens."""
         tokens = np.asarray(tokens, dtype=np.int64)
-        probs = self.next_token_probs(tokens)[:, :-1]  # predicts tokens[:, 1:]
-        nxt = tokens[:, 1:]
-        p = np.take_along_axis(probs, nxt[..., None], axis=-1)[..., 0]
-        mask = self.target_mask(tokens)[:, 1:]
-        if not mask.any():
+        targets, scored = self.output_targets(tokens)
+        if not scored.any():
             return float("nan")
+        probs = self.target_probs(tokens)
+        p = np.take_along_axis(probs, targets[..., None], axis=-1)[..., 0]
         with np.errstate(divide="ignore"):
-            nll = -np.log(p[mask])
+            nll = -np.log(p[scored])
         return float(nll.mean())
 
     # --- serialisation ----------------------------------------------------------------
