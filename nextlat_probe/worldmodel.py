@@ -1,4 +1,4 @@
-"""Taxi world-model metrics: ``python -m nextlat_probe.worldmodel ckpt.pt [ckpt.pt ...]``.
+"""World-model metrics: ``python -m nextlat_probe.worldmodel ckpt.pt [ckpt.pt ...]``.
 
 Prints the NextLat paper's Table 1 for taxi checkpoints, transposed so that checkpoints
 sit side by side: next-token validity, valid trajectories (every turn legal / legal and
@@ -7,7 +7,9 @@ detour robustness, effective rank (last block) and validation loss. Every cell i
 ``rate [95% Wilson interval]``; percentages except compression and distinction, which
 are fractions as in the paper. All checkpoints of the same world are scored on the same
 held-out trips. Python: ``nextlat_probe.compare.run_worldmodel``; definitions:
-``nextlat_probe.analysis.worldmodel``.
+``nextlat_probe.analysis.worldmodel``. Checkpoints of other next-token worlds with exact
+beliefs (HMMs, interleaved A5) get sequence compression and distinction against the exact
+beliefs (protocol ``myhill_nerode``, ``nextlat_probe.analysis.beliefmodel``).
 """
 from __future__ import annotations
 
@@ -63,7 +65,9 @@ def table(records: list[dict[str, Any]]) -> str:
     rows: list[dict[str, Any]] = [{"metric": "objective", **{r["name"]: r["objective"] for r in wm}},
                                   {"metric": "step", **{r["name"]: str(r["step"]) for r in wm}}]
     for key, label in LABELS.items():
-        rows.append({"metric": label, **{r["name"]: _cell(r["metrics"][key], key in PERCENT) for r in wm}})
+        if any(key in r["metrics"] for r in wm):
+            rows.append({"metric": label, **{r["name"]: _cell(r["metrics"][key], key in PERCENT)
+                                             if key in r["metrics"] else "-" for r in wm}})
     for key in [k for k in wm[0]["metrics"] if k.startswith("detour_") and not k.endswith("_legal")]:
         kind, p = key[len("detour_"):].split("@")
         rows.append({"metric": f"detour {kind.replace('_', '-')} p={p} (%)",
@@ -75,14 +79,18 @@ def table(records: list[dict[str, Any]]) -> str:
     for key, label in (("val_loss", "val loss"), ("gap_to_floor", "gap to floor")):
         rows.append({"metric": label, **{r["name"]: "-" if r[key] is None else f"{r[key]:.4f}" for r in wm}})
     cols = [("metric", "metric", "")] + [(n, n, "") for n in names]
+    notes = [f"{r['name']}: {note}" for r in wm for note in r["metrics"].get("notes", [])]
+    taxi = any(k.startswith("detour_") for r in wm for k in r["metrics"])
     return (format_table(rows, cols) + "\n" + protocol_note(records)
-            + "\ndetour rows: legal and ending at the destination")
+            + ("\ndetour rows: legal and ending at the destination" if taxi else "")
+            + "".join(f"\n{n}" for n in notes))
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nextlat_probe.worldmodel",
-        description="Taxi world-model metrics (Vafa et al.; NextLat Table 1) for one or more checkpoints.")
+        description="World-model metrics for one or more checkpoints: taxi worlds get Vafa et al.'s (NextLat "
+                    "Table 1); HMM worlds get compression and distinction against the exact beliefs.")
     add_model_args(p)
     p.add_argument("--n-pairs", type=int, default=200, help="held-out (origin, destination) trips (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the trips and of every random choice")

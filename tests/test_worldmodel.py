@@ -331,7 +331,7 @@ def mess3_ckpt(tmp_path_factory):
 def test_worldmodel_cli_errors(mess3_ckpt, tmp_path, capsys):
     from nextlat_probe.worldmodel import main
 
-    for argv, needle in ([[str(mess3_ckpt)], "taxi"], [[str(tmp_path / "nope.pt")], "nope.pt"],
+    for argv, needle in ([[str(mess3_ckpt), "--protocol", "exact"], "taxi options"], [[str(tmp_path / "nope.pt")], "nope.pt"],
                          [[str(mess3_ckpt), "--n-pairs", "0"], "--n-pairs"]):
         with pytest.raises(SystemExit) as exc:
             run_main(main, argv)

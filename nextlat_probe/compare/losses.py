@@ -7,6 +7,9 @@ from typing import Any, Sequence
 from ..records import identity, make_record
 from .inputs import Inputs, resolve_inputs
 
+#: the floor is the world's exact target distribution on the very same tokens
+PROTOCOL = {"name": "exact_floor", "floor": "mean -log p_exact(target) per position, same tokens"}
+
 
 def run_position_loss(
     models: Sequence[Any],
@@ -25,7 +28,9 @@ def run_position_loss(
     inp = resolve_inputs(models, inputs, n_seqs=n_seqs, seq_len=seq_len, seed=seed, device=device,
                          progress=progress)
     return [make_record(identity(m), "position_loss", position_losses(m.model, m.world, inp.tokens(i)),
-                        inp.params_of(i)) for i, m in enumerate(inp.models)]
+                        inp.params_of(i), protocol={**PROTOCOL, "n_seqs": int(inp.n_seqs),
+                                                    "seq_len": int(inp.tokens(i).shape[1])})
+            for i, m in enumerate(inp.models)]
 
 
 __all__ = ["run_position_loss"]

@@ -139,8 +139,16 @@ def run_mapping(
         for emb in (rep.probe, rep.mds):
             if emb is not None:
                 out.append(make_record(ident, "mapping", embedding_metrics(emb, rep), seq_params,
-                                       layer=layer_label(hook), variant=emb.method))
+                                       layer=layer_label(hook), variant=emb.method,
+                                       protocol={**EMBEDDING_PROTOCOL, "method": emb.method}))
     return out
+
+
+#: the representation maps are this package's (no published protocol): the mean hidden
+#: state per intersection, embedded in 2-D by a linear probe onto the map's coordinates or
+#: by MDS, scored by neighbourhood agreement with the true map
+EMBEDDING_PROTOCOL = {"name": "node_means", "states": "mean hidden state per current intersection, "
+                      "origin-only position dropped"}
 
 
 def _check_protocol(protocol: str, max_degree: int) -> None:

@@ -16,6 +16,14 @@ from .inputs import Inputs, parse_layers, resolve_inputs
 #: the default), or the published belief-geometry protocol — ordinary least squares with
 #: intercept fitted and scored on the same rows (every sequence x every position)
 PROTOCOLS = ("held_out", "in_sample")
+#: the protocol block of each: what is fitted on which rows
+PROTOCOL_BLOCKS = {
+    "held_out": {"name": "held_out", "fit": "ridge (alpha by grouped CV unless given) on the first sequences",
+                 "score": "the last n_test sequences (disjoint)",
+                 "differs_from": "shai2024 fits and scores ordinary least squares on the same rows (in_sample)"},
+    "in_sample": {"name": "in_sample", "paper": "shai2024", "fit": "least squares on every row",
+                  "score": "the same rows"},
+}
 
 #: belief vectors larger than this are not materialised (e.g. the factored belief on the
 #: real Manhattan map); the classifier / coordinate probes still run
@@ -100,6 +108,8 @@ def run_probe(
         ident = identity(m)
         params = {**inp.params_of(i), "protocol": protocol, "alpha": alpha, "classifier": bool(classifier),
                   **({"n_test": int(n_test)} if protocol == "held_out" else {})}
+        prot = {**PROTOCOL_BLOCKS[protocol], "alpha": alpha,
+                **({"n_test": int(n_test)} if protocol == "held_out" else {})}
         points_layer = layer_label(hooks[-1])
         recs = []
         for label, H in bar(sets, desc=f"probes {m.name}", disable=not progress, leave=False):
@@ -130,7 +140,7 @@ def run_probe(
                                   node=labels[te][mte][keep])
             if points:
                 metrics["points"] = {k: np.asarray(v).tolist() for k, v in points.items()}
-            recs.append(make_record(ident, "probe", metrics, params, layer=label))
+            recs.append(make_record(ident, "probe", metrics, params, layer=label, protocol=prot))
         base = next((r["metrics"].get("r2") for r in recs if r["layer"] == "embed"), None)
         for r in recs:
             r["metrics"]["embedding_baseline_r2"] = base

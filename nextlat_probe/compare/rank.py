@@ -13,6 +13,10 @@ TOL = 1e-12
 #: the NextLat paper's protocol (arXiv 2511.05963): final-layer (last block) states of 256
 #: sequences x 256 tokens (or the world's maximum length, stated), uncentred, s < 1e-12 dropped
 NEXTLAT2025 = {"name": "nextlat2025", "n_seqs": 256, "seq_len": 256, "layer": "last", "center": False, "tol": TOL}
+#: the default: this package's shared sequences (training length), any layers
+TRAINING_LENGTH = {"name": "training_length",
+                   "differs_from": "nextlat2025 uses 256 sequences x 256 tokens of the last block, uncentred "
+                                   "(--protocol nextlat2025)"}
 
 
 def _world_max_length(world: Any, default: int) -> int:
@@ -45,7 +49,9 @@ def run_rank(
     ``protocol="nextlat2025"`` fixes the NextLat paper's settings (``NEXTLAT2025``; the
     sequence length is 256 tokens or, when the model or world is shorter, the longest
     available, recorded in the protocol block as ``seq_len`` with ``seq_len_requested``);
-    the records then carry that protocol block, otherwise ``{}``."""
+    the records then carry that protocol block. Otherwise the block is ``training_length``
+    (``TRAINING_LENGTH``): the shared sequences at the models' training length, with the
+    settings used and what differs from nextlat2025 stated."""
     block: dict[str, Any] = {}
     if protocol is not None:
         if protocol != "nextlat2025":
@@ -83,10 +89,12 @@ def run_rank(
                 raise AnalysisError(f"{m.path}: {exc} (are the weights finite?)") from None
         ident = identity(m)
         params = {**inp.params_of(i), "center": bool(center), "tol": TOL}
+        prot = block or {**TRAINING_LENGTH, "n_seqs": int(inp.n_seqs), "seq_len": int(inp.tokens(i).shape[1]),
+                         "center": bool(center), "tol": TOL}
         for h in hooks:
             res = rank_report(stats[h], center=center, tol=TOL).to_dict()
             res.pop("centered", None)
-            out.append(make_record(ident, "rank", res, params, layer=layer_label(h), protocol=block))
+            out.append(make_record(ident, "rank", res, params, layer=layer_label(h), protocol=prot))
     return out
 
 

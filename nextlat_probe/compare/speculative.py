@@ -120,7 +120,8 @@ def run_speculative(
                       "max_new": int(new), **pparams, "seed": int(seed), "batch_size": int(batch_size),
                       "repeats": int(repeats), "device": str(m.device), "timing": "greedy and speculative "
                       "alternately in one call, fastest of `repeats` each; speedup = greedy / speculative seconds"}
-            out.append(make_record(identity(m), "speculative", metrics, params, variant=pol.name))
+            out.append(make_record(identity(m), "speculative", metrics, params, variant=pol.name,
+                                   protocol={"name": REGIME, "note": REGIME_NOTE, **pol.params()}))
     return out
 
 

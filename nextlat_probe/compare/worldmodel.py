@@ -1,7 +1,10 @@
-"""Taxi world-model metrics per model (Vafa et al.; the NextLat paper's Table 1): next-token
-validity, valid trajectories, sequence compression, distinction precision / recall and
-detour robustness, every one a rate with its Wilson 95% interval, all models of one world
-scored on the same held-out trips. Definitions: ``nextlat_probe.analysis.worldmodel``."""
+"""World-model metrics per model. Taxi worlds (Vafa et al.; the NextLat paper's Table 1):
+next-token validity, valid trajectories, sequence compression, distinction precision /
+recall and detour robustness, every one a rate with its Wilson 95% interval, all models of
+one world scored on the same held-out trips (``nextlat_probe.analysis.worldmodel``). Any
+other next-token world with exact beliefs (HMMs, interleaved A5): compression and
+distinction against the exact beliefs (protocol ``myhill_nerode``,
+``nextlat_probe.analysis.beliefmodel``)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -12,6 +15,8 @@ from .inputs import load_models
 
 RATES = ("next_token", "trajectory_legal", "trajectory_valid", "compression", "compression_continuations",
          "distinction_precision", "distinction_recall")
+#: what worlds without a map get (``analysis.beliefmodel``)
+BELIEF_RATES = ("compression", "compression_continuations", "distinction_precision", "distinction_recall")
 
 
 def rate_dict(r: Any) -> dict[str, Any]:
@@ -40,42 +45,46 @@ def run_worldmodel(
     progress: bool = False,
     batch_size: int = 256,
 ) -> list[dict[str, Any]]:
-    """One ``worldmodel`` record per model (visible-origin taxi worlds only). Under
+    """One ``worldmodel`` record per model. Taxi worlds (visible origin) get every metric;
+    other worlds get compression and distinction by ``evaluate_belief_model`` (protocol
+    ``myhill_nerode``; ``truth``, ``protocol`` and ``n_suffix_samples`` are taxi-only and
+    refused there, ``max_turns`` / ``detour_probs`` unused). Under
     ``vafa2024`` the distinction metrics are plain means over pairs (not binomial rates),
     with ``{metric}_ci`` (mean -/+ 1.96 s.e.) and ``{metric}_n_pairs``. ``params`` holds
     the settings actually used (the turn budget resolved); ``protocol`` the named protocol
     (``vafa2024`` by default, or ``exact``) with its defining parameters; parameters left
     None take the protocol's values (``analysis.worldmodel.PROTOCOLS``)."""
     from ..analysis.worldmodel import (
-        PairMean,
         check_taxi_world,
         evaluate_world_model,
         model_predictor,
     )
     from ..progress import progress as bar
 
+    from ..analysis.beliefmodel import check_belief_world
+
     loaded = load_models(models, device=device)
     for m in loaded:
         try:
-            check_taxi_world(m.world)
+            if getattr(m.world, "name", None) == "taxi":
+                check_taxi_world(m.world)
+            else:
+                check_belief_world(m.world)
+                if truth is not None or n_suffix_samples is not None or protocol != "vafa2024":
+                    raise AnalysisError("--protocol, --truth and --suffix-samples are taxi options; other worlds "
+                                        "use protocol myhill_nerode")
         except AnalysisError as exc:
             raise AnalysisError(f"{m.path}: {exc}") from None
     out = []
     for m in bar(loaded, desc="world-model metrics", disable=not progress):
+        if getattr(m.world, "name", None) != "taxi":
+            out.append(_belief_record(m, n_pairs, seed, epsilon, n_continuations, suffix_len, batch_size))
+            continue
         res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size), m.world, n_pairs=n_pairs,
                                    seed=seed, epsilon=epsilon, max_turns=max_turns, n_continuations=n_continuations,
                                    suffix_len=suffix_len, detour_probs=tuple(detour_probs), truth=truth,
                                    protocol=protocol, n_suffix_samples=n_suffix_samples)
-        metrics: dict[str, Any] = {}
-        for k in RATES:
-            r = getattr(res, k)
-            if isinstance(r, PairMean):  # vafa2024 distinction: a mean of per-pair scores, not a count
-                d = r.to_dict()
-                metrics[k] = d["value"]
-                metrics[f"{k}_ci"] = [d["low"], d["high"]]
-                metrics[f"{k}_n_pairs"] = int(r.n)
-            else:
-                metrics[k] = rate_dict(r)
+        metrics = _rates(res, RATES)
         for key, pair in res.detour.items():
             metrics[f"detour_{key}"] = rate_dict(pair["valid"])
             metrics[f"detour_{key}_legal"] = rate_dict(pair["legal"])
@@ -84,4 +93,36 @@ def run_worldmodel(
     return out
 
 
-__all__ = ["run_worldmodel", "RATES"]
+def _rates(res: Any, keys: Sequence[str]) -> dict[str, Any]:
+    """The result's rates in record form; a ``PairMean`` (per-pair distinction) as its mean
+    with ``{metric}_ci`` (mean -/+ 1.96 s.e.) and ``{metric}_n_pairs``, not as a count."""
+    from ..analysis.worldmodel import PairMean
+
+    metrics: dict[str, Any] = {}
+    for k in keys:
+        r = getattr(res, k)
+        if isinstance(r, PairMean):
+            d = r.to_dict()
+            metrics[k] = d["value"]
+            metrics[f"{k}_ci"] = [d["low"], d["high"]]
+            metrics[f"{k}_n_pairs"] = int(r.n)
+        else:
+            metrics[k] = rate_dict(r)
+    return metrics
+
+
+def _belief_record(m: Any, n_pairs: int, seed: int, epsilon: float, n_continuations: int | None,
+                   suffix_len: int | None, batch_size: int) -> dict[str, Any]:
+    from ..analysis.beliefmodel import evaluate_belief_model
+    from ..analysis.worldmodel import model_predictor
+
+    res = evaluate_belief_model(model_predictor(m.model, batch_size=batch_size), m.world, n_pairs=n_pairs,
+                                seed=seed, epsilon=epsilon, n_continuations=n_continuations, suffix_len=suffix_len)
+    metrics = _rates(res, BELIEF_RATES)
+    metrics.update({k: int(v) for k, v in res.counts.items()})
+    if res.notes:
+        metrics["notes"] = list(res.notes)
+    return make_record(identity(m), "worldmodel", metrics, dict(res.settings), protocol=res.protocol)
+
+
+__all__ = ["run_worldmodel", "RATES", "BELIEF_RATES"]
