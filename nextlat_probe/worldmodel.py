@@ -61,23 +61,36 @@ def table(records: list[dict[str, Any]]) -> str:
 
     wm = select(records, analysis="worldmodel")
     ranks = {r["name"]: r for r in select(records, analysis="rank")}
-    names = [r["name"] for r in wm]
-    rows: list[dict[str, Any]] = [{"metric": "objective", **{r["name"]: r["objective"] for r in wm}},
-                                  {"metric": "step", **{r["name"]: str(r["step"]) for r in wm}}]
+
+    def col(r: dict[str, Any]) -> str:  # out-of-distribution records sit beside their model
+        return r["name"] if not r.get("variant") else f"{r['name']} [{r['variant']}]"
+
+    names = [col(r) for r in wm]
+    rows: list[dict[str, Any]] = [{"metric": "objective", **{col(r): r["objective"] for r in wm}},
+                                  {"metric": "step", **{col(r): str(r["step"]) for r in wm}}]
     for key, label in LABELS.items():
         if any(key in r["metrics"] for r in wm):
-            rows.append({"metric": label, **{r["name"]: _cell(r["metrics"][key], key in PERCENT)
+            rows.append({"metric": label, **{col(r): _cell(r["metrics"][key], key in PERCENT)
                                              if key in r["metrics"] else "-" for r in wm}})
     for key in [k for k in wm[0]["metrics"] if k.startswith("detour_") and not k.endswith("_legal")]:
         kind, p = key[len("detour_"):].split("@")
         rows.append({"metric": f"detour {kind.replace('_', '-')} p={p} (%)",
-                     **{r["name"]: _cell(r["metrics"][key], True) for r in wm}})
+                     **{col(r): _cell(r["metrics"][key], True) if key in r["metrics"] else "-" for r in wm}})
     if ranks:
         layer = next(iter(ranks.values()))["layer"]
         rows.append({"metric": f"eff. rank ({layer})",
-                     **{n: f"{ranks[n]['metrics']['effective_rank']:.2f}" for n in names if n in ranks}})
+                     **{col(r): f"{ranks[r['name']]['metrics']['effective_rank']:.2f}"
+                        for r in wm if r["name"] in ranks and not r.get("variant")}})
     for key, label in (("val_loss", "val loss"), ("gap_to_floor", "gap to floor")):
-        rows.append({"metric": label, **{r["name"]: "-" if r[key] is None else f"{r[key]:.4f}" for r in wm}})
+        rows.append({"metric": label, **{col(r): "-" if r[key] is None else f"{r[key]:.4f}" for r in wm}})
+    if any(r.get("variant") for r in wm):
+        def changed(r: dict[str, Any]) -> str:
+            if not r.get("variant"):
+                return "trips as in training"
+            ev, tr = r["params"]["eval_world"], r["params"]["train_world"]
+            return ", ".join(f"{k}={ev[k]}" for k in ev if ev[k] != tr[k])
+
+        rows.append({"metric": "evaluated on", **{col(r): changed(r) for r in wm}})
     cols = [("metric", "metric", "")] + [(n, n, "") for n in names]
     notes = [f"{r['name']}: {note}" for r in wm for note in r["metrics"].get("notes", [])]
     taxi = any(k.startswith("detour_") for r in wm for k in r["metrics"])
@@ -109,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="vafa2024 distinction: model suffixes sampled per pair (default 5)")
     p.add_argument("--truth", choices=("world", "map"), default=None,
                    help="distinction ground truth (default: the protocol's; vafa2024 map, exact world)")
+    p.add_argument("--ood", action="append", default=[], metavar="SETTING",
+                   help="also score out-of-distribution trips on the same map, beside the in-distribution "
+                        "column: 'longer' (random walks longer than in training; needs a larger context) or "
+                        "key=value settings, e.g. walk=random (a shortest-path model on random-walk trips) or "
+                        "walk=shortest; repeatable")
     p.add_argument("--rank-seqs", type=int, default=256, help="sequences for the effective rank row")
     add_layers_arg(p, "last")
     add_output_args(p)
@@ -134,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     records = run_worldmodel(models, n_pairs=args.n_pairs, seed=args.seed, epsilon=args.epsilon,
                              max_turns=args.max_turns, n_continuations=args.continuations, suffix_len=args.suffix_len,
                              truth=args.truth, protocol=args.protocol, n_suffix_samples=args.suffix_samples,
-                             device=device, progress=progress)
+                             ood=args.ood, device=device, progress=progress)
     records += run_rank(models, n_seqs=args.rank_seqs, layers=args.layers, seed=args.seed, progress=progress)
     if args.plot is not None:
         from .plots.interactive import worldmodel_table_figure, write_html

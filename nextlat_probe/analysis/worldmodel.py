@@ -1080,6 +1080,63 @@ class WorldModelResult:
         return out
 
 
+def trip_settings(world) -> dict[str, Any]:
+    """The trip settings of a taxi world (what ``Taxi.variant`` changes)."""
+    return {"walk": world.walk, "min_len": world.min_len, "max_len": world.max_len,
+            "noise": world.noise if world.walk == "noisy" else None}
+
+
+def ood_world(world, text: str, n_ctx: int | None = None):
+    """An out-of-distribution evaluation world: the same map (same tokens) with other trips.
+
+    ``text``: ``longer`` (random walks longer than any in training: ``min_len`` = the
+    training ``max_len`` + 1, ``max_len`` the longest the model's context ``n_ctx`` holds), or
+    ``key=value`` settings among ``walk``, ``min_len``, ``max_len``, ``noise`` (e.g.
+    ``walk=random``: random-walk trips for a model trained on shortest paths)."""
+    check_taxi_world(world)
+    text = str(text).strip()
+    if text == "longer":
+        if world.walk != "random":
+            raise AnalysisError(f"ood 'longer' needs a random-walk training world (this one: walk={world.walk}); "
+                                "every shortest path is already in training: try walk=random")
+        top = None if n_ctx is None else int(n_ctx) - 3  # origin, destination, end
+        lo = int(world.max_len) + 1
+        if top is None or top < lo:
+            raise AnalysisError(f"ood 'longer': trips of more than {world.max_len} turns need a context of at "
+                                f"least {lo + 3} tokens; the model's is {n_ctx} (train with a larger --n-ctx)")
+        return world.variant(walk="random", min_len=lo, max_len=top)
+    changes: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, eq, val = part.partition("=")
+        if not eq:
+            raise AnalysisError(f"ood {text!r}: {part!r} is not key=value (or use 'longer')")
+        key = key.strip()
+        if key in ("min_len", "max_len"):
+            try:
+                changes[key] = int(val)
+            except ValueError:
+                raise AnalysisError(f"ood {text!r}: {key} must be an integer, got {val!r}") from None
+        elif key == "noise":
+            try:
+                changes[key] = float(val)
+            except ValueError:
+                raise AnalysisError(f"ood {text!r}: noise must be a number, got {val!r}") from None
+        else:
+            changes[key] = val.strip()
+    if not changes:
+        raise AnalysisError("ood: empty setting (use 'longer' or key=value, e.g. walk=random)")
+    try:
+        out = world.variant(**changes)
+    except WorldError as exc:
+        raise AnalysisError(f"ood {text!r}: {exc}") from None
+    if n_ctx is not None and out.default_length > int(n_ctx):
+        raise AnalysisError(f"ood {text!r}: trips of up to {out.max_len} turns need {out.default_length} tokens; "
+                            f"the model's context is {n_ctx}")
+    if trip_settings(out) == trip_settings(world):
+        raise AnalysisError(f"ood {text!r}: the same trips as in training")
+    return out
+
+
 def detour_key(kind: str, p: float) -> str:
     return f"{kind}@{p:g}"
 
@@ -1166,4 +1223,5 @@ __all__ = ["EPSILON", "DETOUR_KINDS", "DETOUR_PROBS", "Rate", "wilson_interval",
            "generate", "turn_budget", "next_token_validity", "trajectory_validity", "compression", "distinction",
            "distinction_sets", "WorldModelResult", "evaluate_world_model", "detour_key", "check_taxi_world",
            "PROTOCOLS", "DEFAULT_PROTOCOL", "resolve_protocol", "PairMean", "distinction_vafa",
-           "distinction_pair_vafa", "explicit_pairs", "distinction_on_pairs", "compression_on_pairs"]
+           "distinction_pair_vafa", "explicit_pairs", "distinction_on_pairs", "compression_on_pairs",
+           "ood_world", "trip_settings"]

@@ -40,6 +40,7 @@ def run_worldmodel(
     protocol: str = "vafa2024",
     n_suffix_samples: int | None = None,
     detour_probs: Sequence[float] = (0.75, 0.01),
+    ood: Sequence[str] = (),
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -53,22 +54,33 @@ def run_worldmodel(
     with ``{metric}_ci`` (mean -/+ 1.96 s.e.) and ``{metric}_n_pairs``. ``params`` holds
     the settings actually used (the turn budget resolved); ``protocol`` the named protocol
     (``vafa2024`` by default, or ``exact``) with its defining parameters; parameters left
-    None take the protocol's values (``analysis.worldmodel.PROTOCOLS``)."""
+    None take the protocol's values (``analysis.worldmodel.PROTOCOLS``).
+
+    ``ood`` (taxi): out-of-distribution settings (``analysis.worldmodel.ood_world``: e.g.
+    ``longer``, ``walk=random``); each adds a record per model with ``variant`` ``ood
+    <setting>`` and ``params["eval_world"]`` / ``params["train_world"]``, scored with the
+    same protocol and seed, beside the in-distribution record (``variant`` None)."""
     from ..analysis.worldmodel import (
         check_taxi_world,
         evaluate_world_model,
         model_predictor,
+        ood_world,
+        trip_settings,
     )
     from ..progress import progress as bar
 
     from ..analysis.beliefmodel import check_belief_world
 
     loaded = load_models(models, device=device)
+    eval_worlds: dict[str, list[Any]] = {}
     for m in loaded:
         try:
             if getattr(m.world, "name", None) == "taxi":
                 check_taxi_world(m.world)
+                eval_worlds[m.path] = [(text, ood_world(m.world, text, m.model_config.n_ctx)) for text in ood]
             else:
+                if ood:
+                    raise AnalysisError("out-of-distribution settings (--ood) are for taxi worlds")
                 check_belief_world(m.world)
                 if truth is not None or n_suffix_samples is not None or protocol != "vafa2024":
                     raise AnalysisError("--protocol, --truth and --suffix-samples are taxi options; other worlds "
@@ -80,16 +92,22 @@ def run_worldmodel(
         if getattr(m.world, "name", None) != "taxi":
             out.append(_belief_record(m, n_pairs, seed, epsilon, n_continuations, suffix_len, batch_size))
             continue
-        res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size), m.world, n_pairs=n_pairs,
-                                   seed=seed, epsilon=epsilon, max_turns=max_turns, n_continuations=n_continuations,
-                                   suffix_len=suffix_len, detour_probs=tuple(detour_probs), truth=truth,
-                                   protocol=protocol, n_suffix_samples=n_suffix_samples)
-        metrics = _rates(res, RATES)
-        for key, pair in res.detour.items():
-            metrics[f"detour_{key}"] = rate_dict(pair["valid"])
-            metrics[f"detour_{key}_legal"] = rate_dict(pair["legal"])
-        metrics.update({k: int(v) for k, v in res.counts.items()})
-        out.append(make_record(identity(m), "worldmodel", metrics, dict(res.settings), protocol=res.protocol))
+        for text, world in [(None, m.world)] + eval_worlds.get(m.path, []):
+            res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size), world, n_pairs=n_pairs,
+                                       seed=seed, epsilon=epsilon, max_turns=max_turns,
+                                       n_continuations=n_continuations, suffix_len=suffix_len,
+                                       detour_probs=tuple(detour_probs), truth=truth, protocol=protocol,
+                                       n_suffix_samples=n_suffix_samples)
+            metrics = _rates(res, RATES)
+            for key, pair in res.detour.items():
+                metrics[f"detour_{key}"] = rate_dict(pair["valid"])
+                metrics[f"detour_{key}_legal"] = rate_dict(pair["legal"])
+            metrics.update({k: int(v) for k, v in res.counts.items()})
+            params = dict(res.settings)
+            if text is not None:
+                params.update(eval_world=trip_settings(world), train_world=trip_settings(m.world))
+            out.append(make_record(identity(m), "worldmodel", metrics, params, protocol=res.protocol,
+                                   variant=None if text is None else f"ood {text}"))
     return out
 
 

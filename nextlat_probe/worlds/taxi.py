@@ -183,6 +183,31 @@ class Taxi(World):
         self._hmm = self._build_hmm() if origin == "hidden" else None
 
     # --- construction helpers -----------------------------------------------------------
+    def variant(self, **changes: Any) -> Taxi:
+        """The same map (hence the same vocabulary and token ids) with other trip settings:
+        ``walk``, ``min_len``, ``max_len``, ``noise`` (what out-of-distribution evaluation
+        changes). Settings not given keep this world's values, except those that do not
+        apply to the new walk (``min_len`` for shortest paths, ``noise`` off noisy); a new
+        walk keeps ``max_len`` (so trips still fit the models' context) unless it is shorter
+        than the map's longest shortest path, where the new walk's default applies."""
+        unknown = set(changes) - {"walk", "min_len", "max_len", "noise"}
+        if unknown:
+            raise WorldError(f"taxi: cannot vary {', '.join(sorted(unknown))} (walk, min_len, max_len, noise)")
+        walk = changes.get("walk", self.walk)
+        min_len = changes.get("min_len", self.min_len if walk == "random" == self.walk else None)
+        noise = changes.get("noise", self.noise if walk == "noisy" == self.walk else None)
+        if "max_len" in changes:
+            return Taxi(self.map, walk=walk, min_len=min_len, max_len=changes["max_len"], origin=self.origin,
+                        noise=noise)
+        if walk == "random" and min_len is None:
+            min_len = min(DEFAULT_MIN_LEN, self.max_len)
+        try:
+            return Taxi(self.map, walk=walk, min_len=min_len, max_len=self.max_len, origin=self.origin, noise=noise)
+        except WorldError:
+            if walk == "random":
+                raise
+            return Taxi(self.map, walk=walk, min_len=min_len, max_len=None, origin=self.origin, noise=noise)
+
     @classmethod
     def from_options(cls, map_size: int | str = 6, map: str | Path | None = None, walk: str = "random",
                      min_len: int | None = None, max_len: int | None = None, origin: str = "visible",
