@@ -192,6 +192,34 @@ def protocol_note(records: Iterable[Mapping[str, Any]]) -> str:
     return "; ".join(parts)
 
 
+#: a model counts as "much further from the floor" than another when its gap exceeds the
+#: other's by this factor and by ``CONVERGENCE_MARGIN`` nats
+CONVERGENCE_FACTOR = 1.5
+CONVERGENCE_MARGIN = 0.02
+
+
+def convergence_note(items: Iterable[Mapping[str, Any]], key: str = "gap_to_floor") -> str:
+    """One line saying plainly when the compared models are not equally far trained: the
+    gap to the exact floor of every model (records or summary rows: ``name``/``objective``
+    and ``key``), and, when the largest gap exceeds the smallest by ``CONVERGENCE_FACTOR``
+    and ``CONVERGENCE_MARGIN``, e.g. ``"nextlat gap 0.148 vs gpt 0.091: not equally
+    converged; compare at matched loss"``. Empty when there is nothing to compare."""
+    seen: dict[str, float] = {}
+    for r in items:
+        g = r.get(key)
+        if g is None or not isinstance(g, (int, float)) or not math.isfinite(g):
+            continue
+        label = str(r.get("name") or r.get("objective"))
+        seen.setdefault(label, float(g))
+    if len(seen) < 2:
+        return ""
+    (lo_name, lo), (hi_name, hi) = min(seen.items(), key=lambda kv: kv[1]), max(seen.items(), key=lambda kv: kv[1])
+    if hi > CONVERGENCE_FACTOR * max(lo, 0.0) and hi - lo > CONVERGENCE_MARGIN:
+        return (f"{hi_name} gap to floor {hi:.3f} vs {lo_name} {lo:.3f}: not equally converged; "
+                "compare at matched loss")
+    return "gaps to the exact floor: " + ", ".join(f"{n} {g:.3f}" for n, g in seen.items()) + " (comparable)"
+
+
 # --------------------------------------------------------------------------------------
 # summaries over seeds (rows of experiments.summarise) and LaTeX
 # --------------------------------------------------------------------------------------
@@ -277,5 +305,5 @@ def latex_table(rows: Iterable[Mapping[str, Any]], keys: Sequence[tuple[str, str
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
+__all__ = ["convergence_note", "CONVERGENCE_FACTOR", "CONVERGENCE_MARGIN", "format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
            "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table"]

@@ -57,7 +57,7 @@ def table(records: list[dict[str, Any]]) -> str:
     """``worldmodel`` records (and optionally ``rank`` records of the same models) as one
     table: metrics as rows, models as columns, the protocol line under it."""
     from .records import select
-    from .tables import format_table, protocol_note
+    from .tables import convergence_note, format_table, protocol_note
 
     wm = select(records, analysis="worldmodel")
     ranks = {r["name"]: r for r in select(records, analysis="rank")}
@@ -94,7 +94,8 @@ def table(records: list[dict[str, Any]]) -> str:
     cols = [("metric", "metric", "")] + [(n, n, "") for n in names]
     notes = [f"{r['name']}: {note}" for r in wm for note in r["metrics"].get("notes", [])]
     taxi = any(k.startswith("detour_") for r in wm for k in r["metrics"])
-    return (format_table(rows, cols) + "\n" + protocol_note(records)
+    conv = convergence_note(wm)
+    return (format_table(rows, cols) + "\n" + protocol_note(records) + (f"\n{conv}" if conv else "")
             + ("\ndetour rows: legal and ending at the destination" if taxi else "")
             + "".join(f"\n{n}" for n in notes))
 

@@ -163,3 +163,17 @@ def test_latex_escapes_and_renders_record_rates():
     clo, chi = wilson(3, 4)
     assert (rf"nextlat\_0 & nextlat & $0.980$ [${lo:.3f}$, ${hi:.3f}$] & $0.75$ [${clo:.2f}$, ${chi:.2f}$] & $1.12$ & -- \\"
             in tex)
+
+
+def test_convergence_note_says_when_models_are_not_equally_trained():
+    from nextlat_probe.tables import convergence_note
+
+    rows = [{"name": "gpt", "gap_to_floor": 0.091}, {"name": "nextlat", "gap_to_floor": 0.148}]
+    assert convergence_note(rows) == ("nextlat gap to floor 0.148 vs gpt 0.091: not equally converged; "
+                                      "compare at matched loss")
+    near = [{"name": "gpt", "gap_to_floor": 0.009}, {"name": "nextlat", "gap_to_floor": 0.0095}]
+    assert "comparable" in convergence_note(near)
+    # both tiny: a factor alone (0.001 vs 0.004) is not "much further"
+    assert "comparable" in convergence_note([{"name": "a", "gap_to_floor": 0.001}, {"name": "b", "gap_to_floor": 0.004}])
+    assert convergence_note([{"name": "gpt", "gap_to_floor": 0.1}]) == ""
+    assert convergence_note([{"name": "gpt", "gap_to_floor": None}, {"name": "x", "gap_to_floor": float("nan")}]) == ""
