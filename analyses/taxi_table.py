@@ -15,10 +15,14 @@ checkpoint reaching the lowest validation loss that both runs reach; checkpoints
 every ``--keep-every`` steps). Every number is a mean with its standard deviation, min
 and max over seeds.
 
+``--objectives gpt,nextlat,mtp`` adds the multi-token-prediction baseline (``--horizon``
+extra heads; the same d as NextLat's roll-out) as a third row, trained on the same seeds.
+
 CPU time (2 cores): the default (3 seeds x 2 objectives x 1,500 steps, tiny preset, 6x6
 map) takes about 25-35 minutes: training at about 8-10 steps/s, then about a minute of
 world-model metrics per model. Finished runs are reused when the script is run again.
-``--seeds 1 --steps 30 --map-size 4 --min-len 2 --max-len 12`` takes about a minute.
+Adding ``mtp`` adds a third run per seed (at about GPT's speed plus d small heads), so about
+half as much time again. ``--seeds 1 --steps 30 --map-size 4 --min-len 2 --max-len 12`` takes about a minute.
 
 Outputs in ``--out``:
     taxi_table.csv            mean / std / min / max over seeds, per objective
@@ -111,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-len", type=int, default=None, help="longest random walk (default: the world's, 40)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--horizon", type=int, default=1, help="NextLat roll-out depth d")
+    p.add_argument("--objectives", default="gpt,nextlat",
+                   help="comma-separated objectives to train and compare (gpt, nextlat, mtp)")
+    p.add_argument("--horizon", type=int, default=1, help="d: NextLat's roll-out depth and MTP's number of extra heads")
     p.add_argument("--keep-every", type=int, default=None,
                    help="keep a checkpoint every N steps for the matched-loss comparison (default: steps / 10)")
     p.add_argument("--n-pairs", type=int, default=200, help="held-out (origin, destination) trips per metric")
@@ -144,11 +150,21 @@ def main(argv: list[str] | None = None) -> int:
 
     from nextlat_probe.analysis.worldmodel import DETOUR_KINDS, DETOUR_PROBS
     from nextlat_probe.compare import load_models, run_mapping, run_rank, run_worldmodel
-    from nextlat_probe.experiments import matched_rank, rank_along_training, summarise, train_pair
+    from nextlat_probe.experiments import (
+        OBJECTIVES,
+        matched_rank,
+        rank_along_training,
+        summarise,
+        train_pair,
+    )
     from nextlat_probe.plots import paper as P
     from nextlat_probe.records import group_by
     from nextlat_probe.tables import latex_table, mean_std_table, write_csv
 
+    objectives = [o.strip() for o in args.objectives.split(",") if o.strip()]
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if not objectives or unknown or len(set(objectives)) != len(objectives):
+        raise UsageError(f"--objectives must list distinct objectives of {', '.join(OBJECTIVES)}, got {args.objectives!r}")
     detours = {f"{k}@{p:g}" for k in DETOUR_KINDS for p in DETOUR_PROBS}
     if args.detour not in detours:
         raise UsageError(f"--detour must be one of {', '.join(sorted(detours))}, got {args.detour!r}")
@@ -158,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     world_options = {"map_size": args.map_size, "min_len": args.min_len, "max_len": args.max_len}
     world_options = {k: v for k, v in world_options.items() if v is not None}
     runs = train_pair("taxi", seeds=range(args.seeds), steps=args.steps, out=out / "runs", world_options=world_options,
-                      preset=args.preset, batch_size=args.batch_size, lr=args.lr, horizon=args.horizon,
+                      objectives=objectives, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
+                      horizon=args.horizon,
                       keep_every=keep, device=args.device, reuse=not args.retrain, progress=not args.no_progress)
     t_train = time.time() - t0
 
@@ -204,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             fig = P.map_plot(seed0[0].world.map, shown)
             P.save_figure(fig, out / "maps_seed0", formats=("pdf", "png"))
 
-    print(f"Taxi world ({args.map_size}x{args.map_size} map), {args.seeds} seed(s) x {{gpt, nextlat}}, "
+    print(f"Taxi world ({args.map_size}x{args.map_size} map), {args.seeds} seed(s) x {{{', '.join(objectives)}}}, "
           f"{args.steps} steps each; mean ± std over seeds (std blank with one seed)")
     print("World-model metrics and 'eff. rank (equal steps)': final checkpoints. 'eff. rank (matched loss)': "
           "per seed, at the lowest validation loss both runs reach ('val loss at match').")

@@ -8,22 +8,28 @@ temp file, which the trainer removes on its next start.
 
 Validated before anything is built: the model config must lie within the ``MAX_*`` bounds
 below and agree with the shape of every stored tensor (number of blocks, ``embed`` =
-[d_vocab, d_model], ``pos_embed`` = [n_ctx, d_model], ...), and a NextLat checkpoint must
-carry its p_psi. A crafted file therefore fails with one ``CheckpointError`` line instead of
-asking for a 10**9-layer model.
+[d_vocab, d_model], ``pos_embed`` = [n_ctx, d_model] unless the positions are rotary, ...),
+a model without positions (``positional = "none"``) must have a zero position table, a
+NextLat checkpoint must carry its p_psi, and an MTP checkpoint its extra heads (config
+within ``MAX_MTP_HORIZON`` / ``MAX_D_MLP``, exactly the tensors that config implies). A
+crafted file therefore fails with one ``CheckpointError`` line instead of asking for a
+10**9-layer model.
 
 Layout (``FORMAT_VERSION`` 1)::
 
     format, format_version, package_version
-    objective               "gpt" | "nextlat"
+    objective               "gpt" | "nextlat" | "mtp"
     model_config            ModelConfig.to_dict()
     objective_config        ObjectiveConfig.to_dict()
     world_spec              World.spec() (e.g. the taxi map itself)
     train_config            TrainConfig.to_dict()
     step                    optimiser steps taken
     model                   transformer state_dict
-    dynamics                p_psi state_dict (NextLat) or None (GPT)
+    dynamics                p_psi state_dict (NextLat) or None (GPT, MTP)
     dynamics_config         {"d_model", "d_embed", "d_hidden"} or None
+    mtp_heads               the MTP extra heads' state_dict (``models.mtp.MTPHeads``; MTP only,
+                            None or absent otherwise)
+    mtp_config              {"d_model", "horizon", "d_hidden"} or None
     optimizer, scheduler    state_dicts (for exact resume)
     rng                     {"torch": ByteTensor}
     metrics                 validation numbers of THESE weights (step, val_loss, val_floor, val_gap)
@@ -52,6 +58,8 @@ MAX_D_MLP = 65_536
 MAX_N_CTX = 65_536
 MAX_D_VOCAB = 1 << 20
 MAX_D_DYNAMICS = 65_536
+#: ... and on an MTP checkpoint's number of extra heads (its horizon d).
+MAX_MTP_HORIZON = 256
 #: ... and on the parameter count they imply (2**31 float32 weights = 8 GiB).
 MAX_PARAMETERS = 1 << 31
 
@@ -146,6 +154,8 @@ def expected_model_shapes(cfg: Any) -> dict[str, list[int]]:
         "unembed.weight": [cfg.d_vocab, d],
         "ln_final.weight": [d],
     }
+    if getattr(cfg, "positional", "learned") == "rotary":  # RoPE: no position table
+        del shapes["pos_embed.weight"]
     for i in range(cfg.n_layers):
         shapes.update({
             f"blocks.{i}.attn.q.weight": [hd, d],
@@ -184,7 +194,8 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
     raw = data["model_config"]
     if not isinstance(raw, dict):
         raise CheckpointError(p, "model_config is not a dict")
-    optional = {"d_dynamics"}  # has a default every version of this format agrees on
+    # defaults every version of this format agrees on (no "positional" = learned positions)
+    optional = {"d_dynamics", "positional"}
     missing = [f.name for f in fields(ModelConfig) if f.name not in raw and f.name not in optional]
     if missing:
         raise CheckpointError(p, f"model_config is missing {', '.join(map(repr, missing))}")
@@ -217,12 +228,16 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
     if blocks != set(range(mcfg.n_layers)):
         raise CheckpointError(p, f"weights do not match the model config (model_config.n_layers = {mcfg.n_layers}, the weights have {len(blocks)} blocks)")
     _check_tensors(p, "model", sd, expected_model_shapes(mcfg))
+    if mcfg.positional == "none" and bool(sd["pos_embed.weight"].any()):
+        raise CheckpointError(p, "model_config.positional is 'none' but the position table (pos_embed.weight) is not zero")
 
     dyn, dcfg = data.get("dynamics"), data.get("dynamics_config")
     if objective == "nextlat" and dyn is None:
         raise CheckpointError(p, "NextLat checkpoint without its p_psi weights ('dynamics' is missing)")
     if objective == "gpt" and dyn is not None:
         raise CheckpointError(p, "GPT checkpoint with p_psi weights ('dynamics'); a GPT run has none")
+    if objective == "mtp" and dyn is not None:
+        raise CheckpointError(p, "MTP checkpoint with p_psi weights ('dynamics'); an MTP run has none")
     if dyn is not None:
         if not isinstance(dcfg, dict) or set(dcfg) != {"d_model", "d_embed", "d_hidden"}:
             raise CheckpointError(p, "dynamics_config must be {'d_model', 'd_embed', 'd_hidden'}")
@@ -235,7 +250,36 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
             "fc2.weight": [dh, dh],
             "fc3.weight": [dm, dh],
         })
+    _validate_mtp(p, data, mcfg, ocfg)
     return mcfg, ocfg
+
+
+def _validate_mtp(p: Path, data: dict[str, Any], mcfg: Any, ocfg: Any) -> None:
+    """An MTP checkpoint carries exactly the heads its ``mtp_config`` implies (one per
+    offset 1..horizon, horizon = the objective's); no other checkpoint carries any."""
+    from .models.mtp import MTPHeads
+
+    heads, hcfg = data.get("mtp_heads"), data.get("mtp_config")
+    if ocfg.objective != "mtp":
+        if heads is not None:
+            raise CheckpointError(p, f"{ocfg.objective} checkpoint with MTP heads ('mtp_heads'); only an MTP run has them")
+        return
+    if heads is None:
+        raise CheckpointError(p, "MTP checkpoint without its extra heads ('mtp_heads' is missing)")
+    if not isinstance(hcfg, dict) or set(hcfg) != {"d_model", "horizon", "d_hidden"}:
+        raise CheckpointError(p, "mtp_config must be {'d_model', 'horizon', 'd_hidden'}")
+    dm, d, dh = hcfg["d_model"], hcfg["horizon"], hcfg["d_hidden"]
+    if (not all(isinstance(v, int) and not isinstance(v, bool) for v in (dm, d, dh)) or dm != mcfg.d_model
+            or d != ocfg.horizon or not 0 < d <= MAX_MTP_HORIZON or not 0 < dh <= MAX_D_MLP):
+        raise CheckpointError(p, f"mtp_config {hcfg} disagrees with d_model {mcfg.d_model} or horizon {ocfg.horizon}, "
+                                 f"or exceeds the bounds (horizon {MAX_MTP_HORIZON}, d_hidden {MAX_D_MLP})")
+    if d * (2 * dm * dh + dh + 3 * dm) > MAX_PARAMETERS:
+        raise CheckpointError(p, f"mtp_config {hcfg} implies more than {MAX_PARAMETERS:.3g} parameters")
+    expected = MTPHeads.expected_shapes(dm, d, dh)
+    _check_tensors(p, "MTP heads", heads, expected)
+    extra = sorted(set(heads) - set(expected))
+    if extra:
+        raise CheckpointError(p, f"MTP heads weights do not match mtp_config (unexpected {extra[0]!r})")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -310,10 +354,17 @@ class LoadedCheckpoint:
     label: str | None = None  # display name override (e.g. to tell two "gpt" runs apart)
     #: the objective label of a model this toolkit did not train ("external"); None for ours
     objective_name: str | None = None
+    #: MTP's extra heads (``models.mtp.MTPHeads``, eval mode) or None; analyses read ``model``
+    mtp_heads: Any = None
 
     @property
     def objective(self) -> str:
         return self.objective_name or self.objective_config.objective
+
+    @property
+    def horizon(self) -> int | None:
+        """d of a NextLat (roll-out depth) or MTP (extra heads) checkpoint; None otherwise."""
+        return int(self.objective_config.horizon) if self.objective in ("nextlat", "mtp") else None
 
     @property
     def name(self) -> str:
@@ -329,13 +380,15 @@ class LoadedCheckpoint:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> LoadedCheckpoint:
-    """Load a checkpoint into a model (eval mode), its world, p_psi (or None) and configs.
+    """Load a checkpoint into a model (eval mode), its world, p_psi (or None), MTP heads
+    (or None) and configs.
 
     Raises ``CheckpointError("<path>: <reason>")`` for missing, corrupt, truncated, foreign,
     unsafe or inconsistent files (validated before any model is built), and ``DeviceError``
     for an unknown or unavailable ``device``.
     """
     from .models.dynamics import LatentDynamics
+    from .models.mtp import MTPHeads
     from .models.transformer import build_transformer, move, resolve_device
 
     dev = resolve_device(device)  # first: a bad device string costs nothing
@@ -356,6 +409,14 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(p, f"p_psi weights do not match ({_first_line(exc)[:160]})") from None
         dyn.to(dev).eval()
+    heads = None
+    if data.get("mtp_heads") is not None:
+        try:
+            heads = MTPHeads(**data["mtp_config"])
+            heads.load_state_dict(data["mtp_heads"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(p, f"MTP heads weights do not match ({_first_line(exc)[:160]})") from None
+        heads.to(dev).eval()
     return LoadedCheckpoint(
         path=p,
         model=model,
@@ -367,6 +428,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
         step=int(data.get("step", 0)),
         metrics=dict(data.get("metrics") or {}),
         raw=data,
+        mtp_heads=heads,
     )
 
 
@@ -392,5 +454,5 @@ __all__ = [
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
     "world_of", "plain",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
-    "MAX_D_DYNAMICS", "MAX_PARAMETERS",
+    "MAX_D_DYNAMICS", "MAX_MTP_HORIZON", "MAX_PARAMETERS",
 ]

@@ -5,8 +5,9 @@ Small models vary from seed to seed, and effective rank grows during training, s
 single run at a single step says little (SPEC §3, "Comparing GPT and NextLat honestly").
 This module holds the logic the notebooks and ``analyses/`` scripts share:
 
-- ``train_pair``: one GPT and one NextLat run per seed, identical apart from the objective
-  (same data stream, same initial weights, same schedule), reusing finished runs;
+- ``train_pair``: one GPT and one NextLat run per seed (``objectives`` may add the MTP
+  baseline), identical apart from the objective (same data stream, same initial weights,
+  same schedule), reusing finished runs;
 - ``rank_along_training``: effective rank of the intermediate checkpoints
   (``keep_every``) and the final one, with each checkpoint's validation loss;
 - ``matched_rank``: per seed, GPT and NextLat compared at a validation loss both reach
@@ -29,7 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-OBJECTIVES = ("gpt", "nextlat")
+#: every objective ``train_pair`` can train (``models.objective.OBJECTIVES``)
+OBJECTIVES = ("gpt", "nextlat", "mtp")
+#: what ``train_pair`` trains unless told otherwise
+PAIR_OBJECTIVES = ("gpt", "nextlat")
 SUMMARY_STATS = ("mean", "std", "min", "max")
 
 
@@ -102,7 +106,7 @@ def train_pair(
     seeds: Iterable[int] = (0,),
     steps: int = 1000,
     out: str | Path = "runs/experiments",
-    objectives: Sequence[str] = OBJECTIVES,
+    objectives: Sequence[str] = PAIR_OBJECTIVES,
     world_options: dict[str, Any] | None = None,
     reuse: bool = True,
     progress: bool = False,
@@ -114,7 +118,7 @@ def train_pair(
     Runs of the same seed differ only in the objective: the seed fixes the initial
     weights, the training batches and the validation set for both. ``train_options`` are
     further ``TrainConfig`` fields (``preset``, ``batch_size``, ``seq_len``, ``lr``,
-    ``horizon``, ``keep_every`` ...). Every kept checkpoint carries its own, current
+    ``horizon`` (NextLat's and MTP's d alike), ``keep_every`` ...). Every kept checkpoint carries its own, current
     validation loss (the trainer evaluates at kept steps), which the matched-loss
     comparison needs. ``log`` receives one line per run (trained / resumed / reused). A finished run with the same configuration is reused and an
     interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``; a
@@ -259,5 +263,5 @@ def summarise(records: list[dict[str, Any]], by: Sequence[str], metrics: Sequenc
     return rows
 
 
-__all__ = ["OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "rank_along_training",
+__all__ = ["OBJECTIVES", "PAIR_OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "rank_along_training",
            "matched_rank", "seed_summary", "summarise"]

@@ -10,11 +10,11 @@ this shape. No other module invents a row format.
     {
       # identity: which model
       "name": "nextlat-seed0",        # display label, unique within one comparison
-      "objective": "nextlat",         # gpt | nextlat
+      "objective": "nextlat",         # gpt | nextlat | mtp | external
       "step": 2000,                   # training steps of the weights analysed
       "seed": 0,                      # training seed (None when unknown)
       "source": "runs/x/ckpt.pt",     # where the model came from
-      "horizon": 1,                   # NextLat's roll-out horizon d (None for GPT)
+      "horizon": 1,                   # d: NextLat's roll-out horizon or MTP's extra heads (None for GPT)
       # training state: how far it was trained (beside every metric, always)
       "val_loss": 0.866,              # validation cross-entropy (nats/token), None if unknown
       "val_floor": 0.814,             # the exact floor on the same tokens
@@ -47,7 +47,7 @@ IDENTITY_KEYS = ("name", "objective", "step", "seed", "source", "horizon")
 TRAINING_KEYS = ("val_loss", "val_floor", "gap_to_floor")
 ANALYSIS_KEYS = ("analysis", "layer", "variant", "params", "protocol", "metrics")
 RECORD_KEYS = IDENTITY_KEYS + TRAINING_KEYS + ANALYSIS_KEYS
-ANALYSES = ("rank", "probe", "transition", "worldmodel", "mapping", "position_loss", "speculative")
+ANALYSES = ("rank", "probe", "transition", "worldmodel", "mapping", "position_loss", "speculative", "taskeval")
 RATE_KEYS = ("value", "low", "high", "n", "count")
 
 
@@ -160,7 +160,7 @@ def identity(model: Any) -> dict[str, Any]:
     tc = dict(getattr(model, "train_config", None) or {})
     objective = getattr(model, "objective", None)
     ocfg = getattr(model, "objective_config", None)
-    horizon = getattr(ocfg, "horizon", None) if objective == "nextlat" else None
+    horizon = getattr(ocfg, "horizon", None) if objective in ("nextlat", "mtp") else None
     val_loss, val_floor = _finite_or_none(m.get("val_loss")), _finite_or_none(m.get("val_floor"))
     gap = m.get("val_gap")
     if gap is None and val_loss is not None and val_floor is not None:

@@ -49,7 +49,8 @@ def _option(text: str) -> Any:
 def world_from_text(text: str, map_path: str | Path | None = None) -> Any:
     """A world from a spec string ``name[:key=value,key=value]`` (``--world`` on the CLIs).
 
-    ``mess3:x=0.05,a=0.85``, ``rrxor``, ``z1r``, ``a5``, ``taxi`` (with ``map_path`` or
+    ``mess3:x=0.05,a=0.85``, ``rrxor``, ``z1r``, ``a5`` (tagging; ``a5:form=interleaved`` for
+    the interleaved form), ``taxi`` (with ``map_path`` or
     ``taxi:map=FILE.json``, and any taxi option such as ``map_size=6``), or
     ``hmm:T=FILE.npy[,initial=FILE.npy]`` for any edge-emitting HMM ``T[x, i, j]``."""
     import numpy as np
@@ -159,7 +160,8 @@ def _model_config(model: Any, where: str):
         return ModelConfig(n_layers=int(cfg.n_layers), d_model=int(cfg.d_model), n_heads=int(cfg.n_heads),
                            d_head=int(cfg.d_head), d_mlp=int(getattr(cfg, "d_mlp", None) or 4 * int(cfg.d_model)),
                            n_ctx=int(cfg.n_ctx), d_vocab=int(cfg.d_vocab), act_fn=str(getattr(cfg, "act_fn", "gelu")),
-                           normalization="RMS" if norm.upper().startswith("RMS") else "LN")
+                           normalization="RMS" if norm.upper().startswith("RMS") else "LN",
+                           positional="rotary" if str(getattr(cfg, "positional_embedding_type", "")) == "rotary" else "learned")
     except (TypeError, ValueError, AttributeError) as exc:
         raise CheckpointError(where, f"unusable model config ({exc})") from None
 

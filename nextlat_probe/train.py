@@ -1,7 +1,14 @@
-"""Train a GPT or NextLat model on a world.
+"""Train a GPT, NextLat or multi-token-prediction (MTP) model on a world.
 
     python -m nextlat_probe.train --world taxi --objective nextlat --out runs/taxi-nextlat
+    python -m nextlat_probe.train --world taxi --objective mtp --horizon 2 --out runs/taxi-mtp
     python -m nextlat_probe.train --resume runs/taxi-nextlat/ckpt.pt --steps 2000
+    python -m nextlat_probe.train --world a5 --objective nextlat --out runs/a5-nextlat
+
+Options left unset take the world's defaults: tagging A5 (``--world a5``) trains at length
+12 in a context of 64 with the positions of ``worlds.a5.POSITIONAL_TAGGING`` and, for
+NextLat, ``--lambda-kl 0`` (the NextLat paper's A5 setting); every other world uses learned
+positions and ``--lambda-kl 1``. The values used are printed and stored in the checkpoint.
 """
 from __future__ import annotations
 
@@ -12,25 +19,32 @@ from pathlib import Path
 from .cli import UsageError, run_main
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5")
+#: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
+OBJECTIVES = ("gpt", "nextlat", "mtp")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m nextlat_probe.train",
-        description="Train a GPT (next-token) or NextLat model on a world with exact belief states. "
+        description="Train a GPT (next-token), NextLat or MTP (multi-token prediction) model on a world with "
+        "exact belief states. "
         "Writes OUT/ckpt.pt and OUT/metrics.jsonl.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--world", choices=WORLDS, default="taxi", help="world to train on")
-    p.add_argument("--objective", choices=("gpt", "nextlat"), default="gpt")
-    p.add_argument("--horizon", type=int, default=1, help="NextLat roll-out depth d")
-    p.add_argument("--lambda-h", type=float, default=1.0, help="weight of the SmoothL1 next-latent loss")
-    p.add_argument("--lambda-kl", type=float, default=1.0, help="weight of the KL next-token-distribution loss")
+    p.add_argument("--objective", choices=OBJECTIVES, default="gpt",
+                   help="gpt: next-token CE; nextlat: + latent dynamics p_psi; mtp: + d extra heads (tokens t+2..t+d+1)")
+    p.add_argument("--horizon", type=int, default=1, help="d: NextLat's roll-out depth, or MTP's number of extra heads")
+    p.add_argument("--lambda-h", type=float, default=1.0, help="NextLat: weight of the SmoothL1 next-latent loss")
+    p.add_argument("--lambda-kl", type=float, default=None,
+                   help="NextLat: weight of the KL next-token-distribution loss (default: the world's; 1, tagging A5: 0)")
     p.add_argument("--preset", choices=("tiny", "mini", "small"), default="tiny", help="model size")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default 1000; with --resume: the run's own total, or raise it)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the world's)")
-    p.add_argument("--n-ctx", type=int, default=None, help="context size of the model (default: seq-len)")
+    p.add_argument("--n-ctx", type=int, default=None, help="context size of the model (default: seq-len; tagging A5: 64)")
+    p.add_argument("--positional", choices=("learned", "rotary", "none"), default=None,
+                   help="position scheme: learned absolute, rotary (RoPE) or none (causal mask only); default: the world's")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--warmup", type=int, default=50, help="warm-up steps")
     p.add_argument("--seed", type=int, default=0)
@@ -51,15 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
     g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
     g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
+    g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
+                   help="a5: tagging (inputs only, every output scored against the running product; the default) "
+                        "or interleaved (g1 s1 g2 s2 ...)")
     return p
 
 
 def world_options(args: argparse.Namespace) -> dict:
+    if args.form is not None and args.world != "a5":
+        raise UsageError("--form applies only to --world a5")
     if args.world != "taxi":
         given = [n for n in ("map_size", "map", "walk", "origin", "min_len", "max_len", "map_seed") if getattr(args, n) is not None]
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} applies only to --world taxi")
-        return {}
+        return {"form": args.form} if args.form is not None else {}
     opts = {
         "map_size": args.map_size,
         "map": str(args.map) if args.map is not None else None,
@@ -78,11 +97,11 @@ TRAIN_OPTIONS = {
     "world": "world", "objective": "objective", "horizon": "horizon", "lambda_h": "lambda_h",
     "lambda_kl": "lambda_kl", "preset": "preset", "batch_size": "batch_size", "seq_len": "seq_len",
     "n_ctx": "n_ctx", "lr": "lr", "warmup": "warmup_steps", "seed": "seed", "eval_every": "eval_every",
-    "save_every": "save_every", "keep_every": "keep_every", "n_val": "n_val",
+    "save_every": "save_every", "keep_every": "keep_every", "n_val": "n_val", "positional": "positional",
 }
 #: taxi options -> their world_options key
 WORLD_OPTIONS = {"map_size": "map_size", "map": "map", "walk": "walk", "origin": "origin",
-                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed"}
+                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed", "form": "form"}
 
 
 def given_options(argv: list[str] | None) -> set[str]:
@@ -154,6 +173,7 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
                 batch_size=args.batch_size,
                 seq_len=args.seq_len,
                 n_ctx=args.n_ctx,
+                positional=args.positional,
                 lr=args.lr,
                 warmup_steps=args.warmup,
                 seed=args.seed,
@@ -173,6 +193,13 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
         raise UsageError(str(exc)) from None
     if res.replaced is not None:
         print(f"moved the folder's previous run to {res.replaced}")
+    if res.model_config is not None and res.objective_config is not None:
+        used = [f"positional {res.model_config.positional}", f"n_ctx {res.model_config.n_ctx}"]
+        if res.objective_config.objective == "nextlat":
+            used.append(f"lambda_kl {res.objective_config.lambda_kl:g}")
+        if res.objective_config.objective == "mtp":
+            used.append(f"{res.objective_config.horizon} extra head(s)")
+        print(f"used {', '.join(used)}")
     gap = res.val_loss - res.val_floor
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
     return 0
@@ -184,10 +211,17 @@ def check_resume_options(args: argparse.Namespace, given: set[str], state: dict)
     path = state["_path"]
     saved = dict(state.get("train_config") or {})
     why = "--resume continues the stored configuration; only --steps may extend it"
+    # options a run may leave to the world: compare with what the run actually used
+    used = {"positional": dict(state.get("model_config") or {}).get("positional", "learned"),
+            "lambda_kl": dict(state.get("objective_config") or {}).get("lambda_kl", 1.0)}
     for dest, key in TRAIN_OPTIONS.items():
-        if dest in given and getattr(args, dest) != saved.get(key):
-            raise UsageError(f"{option(dest)} {getattr(args, dest)} conflicts with {path} ({key} = {saved.get(key)!r}); {why}")
+        stored = saved.get(key) if saved.get(key) is not None or key not in used else used[key]
+        if dest in given and getattr(args, dest) != stored:
+            raise UsageError(f"{option(dest)} {getattr(args, dest)} conflicts with {path} ({key} = {stored!r}); {why}")
     stored_world = dict(saved.get("world_options") or {})
+    spec = state.get("world_spec") or {}
+    if spec.get("kind") == "a5":  # a spec without a form (older runs) is interleaved
+        stored_world.setdefault("form", spec.get("form", "interleaved"))
     for dest, key in WORLD_OPTIONS.items():
         if dest in given:
             value = str(args.map) if dest == "map" else getattr(args, dest)

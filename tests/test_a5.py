@@ -30,7 +30,9 @@ def parity(p: tuple[int, ...]) -> int:
 
 @pytest.fixture(scope="module")
 def a5() -> A5:
-    return A5()
+    """The interleaved form (g_1, s_1, g_2, s_2, ...); tests/test_a5_tagging.py covers the
+    tagging form, the default."""
+    return A5(form="interleaved")
 
 
 def test_elements(a5):
@@ -119,9 +121,9 @@ def test_odd_length_ends_on_input(a5):
 
 def test_spec_round_trip_and_errors(a5):
     spec = json.loads(json.dumps(a5.spec()))
-    assert spec == {"kind": "a5"}
+    assert spec == {"kind": "a5", "form": "interleaved"}
     back = world_from_spec(spec)
-    assert isinstance(back, A5)
+    assert isinstance(back, A5) and back.form == "interleaved"
     np.testing.assert_array_equal(back.mul, a5.mul)
     assert isinstance(make_world("a5"), A5)
     with pytest.raises(WorldError, match="kind 'a5'"):

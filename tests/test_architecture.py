@@ -13,9 +13,10 @@ LAYERS = [
     {"activations"},
     {"analysis"},
     {"compare"},
-    {"experiments"},
+    {"experiments", "sweeps"},
     {"tables", "plots"},
-    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate"},
+    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate", "sweep",
+     "taskeval"},
 ]
 CLIS = LAYERS[-1] - {"cli"}
 #: a module that sits lower than its package: the streaming statistics depend on numpy

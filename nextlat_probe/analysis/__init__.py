@@ -7,6 +7,7 @@
 - ``worldmodel``  taxi world-model metrics (validity, compression, distinction, detours)
 - ``mapping``     street-map reconstruction from behaviour and from representations
 - ``losses``      per-position loss vs the exact floor, matched-loss comparisons
+- ``a5eval``      A5 (tagging form): accuracy by sequence length, p_psi as a recurrent model
 - ``common``      loading checkpoints and drawing one shared set of sequences
 
 Each has a thin CLI at the package top level (``python -m nextlat_probe.rank`` etc.).

@@ -26,8 +26,8 @@ of the budget or the context, and never past a drafted stop token); ``adaptive``
 ``ADAPTIVE_RULE``) drafts while the head's probability of the drafted token stays above a
 threshold that is tuned online, per sequence, from that sequence's verification outcomes.
 
-Multi-token-prediction (MTP) heads would be the other self-drafting scheme; no MTP
-checkpoints exist in this toolkit yet, so there is no MTP drafter here.
+Multi-token-prediction (MTP) heads would be the other self-drafting scheme; MTP checkpoints
+(``--objective mtp``) carry their heads (``models.mtp``), but there is no MTP drafter here.
 
 Everything in this module takes a model, a drafter and token arrays and returns result
 dataclasses; the runner is ``nextlat_probe.compare.run_speculative``.

@@ -8,7 +8,8 @@
 - records: the one shape of ``nextlat_probe.records``.
 
 Runners: ``run_rank``, ``run_probe``, ``run_transition``, ``run_worldmodel``, ``run_mapping``,
-``run_position_loss``. The array-level mathematics lives in ``nextlat_probe.analysis``.
+``run_position_loss``, ``run_speculative``, ``run_taskeval`` (A5 length generalisation,
+path-star planning). The array-level mathematics lives in ``nextlat_probe.analysis``.
 
 Notebook use::
 
@@ -24,8 +25,10 @@ from .mapping import map_from_trips, run_mapping
 from .probe import run_probe
 from .rank import run_rank
 from .speculative import run_speculative
+from .tasks import run_taskeval
 from .transition import run_transition
 from .worldmodel import run_worldmodel
 
 __all__ = ["Inputs", "analysis_length", "load_models", "parse_layers", "run_rank", "run_probe", "run_transition",
-           "run_worldmodel", "run_mapping", "map_from_trips", "run_position_loss", "run_speculative"]
+           "run_worldmodel", "run_mapping", "map_from_trips", "run_position_loss", "run_speculative",
+           "run_taskeval"]

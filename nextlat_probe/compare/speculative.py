@@ -9,8 +9,8 @@ side in the same call (``repeats`` alternating runs, the fastest of each kept).
 Prompts: taxi worlds: held-out ``(origin, destination)`` pairs (2 tokens, greedy trips with
 the turn budget of ``analysis.worldmodel``, stopping after ``end`` or any non-turn token);
 other worlds: sampled prefixes of ``prefix_len`` tokens, generation up to ``max_new`` tokens
-or the context. GPT checkpoints have no p_psi and are refused (``AnalysisError``). There are
-no multi-token-prediction (MTP) checkpoints yet, hence no MTP drafter.
+or the context. GPT checkpoints have no p_psi and are refused (``AnalysisError``), and so are
+multi-token-prediction (MTP) checkpoints: there is no MTP-head drafter here.
 Algorithms: ``nextlat_probe.analysis.speculative``.
 """
 from __future__ import annotations
@@ -33,8 +33,8 @@ def check_speculative_model(m: Any) -> None:
     if getattr(m, "dynamics", None) is None:
         obj = getattr(m, "objective", None)
         raise AnalysisError(f"{m.path}: self-speculative decoding needs NextLat's latent dynamics p_psi, and this "
-                            f"{obj or 'model'} checkpoint has none (GPT checkpoints cannot draft; MTP checkpoints "
-                            "do not exist yet)")
+                            f"{obj or 'model'} checkpoint has none (GPT checkpoints cannot draft; there is no "
+                            "drafter for MTP heads)")
 
 
 def prompts_for(world: Any, model: Any, n_prompts: int, seed: int, prefix_len: int = 4,

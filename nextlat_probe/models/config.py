@@ -14,6 +14,17 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small": dict(n_layers=6, d_model=256, n_heads=8, d_head=32, d_mlp=1024),
 }
 
+#: Position schemes (``ModelConfig.positional``):
+#:
+#: - ``learned``: absolute positions, a trained ``[n_ctx, d_model]`` table added to the token
+#:   embedding (TransformerLens "standard"). Rows past the training length are never
+#:   trained, so such a model does not extrapolate to longer sequences.
+#: - ``rotary``: RoPE on queries and keys (TransformerLens "rotary"; the native bridge then
+#:   has no position table and no ``hook_pos_embed``). Attention sees relative offsets only.
+#: - ``none``: no positional information at all ("NoPE"): the position table exists but is
+#:   zero and frozen, so the causal mask alone carries order.
+POSITIONAL = ("learned", "rotary", "none")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -28,6 +39,8 @@ class ModelConfig:
     normalization: str = "LN"
     #: NextLat's p_psi hidden width H (None -> d_model). Unused by GPT models.
     d_dynamics: int | None = None
+    #: position scheme, one of ``POSITIONAL`` (a stored config without it is "learned")
+    positional: str = "learned"
 
     def __post_init__(self) -> None:
         for name in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab"):
@@ -38,6 +51,10 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.normalization must be 'LN' or 'RMS', got {self.normalization!r}")
         if self.d_dynamics is not None and self.d_dynamics <= 0:
             raise ValueError("ModelConfig.d_dynamics must be positive (or None for d_model)")
+        if self.positional not in POSITIONAL:
+            raise ValueError(f"ModelConfig.positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
+        if self.positional == "rotary" and self.d_head % 2:
+            raise ValueError(f"ModelConfig.positional 'rotary' needs an even d_head, got {self.d_head}")
 
     @classmethod
     def from_preset(cls, preset: str, **overrides: Any) -> "ModelConfig":

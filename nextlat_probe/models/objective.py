@@ -1,11 +1,14 @@
-"""Training objectives: next-token cross-entropy (GPT) and NextLat (SPEC §1).
+"""Training objectives: next-token cross-entropy (GPT), NextLat (SPEC §1) and the
+multi-token-prediction baseline (MTP, Gloeckle et al. 2024).
 
-    L = L_CE + lambda_h · L_next-h + lambda_KL · L_KL
+    GPT:      L = L_CE
+    NextLat:  L = L_CE + lambda_h · L_next-h + lambda_KL · L_KL
+    MTP:      L = (L_CE + sum_k L_CE,k) / (d + 1)      (extra head k = 1..d: ``models.mtp``)
 
 Everything comes from ONE forward pass of the transformer: the logits for L_CE and the
 live (non-detached) last-block residual stream, captured by a forward hook. (TransformerLens's
 ``run_with_cache`` detaches what it stores, which would cut the gradient that NextLat sends
-into the transformer through p_psi's input h_t.)
+into the transformer through p_psi's input h_t, and MTP through its heads.)
 """
 from __future__ import annotations
 
@@ -17,19 +20,27 @@ from jaxtyping import Bool, Float, Int
 from torch import Tensor
 
 from .dynamics import LatentDynamics
+from .mtp import MTPHeads, shared_head_logits
 from .transformer import frozen_head_params, token_embeddings
+
+#: every training objective this toolkit knows
+OBJECTIVES = ("gpt", "nextlat", "mtp")
 
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    objective: str = "gpt"  # "gpt" | "nextlat"
-    horizon: int = 1  # d: roll-out depth of p_psi
+    """``horizon`` is d: p_psi's roll-out depth (NextLat) or the number of extra heads
+    (MTP); GPT ignores it. ``lambda_h`` and ``lambda_kl`` weigh NextLat's latent terms and
+    are unused by GPT and MTP (MTP's loss is the plain mean of its d + 1 cross-entropies)."""
+
+    objective: str = "gpt"  # "gpt" | "nextlat" | "mtp"
+    horizon: int = 1  # d: roll-out depth of p_psi, or MTP's number of extra heads
     lambda_h: float = 1.0
     lambda_kl: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.objective not in ("gpt", "nextlat"):
-            raise ValueError(f"objective must be 'gpt' or 'nextlat', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {self.objective!r}")
         if not isinstance(self.horizon, int) or self.horizon < 1:
             raise ValueError(f"horizon must be a positive integer, got {self.horizon!r}")
         if self.lambda_h < 0 or self.lambda_kl < 0:
@@ -67,8 +78,9 @@ def masked_cross_entropy(
     return (nll * m).sum() / m.sum().clamp_min(1.0)
 
 
-def _frozen_logits(model, x: Tensor) -> Tensor:
-    """softmax input U_frozen · LN(x): the model's own output head with detached weights."""
+def frozen_logits(model, x: Tensor) -> Tensor:
+    """softmax input U_frozen · LN(x): the model's own output head with detached weights
+    (NextLat's KL head; analyses decode p_psi's latents with it too)."""
     w, b, W_U, b_U = (p.detach() for p in frozen_head_params(model))
     eps = float(getattr(model.cfg, "eps", 1e-5))
     if getattr(model.cfg, "normalization_type", "LN") == "RMS":
@@ -76,6 +88,9 @@ def _frozen_logits(model, x: Tensor) -> Tensor:
     else:
         x = F.layer_norm(x, x.shape[-1:], w, b, eps)
     return x @ W_U + b_U
+
+
+_frozen_logits = frozen_logits  # the older private name
 
 
 def nextlat_latent_losses(
@@ -132,31 +147,71 @@ def nextlat_latent_losses(
     return loss_h / d, loss_kl / d
 
 
+def mtp_head_losses(
+    model,
+    heads: MTPHeads,
+    resid: Float[Tensor, "batch pos d_model"],
+    targets: Int[Tensor, "batch pos"],
+    scored: Bool[Tensor, "batch pos"],
+) -> list[Tensor]:
+    """CE of every extra head, [CE_1 .. CE_d]: head k at position t reads the live residual
+    ``resid[:, t]``, is decoded by the model's own (live) final LayerNorm and unembedding
+    (``models.mtp.shared_head_logits``) and is scored against ``targets[:, t + k]`` where
+    ``scored[:, t + k]``. Each CE is the mean over its own scored positions (0 when none)."""
+    L = resid.shape[1]
+    out = []
+    for k, head in enumerate(heads.heads, start=1):
+        if k >= L:
+            out.append(resid.new_zeros((), dtype=torch.float32))
+            continue
+        logits = shared_head_logits(model, head(resid[:, : L - k]))
+        out.append(masked_cross_entropy(logits, targets[:, k:], scored[:, k:]))
+    return out
+
+
+def _forward_keeping_resid(model, tokens: Tensor, last_hook: str) -> tuple[Tensor, Tensor]:
+    """(logits, the LIVE residual at ``last_hook``: graph attached) of one forward pass."""
+    store: dict[str, Tensor] = {}
+
+    def keep(resid, hook):
+        store["resid"] = resid
+        return resid
+
+    with model.hooks(fwd_hooks=[(last_hook, keep)]):
+        logits = model(tokens)
+    return logits, store["resid"]
+
+
 def compute_losses(
     model,
-    dynamics: LatentDynamics | None,
+    dynamics: LatentDynamics | MTPHeads | None,
     batch: Batch,
     cfg: ObjectiveConfig,
     last_hook: str,
 ) -> dict[str, Tensor]:
-    """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT)."""
+    """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT), plus
+    "mtp" (the mean extra-head CE) for MTP. ``dynamics`` is the objective's own module:
+    p_psi for NextLat, the ``MTPHeads`` for MTP, None for GPT. "ce" is always the standard
+    head's CE, computed exactly as for GPT."""
     tokens, valid = batch.tokens, batch.valid
+    if cfg.objective == "mtp":
+        if not isinstance(dynamics, MTPHeads):
+            raise ValueError("the mtp objective needs its MTPHeads")
+        logits, resid = _forward_keeping_resid(model, tokens, last_hook)
+        ce = masked_cross_entropy(logits, batch.targets, batch.scored)
+        extra = mtp_head_losses(model, dynamics, resid, batch.targets, batch.scored)
+        zero = ce.new_zeros(())
+        loss = (ce + sum(extra)) / (len(extra) + 1)
+        return {"loss": loss, "ce": ce, "next_h": zero, "kl": zero, "mtp": sum(extra) / len(extra)}
     if cfg.objective == "gpt" or dynamics is None:
         logits = model(tokens)
         ce = masked_cross_entropy(logits, batch.targets, batch.scored)
         zero = ce.new_zeros(())
         return {"loss": ce, "ce": ce, "next_h": zero, "kl": zero}
 
-    store: dict[str, Tensor] = {}
-
-    def keep(resid, hook):  # keeps the LIVE tensor (graph attached)
-        store["resid"] = resid
-        return resid
-
-    with model.hooks(fwd_hooks=[(last_hook, keep)]):
-        logits = model(tokens)
+    logits, resid = _forward_keeping_resid(model, tokens, last_hook)
     ce = masked_cross_entropy(logits, batch.targets, batch.scored)
-    h = normalize_latent(store["resid"])
+    h = normalize_latent(resid)
     need_kl = cfg.lambda_kl > 0
     next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl)
     loss = ce + cfg.lambda_h * next_h + cfg.lambda_kl * kl

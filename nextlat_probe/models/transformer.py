@@ -1,7 +1,9 @@
 """Build the hooked transformer (TransformerLens 4.x ``TransformerBridge``) from a config.
 
 Hook names are TransformerLens's stable ones: ``hook_embed``, ``hook_pos_embed``,
-``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``.
+``blocks.{l}.hook_resid_post``, ``ln_final.hook_normalized``. A ``rotary`` model has no
+position table and so no ``hook_pos_embed``; ``blocks.0.hook_resid_pre`` (what the
+activations call ``embed``) exists for every position scheme.
 """
 from __future__ import annotations
 
@@ -53,7 +55,11 @@ def move(model, device):
 
 
 def build_transformer(cfg: ModelConfig, seed: int = 0, device: str | torch.device | None = None) -> "TransformerBridge":
-    """A randomly initialised TransformerLens-native transformer (no hub access)."""
+    """A randomly initialised TransformerLens-native transformer (no hub access), with the
+    position scheme ``cfg.positional`` (``models.config.POSITIONAL``): ``learned`` and
+    ``rotary`` are the native model's "standard" and "rotary"; ``none`` is "standard" with
+    the position table zeroed and frozen (``requires_grad`` False: the optimiser never
+    moves it, and the checkpoint stores the zeros)."""
     from transformer_lens.config import TransformerBridgeConfig
     from transformer_lens.model_bridge import TransformerBridge
 
@@ -67,12 +73,24 @@ def build_transformer(cfg: ModelConfig, seed: int = 0, device: str | torch.devic
         d_vocab=cfg.d_vocab,
         act_fn=cfg.act_fn,
         normalization_type=cfg.normalization,
+        positional_embedding_type="rotary" if cfg.positional == "rotary" else "standard",
         seed=int(seed),
     )
     model = TransformerBridge.boot_native(tl_cfg)
+    if cfg.positional == "none":
+        pos = position_table(model)
+        with torch.no_grad():
+            pos.zero_()
+        pos.requires_grad_(False)
     if device is not None:
         model = move(model, resolve_device(device))
     return model
+
+
+def position_table(model: "TransformerBridge") -> torch.nn.Parameter:
+    """The ``[n_ctx, d_model]`` absolute position table (``pos_embed.weight``) of a learned
+    or ``none`` model; a rotary model has none (AttributeError)."""
+    return model.pos_embed._original_component.weight
 
 
 def last_resid_hook(cfg: ModelConfig) -> str:

@@ -451,8 +451,34 @@ def training_series(runs: Mapping[str, Any], objectives: Mapping[str, str | None
 
 
 __all__ = [
+    "PATHSTAR_RATES",
+    "length_series",
     "checked", "layer_key", "layers_in_order", "by_name", "latest_step", "deepest_layer", "as_float_array",
     "SIMPLEX_CORNERS", "simplex_project", "pca_basis", "belief_projection", "subsample", "common_limits",
     "points_records", "belief_panels", "position_panels", "as_edges", "segments", "bezier_curves", "polylines_xy",
     "map_panels", "worldmodel_columns", "TRAIN_PANELS", "run_objective", "common_value", "training_series",
 ]
+
+
+# --------------------------------------------------------------------------------------
+# task evaluation (A5 length curves, path-star rates)
+# --------------------------------------------------------------------------------------
+#: the path-star rates drawn, in order, with their labels
+PATHSTAR_RATES = (("exact_path", "exact path"), ("first_step", "first step"), ("valid_path", "valid path to a leaf"))
+
+
+def length_series(records: Iterable[Mapping[str, Any]]) -> dict[tuple[str, str], dict[str, Any]]:
+    """A5 ``taskeval`` records -> ``{(name, variant): {"lengths", "token", "sequence",
+    "train_length"}}`` sorted by length (``token`` / ``sequence``: accuracy rates)."""
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in records:
+        m = r["metrics"]
+        if "length" not in m:
+            continue
+        s = out.setdefault((r["name"], r["variant"]), {"rows": [], "train_length": r["protocol"].get("train_length")})
+        s["rows"].append((int(m["length"]), m["token_accuracy"], m["sequence_accuracy"]))
+    for s in out.values():
+        rows = sorted(s.pop("rows"), key=lambda t: t[0])
+        s.update(lengths=[t[0] for t in rows], token=[t[1] for t in rows], sequence=[t[2] for t in rows])
+    return out
+

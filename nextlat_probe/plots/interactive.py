@@ -27,8 +27,10 @@ from .geometry import (
     checked,
     common_limits,
     deepest_layer,
+    PATHSTAR_RATES,
     latest_step,
     layers_in_order,
+    length_series,
     map_panels,
     points_records,
     polylines_xy,
@@ -61,6 +63,7 @@ __all__ = [
     "position_loss_figure",
     "worldmodel_table_figure",
     "map_figure",
+    "taskeval_figure",
     "WORLDMODEL_FORMATS",
 ]
 
@@ -517,3 +520,57 @@ def speculative_figure(records: list[dict[str, Any]]):
     fig.update_xaxes(title_text="draft policy", row=1, col=2)
     fig.update_layout(**_LAYOUT, barmode="group", height=450, width=1100)
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# the paper's other tasks
+# --------------------------------------------------------------------------------------
+def taskeval_figure(records: list[dict[str, Any]]):
+    """``taskeval`` records. A5: token and whole-sequence accuracy vs evaluation length, one
+    line per model (colour; dashed = p_psi roll-out), the training length marked by a
+    vertical line. Path-star: exact-path, first-step and valid-path rates per model with
+    Wilson intervals (valid path ≫ exact path is the Clever-Hans signature)."""
+    import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
+
+    from ..records import interval
+
+    recs = checked(records, "taskeval", "task figure")
+    styles = record_styles(recs)
+    series = length_series(recs)
+    if series:
+        fig = make_subplots(rows=1, cols=2, subplot_titles=("token accuracy", "whole-sequence accuracy"))
+        for (name, variant), s in series.items():
+            st = styles[name]
+            for col, key in ((1, "token"), (2, "sequence")):
+                y = as_float_array(s[key])
+                lo = np.array([interval(v)[1] for v in s[key]])
+                hi = np.array([interval(v)[2] for v in s[key]])
+                fig.add_trace(go.Scatter(
+                    x=s["lengths"], y=y, mode="lines+markers", name=f"{name}: {variant}", legendgroup=f"{name}{variant}",
+                    showlegend=col == 1, error_y=dict(type="data", symmetric=False, array=hi - y, arrayminus=y - lo),
+                    line=dict(color=st["color"], width=2.2, dash="dash" if variant == "p_psi rollout" else "solid"),
+                    marker=dict(symbol=plotly_marker(st), size=7),
+                    hovertemplate="length %{x}: %{y:.3f}<extra>" + f"{name}: {variant}" + "</extra>"), row=1, col=col)
+        trained = {s["train_length"] for s in series.values() if s["train_length"]}
+        for t in trained:
+            for col in (1, 2):
+                fig.add_vline(x=t, line=dict(color="#777777", dash="dot"), row=1, col=col)
+        fig.update_xaxes(title_text="sequence length" + (f" (dotted: training length {', '.join(map(str, sorted(trained)))})"
+                                                         if trained else ""))
+        fig.update_yaxes(title_text="accuracy", range=[0, 1.02])
+        fig.update_layout(**_LAYOUT, height=450, width=1100)
+        return fig
+    fig = go.Figure()
+    names = list(dict.fromkeys(r["name"] for r in recs))
+    for key, label in PATHSTAR_RATES:
+        vals = [interval(next(r for r in recs if r["name"] == n)["metrics"][key]) for n in names]
+        y = np.array([v[0] for v in vals])
+        fig.add_trace(go.Bar(x=names, y=y, name=label,
+                             error_y=dict(type="data", symmetric=False, array=np.array([v[2] for v in vals]) - y,
+                                          arrayminus=y - np.array([v[1] for v in vals])),
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>"))
+    fig.update_yaxes(title_text="rate", range=[0, 1.05])
+    fig.update_layout(**_LAYOUT, barmode="group", height=420, width=max(500, 160 * len(names) + 250))
+    return fig
+

@@ -31,8 +31,10 @@ from .geometry import (
     checked,
     common_limits,
     deepest_layer,
+    PATHSTAR_RATES,
     latest_step,
     layers_in_order,
+    length_series,
     map_panels,
     points_records,
     position_panels,
@@ -65,6 +67,7 @@ __all__ = [
     "position_loss_plot",
     "worldmodel_plot",
     "map_plot",
+    "taskeval_plot",
 ]
 
 #: figure-file metadata without timestamps, so re-saving the same figure gives the same file
@@ -443,3 +446,39 @@ def map_plot(true_map: Any, records: list[dict[str, Any]], ax: Any = None, colum
         else:
             axes[0].legend(handles=handles, loc="upper left", bbox_to_anchor=(0.0, 0.0), ncol=min(3, len(handles)))
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# the paper's other tasks
+# --------------------------------------------------------------------------------------
+def taskeval_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "single"):
+    """``taskeval`` records as the paper figure. A5: whole-sequence accuracy vs length, one
+    line per model (dashed: p_psi roll-out), the training length marked. Path-star: grouped
+    bars of exact-path, first-step and valid-path rates with Wilson intervals."""
+    recs = checked(records, "taskeval", "task plot")
+    styles = record_styles(recs)
+    series = length_series(recs)
+    with paper_style():
+        fig, (a,) = _axes(ax, 1, column, aspect=0.8)
+        if series:
+            for (name, variant), s in series.items():
+                st = styles[name]
+                a.plot(s["lengths"], as_float_array(s["sequence"]), color=st["color"], marker=mpl_marker(st), ms=2.5,
+                       ls="--" if variant == "p_psi rollout" else "-", label=f"{name}" + (" (p_psi)" if variant == "p_psi rollout" else ""))
+            for t in {s["train_length"] for s in series.values() if s["train_length"]}:
+                a.axvline(t, color="#777777", ls=":", lw=0.8)
+            a.set(xlabel="sequence length (dotted: training length)", ylabel="whole-sequence accuracy", ylim=(0, 1.02))
+            a.legend()
+            return fig
+        names = list(dict.fromkeys(r["name"] for r in recs))
+        width = 0.8 / len(PATHSTAR_RATES)
+        for i, (key, label) in enumerate(PATHSTAR_RATES):
+            vals = [interval(next(r for r in recs if r["name"] == n)["metrics"][key]) for n in names]
+            y = np.array([v[0] for v in vals])
+            err = np.array([[v[0] - v[1] for v in vals], [v[2] - v[0] for v in vals]])
+            a.bar(np.arange(len(names)) + (i - 1) * width, y, width, yerr=err, label=label, capsize=1.5)
+        a.set_xticks(np.arange(len(names)), names, rotation=20)
+        a.set(ylabel="rate", ylim=(0, 1.05))
+        a.legend()
+    return fig
+

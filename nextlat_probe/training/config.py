@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from ..errors import UsageError
+from ..models.config import POSITIONAL
+from ..models.objective import OBJECTIVES
 
 #: The largest float32 value: a learning rate above it overflows in the optimiser update.
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -15,15 +17,16 @@ _FLOAT32_MAX = 3.4028234663852886e38
 class TrainConfig:
     world: str = "taxi"
     world_options: dict[str, Any] = field(default_factory=dict)
-    objective: str = "gpt"
-    horizon: int = 1
-    lambda_h: float = 1.0
-    lambda_kl: float = 1.0
+    objective: str = "gpt"  # "gpt" | "nextlat" | "mtp"
+    horizon: int = 1  # d: NextLat's roll-out depth, or MTP's number of extra heads (GPT: unused)
+    lambda_h: float = 1.0  # NextLat only (GPT and MTP do not use it)
+    lambda_kl: float | None = None  # NextLat only; None -> the world's default_lambda_kl (1.0; tagging A5: 0.0)
     preset: str = "tiny"
     steps: int = 1000
     batch_size: int = 64
     seq_len: int | None = None  # None -> the world's default length
-    n_ctx: int | None = None  # None -> seq_len
+    n_ctx: int | None = None  # None -> seq_len, or the world's default_n_ctx if larger
+    positional: str | None = None  # None -> the world's default_positional ("learned"; tagging A5: see worlds.a5)
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 50
@@ -49,11 +52,12 @@ class TrainConfig:
             "warmup_steps": self.warmup_steps >= 0,
             "grad_clip": self.grad_clip >= 0,
             "lambda_h": self.lambda_h >= 0,
-            "lambda_kl": self.lambda_kl >= 0,
+            "lambda_kl": self.lambda_kl is None or self.lambda_kl >= 0,
         }
         # NaN compares False above, inf passes: neither is a usable number here
         for name in ("lr", "weight_decay", "min_lr_ratio", "grad_clip", "lambda_h", "lambda_kl"):
-            checks[name] = checks.get(name, True) and math.isfinite(getattr(self, name))
+            v = getattr(self, name)
+            checks[name] = checks.get(name, True) and ((v is None and name == "lambda_kl") or math.isfinite(v))
         checks["lr"] = checks["lr"] and self.lr <= _FLOAT32_MAX
         for name, ok in checks.items():
             if not ok:
@@ -62,8 +66,10 @@ class TrainConfig:
             raise UsageError(f"invalid training option seq_len={self.seq_len!r} (need >= 2)")
         if self.n_ctx is not None and self.n_ctx < 1:
             raise UsageError(f"invalid training option n_ctx={self.n_ctx!r} (need >= 1)")
-        if self.objective not in ("gpt", "nextlat"):
-            raise UsageError(f"objective must be 'gpt' or 'nextlat', got {self.objective!r}")
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {self.objective!r}")
+        if self.positional is not None and self.positional not in POSITIONAL:
+            raise UsageError(f"positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -46,8 +46,16 @@ def _normal(obj: Any) -> Any:
 
 def run_identity(world_spec: dict[str, Any], objective: str, model_config: dict[str, Any], seed: int) -> dict[str, Any]:
     """What makes two runs the same run (everything else may differ between a run and its
-    resumption only in ``steps`` and the device)."""
-    return _normal({"world_spec": world_spec, "objective": objective, "model_config": model_config, "seed": int(seed)})
+    resumption only in ``steps`` and the device). Keys that older versions did not write
+    (a model config without ``positional``, an A5 spec without ``form``) count as the
+    value they meant, so a run from before them still resumes in its own folder."""
+    from ..models.config import ModelConfig
+    from ..worlds.registry import canonical_spec
+
+    if isinstance(model_config, dict):
+        model_config = {"positional": ModelConfig.positional, **model_config}
+    return _normal({"world_spec": canonical_spec(world_spec), "objective": objective, "model_config": model_config,
+                    "seed": int(seed)})
 
 
 def identity_of_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
@@ -71,7 +79,7 @@ def folder_identity(path: Path) -> dict[str, Any] | None:
 
     try:
         rec = json.loads((path / RUN_FILE).read_text())
-        return _normal({k: rec[k] for k in IDENTITY_KEYS})
+        return run_identity(*(rec[k] for k in IDENTITY_KEYS))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     if (path / CKPT_FILE).is_file():

@@ -1,4 +1,4 @@
-"""The training loop, shared line for line by GPT and NextLat.
+"""The training loop, shared line for line by GPT, NextLat and MTP.
 
 ``train`` is a short list of named steps: ``_configure``, ``_new_run`` (``_build``) and
 ``_restore``, claim the run folder (``training.folder``), ``_open_log``, then ``_loop``:
@@ -36,6 +36,7 @@ from ..checkpoint import (
 from ..errors import NextLatError, UsageError
 from ..models.config import ModelConfig
 from ..models.dynamics import LatentDynamics
+from ..models.mtp import MTPHeads
 from ..models.objective import Batch, ObjectiveConfig, compute_losses, masked_cross_entropy
 from ..models.transformer import build_transformer, last_resid_hook, move, resolve_device
 from ..worlds import World, make_world
@@ -52,6 +53,24 @@ class TrainingDiverged(NextLatError):
 
 def default_seq_len(world: World) -> int:
     return int(getattr(world, "default_length", 16))
+
+
+def default_n_ctx(world: World, seq_len: int) -> int:
+    """The model's context when ``TrainConfig.n_ctx`` is None: ``seq_len``, or the world's
+    ``default_n_ctx`` if larger (tagging A5 asks for 64, to be read at longer lengths)."""
+    return max(int(seq_len), int(getattr(world, "default_n_ctx", 0) or 0))
+
+
+def default_positional(world: World) -> str:
+    """The position scheme when ``TrainConfig.positional`` is None: the world's
+    ``default_positional``, else "learned"."""
+    return str(getattr(world, "default_positional", "learned"))
+
+
+def default_lambda_kl(world: World) -> float:
+    """NextLat's KL weight when ``TrainConfig.lambda_kl`` is None: the world's
+    ``default_lambda_kl``, else 1.0 (tagging A5: 0.0, the NextLat paper's A5 setting)."""
+    return float(getattr(world, "default_lambda_kl", 1.0))
 
 
 def batch_rng(seed: int, step: int) -> np.random.Generator:
@@ -110,6 +129,8 @@ class TrainResult:
     val_floor: float
     metrics_path: Path
     replaced: Path | None = None  # where ``overwrite`` moved the folder's old run, if it did
+    model_config: ModelConfig | None = None  # what the run used (e.g. its positional scheme)
+    objective_config: ObjectiveConfig | None = None  # ... and its objective (e.g. lambda_kl)
 
 
 @dataclass
@@ -123,7 +144,7 @@ class _Run:
     mcfg: ModelConfig
     ocfg: ObjectiveConfig
     model: Any
-    dynamics: LatentDynamics | None
+    aux: LatentDynamics | MTPHeads | None  # the objective's own module: p_psi, the MTP heads, or None (GPT)
     opt: torch.optim.Optimizer
     sched: Any
     step: int = 0
@@ -131,6 +152,16 @@ class _Run:
     val_floor: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     last_good: tuple[Path, int] | None = None  # newest checkpoint known good (path, step)
+
+    @property
+    def dynamics(self) -> LatentDynamics | None:
+        """NextLat's p_psi (None for GPT and MTP)."""
+        return self.aux if isinstance(self.aux, LatentDynamics) else None
+
+    @property
+    def mtp_heads(self) -> MTPHeads | None:
+        """MTP's extra heads (None for GPT and NextLat)."""
+        return self.aux if isinstance(self.aux, MTPHeads) else None
 
     def params(self) -> list[torch.Tensor]:
         return [p for g in self.opt.param_groups for p in g["params"]]
@@ -173,7 +204,8 @@ def train(
         folder.clean_up_after_failure()
         raise
     val_loss = float(run.metrics.get("val_loss", float("nan")))
-    return TrainResult(folder.checkpoint, run.step, val_loss, run.val_floor, folder.metrics, folder.replaced)
+    return TrainResult(folder.checkpoint, run.step, val_loss, run.val_floor, folder.metrics, folder.replaced,
+                       run.mcfg, run.ocfg)
 
 
 def _read_resume(resume: str | Path) -> dict[str, Any]:
@@ -224,28 +256,40 @@ def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None
 
 
 def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, mcfg: ModelConfig | None = None):
-    """(mcfg, ocfg, model, p_psi or None, optimiser, schedule), freshly initialised from
-    ``cfg.seed``; ``mcfg`` defaults to ``cfg.preset`` sized for the world (within the
-    checkpoint bounds, so training never makes a model that loading would refuse)."""
+    """(mcfg, ocfg, model, aux, optimiser, schedule), freshly initialised from ``cfg.seed``;
+    ``aux`` is the objective's own module: p_psi (NextLat), the extra heads (MTP, d =
+    ``cfg.horizon``) or None (GPT), seeded with ``cfg.seed + 1`` after the transformer, so
+    the transformer starts identical under every objective. ``mcfg`` defaults to
+    ``cfg.preset`` sized for the world (within the checkpoint bounds, so training never
+    makes a model that loading would refuse)."""
     if mcfg is None:
-        n_ctx = cfg.n_ctx or seq_len
+        n_ctx = cfg.n_ctx or default_n_ctx(world, seq_len)
         if n_ctx < seq_len:
             raise UsageError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
-        mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size)
+        positional = cfg.positional or default_positional(world)
+        try:
+            mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size, positional=positional)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         problem = model_config_problem(mcfg)
         if problem:
             raise UsageError(problem)
-    if cfg.objective == "nextlat" and cfg.horizon > seq_len - 1:
+    if cfg.objective in ("nextlat", "mtp") and cfg.horizon > seq_len - 1:
         # refused, not clamped: the roll-out would silently be shorter than asked
         raise UsageError(f"horizon {cfg.horizon} needs sequences of at least {cfg.horizon + 1} tokens (seq_len is {seq_len})")
-    ocfg = ObjectiveConfig(cfg.objective, cfg.horizon, float(cfg.lambda_h), float(cfg.lambda_kl))
+    lambda_kl = default_lambda_kl(world) if cfg.lambda_kl is None else float(cfg.lambda_kl)
+    ocfg = ObjectiveConfig(cfg.objective, cfg.horizon, float(cfg.lambda_h), lambda_kl)
     torch.manual_seed(cfg.seed)
     model = move(build_transformer(mcfg, seed=cfg.seed), device)
-    dynamics = None
+    aux: LatentDynamics | MTPHeads | None = None
     if cfg.objective == "nextlat":
         torch.manual_seed(cfg.seed + 1)
-        dynamics = LatentDynamics(mcfg.d_model, d_hidden=mcfg.d_dynamics).to(device)
-    params = list(model.parameters()) + (list(dynamics.parameters()) if dynamics else [])
+        aux = LatentDynamics(mcfg.d_model, d_hidden=mcfg.d_dynamics).to(device)
+    elif cfg.objective == "mtp":
+        torch.manual_seed(cfg.seed + 1)
+        aux = MTPHeads(mcfg.d_model, cfg.horizon).to(device)
+    # a frozen parameter (the zero position table of positional "none") is not optimised
+    params = [p for p in list(model.parameters()) + (list(aux.parameters()) if aux is not None else []) if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -254,7 +298,7 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, m
         betas=(0.9, 0.95),
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
-    return mcfg, ocfg, model, dynamics, opt, sched
+    return mcfg, ocfg, model, aux, opt, sched
 
 
 def _restore(run: _Run, state: dict[str, Any]) -> None:
@@ -264,6 +308,8 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.model.load_state_dict(state["model"])
         if run.dynamics is not None:
             run.dynamics.load_state_dict(state["dynamics"])
+        if run.mtp_heads is not None:
+            run.mtp_heads.load_state_dict(state["mtp_heads"])
         run.opt.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -283,7 +329,8 @@ def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> Met
     """The metrics log: a fresh one (with the step-0 evaluation), or on resume the existing
     one truncated back to the checkpoint's step, so no step is logged twice."""
     log = MetricsLog(folder.metrics)
-    start = {"event": "start", "config": run.cfg.to_dict(), "model_config": run.mcfg.to_dict(), "world": run.world.spec().get("kind")}
+    start = {"event": "start", "config": run.cfg.to_dict(), "model_config": run.mcfg.to_dict(),
+             "objective_config": run.ocfg.to_dict(), "world": run.world.spec().get("kind")}
     if state is None:
         log.write(start)
         _evaluate(run, log, 0)
@@ -335,7 +382,7 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
     loss or gradient, so the weights (and any later checkpoint) never see it."""
     tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
     batch = to_batch(run.world, tokens, run.device)
-    losses = compute_losses(run.model, run.dynamics, batch, run.ocfg, last_resid_hook(run.mcfg))
+    losses = compute_losses(run.model, run.aux, batch, run.ocfg, last_resid_hook(run.mcfg))
     if not torch.isfinite(losses["loss"]):
         raise TrainingDiverged(f"loss became {float(losses['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
     run.opt.zero_grad(set_to_none=True)
@@ -372,7 +419,8 @@ def _save(run: _Run, path: Path, step: int) -> None:
     vl = run.metrics.get("val_loss", float("nan"))
     if run.metrics.get("step") != step or not math.isfinite(float(vl)):
         raise TrainingDiverged(f"validation loss is {vl} at step {step}; not writing {path} ({run.last_good_text()})")
-    modules = [("", run.model)] + ([("p_psi.", run.dynamics)] if run.dynamics is not None else [])
+    aux = {"nextlat": "p_psi.", "mtp": "mtp."}.get(run.ocfg.objective, "")
+    modules = [("", run.model)] + ([(aux, run.aux)] if run.aux is not None else [])
     for prefix, module in modules:
         for name, w in module.named_parameters():
             if not torch.isfinite(w).all():
@@ -398,6 +446,8 @@ def _payload(run: _Run, step: int) -> dict[str, Any]:
             "model": cpu(run.model.state_dict()),
             "dynamics": cpu(run.dynamics.state_dict()) if run.dynamics is not None else None,
             "dynamics_config": run.dynamics.config() if run.dynamics is not None else None,
+            "mtp_heads": cpu(run.mtp_heads.state_dict()) if run.mtp_heads is not None else None,
+            "mtp_config": run.mtp_heads.config() if run.mtp_heads is not None else None,
             "optimizer": run.opt.state_dict(),
             "scheduler": run.sched.state_dict(),
             "rng": {"torch": torch.get_rng_state()},

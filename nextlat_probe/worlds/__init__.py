@@ -1,4 +1,5 @@
-"""Worlds with exact belief states: HMM processes, the taxi world, the A5 word problem.
+"""Worlds with exact belief states: HMM processes, the taxi world, the A5 word problem, the
+path-star planning task.
 
 ``make_world(name, **options)`` builds a world by name (what the CLIs use);
 ``world_from_spec(spec)`` rebuilds one from ``World.spec()`` (what checkpoints store).
@@ -21,6 +22,7 @@ _LAZY = {
     "synthetic_manhattan": ".streetmap",
     "Taxi": ".taxi",
     "A5": ".a5",
+    "PathStar": ".pathstar",
 }
 
 

@@ -5,7 +5,7 @@ from typing import Any
 
 from .base import World, WorldError
 
-WORLD_NAMES = ("mess3", "rrxor", "z1r", "taxi", "a5")
+WORLD_NAMES = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 
 
 def make_world(name: str, **options: Any) -> World:
@@ -33,7 +33,20 @@ def make_world(name: str, **options: Any) -> World:
         from .a5 import A5
 
         return A5(**opts)
+    if key == "pathstar":
+        from .pathstar import PathStar
+
+        return PathStar(**opts)
     raise WorldError(f"unknown world {name!r}; choose one of {', '.join(WORLD_NAMES)}")
+
+
+def canonical_spec(spec: Any) -> Any:
+    """``spec`` with the keys that older versions did not write filled in with what they
+    meant (an A5 spec without ``form`` is the interleaved form), so that a stored spec and
+    the one its rebuilt world writes compare equal. Builds no world."""
+    if isinstance(spec, dict) and spec.get("kind") == "a5" and "form" not in spec:
+        return {**spec, "form": "interleaved"}
+    return spec
 
 
 def world_from_spec(spec: dict[str, Any]) -> World:
@@ -53,4 +66,8 @@ def world_from_spec(spec: dict[str, Any]) -> World:
         from .a5 import A5
 
         return A5.from_spec(spec)
+    if kind == "pathstar":
+        from .pathstar import PathStar
+
+        return PathStar.from_spec(spec)
     raise WorldError(f"unknown world kind {kind!r} in spec")
