@@ -90,7 +90,7 @@ def test_loss_is_the_mean_of_the_main_and_hand_computed_head_cross_entropies():
     d = 3
     cfg, model, heads = small(horizon=d)
     b = holey_batch(seed=2)
-    out = compute_losses(model, heads, b, ObjectiveConfig("mtp", d), last_resid_hook(cfg))
+    out = compute_losses(model, heads, b, ObjectiveConfig("mtp", d), last_resid_hook(cfg), fast=False)
     logits, r = residual(model, b.tokens, last_resid_hook(cfg))
     # the main head: exactly GPT's CE of model(tokens), and a written-out CE of the same logits
     assert torch.equal(out["ce"], masked_cross_entropy(model(b.tokens), b.targets, b.scored))

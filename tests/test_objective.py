@@ -176,18 +176,46 @@ def test_padding_pairs_are_excluded():
     assert torch.allclose(ours, ref, atol=1e-6)
 
 
-def test_single_forward_pass_per_step():
+def test_single_forward_pass_per_step(monkeypatch):
+    from nextlat_probe.models import fastpath
+
     cfg, model, dyn = make(n_layers=2)
     b = as_batch(*batch())
-    calls = []
-    handle = model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
-    try:
-        out = compute_losses(model, dyn, b, ObjectiveConfig("nextlat", 4), final_hook_name(cfg))
-    finally:
-        handle.remove()
-    assert len(calls) == 1
-    out["loss"].backward()
-    assert model.blocks[0].attn.q.weight.grad is not None
+    real, fast_calls = fastpath.forward, []
+    monkeypatch.setattr(fastpath, "forward", lambda *a: fast_calls.append(1) or real(*a))
+    for fast in (False, True):
+        calls = []
+        handle = model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+        try:
+            out = compute_losses(model, dyn, b, ObjectiveConfig("nextlat", 4), final_hook_name(cfg), fast=fast)
+        finally:
+            handle.remove()
+        assert len(calls) + len(fast_calls) == 1  # one forward, through the bridge or the fast path
+        assert len(fast_calls) == int(fast)
+        fast_calls.clear()
+        model.zero_grad()
+        out["loss"].backward()
+        assert model.blocks[0].attn.q.weight.grad is not None
+
+
+@pytest.mark.parametrize("objective", ["gpt", "nextlat"])
+def test_fast_and_hooked_forward_give_the_same_losses_and_gradients(objective):
+    cfg, model, dyn = make(n_layers=2)
+    randomize(dyn)
+    b = as_batch(*batch())
+    got = []
+    for fast in (False, True):
+        model.zero_grad()
+        dyn.zero_grad()
+        out = compute_losses(model, dyn if objective == "nextlat" else None, b, ObjectiveConfig(objective, 2),
+                             final_hook_name(cfg), fast=fast)
+        out["loss"].backward()
+        got.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (slow, g_slow), (quick, g_quick) = got
+    for k in slow:
+        torch.testing.assert_close(quick[k], slow[k], atol=1e-5, rtol=1e-4)
+    for n in g_slow:
+        torch.testing.assert_close(g_quick[n], g_slow[n], atol=1e-5, rtol=1e-3, msg=n)
 
 
 @pytest.mark.parametrize("bad", [dict(objective="bert"), dict(objective="nextlat", horizon=0), dict(objective="nextlat", lambda_h=-1.0)])

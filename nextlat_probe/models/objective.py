@@ -169,8 +169,17 @@ def mtp_head_losses(
     return out
 
 
-def _forward_keeping_resid(model, tokens: Tensor, last_hook: str) -> tuple[Tensor, Tensor]:
-    """(logits, the LIVE residual at ``last_hook``: graph attached) of one forward pass."""
+def _forward_keeping_resid(model, tokens: Tensor, last_hook: str, fast: bool = True) -> tuple[Tensor, Tensor]:
+    """(logits, the LIVE residual at ``last_hook``: graph attached) of one forward pass.
+
+    ``fast``: run ``models.fastpath.forward`` (the same computation on the same parameters
+    without hook points; 1.2-1.3x faster per step at the tiny/mini presets) when it
+    reproduces this model and ``last_hook`` is the last block's output; otherwise, or with
+    ``fast=False``, the bridge's hooked forward."""
+    from . import fastpath
+
+    if fast and last_hook == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post" and fastpath.supports(model):
+        return fastpath.forward(model, tokens)
     store: dict[str, Tensor] = {}
 
     def keep(resid, hook):
@@ -188,28 +197,30 @@ def compute_losses(
     batch: Batch,
     cfg: ObjectiveConfig,
     last_hook: str,
+    fast: bool = True,
 ) -> dict[str, Tensor]:
     """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT), plus
     "mtp" (the mean extra-head CE) for MTP. ``dynamics`` is the objective's own module:
     p_psi for NextLat, the ``MTPHeads`` for MTP, None for GPT. "ce" is always the standard
-    head's CE, computed exactly as for GPT."""
+    head's CE, computed exactly as for GPT. ``fast``: the hook-free forward where it
+    applies (``_forward_keeping_resid``)."""
     tokens, valid = batch.tokens, batch.valid
     if cfg.objective == "mtp":
         if not isinstance(dynamics, MTPHeads):
             raise ValueError("the mtp objective needs its MTPHeads")
-        logits, resid = _forward_keeping_resid(model, tokens, last_hook)
+        logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast)
         ce = masked_cross_entropy(logits, batch.targets, batch.scored)
         extra = mtp_head_losses(model, dynamics, resid, batch.targets, batch.scored)
         zero = ce.new_zeros(())
         loss = (ce + sum(extra)) / (len(extra) + 1)
         return {"loss": loss, "ce": ce, "next_h": zero, "kl": zero, "mtp": sum(extra) / len(extra)}
     if cfg.objective == "gpt" or dynamics is None:
-        logits = model(tokens)
+        logits, _ = _forward_keeping_resid(model, tokens, last_hook, fast)
         ce = masked_cross_entropy(logits, batch.targets, batch.scored)
         zero = ce.new_zeros(())
         return {"loss": ce, "ce": ce, "next_h": zero, "kl": zero}
 
-    logits, resid = _forward_keeping_resid(model, tokens, last_hook)
+    logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast)
     ce = masked_cross_entropy(logits, batch.targets, batch.scored)
     h = normalize_latent(resid)
     need_kl = cfg.lambda_kl > 0

@@ -382,7 +382,8 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
     loss or gradient, so the weights (and any later checkpoint) never see it."""
     tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
     batch = to_batch(run.world, tokens, run.device)
-    losses = compute_losses(run.model, run.aux, batch, run.ocfg, last_resid_hook(run.mcfg))
+    losses = compute_losses(run.model, run.aux, batch, run.ocfg, last_resid_hook(run.mcfg),
+                            fast=run.cfg.fast_forward)
     if not torch.isfinite(losses["loss"]):
         raise TrainingDiverged(f"loss became {float(losses['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
     run.opt.zero_grad(set_to_none=True)
