@@ -354,9 +354,14 @@ def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
 
 
 def _intro_html(rows, columns, matched: dict[str, Any], protocol: str) -> str:
+    from .tables import convergence_note
+
     parts = ["<h2 id='summary'>Summary</h2>", _summary_table_html(rows, columns)]
     if protocol:
         parts.append(f"<p class='caption'>{html.escape(protocol)}</p>")
+    conv = convergence_note(rows)
+    if conv:
+        parts.append(f"<div class='note'>{html.escape(conv)}</div>")
     verdict = _verdict_lines(rows)
     if verdict:
         parts.append("<p class='caption'>One run per objective at equal training steps — not a seed average; "
@@ -427,7 +432,7 @@ def run_report(
     from .plots.page import write_page
     from .progress import progress as bar
     from .records import to_jsonable
-    from .tables import format_table, protocol_note
+    from .tables import convergence_note, format_table, protocol_note
 
     t0 = time.time()
     out = Path(out)
@@ -468,6 +473,9 @@ def run_report(
         print(format_table(rows, columns))
         if protocol:
             print(protocol)
+        conv = convergence_note(rows)
+        if conv:
+            print(conv)
         if matched.get("runs"):
             print("\n" + _matched_line(matched))
         lines = _verdict_lines(rows)
