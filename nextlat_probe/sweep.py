@@ -86,6 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--eval-seed", type=int, default=0, help="seed of the analysed sequences and trips")
     e.add_argument("--no-probe", action="store_true", help="skip the belief probe")
     e.add_argument("--no-worldmodel", action="store_true", help="skip the taxi world-model metrics")
+    e.add_argument("--ood", action="append", default=[], metavar="SETTING",
+                   help="also score the world-model metrics out of distribution (taxi): 'longer' or key=value "
+                        "trip settings such as walk=shortest (see worldmodel --ood); repeatable; columns "
+                        "METRIC@ood:SETTING in sweep.csv and the beats table")
     e.add_argument("--gap-threshold", type=float, default=0.05, help="flag a comparison where a model's mean gap "
                    "to the exact floor exceeds this (nats/token)")
     e.add_argument("--gap-ratio", type=float, default=1.5, help="... or where one gap is more than this many "
@@ -119,7 +123,7 @@ def config_from_args(args: argparse.Namespace):
                        lambda_kl=_list(args.lambda_kl, "lambda-kl", float), seeds=args.seeds, out=str(args.out),
                        keep=args.keep, workers=args.workers, device=args.device, train_options=train_options,
                        n_seqs=args.n_seqs, n_pairs=args.n_pairs, eval_seed=args.eval_seed, probe=not args.no_probe,
-                       worldmodel=not args.no_worldmodel)
+                       worldmodel=not args.no_worldmodel, ood=tuple(args.ood))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -104,7 +104,22 @@ METRICS = (
 METRIC_KEYS = tuple(m.key for m in METRICS)
 
 
+def ood_suffix(record: Mapping[str, Any]) -> str:
+    """``@ood:{setting}`` for an out-of-distribution world-model record, else ``""``."""
+    v = record.get("variant") or ""
+    return f"@ood:{v[4:]}" if record.get("analysis") == "worldmodel" and v.startswith("ood ") else ""
+
+
+def ood_metric_keys(settings: Sequence[str]) -> tuple[str, ...]:
+    """The world-model metrics again for each out-of-distribution setting."""
+    return tuple(f"{m.key}@ood:{s}" for s in settings for m in METRICS if m.analysis == "worldmodel")
+
+
 def metric_info(key: str) -> Metric:
+    if "@ood:" in key:
+        base, setting = key.split("@ood:", 1)
+        m = metric_info(base)
+        return Metric(key, m.analysis, m.better, f"{m.label} (out of distribution: {setting})", m.why)
     for m in METRICS:
         if m.key == key:
             return m
@@ -160,6 +175,10 @@ class SweepConfig:
     probe: bool = True
     #: evaluate the world-model metrics (taxi worlds with visible origins)
     worldmodel: bool = True
+    #: out-of-distribution world-model evaluations beside the in-distribution one
+    #: (``analysis.worldmodel.ood_world``: ``longer``, ``walk=random`` ...); each costs one
+    #: more world-model evaluation per checkpoint. Columns ``{metric}@ood:{setting}``
+    ood: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.objectives = tuple(str(o) for o in self.objectives)
@@ -168,6 +187,7 @@ class SweepConfig:
         self.lambda_h = tuple(float(v) for v in self.lambda_h)
         self.lambda_kl = tuple(float(v) for v in self.lambda_kl)
         self.train_options = dict(self.train_options)
+        self.ood = tuple(str(o) for o in self.ood)
         self.validate()
 
     def validate(self) -> None:
@@ -225,7 +245,8 @@ class SweepConfig:
         """What a cached evaluation depends on (a cache with other settings is redone)."""
         return {"version": EVAL_VERSION, "layers": "last", "n_seqs": self.n_seqs, "n_test": probe_n_test(self.n_seqs),
                 "seed": self.eval_seed, "probe": self.probe, "worldmodel": self.worldmodel,
-                "n_pairs": self.n_pairs, "detour_probs": [DETOUR_PROB]}
+                "n_pairs": self.n_pairs, "detour_probs": [DETOUR_PROB],
+                **({"ood": list(self.ood)} if self.ood else {})}
 
 
 def probe_n_test(n_seqs: int) -> int:
@@ -540,7 +561,7 @@ def evaluate_checkpoint(ckpt: Path, spec: RunSpec, cfg: SweepConfig, progress: b
                              seed=cfg.eval_seed, device=device)
     if cfg.worldmodel and getattr(ck.world, "name", None) == "taxi" and getattr(ck.world, "origin", "visible") == "visible":
         records += run_worldmodel([ck], n_pairs=cfg.n_pairs, detour_probs=(DETOUR_PROB,), seed=cfg.eval_seed,
-                                  device=device)
+                                  ood=cfg.ood, device=device)
     n_params = sum(int(p.numel()) for p in ck.model.parameters())
     n_p_psi = None if ck.dynamics is None else sum(int(p.numel()) for p in ck.dynamics.parameters())
     context = {**spec.to_dict(), "step": int(ck.step), "n_params": n_params, "n_params_p_psi": n_p_psi,
@@ -708,10 +729,23 @@ ROW_KEYS = ("run", "objective", "preset", "steps", "step", "seed", "lambda_h", "
             "val_loss", "val_floor", "gap_to_floor")
 
 
-def sweep_columns(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METRIC_KEYS) -> list[str]:
+def metrics_of(items: Iterable[Mapping[str, Any]]) -> tuple[str, ...]:
+    """``METRIC_KEYS`` plus the out-of-distribution columns of the records or rows given."""
+    extra: list[str] = []
+    for r in items:
+        suffix = ood_suffix(r) if "analysis" in r else ""
+        keys = [f"{m.key}{suffix}" for m in METRICS if m.analysis == "worldmodel"] if suffix else \
+            [k for k in r if "@ood:" in k and not k.endswith(("_low", "_high", "_n"))]
+        extra += [k for k in keys if k not in extra]
+    return METRIC_KEYS + tuple(extra)
+
+
+def sweep_columns(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None = None) -> list[str]:
     """The CSV columns of ``sweep_table`` rows: ``ROW_KEYS``, each metric followed by its
     ``_low`` / ``_high`` / ``_n`` where it is a rate, then the context (``n_pairs``, each
     analysis' protocol, the checkpoint file) and anything else."""
+    rows = list(rows)
+    metrics = metrics_of(rows) if metrics is None else metrics
     present: list[str] = []
     for r in rows:
         present += [k for k in r if k not in present]
@@ -730,7 +764,7 @@ def _float(v: Any) -> float:
 
 
 def sweep_table(records: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping[str, Any]] | None = None,
-                metrics: Sequence[str] = METRIC_KEYS) -> list[dict[str, Any]]:
+                metrics: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """One row per (run, checkpoint): ``ROW_KEYS``, then each metric (a rate as ``key``,
     ``key_low``, ``key_high``, ``key_n``), ``protocol_{analysis}`` naming each analysis'
     protocol and ``checkpoint``. ``runs`` (``sweep_runs``) supplies preset, steps, lambdas
@@ -739,6 +773,8 @@ def sweep_table(records: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping
     from .records import is_rate
 
     runs = runs or {}
+    records = list(records)
+    metrics = metrics_of(records) if metrics is None else metrics
     rows: dict[tuple[str, int], dict[str, Any]] = {}
     for r in records:
         key = (r["name"], int(r["step"]))
@@ -760,11 +796,14 @@ def sweep_table(records: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping
         if r["analysis"] == "worldmodel":
             row["n_pairs"] = (r.get("params") or {}).get("n_pairs")
         row.setdefault("checkpoint", r.get("source"))
+        ood = ood_suffix(r)
         for m in metrics:
-            info = metric_info(m)
-            if info.analysis != r["analysis"]:
+            if metric_info(m).analysis != r["analysis"]:
                 continue
-            v = (r.get("metrics") or {}).get(m)
+            base_key, _, setting = m.partition("@ood:")
+            if (f"@ood:{setting}" if setting else "") != ood:
+                continue  # in-distribution columns take in-distribution records, each ood its own
+            v = (r.get("metrics") or {}).get(base_key)
             if is_rate(v):
                 row.update({m: v["value"], f"{m}_low": v["low"], f"{m}_high": v["high"], f"{m}_n": v["n"]})
             else:
@@ -821,7 +860,7 @@ def convergence_flag(gaps: Sequence[float], threshold: float = 0.05, ratio: floa
     return ""
 
 
-def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METRIC_KEYS, challenger: str = "nextlat",
+def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None = None, challenger: str = "nextlat",
                 baseline: str = "gpt", confidence: float = 0.95, gap_threshold: float = 0.05, gap_ratio: float = 1.5,
                 gap_tol: float = 0.01) -> list[dict[str, Any]]:
     """Where ``challenger`` beats ``baseline``: per (preset, steps, challenger's lambda
@@ -836,6 +875,8 @@ def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] = METR
     objective whose mean is better, or ``tie``), ``clear`` (``yes`` when the interval
     excludes 0, ``no``, or ``n=1, no interval``), ``gap_challenger`` / ``gap_baseline``
     (mean gap to the exact floor) and ``flag`` (``convergence_flag``)."""
+    rows = list(rows)
+    metrics = metrics_of(rows) if metrics is None else metrics
     final = final_rows(rows)
     base = {(r.get("preset"), r.get("steps"), r.get("seed")): r for r in final if r.get("objective") == baseline}
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -924,7 +965,7 @@ def compute_series(rows: Iterable[Mapping[str, Any]], metric: str) -> list[dict[
     return out
 
 
-__all__ = ["SweepConfig", "RunSpec", "RunState", "Metric", "METRICS", "METRIC_KEYS", "LAMBDA_OBJECTIVES",
+__all__ = ["ood_suffix", "ood_metric_keys", "metrics_of", "SweepConfig", "RunSpec", "RunState", "Metric", "METRICS", "METRIC_KEYS", "LAMBDA_OBJECTIVES",
            "NOT_CONVERGED", "grid", "run_name", "world_label", "parse_world", "plan", "run_state", "run_checkpoints",
            "kept_checkpoints", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
            "collect", "collect_records", "sweep_runs", "sweep_table", "sweep_columns", "final_rows", "beats_table",

@@ -288,3 +288,27 @@ def test_cli_dry_run_lists_the_runs(tmp_path):
         assert name in res.stdout
     assert "12 runs" in res.stdout and "12 new" in res.stdout
     assert not (tmp_path / "s").exists()  # a dry run writes nothing
+
+
+def test_out_of_distribution_columns_stay_apart_from_in_distribution_ones():
+    from nextlat_probe.records import make_record, rate
+    from nextlat_probe.sweeps import beats_table, metric_info, sweep_table
+
+    recs = []
+    for obj, seeds in (("gpt", {0: (9, 2), 1: (8, 3)}), ("nextlat", {0: (7, 5), 1: (6, 6)})):
+        for seed, (k_in, k_ood) in seeds.items():
+            ident = {"name": f"{obj}-seed{seed}", "objective": obj, "step": 10, "seed": seed, "val_loss": 1.0,
+                     "val_floor": 0.99, "gap_to_floor": 0.01}
+            recs.append(make_record(ident, "worldmodel", {"trajectory_valid": rate(k_in, 10)}, {"n_pairs": 10}))
+            recs.append(make_record(ident, "worldmodel", {"trajectory_valid": rate(k_ood, 10)}, {"n_pairs": 10},
+                                    variant="ood walk=shortest"))
+    rows = sweep_table(recs)
+    assert len(rows) == 4
+    by = {r["run"]: r for r in rows}
+    assert by["gpt-seed1"]["trajectory_valid"] == 0.8 and by["gpt-seed1"]["trajectory_valid@ood:walk=shortest"] == 0.3
+    assert metric_info("trajectory_valid@ood:walk=shortest").better == "higher"
+    beats = {b["metric"]: b for b in beats_table(rows)}
+    # in distribution GPT is better (0.85 vs 0.65), out of distribution NextLat (0.55 vs 0.25)
+    assert beats["trajectory_valid"]["better"] == "gpt"
+    assert beats["trajectory_valid@ood:walk=shortest"]["better"] == "nextlat"
+    assert abs(beats["trajectory_valid@ood:walk=shortest"]["diff_mean"] - 0.3) < 1e-12
