@@ -12,8 +12,11 @@ weights and data within a pair), and scored on the same held-out trips:
 Effective rank is reported twice, and the table says which is which: at equal steps
 (final checkpoints) and at matched validation loss (per seed, each run's first kept
 checkpoint reaching the lowest validation loss that both runs reach; checkpoints are kept
-every ``--keep-every`` steps). Every number is a mean with its standard deviation, min
-and max over seeds.
+every ``--keep-every`` steps). Valid trajectories and compression are also reported at
+those matched-loss checkpoints (``--no-matched-worldmodel`` skips them): at equal steps a
+converged model is otherwise compared with an unconverged one, and the table prints the gap
+to the exact floor of each objective and says so when they differ. Every number is a mean
+with its standard deviation, min and max over seeds.
 
 ``--objectives gpt,nextlat,mtp`` adds the multi-token-prediction baseline (``--horizon``
 extra heads; the same d as NextLat's roll-out) as a third row, trained on the same seeds.
@@ -52,6 +55,8 @@ METRICS = [("next_token", "next-token", ".3f"), ("trajectory_valid", "valid traj
            ("effective_rank", "eff. rank (equal steps)", ".2f"),
            ("effective_rank_matched", "eff. rank (matched loss)", ".2f"),
            ("matched_val_loss", "val loss at match", ".4f"),
+           ("trajectory_valid_matched", "valid traj. (matched loss)", ".3f"),
+           ("compression_matched", "compression (matched loss)", ".3f"),
            ("val_loss", "val loss", ".4f"), ("gap_to_floor", "gap to floor", ".4f")]
 LATEX_METRICS = [("next_token", "next-token", ".3f"), ("trajectory_valid", "valid traj.", ".3f"),
                  ("compression", "compression", ".2f"), ("detour", "detour", ".3f"),
@@ -61,7 +66,9 @@ LATEX_METRICS = [("next_token", "next-token", ".3f"), ("trajectory_valid", "vali
 #: summary columns that come from other summaries than the world-model one:
 #: key -> (source, key in that source's summary)
 OTHER_SOURCES = {"effective_rank": ("rank", "effective_rank"), "effective_rank_matched": ("matched", "effective_rank"),
-                 "matched_val_loss": ("matched", "val_loss")}
+                 "matched_val_loss": ("matched", "val_loss"),
+                 "trajectory_valid_matched": ("matched_wm", "trajectory_valid"),
+                 "compression_matched": ("matched_wm", "compression")}
 TRAJECTORY_COLUMNS = ["name", "objective", "seed", "step", "layer", "effective_rank", "val_loss", "val_floor",
                       "gap_to_floor"]
 MATCHED_COLUMNS = ["name", "objective", "seed", "step", "val_loss", "target_val_loss", "effective_rank"]
@@ -125,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detour", default="random@0.75",
                    help="detour setting of the 'detour' column: {random,least_likely,second_most_likely}@{0.75,0.01}")
     p.add_argument("--no-maps", action="store_true", help="skip the map reconstruction figure")
+    p.add_argument("--no-matched-worldmodel", action="store_true",
+                   help="skip the world-model metrics at matched validation loss (about a minute per model)")
     p.add_argument("--device", default="auto", help="training device: auto, cpu or cuda")
     p.add_argument("--retrain", action="store_true", help="train again even when finished runs exist")
     p.add_argument("--no-progress", action="store_true")
@@ -187,11 +196,23 @@ def main(argv: list[str] | None = None) -> int:
     trajectory = rank_along_training(runs, n_seqs=args.n_seqs)
     # matched validation loss: per seed, each run's first kept checkpoint at the loss both runs reach
     matched = matched_rank(trajectory)
+    # the world-model metrics again at those matched checkpoints (a converged model and an
+    # unconverged one compared at equal steps is a comparison of training budgets)
+    matched_wm = []
+    if not args.no_matched_worldmodel:
+        by_name = {r.name: r for r in runs}
+        paths = [by_name[m["name"]].out_dir / (f"ckpt_step{m['step']}.pt" if m["step"] != by_name[m["name"]].step
+                                               else "ckpt.pt") for m in matched]
+        matched_wm = run_worldmodel([p for p in paths if p.exists()], n_pairs=args.n_pairs,
+                                    progress=not args.no_progress)
     wm_keys = [k for k, _, _ in metrics if k not in OTHER_SOURCES]
-    summary = combined_summary({"worldmodel": summarise(worldmodel, by=("objective",), metrics=wm_keys),
-                                "rank": summarise(final_rank, by=("objective",), metrics=["effective_rank"]),
-                                "matched": summarise(matched, by=("objective",), metrics=["effective_rank", "val_loss"])},
-                               metrics)
+    sources = {"worldmodel": summarise(worldmodel, by=("objective",), metrics=wm_keys),
+               "rank": summarise(final_rank, by=("objective",), metrics=["effective_rank"]),
+               "matched": summarise(matched, by=("objective",), metrics=["effective_rank", "val_loss"])}
+    if matched_wm:
+        sources["matched_wm"] = summarise(matched_wm, by=("objective",), metrics=["trajectory_valid", "compression"])
+    summary = combined_summary(sources, [m for m in metrics if m[0] not in OTHER_SOURCES
+                                         or OTHER_SOURCES[m[0]][0] in sources])
 
     write_csv(worldmodel, out / "taxi_table_runs.csv")
     write_csv(summary, out / "taxi_table.csv")
@@ -225,7 +246,13 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.steps} steps each; mean ± std over seeds (std blank with one seed)")
     print("World-model metrics and 'eff. rank (equal steps)': final checkpoints. 'eff. rank (matched loss)': "
           "per seed, at the lowest validation loss both runs reach ('val loss at match').")
-    print(mean_std_table(summary, ["objective", "n"], metrics))
+    shown = [m for m in metrics if m[0] not in OTHER_SOURCES or OTHER_SOURCES[m[0]][0] in sources]
+    print(mean_std_table(summary, ["objective", "n"], shown))
+    from nextlat_probe.tables import convergence_note
+
+    conv = convergence_note([{"name": r["objective"], "gap_to_floor": r.get("gap_to_floor_mean")} for r in summary])
+    if conv:
+        print(conv + " (mean over seeds; see the matched-loss columns)")
     print(f"\ntraining {t_train:.0f} s, total {time.time() - t0:.0f} s")
     print(f"wrote {out / 'taxi_table.csv'}, {out / 'taxi_table_runs.csv'}, {out / 'taxi_table.tex'}, "
           f"{out / 'rank_trajectory.csv'}, {out / 'rank_matched.csv'} and figures in {out}", file=sys.stderr)
