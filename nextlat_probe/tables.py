@@ -196,6 +196,8 @@ def protocol_note(records: Iterable[Mapping[str, Any]]) -> str:
 #: other's by this factor and by ``CONVERGENCE_MARGIN`` nats
 CONVERGENCE_FACTOR = 1.5
 CONVERGENCE_MARGIN = 0.02
+#: above this gap (nats per target) for every model, no compared model is near its floor
+UNCONVERGED_GAP = 0.1
 
 
 def convergence_note(items: Iterable[Mapping[str, Any]], key: str = "gap_to_floor") -> str:
@@ -203,7 +205,8 @@ def convergence_note(items: Iterable[Mapping[str, Any]], key: str = "gap_to_floo
     gap to the exact floor of every model (records or summary rows: ``name``/``objective``
     and ``key``), and, when the largest gap exceeds the smallest by ``CONVERGENCE_FACTOR``
     and ``CONVERGENCE_MARGIN``, e.g. ``"nextlat gap 0.148 vs gpt 0.091: not equally
-    converged; compare at matched loss"``. Empty when there is nothing to compare."""
+    converged; compare at matched loss"``; and when every gap exceeds ``UNCONVERGED_GAP``,
+    that no model is near its floor. Empty when there is nothing to compare."""
     seen: dict[str, float] = {}
     for r in items:
         g = r.get(key)
@@ -214,9 +217,13 @@ def convergence_note(items: Iterable[Mapping[str, Any]], key: str = "gap_to_floo
     if len(seen) < 2:
         return ""
     (lo_name, lo), (hi_name, hi) = min(seen.items(), key=lambda kv: kv[1]), max(seen.items(), key=lambda kv: kv[1])
+    far = (f"; no model is near the exact floor (every gap above {UNCONVERGED_GAP:g}): the numbers describe "
+           "unconverged models" if lo > UNCONVERGED_GAP else "")
     if hi > CONVERGENCE_FACTOR * max(lo, 0.0) and hi - lo > CONVERGENCE_MARGIN:
         return (f"{hi_name} gap to floor {hi:.3f} vs {lo_name} {lo:.3f}: not equally converged; "
-                "compare at matched loss")
+                "compare at matched loss" + far)
+    if far:
+        return "gaps to the exact floor: " + ", ".join(f"{n} {g:.3f}" for n, g in seen.items()) + far
     return "gaps to the exact floor: " + ", ".join(f"{n} {g:.3f}" for n, g in seen.items()) + " (comparable)"
 
 

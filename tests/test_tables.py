@@ -171,9 +171,13 @@ def test_convergence_note_says_when_models_are_not_equally_trained():
     rows = [{"name": "gpt", "gap_to_floor": 0.091}, {"name": "nextlat", "gap_to_floor": 0.148}]
     assert convergence_note(rows) == ("nextlat gap to floor 0.148 vs gpt 0.091: not equally converged; "
                                       "compare at matched loss")
+    far = convergence_note([{"name": "gpt", "gap_to_floor": 0.2}, {"name": "nextlat", "gap_to_floor": 0.5}])
+    assert far.endswith("the numbers describe unconverged models") and "not equally converged" in far
     near = [{"name": "gpt", "gap_to_floor": 0.009}, {"name": "nextlat", "gap_to_floor": 0.0095}]
     assert "comparable" in convergence_note(near)
     # both tiny: a factor alone (0.001 vs 0.004) is not "much further"
     assert "comparable" in convergence_note([{"name": "a", "gap_to_floor": 0.001}, {"name": "b", "gap_to_floor": 0.004}])
     assert convergence_note([{"name": "gpt", "gap_to_floor": 0.1}]) == ""
+    both_far = convergence_note([{"name": "gpt", "gap_to_floor": 3.59}, {"name": "nextlat", "gap_to_floor": 3.66}])
+    assert "comparable" not in both_far and "no model is near the exact floor" in both_far
     assert convergence_note([{"name": "gpt", "gap_to_floor": None}, {"name": "x", "gap_to_floor": float("nan")}]) == ""
