@@ -83,6 +83,19 @@ def intermediate_checkpoints(folder: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def normalised_train_config(saved: Any) -> dict[str, Any]:
+    """A checkpoint's stored training config with every field a newer ``TrainConfig`` added
+    at its default (so a run saved before a field existed still counts as the same run);
+    ``{}`` when it is not a valid config."""
+    from .training.config import TrainConfig
+
+    try:
+        base = TrainConfig.from_dict(dict(saved or {})).to_dict()
+    except (TypeError, ValueError):
+        return {}
+    return {**dict(saved or {}), **{k: v for k, v in base.items() if k not in (saved or {})}}
+
+
 def _run_state(ckpt: Path, cfg) -> tuple[str, dict[str, Any]]:
     """("done" | "resume" | "new", stored metrics): whether ``ckpt`` is exactly this run,
     finished or interrupted (same configuration), or something else / nothing."""
@@ -94,7 +107,7 @@ def _run_state(ckpt: Path, cfg) -> tuple[str, dict[str, Any]]:
         raw = read_checkpoint(ckpt)
     except CheckpointError:
         return "new", {}
-    saved, want = dict(raw.get("train_config", {})), cfg.to_dict()
+    saved, want = normalised_train_config(raw.get("train_config")), cfg.to_dict()
     if any(saved.get(k) != v for k, v in want.items() if k != "device"):
         return "new", {}
     metrics = {"step": int(raw.get("step", 0)), **dict(raw.get("metrics", {}))}
@@ -263,5 +276,5 @@ def summarise(records: list[dict[str, Any]], by: Sequence[str], metrics: Sequenc
     return rows
 
 
-__all__ = ["OBJECTIVES", "PAIR_OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "rank_along_training",
+__all__ = ["normalised_train_config", "OBJECTIVES", "PAIR_OBJECTIVES", "Run", "run_name", "intermediate_checkpoints", "train_pair", "rank_along_training",
            "matched_rank", "seed_summary", "summarise"]

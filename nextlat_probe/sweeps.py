@@ -436,7 +436,9 @@ def _read_train_state(path: Path) -> tuple[int, dict[str, Any]] | None:
         raw = read_checkpoint(path)
     except CheckpointError:
         return None
-    return int(raw.get("step", 0)), dict(raw.get("train_config") or {})
+    from .experiments import normalised_train_config
+
+    return int(raw.get("step", 0)), normalised_train_config(raw.get("train_config"))
 
 
 def run_state(cfg: SweepConfig, spec: RunSpec) -> RunState:

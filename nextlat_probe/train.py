@@ -4,11 +4,16 @@
     python -m nextlat_probe.train --world taxi --objective mtp --horizon 2 --out runs/taxi-mtp
     python -m nextlat_probe.train --resume runs/taxi-nextlat/ckpt.pt --steps 2000
     python -m nextlat_probe.train --world a5 --objective nextlat --out runs/a5-nextlat
+    torchrun --standalone --nproc_per_node 2 -m nextlat_probe.train --world taxi --out runs/taxi-ddp
 
 Options left unset take the world's defaults: tagging A5 (``--world a5``) trains at length
 12 in a context of 64 with the positions of ``worlds.a5.POSITIONAL_TAGGING`` and, for
 NextLat, ``--lambda-kl 0`` (the NextLat paper's A5 setting); every other world uses learned
 positions and ``--lambda-kl 1``. The values used are printed and stored in the checkpoint.
+
+Under ``torchrun`` every process runs this CLI (``training.distributed``): ``--batch-size``
+is the global batch, rank 0 alone writes and prints; a refusal is printed once (by rank 0),
+a lost process as one line per surviving process, with exit code 4.
 """
 from __future__ import annotations
 
@@ -60,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-fast-forward", action="store_true",
                    help="train through the bridge's hooked forward instead of the hook-free one on the same "
                         "parameters (models.fastpath; same numbers up to round-off, 1.2-1.3x slower at tiny/mini)")
+    p.add_argument("--precision", choices=("auto", "bf16", "fp32"), default=None,
+                   help="forward/loss precision: bf16 autocast (CUDA only; weights and loss reductions stay float32) "
+                        "or fp32; default auto: bf16 on a CUDA device that supports it, fp32 otherwise. "
+                        "With --resume: the run's own unless given")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
+                        "uncompiled, with a warning, if compilation fails")
     g = p.add_argument_group("world options")
     g.add_argument("--map-size", type=int, default=None, help="taxi: synthetic map with N x N intersections")
     g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map (e.g. manhattan_streets.json)")
@@ -133,19 +145,30 @@ def option(dest: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .errors import NextLatError, one_line
+    from .errors import DeviceError, NextLatError, one_line
+    from .training.distributed import EXIT_LOST_PROCESS, DistributedError, env_rank
     from .training.trainer import TrainingDiverged
 
     try:
-        return _main(args, given_options(argv))
+        rank = env_rank()
+    except NextLatError as exc:
+        raise UsageError(one_line(exc)) from None
+    try:
+        return _main(args, given_options(argv), quiet=rank != 0)
+    except DistributedError as exc:  # each surviving process says what it saw (the message names its rank)
+        print(f"error: {one_line(exc)}", file=sys.stderr, flush=True)
+        return EXIT_LOST_PROCESS
     except TrainingDiverged as exc:  # its own exit code: the run stopped, its folder is valid
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        if rank == 0:  # every rank stopped at the same check: rank 0 says it
+            print(f"error: {one_line(exc)}", file=sys.stderr)
         return 3
     except NextLatError as exc:  # every user-facing error: one line, exit 2 (run_main)
-        raise UsageError(one_line(exc)) from None
+        if rank != 0 and not isinstance(exc, DeviceError):
+            return 2  # every rank refuses the same: rank 0 says it once (a device is each rank's own)
+        raise UsageError(one_line(exc) if rank == 0 else f"rank {rank}: {one_line(exc)}") from None
 
 
-def _main(args: argparse.Namespace, given: set[str]) -> int:
+def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int:
     if args.out is None and args.resume is None:
         raise UsageError("--out DIR is required (or --resume CKPT)")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
@@ -159,6 +182,7 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
         if v < (0 if name == "steps" else 1):
             raise UsageError(f"{option(name)} must be {'>= 0' if name == 'steps' else 'positive'}, got {v}")
 
+    from .errors import NextLatError
     from .models.transformer import resolve_device
     from .training.config import TrainConfig
     from .training.trainer import TrainingDiverged, train
@@ -171,8 +195,8 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
         check_resume_options(args, given, state)
         out = args.out or Path(state["_path"]).parent
         cfg = None
-        if args.steps is not None or args.device is not None:
-            cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto")
+        if args.steps is not None or args.device is not None or args.precision is not None:
+            cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto", precision=_precision(args))
     else:
         out = args.out
         try:
@@ -198,15 +222,21 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
                 n_val=args.n_val,
                 save_every=args.save_every,
                 keep_every=args.keep_every,
+                precision=_precision(args),
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
     try:
-        res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite)
+        res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                    compile=args.compile)
     except TrainingDiverged:
         raise  # main prints it (exit 3)
     except ValueError as exc:  # e.g. a world option the world rejects
+        if isinstance(exc, NextLatError):
+            raise  # main decides who prints it
         raise UsageError(str(exc)) from None
+    if quiet:  # ranks other than 0 of a torchrun job: rank 0 reports
+        return 0
     if res.replaced is not None:
         print(f"moved the folder's previous run to {res.replaced}")
     if res.model_config is not None and res.objective_config is not None:
@@ -219,6 +249,10 @@ def _main(args: argparse.Namespace, given: set[str]) -> int:
     gap = res.val_loss - res.val_floor
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
     return 0
+
+
+def _precision(args: argparse.Namespace) -> str | None:
+    return None if args.precision in (None, "auto") else args.precision
 
 
 def check_resume_options(args: argparse.Namespace, given: set[str], state: dict) -> None:

@@ -224,3 +224,23 @@ def test_rank_along_training_names_records_after_runs_and_matches_a_dense_svd(tm
     for m in matched:
         first = next(r for r in recs if r["name"] == m["name"] and r["val_loss"] <= target)
         assert (m["step"], m["effective_rank"]) == (first["step"], first["metrics"]["effective_rank"])
+
+
+def test_a_run_saved_before_a_config_field_existed_is_still_the_same_run(tmp_path):
+    """A checkpoint whose stored train_config lacks a field added later (here the
+    fast_forward switch) is reused, not retrained, when the field is at its default."""
+    import torch
+
+    from nextlat_probe.experiments import _run_state
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    cfg = TrainConfig(world="mess3", steps=4, batch_size=8, seq_len=8, eval_every=4, save_every=4, n_val=8,
+                      device="cpu", warmup_steps=1)
+    ck = train(cfg, out_dir=tmp_path / "run", progress=False).checkpoint
+    assert _run_state(ck, cfg)[0] == "done"
+    raw = torch.load(ck, weights_only=True)
+    del raw["train_config"]["fast_forward"]
+    torch.save(raw, ck)
+    assert _run_state(ck, cfg)[0] == "done"
+    assert _run_state(ck, TrainConfig(**{**cfg.to_dict(), "fast_forward": False}))[0] == "new"

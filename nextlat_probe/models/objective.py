@@ -13,7 +13,9 @@ into the transformer through p_psi's input h_t, and MTP through its heads.)
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
@@ -59,22 +61,53 @@ def normalize_latent(resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... 
 class Batch:
     """One batch as every loss reads it (built by ``training.trainer.to_batch`` from
     ``World.output_targets``): the output at position t is scored against ``targets[:, t]``
-    where ``scored[:, t]``; ``valid`` marks non-padding positions (NextLat's pairs)."""
+    where ``scored[:, t]``; ``valid`` marks non-padding positions (NextLat's pairs).
+
+    The optional counts are the denominators of the loss means when this batch is one
+    rank's rows of a larger (global) batch (``loss_denominators`` of the global batch): the
+    scored targets (CE), those of each MTP head k = 1..d, and NextLat's counted pairs per
+    roll-out step i = 1..d. None (the default): this batch's own counts, as always."""
 
     tokens: Int[Tensor, "batch pos"]
     targets: Int[Tensor, "batch pos"]
     scored: Bool[Tensor, "batch pos"]
     valid: Bool[Tensor, "batch pos"]
+    n_scored: float | None = None
+    n_head_scored: Sequence[float] | None = None
+    n_pairs: Sequence[float] | None = None
+
+
+def loss_denominators(scored: np.ndarray, valid: np.ndarray, cfg: ObjectiveConfig) -> dict[str, object]:
+    """The counts every loss mean divides by, over a WHOLE batch (``scored`` / ``valid`` as
+    in ``Batch``), as ``Batch`` fields: a rank that scores only its own rows of that batch
+    and divides by these gets a partial loss whose sum over ranks is the whole batch's loss
+    (padded taxi trips and NextLat's pairs make each rank's own counts differ)."""
+    scored = np.asarray(scored, dtype=bool)
+    valid = np.asarray(valid, dtype=bool)
+    L = scored.shape[1]
+    out: dict[str, object] = {"n_scored": float(scored.sum())}
+    if cfg.objective == "mtp":
+        out["n_head_scored"] = tuple(float(scored[:, k:].sum()) if k < L else 0.0 for k in range(1, cfg.horizon + 1))
+    elif cfg.objective == "nextlat":
+        d = min(cfg.horizon, L - 1)
+        out["n_pairs"] = tuple(float((valid[:, : L - i] & valid[:, i:]).sum()) for i in range(1, d + 1))
+    return out
 
 
 def masked_cross_entropy(
-    logits: Float[Tensor, "batch pos vocab"], targets: Int[Tensor, "batch pos"], scored: Bool[Tensor, "batch pos"]
+    logits: Float[Tensor, "batch pos vocab"],
+    targets: Int[Tensor, "batch pos"],
+    scored: Bool[Tensor, "batch pos"],
+    count: float | None = None,
 ) -> Tensor:
     """Mean CE of ``logits[:, t]`` against ``targets[:, t]`` over the scored positions (for a
-    next-token world ``targets[:, t]`` is token t + 1: see ``World.output_targets``)."""
+    next-token world ``targets[:, t]`` is token t + 1: see ``World.output_targets``).
+    ``count``: divide the sum by this many scored targets (a global batch's) instead."""
     lp = logits.float().log_softmax(-1)
     nll = -lp.gather(-1, targets[..., None])[..., 0]
     m = scored.to(nll.dtype)
+    if count is not None:
+        return (nll * m).sum() / max(float(count), 1.0)
     return (nll * m).sum() / m.sum().clamp_min(1.0)
 
 
@@ -101,13 +134,16 @@ def nextlat_latent_losses(
     valid: Bool[Tensor, "batch pos"],
     horizon: int,
     with_kl: bool = True,
+    pair_counts: Sequence[float] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """(L_next-h, L_KL) for normalised live latents ``h``.
 
     For every start t and step i = 1..d: ĥ_{t+i} = p_psi(ĥ_{t+i-1}, e(x_{t+i})) with
     ĥ_t = h_t (live: the gradient reaches the transformer here), target stopgrad(h_{t+i}).
     A pair counts when both h_t and h_{t+i} are at valid (non-padding) positions.
-    Each loss is the mean over valid pairs at step i, averaged over i = 1..d.
+    Each loss is the mean over valid pairs at step i, averaged over i = 1..d
+    (``pair_counts[i - 1]``, when given, replaces this batch's count of pairs at step i:
+    a global batch's, see ``loss_denominators``).
 
     Only starts that still have a counting pair at step i or later are rolled out to step i:
     every other row would be multiplied by a zero mask, so skipping it changes nothing but
@@ -137,7 +173,10 @@ def nextlat_latent_losses(
         b, t, pred = b[keep], t[keep], pred[keep]
         pred = dynamics(pred, emb[b, t + i])  # ĥ_{t+i} from ĥ_{t+i-1} and x_{t+i}
         m = pair[i - 1][b, t].to(h.dtype)
-        denom = pair[i - 1].sum().to(h.dtype).clamp_min(1.0)
+        if pair_counts is None:
+            denom = pair[i - 1].sum().to(h.dtype).clamp_min(1.0)
+        else:
+            denom = max(float(pair_counts[i - 1]), 1.0)
         sl1 = F.smooth_l1_loss(pred, target[b, t + i], reduction="none").mean(-1)
         loss_h = loss_h + (sl1 * m).sum() / denom
         if with_kl:
@@ -153,11 +192,13 @@ def mtp_head_losses(
     resid: Float[Tensor, "batch pos d_model"],
     targets: Int[Tensor, "batch pos"],
     scored: Bool[Tensor, "batch pos"],
+    counts: Sequence[float] | None = None,
 ) -> list[Tensor]:
     """CE of every extra head, [CE_1 .. CE_d]: head k at position t reads the live residual
     ``resid[:, t]``, is decoded by the model's own (live) final LayerNorm and unembedding
     (``models.mtp.shared_head_logits``) and is scored against ``targets[:, t + k]`` where
-    ``scored[:, t + k]``. Each CE is the mean over its own scored positions (0 when none)."""
+    ``scored[:, t + k]``. Each CE is the mean over its own scored positions (0 when none),
+    or its sum divided by ``counts[k - 1]`` when given (a global batch's count)."""
     L = resid.shape[1]
     out = []
     for k, head in enumerate(heads.heads, start=1):
@@ -165,21 +206,23 @@ def mtp_head_losses(
             out.append(resid.new_zeros((), dtype=torch.float32))
             continue
         logits = shared_head_logits(model, head(resid[:, : L - k]))
-        out.append(masked_cross_entropy(logits, targets[:, k:], scored[:, k:]))
+        out.append(masked_cross_entropy(logits, targets[:, k:], scored[:, k:], None if counts is None else counts[k - 1]))
     return out
 
 
-def _forward_keeping_resid(model, tokens: Tensor, last_hook: str, fast: bool = True) -> tuple[Tensor, Tensor]:
+def _forward_keeping_resid(model, tokens: Tensor, last_hook: str, fast: bool = True,
+                           forward: Callable | None = None) -> tuple[Tensor, Tensor]:
     """(logits, the LIVE residual at ``last_hook``: graph attached) of one forward pass.
 
     ``fast``: run ``models.fastpath.forward`` (the same computation on the same parameters
     without hook points; 1.2-1.3x faster per step at the tiny/mini presets) when it
     reproduces this model and ``last_hook`` is the last block's output; otherwise, or with
-    ``fast=False``, the bridge's hooked forward."""
+    ``fast=False``, the bridge's hooked forward. ``forward`` replaces ``fastpath.forward``
+    where the fast path applies (the trainer's compiled version of it)."""
     from . import fastpath
 
     if fast and last_hook == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post" and fastpath.supports(model):
-        return fastpath.forward(model, tokens)
+        return (forward or fastpath.forward)(model, tokens)
     store: dict[str, Tensor] = {}
 
     def keep(resid, hook):
@@ -198,32 +241,35 @@ def compute_losses(
     cfg: ObjectiveConfig,
     last_hook: str,
     fast: bool = True,
+    forward: Callable | None = None,
 ) -> dict[str, Tensor]:
     """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT), plus
     "mtp" (the mean extra-head CE) for MTP. ``dynamics`` is the objective's own module:
     p_psi for NextLat, the ``MTPHeads`` for MTP, None for GPT. "ce" is always the standard
     head's CE, computed exactly as for GPT. ``fast``: the hook-free forward where it
-    applies (``_forward_keeping_resid``)."""
+    applies (``_forward_keeping_resid``; ``forward`` replaces it, e.g. compiled). The
+    batch's optional counts (``Batch.n_scored`` ...) are the denominators of every mean."""
     tokens, valid = batch.tokens, batch.valid
     if cfg.objective == "mtp":
         if not isinstance(dynamics, MTPHeads):
             raise ValueError("the mtp objective needs its MTPHeads")
-        logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast)
-        ce = masked_cross_entropy(logits, batch.targets, batch.scored)
-        extra = mtp_head_losses(model, dynamics, resid, batch.targets, batch.scored)
+        logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast, forward)
+        ce = masked_cross_entropy(logits, batch.targets, batch.scored, batch.n_scored)
+        extra = mtp_head_losses(model, dynamics, resid, batch.targets, batch.scored, batch.n_head_scored)
         zero = ce.new_zeros(())
         loss = (ce + sum(extra)) / (len(extra) + 1)
         return {"loss": loss, "ce": ce, "next_h": zero, "kl": zero, "mtp": sum(extra) / len(extra)}
     if cfg.objective == "gpt" or dynamics is None:
-        logits, _ = _forward_keeping_resid(model, tokens, last_hook, fast)
-        ce = masked_cross_entropy(logits, batch.targets, batch.scored)
+        logits, _ = _forward_keeping_resid(model, tokens, last_hook, fast, forward)
+        ce = masked_cross_entropy(logits, batch.targets, batch.scored, batch.n_scored)
         zero = ce.new_zeros(())
         return {"loss": ce, "ce": ce, "next_h": zero, "kl": zero}
 
-    logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast)
-    ce = masked_cross_entropy(logits, batch.targets, batch.scored)
+    logits, resid = _forward_keeping_resid(model, tokens, last_hook, fast, forward)
+    ce = masked_cross_entropy(logits, batch.targets, batch.scored, batch.n_scored)
     h = normalize_latent(resid)
     need_kl = cfg.lambda_kl > 0
-    next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl)
+    next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl,
+                                       pair_counts=batch.n_pairs)
     loss = ce + cfg.lambda_h * next_h + cfg.lambda_kl * kl
     return {"loss": loss, "ce": ce, "next_h": next_h, "kl": kl}

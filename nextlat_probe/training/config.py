@@ -9,6 +9,9 @@ from ..errors import UsageError
 from ..models.config import POSITIONAL
 from ..models.objective import OBJECTIVES
 
+#: the forward / loss precisions ``TrainConfig.precision`` may name
+PRECISIONS = ("bf16", "fp32")
+
 #: The largest float32 value: a learning rate above it overflows in the optimiser update.
 _FLOAT32_MAX = 3.4028234663852886e38
 
@@ -41,6 +44,10 @@ class TrainConfig:
     #: faster at tiny/mini on CPU, same numbers up to float round-off); False: the hooked forward
     fast_forward: bool = True
     keep_every: int = 0  # >0: also keep ckpt_step{N}.pt every N steps (rank along training)
+    #: the forward / loss precision: "bf16" (autocast; CUDA only), "fp32", or None: bf16 on a
+    #: CUDA device that supports it, fp32 otherwise. The weights and every loss reduction
+    #: stay float32; the precision used is recorded in the checkpoint (train_config.precision_used)
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -71,6 +78,9 @@ class TrainConfig:
             raise UsageError(f"invalid training option n_ctx={self.n_ctx!r} (need >= 1)")
         if self.objective not in OBJECTIVES:
             raise UsageError(f"objective must be one of {', '.join(map(repr, OBJECTIVES))}, got {self.objective!r}")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (or None: bf16 on CUDA, fp32 otherwise), "
+                             f"got {self.precision!r}")
         if self.positional is not None and self.positional not in POSITIONAL:
             raise UsageError(f"positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
 

@@ -12,10 +12,19 @@ and never overlaps the training stream's seeds.
 A checkpoint is only ever written with finite weights and the validation loss of THOSE
 weights (every save evaluates first), so "the last good checkpoint" is good. Which files
 of a run folder training may touch is decided by ``training.folder``.
+
+Under ``torchrun`` (``training.distributed``) the same loop runs in every process: each
+draws the same global batch and takes its own rows (``shard_batch``), normalises its
+partial losses by the global batch's counts, and DDP sums the gradients (the step module
+``_Objective``, the transformer and p_psi / the MTP heads together, is what DDP wraps).
+Rank 0 alone claims the folder, evaluates, logs and writes checkpoints; the validation
+loss is broadcast so every rank takes the same decisions (a NaN stops all of them).
 """
 from __future__ import annotations
 
+import contextlib
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,14 +42,22 @@ from ..checkpoint import (
     save_checkpoint,
     world_of,
 )
-from ..errors import NextLatError, UsageError
+from ..errors import NextLatError, UsageError, one_line
 from ..models.config import ModelConfig
 from ..models.dynamics import LatentDynamics
 from ..models.mtp import MTPHeads
-from ..models.objective import Batch, ObjectiveConfig, compute_losses, masked_cross_entropy
-from ..models.transformer import build_transformer, last_resid_hook, move, resolve_device
+from ..models.objective import (
+    Batch,
+    ObjectiveConfig,
+    compute_losses,
+    loss_denominators,
+    masked_cross_entropy,
+)
+from ..models.transformer import build_transformer, last_resid_hook, move
 from ..worlds import World, make_world
+from . import distributed
 from .config import TrainConfig
+from .distributed import Dist
 from .folder import RunFolder, identity_of_checkpoint, prepare_run_folder, run_identity
 from .log import MetricsLog, truncate_metrics
 
@@ -94,14 +111,53 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
+def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A numpy array on ``device`` (on CUDA through pinned memory, without blocking)."""
+    if device.type == "cuda":
+        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device, non_blocking=True)
+    return torch.as_tensor(a, device=device)
+
+
 def to_batch(world: World, tokens: np.ndarray, device: torch.device) -> Batch:
     """Tokens and the world's per-position targets (``World.output_targets``) as tensors."""
     targets, scored = world.output_targets(tokens)
 
     def dev(a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a, device=device)
+        return _to_device(a, device)
 
     return Batch(dev(np.asarray(tokens, dtype=np.int64)), dev(targets), dev(scored), dev(world.position_mask(tokens)))
+
+
+def shard_batch(world: World, tokens: np.ndarray, device: torch.device, ocfg: ObjectiveConfig, rank: int,
+                world_size: int) -> Batch:
+    """Rank ``rank``'s rows of the GLOBAL batch ``tokens`` (equal contiguous blocks), with
+    the global batch's counts as every loss's denominator (``loss_denominators``): the sum
+    over ranks of their partial losses is the global batch's loss. Only the rank's rows are
+    moved to the device; the counts come from the whole batch in numpy."""
+    tokens = np.asarray(tokens, dtype=np.int64)
+    if len(tokens) % world_size:
+        raise UsageError(f"a batch of {len(tokens)} sequences does not split evenly over {world_size} processes")
+    targets, scored = world.output_targets(tokens)
+    valid = world.position_mask(tokens)
+    n = len(tokens) // world_size
+    rows = slice(rank * n, (rank + 1) * n)
+    return Batch(*(_to_device(a[rows], device) for a in (tokens, targets, scored, valid)),
+                 **loss_denominators(scored, valid, ocfg))
+
+
+def resolve_precision(requested: str | None, device: torch.device) -> str:
+    """The precision a run uses (``TrainConfig.precision``): None -> bf16 on a CUDA device
+    that supports it, else fp32; bf16 is refused off CUDA (CPU bf16 autocast is slower
+    than fp32 for these models)."""
+    bf16_ok = device.type == "cuda" and torch.cuda.is_bf16_supported()
+    if requested is None:
+        return "bf16" if bf16_ok else "fp32"
+    if requested == "bf16" and device.type != "cuda":
+        raise UsageError(f"precision bf16 needs a CUDA device (this run is on {device.type}, where bf16 autocast is "
+                         "slower than fp32); use precision fp32")
+    if requested == "bf16" and not bf16_ok:
+        raise UsageError(f"precision bf16: {device} does not support bfloat16; use precision fp32")
+    return requested
 
 
 @torch.no_grad()
@@ -152,6 +208,10 @@ class _Run:
     val_floor: float = float("nan")
     metrics: dict[str, Any] = field(default_factory=dict)  # the last evaluation
     last_good: tuple[Path, int] | None = None  # newest checkpoint known good (path, step)
+    dist: Dist = field(default_factory=Dist)  # this process's place in a torchrun job (or the single process)
+    precision: str = "fp32"  # what the forward runs in (resolve_precision)
+    step_module: Any = None  # what a training step calls: _Objective, under DDP in a multi-process run
+    compiled: bool = False  # the transformer forward of training is torch.compile'd
 
     @property
     def dynamics(self) -> LatentDynamics | None:
@@ -171,6 +231,29 @@ class _Run:
             return "no checkpoint was saved"
         return f"last good checkpoint: {self.last_good[0]} (step {self.last_good[1]})"
 
+    def autocast(self):
+        """The forward's precision context (none at all for fp32)."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+class _Objective(torch.nn.Module):
+    """The transformer and the objective's own module (p_psi, the MTP heads or None) as ONE
+    module whose forward is a training step's forward pass and losses (``compute_losses``):
+    what DDP wraps, so the reducer syncs p_psi's and the heads' gradients with the
+    transformer's. State dicts are always taken from ``model`` / ``aux`` themselves."""
+
+    def __init__(self, model, aux, ocfg: ObjectiveConfig, last_hook: str, fast: bool, forward=None):
+        super().__init__()
+        self.model = model
+        self.aux = aux
+        self.ocfg, self.last_hook, self.fast, self.forward_fn = ocfg, last_hook, fast, forward
+
+    def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
+        kw = {"fast": self.fast} if self.forward_fn is None else {"fast": self.fast, "forward": self.forward_fn}
+        return compute_losses(self.model, self.aux, batch, self.ocfg, self.last_hook, **kw)
+
 
 def train(
     cfg: TrainConfig | None = None,
@@ -181,6 +264,7 @@ def train(
     extra_steps: int | None = None,
     stop_at: int | None = None,
     overwrite: bool = False,
+    compile: bool = False,
 ) -> TrainResult:
     """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
     ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
@@ -190,19 +274,39 @@ def train(
     ``steps``, which may be raised via ``cfg.steps`` or ``extra_steps``, and the device).
     ``stop_at``: stop (with a checkpoint) after this step, as an interrupted run would; the
     learning-rate schedule still follows ``cfg.steps``, so resuming continues exactly.
+    ``compile``: ``torch.compile`` the transformer forward of training (the hook-free one;
+    falls back to it uncompiled, with a one-line warning, if compilation fails).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group already initialised) every
+    process calls this: ``cfg.batch_size`` is the global batch, split over the processes;
+    rank 0 writes the folder; a resume needs the checkpoint's number of processes.
     """
     state = _read_resume(resume) if resume is not None else None
     cfg, world = _configure(cfg, world, state, extra_steps)
-    run = _new_run(cfg, world, state)
-    if state is not None:
-        _restore(run, state)
-    folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
-    try:
-        log = _open_log(run, folder, state)
-        _loop(run, folder, log, stop_at, progress)
-    except BaseException:
-        folder.clean_up_after_failure()
-        raise
+    with distributed.session(cfg.device) as dist:
+        run: _Run | None = None
+        folder: RunFolder | None = None
+        try:
+            _check_launch(cfg, state, dist)
+            precision = resolve_precision(cfg.precision, dist.device)
+            run = _new_run(cfg, world, state, dist)
+            run.precision = precision
+            if state is not None:
+                _restore(run, state)
+            folder = _claim_folder(run, out_dir, state, overwrite)
+            _prepare_step(run, compile)
+            log = _open_log(run, folder, state)
+            _loop(run, folder, log, stop_at, progress)
+            dist.barrier()  # every rank returns after rank 0 wrote the last checkpoint
+        except BaseException as exc:
+            if folder is not None and dist.is_main:
+                folder.clean_up_after_failure()
+            if dist.enabled:
+                err = distributed.failure(exc, dist, run.step if run is not None else 0,
+                                          run.last_good_text() if run is not None else "no checkpoint was saved")
+                if err is not None:
+                    raise err from None
+            raise
     val_loss = float(run.metrics.get("val_loss", float("nan")))
     return TrainResult(folder.checkpoint, run.step, val_loss, run.val_floor, folder.metrics, folder.replaced,
                        run.mcfg, run.ocfg)
@@ -234,24 +338,50 @@ def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, An
         saved.steps = max(saved.steps, int(state["step"]))
         if cfg is not None and cfg.device != "auto":
             saved.device = cfg.device
+        if cfg is not None and cfg.precision is not None:
+            saved.precision = cfg.precision
         return saved, world_of(state)
     cfg = cfg if cfg is not None else TrainConfig()
     return cfg, world if world is not None else make_world(cfg.world, **cfg.world_options)
 
 
-def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None) -> _Run:
-    """The run's modules (``_build``) on its device, and its validation set. On resume the
-    model config is the checkpoint's own (already validated against its weights)."""
-    device = resolve_device(cfg.device)
+def _check_launch(cfg: TrainConfig, state: dict[str, Any] | None, dist: Dist) -> None:
+    """A resume runs with the checkpoint's number of processes; the global batch splits
+    evenly over them."""
+    if state is not None:
+        try:
+            stored = int((state.get("train_config") or {}).get("world_size", 1) or 1)
+        except (TypeError, ValueError):
+            raise CheckpointError(state["_path"], "invalid train_config.world_size") from None
+        if stored != dist.world_size:
+            how = "without torchrun" if stored == 1 else f"torchrun --nproc_per_node {stored}"
+            raise UsageError(f"{state['_path']} was trained by {_processes(stored)}; resume it with {_processes(stored)} "
+                             f"({how}), not {dist.world_size}")
+    if cfg.batch_size % dist.world_size:
+        raise UsageError(f"batch size {cfg.batch_size} (the global batch) does not split evenly over "
+                         f"{_processes(dist.world_size)}; use a multiple of {dist.world_size}")
+
+
+def _processes(n: int) -> str:
+    return "1 process" if n == 1 else f"{n} processes"
+
+
+def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None, dist: Dist | None = None) -> _Run:
+    """The run's modules (``_build``) on its device, and its validation set (rank 0 only:
+    the others never evaluate). On resume the model config is the checkpoint's own
+    (already validated against its weights)."""
+    dist = dist if dist is not None else Dist(device=distributed.device_for(cfg.device, 1, 0))
+    device = dist.device
     seq_len = cfg.seq_len or default_seq_len(world)
     mcfg = None
     if state is not None:
         mcfg = ModelConfig.from_dict(state["model_config"])
         if mcfg.n_ctx < seq_len:
             raise CheckpointError(state["_path"], f"model_config.n_ctx ({mcfg.n_ctx}) is smaller than the run's seq_len ({seq_len})")
-    run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg))
-    run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
-    run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
+    run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg), dist=dist)
+    if dist.is_main:
+        run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
+        run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
     return run
 
 
@@ -325,18 +455,108 @@ def _identity(run: _Run) -> dict[str, Any]:
     return run_identity(run.world.spec(), run.cfg.objective, run.mcfg.to_dict(), run.cfg.seed)
 
 
-def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> MetricsLog:
+def _claim_folder(run: _Run, out_dir: str | Path, state: dict[str, Any] | None, overwrite: bool) -> RunFolder:
+    """``training.folder.prepare_run_folder``; in a multi-process run on rank 0 alone, whose
+    answer (the folder, or its one-line refusal) every rank waits for."""
+    d = run.dist
+    if not d.enabled:
+        return prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
+    folder, error = None, None
+    if d.is_main:
+        try:
+            folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
+        except Exception as exc:  # every rank stops, none waits forever
+            error = exc
+    refusal = d.broadcast_object(None if error is None else one_line(error))
+    if error is not None:
+        raise error
+    if refusal is not None:
+        raise UsageError(refusal)
+    return folder if folder is not None else RunFolder(Path(out_dir))
+
+
+def _prepare_step(run: _Run, compile: bool) -> None:
+    """What ``_train_step`` calls: the ``_Objective`` (the transformer forward compiled if
+    asked), under DDP in a multi-process run."""
+    forward = _compiled_forward(run) if compile else None
+    module = _Objective(run.model, run.aux, run.ocfg, last_resid_hook(run.mcfg), run.cfg.fast_forward, forward)
+    run.step_module = run.dist.wrap(module)
+
+
+def _warn(run: _Run, text: str) -> None:
+    if run.dist.is_main:
+        print(f"warning: {text}", file=sys.stderr, flush=True)
+
+
+class _FallbackForward:
+    """A compiled forward that falls back to the eager one (once, with a one-line
+    warning) if compiling or running it fails."""
+
+    def __init__(self, compiled, eager, on_failure):
+        self.compiled, self.eager, self.on_failure = compiled, eager, on_failure
+
+    def __call__(self, model, tokens):
+        if self.compiled is not None:
+            try:
+                return self.compiled(model, tokens)
+            except Exception as exc:  # torch.compile reports its failures at the first call
+                self.compiled = None
+                self.on_failure(exc)
+        return self.eager(model, tokens)
+
+
+def _compiled_forward(run: _Run):
+    """``torch.compile`` of the hook-free forward (``models.fastpath``) training uses, or
+    None (with a one-line warning) where that forward does not apply."""
+    from ..models import fastpath
+
+    if not (run.cfg.fast_forward and fastpath.supports(run.model)):
+        _warn(run, "compile applies to the hook-free forward, which this model does not use; training uncompiled")
+        return None
+    try:
+        compiled = torch.compile(fastpath.forward)
+    except Exception as exc:
+        _warn(run, f"torch.compile is not available ({one_line(exc)[:160]}); training uncompiled")
+        return None
+
+    def failed(exc: BaseException) -> None:
+        run.compiled = False
+        _warn(run, f"torch.compile failed ({one_line(exc)[:160]}); training uncompiled")
+
+    run.compiled = True
+    return _FallbackForward(compiled, fastpath.forward, failed)
+
+
+class _NoLog:
+    """The metrics log of ranks other than 0: they write nothing."""
+
+    def write(self, rec: dict[str, Any]) -> None:
+        pass
+
+
+def _runtime(run: _Run) -> dict[str, Any]:
+    """How this run is being executed (recorded next to its config; not part of its identity)."""
+    return {"world_size": run.dist.world_size, "precision_used": run.precision, "compile": run.compiled}
+
+
+def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> MetricsLog | _NoLog:
     """The metrics log: a fresh one (with the step-0 evaluation), or on resume the existing
-    one truncated back to the checkpoint's step, so no step is logged twice."""
+    one truncated back to the checkpoint's step, so no step is logged twice. Ranks other
+    than 0 get a log that writes nothing (they still take part in the evaluation)."""
+    if not run.dist.is_main:
+        log = _NoLog()
+        if state is None:
+            _evaluate(run, log, 0)
+        return log
     log = MetricsLog(folder.metrics)
     start = {"event": "start", "config": run.cfg.to_dict(), "model_config": run.mcfg.to_dict(),
-             "objective_config": run.ocfg.to_dict(), "world": run.world.spec().get("kind")}
+             "objective_config": run.ocfg.to_dict(), "world": run.world.spec().get("kind"), **_runtime(run)}
     if state is None:
         log.write(start)
         _evaluate(run, log, 0)
     elif folder.metrics.is_file():
         truncate_metrics(folder.metrics, run.step)
-        log.write({"event": "resume", "step": run.step, "from": state["_path"]})
+        log.write({"event": "resume", "step": run.step, "from": state["_path"], **_runtime(run)})
     else:  # resumed into a new folder: its log starts here
         log.write({**start, "resumed_from": state["_path"], "resumed_at": run.step})
     return log
@@ -349,7 +569,8 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
     last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
     log_every = max(1, min(10, cfg.eval_every))
     start = run.step
-    bar = progress_bar(total=cfg.steps, initial=start, disable=not progress, desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
+    bar = progress_bar(total=cfg.steps, initial=start, disable=not progress or not run.dist.is_main,
+                       desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
     run.model.train()
     try:
@@ -371,7 +592,8 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
                 _save(run, folder.kept(step), step)
     finally:
         bar.close()
-    if run.step == start and not folder.checkpoint.exists():  # nothing to do: make sure one exists
+    exists = run.dist.broadcast_object(folder.checkpoint.exists() if run.dist.is_main else None)
+    if run.step == start and not exists:  # nothing to do: make sure one exists
         if run.metrics.get("step") != run.step:
             _evaluate(run, log, run.step)
         _save(run, folder.checkpoint, run.step)
@@ -379,15 +601,28 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
 
 def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """One optimiser step on the batch of ``step``; stops before the update on a NaN/inf
-    loss or gradient, so the weights (and any later checkpoint) never see it."""
+    loss or gradient, so the weights (and any later checkpoint) never see it.
+
+    In a multi-process run every rank draws the same global batch and scores its own rows
+    (``shard_batch``); the returned losses are the global ones (all-reduced) and both checks
+    read values that are identical on every rank, so all ranks stop together."""
+    if run.step_module is None:
+        _prepare_step(run, compile=False)
+    d = run.dist
     tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
-    batch = to_batch(run.world, tokens, run.device)
-    losses = compute_losses(run.model, run.aux, batch, run.ocfg, last_resid_hook(run.mcfg),
-                            fast=run.cfg.fast_forward)
-    if not torch.isfinite(losses["loss"]):
-        raise TrainingDiverged(f"loss became {float(losses['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
+    if d.enabled:
+        batch = shard_batch(run.world, tokens, run.device, run.ocfg, d.rank, d.world_size)
+    else:
+        batch = to_batch(run.world, tokens, run.device)
+    with run.autocast():
+        losses = run.step_module(batch)
+    total = d.sum_losses(losses)  # the global losses (this very dict in a single process)
+    if not torch.isfinite(total["loss"]):
+        raise TrainingDiverged(f"loss became {float(total['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
     run.opt.zero_grad(set_to_none=True)
-    losses["loss"].backward()
+    # DDP AVERAGES gradients over the ranks, and each partial loss is its rank's share of
+    # the global mean: scaled by the world size, the synced gradient is the global batch's
+    (losses["loss"] * d.world_size if d.enabled else losses["loss"]).backward()
     # the norm is always computed: a finite loss can still give an inf/NaN gradient,
     # which must stop training BEFORE the optimiser writes it into the weights
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
@@ -396,7 +631,7 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
         raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; stopped before the update ({run.last_good_text()})")
     run.opt.step()
     run.sched.step()
-    return losses, gnorm, batch.tokens.numel()
+    return total, gnorm, int(np.asarray(tokens).size)
 
 
 def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:
@@ -408,15 +643,20 @@ def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm
     bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=f"{run.metrics.get('val_loss', float('nan')):.4f}")
 
 
-def _evaluate(run: _Run, log: MetricsLog, step: int) -> None:
-    vl = evaluate_ce(run.model, run.world, run.val_tokens)
+def _evaluate(run: _Run, log: MetricsLog | _NoLog, step: int) -> None:
+    """The validation loss of the current weights: computed by rank 0 (in float32, whatever
+    the training precision) and broadcast, so every rank decides the same about saving."""
+    vl = evaluate_ce(run.model, run.world, run.val_tokens) if run.dist.is_main else float("nan")
+    if run.dist.enabled:
+        vl, run.val_floor = run.dist.broadcast_floats([vl, run.val_floor])
     run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "val_gap": vl - run.val_floor}
     log.write(dict(run.metrics))
 
 
 def _save(run: _Run, path: Path, step: int) -> None:
     """Write a checkpoint of the current state — only if it is good: its own evaluation
-    (this step's) is finite and every weight is finite. Otherwise stop, writing nothing."""
+    (this step's) is finite and every weight is finite. Otherwise stop, writing nothing.
+    Every rank checks (their weights are the same); rank 0 alone writes."""
     vl = run.metrics.get("val_loss", float("nan"))
     if run.metrics.get("step") != step or not math.isfinite(float(vl)):
         raise TrainingDiverged(f"validation loss is {vl} at step {step}; not writing {path} ({run.last_good_text()})")
@@ -426,7 +666,8 @@ def _save(run: _Run, path: Path, step: int) -> None:
         for name, w in module.named_parameters():
             if not torch.isfinite(w).all():
                 raise TrainingDiverged(f"weight {prefix}{name} is not finite at step {step}; not writing {path} ({run.last_good_text()})")
-    save_checkpoint(_payload(run, step), path)
+    if run.dist.is_main:
+        save_checkpoint(_payload(run, step), path)
     if path.name == "ckpt.pt":
         run.last_good = (path, step)
 
@@ -442,7 +683,7 @@ def _payload(run: _Run, step: int) -> dict[str, Any]:
             "model_config": run.mcfg.to_dict(),
             "objective_config": run.ocfg.to_dict(),
             "world_spec": run.world.spec(),
-            "train_config": run.cfg.to_dict(),
+            "train_config": {**run.cfg.to_dict(), **_runtime(run)},
             "step": int(step),
             "model": cpu(run.model.state_dict()),
             "dynamics": cpu(run.dynamics.state_dict()) if run.dynamics is not None else None,
