@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1) per objective")
     p.add_argument("--steps", type=int, default=1000, help="training steps per run")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"), help="model size")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small", "base"), help="model size")
     p.add_argument("--seq-len", type=int, default=10, help="tokens per sequence (Shai et al.: 10)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)

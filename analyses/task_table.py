@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--objectives", default="gpt,nextlat,mtp", help="comma-separated objectives (default all three)")
     p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per objective")
     p.add_argument("--steps", type=int, default=1500, help="training steps per run")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"))
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small", "base"))
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: a5 3e-3, pathstar 1e-3)")
     p.add_argument("--horizon", type=int, default=1, help="NextLat's roll-out depth and MTP's extra heads")

@@ -116,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--seeds", type=int, default=3, help="number of training seeds (0..N-1) per objective")
     p.add_argument("--steps", type=int, default=1500, help="training steps per run")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"), help="model size")
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small", "base"), help="model size")
     p.add_argument("--map-size", type=int, default=6, help="synthetic map: N avenues x N streets")
     p.add_argument("--min-len", type=int, default=None, help="shortest random walk (default: the world's, 4)")
     p.add_argument("--max-len", type=int, default=None, help="longest random walk (default: the world's, 40)")

@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the two runs")
     p.add_argument("--report", type=Path, default=None, help="report folder (default: OUT/report)")
     p.add_argument("--steps", type=int, default=2000, help="training steps per model")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small"))
+    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small", "base"))
     p.add_argument("--horizon", type=int, default=1, help="NextLat roll-out depth d")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)

@@ -43,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lambda-h", type=float, default=1.0, help="NextLat: weight of the SmoothL1 next-latent loss")
     p.add_argument("--lambda-kl", type=float, default=None,
                    help="NextLat: weight of the KL next-token-distribution loss (default: the world's; 1, tagging A5: 0)")
-    p.add_argument("--preset", choices=("tiny", "mini", "small"), default="tiny", help="model size")
+    p.add_argument("--preset", choices=("tiny", "mini", "small", "base"), default="tiny", help="model size")
     p.add_argument("--steps", type=int, default=None, help="total optimiser steps (default 1000; with --resume: the run's own total, or raise it)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the world's)")
