@@ -448,7 +448,10 @@ def run_report(
         recs = ctx.get(s.analysis)
         if not s.applies(ctx, recs):
             continue
-        pages.append((s.title, s.caption, s.figure(ctx, recs)))
+        caption = s.caption
+        if isinstance(recs, list) and recs and all(isinstance(r, dict) and "protocol" in r for r in recs):
+            caption += " " + protocol_note(recs)  # each section names the protocol its numbers follow
+        pages.append((s.title, caption, s.figure(ctx, recs)))
         if s.paper is not None:
             paper.append((s.stem, lambda s=s, recs=recs: s.paper(ctx, recs)))
     rows = summary_rows(ctx)
