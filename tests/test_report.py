@@ -79,6 +79,9 @@ def test_report_cli_on_mess3_and_errors(tiny_mess3_ckpts, tmp_path):
     html = (out / "report.html").read_text()
     assert "Belief geometry: exact vs probed" in html  # 3-state world: the simplex section
     assert "Taxi world model" not in html
+    # every section names its protocol (rank's default, the probe's, the floor of the loss)
+    for name in ("protocol training_length", "protocol held_out", "protocol exact_floor", "protocol groups&gt;=2"):
+        assert name in html, name
     assert "wrote" in r.stderr and "figures" not in r.stderr  # --no-figures: none written, none claimed
     assert not (out / "figures").exists()
     fresh = tmp_path / "never"
