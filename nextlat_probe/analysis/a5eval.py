@@ -134,20 +134,9 @@ def _device(model):
 
 def _argmax_outputs(model, tokens: np.ndarray, batch_size: int) -> np.ndarray:
     """int64 ``[n, T]``: argmax of the model's logits at every position."""
-    import torch
+    from .worldmodel import model_predictor
 
-    dev = _device(model)
-    out = np.empty(tokens.shape, dtype=np.int64)
-    was_training = getattr(model, "training", False)
-    model.eval()
-    try:
-        with torch.no_grad():
-            for s in range(0, len(tokens), batch_size):
-                t = torch.as_tensor(tokens[s : s + batch_size], dtype=torch.long, device=dev)
-                out[s : s + batch_size] = model(t).argmax(-1).cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
+    return model_predictor(model, batch_size=batch_size).top1(tokens)
 
 
 def length_accuracy(

@@ -43,7 +43,7 @@ import numpy as np
 
 from ..records import Rate
 from .stats import AnalysisError
-from .worldmodel import EPSILON, PairMean, _sample_rows, as_predictor
+from .worldmodel import EPSILON, PairMean, _sample_rows, as_predictor, resolve_protocol
 
 #: this package's protocol for worlds without a map (no published reference exists for HMMs:
 #: the definitions follow Vafa et al.'s compression and per-pair distinction, with the
@@ -67,21 +67,10 @@ def check_belief_world(world) -> None:
 
 def resolve_belief_protocol(epsilon: float = EPSILON, **given: Any) -> dict[str, Any]:
     """The ``protocol`` block: ``PROTOCOL`` with ``epsilon``; values given (not None) that
-    differ from the protocol's are used and listed under ``deviations``."""
-    block: dict[str, Any] = {"name": PROTOCOL["name"], "epsilon": float(epsilon)}
-    deviations: dict[str, Any] = {}
-    for key, default in PROTOCOL.items():
-        if key == "name":
-            continue
-        v = given.get(key)
-        block[key] = default if v is None else v
-        if v is not None and v != default:
-            deviations[key] = v
-    if float(epsilon) != EPSILON:
-        deviations["epsilon"] = float(epsilon)
-    if deviations:
-        block["deviations"] = deviations
-    return block
+    differ from the protocol's are used and listed under ``deviations``
+    (``analysis.worldmodel.resolve_protocol``)."""
+    fields = {k: v for k, v in PROTOCOL.items() if k != "name"}
+    return resolve_protocol(PROTOCOL["name"], epsilon, {PROTOCOL["name"]: fields}, **given)
 
 
 # --------------------------------------------------------------------------------------

@@ -98,15 +98,18 @@ PROTOCOLS: dict[str, dict[str, Any]] = {
 DEFAULT_PROTOCOL = "vafa2024"
 
 
-def resolve_protocol(protocol: str, epsilon: float = EPSILON, **given: Any) -> dict[str, Any]:
-    """The ``protocol`` block of a record: ``{"name", "epsilon", <defining parameters>}``.
-    ``given`` values that are None take the protocol's default; any other value that
-    differs from it is used AND listed under ``"deviations"`` (never silently)."""
-    if protocol not in PROTOCOLS:
-        raise AnalysisError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r}")
+def resolve_protocol(protocol: str, epsilon: float = EPSILON, table: dict[str, dict[str, Any]] | None = None,
+                     **given: Any) -> dict[str, Any]:
+    """The ``protocol`` block of a record: ``{"name", "epsilon", <defining parameters>}``
+    of ``protocol`` in ``table`` (default ``PROTOCOLS``). ``given`` values that are None
+    take the protocol's default; any other value that differs from it is used AND listed
+    under ``"deviations"`` (never silently)."""
+    table = PROTOCOLS if table is None else table
+    if protocol not in table:
+        raise AnalysisError(f"protocol must be one of {', '.join(table)}, got {protocol!r}")
     block: dict[str, Any] = {"name": protocol, "epsilon": float(epsilon)}
     deviations: dict[str, Any] = {}
-    for key, default in PROTOCOLS[protocol].items():
+    for key, default in table[protocol].items():
         v = given.get(key)
         block[key] = default if v is None else v
         if v is not None and v != default:
