@@ -80,6 +80,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
     g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
     g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
+    g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="taxi, shortest/noisy walks: hold this fraction of origin/destination pairs out of "
+                        "training (scored later with worldmodel --ood pairs=held_out)")
+    g.add_argument("--holdout-seed", type=int, default=None, help="taxi: seed of the held-out pair split (default 0)")
     g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
                    help="a5: tagging (inputs only, every output scored against the running product; the default) "
                         "or interleaved (g1 s1 g2 s2 ...)")
@@ -102,7 +106,8 @@ def world_options(args: argparse.Namespace) -> dict:
     if args.world == "pathstar":
         return star
     if args.world != "taxi":
-        given = [n for n in ("map_size", "map", "walk", "origin", "min_len", "max_len", "map_seed") if getattr(args, n) is not None]
+        given = [n for n in ("map_size", "map", "walk", "origin", "min_len", "max_len", "map_seed", "holdout",
+                             "holdout_seed") if getattr(args, n) is not None]
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} applies only to --world taxi")
         return {"form": args.form} if args.form is not None else {}
@@ -114,6 +119,8 @@ def world_options(args: argparse.Namespace) -> dict:
         "min_len": args.min_len,
         "max_len": args.max_len,
         "seed": args.map_seed,
+        "holdout": args.holdout,
+        "holdout_seed": args.holdout_seed,
     }
     return {k: v for k, v in opts.items() if v is not None}
 
@@ -128,7 +135,8 @@ TRAIN_OPTIONS = {
 }
 #: taxi options -> their world_options key
 WORLD_OPTIONS = {"map_size": "map_size", "map": "map", "walk": "walk", "origin": "origin",
-                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed", "form": "form"}
+                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed", "form": "form",
+                 "holdout": "holdout", "holdout_seed": "holdout_seed"}
 
 
 def given_options(argv: list[str] | None) -> set[str]:

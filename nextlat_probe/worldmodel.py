@@ -88,7 +88,7 @@ def table(records: list[dict[str, Any]]) -> str:
             if not r.get("variant"):
                 return "trips as in training"
             ev, tr = r["params"]["eval_world"], r["params"]["train_world"]
-            return ", ".join(f"{k}={ev[k]}" for k in ev if ev[k] != tr[k])
+            return ", ".join(f"{k}={ev[k]}" for k in ev if ev[k] != tr.get(k) and ev[k] is not None)
 
         rows.append({"metric": "evaluated on", **{col(r): changed(r) for r in wm}})
     cols = [("metric", "metric", "")] + [(n, n, "") for n in names]
@@ -126,8 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ood", action="append", default=[], metavar="SETTING",
                    help="also score out-of-distribution trips on the same map, beside the in-distribution "
                         "column: 'longer' (random walks longer than in training; needs a larger context) or "
-                        "key=value settings, e.g. walk=random (a shortest-path model on random-walk trips) or "
-                        "walk=shortest; repeatable")
+                        "key=value settings, e.g. walk=random (a shortest-path model on random-walk trips), "
+                        "walk=shortest, or pairs=held_out (the origin/destination pairs a model trained with "
+                        "--holdout never saw); repeatable")
     p.add_argument("--rank-seqs", type=int, default=256, help="sequences for the effective rank row")
     add_layers_arg(p, "last")
     add_output_args(p)

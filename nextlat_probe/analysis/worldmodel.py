@@ -1086,7 +1086,8 @@ class WorldModelResult:
 def trip_settings(world) -> dict[str, Any]:
     """The trip settings of a taxi world (what ``Taxi.variant`` changes)."""
     return {"walk": world.walk, "min_len": world.min_len, "max_len": world.max_len,
-            "noise": world.noise if world.walk == "noisy" else None}
+            "noise": world.noise if world.walk == "noisy" else None,
+            "pairs": getattr(world, "pairs", "train") if getattr(world, "holdout", 0) else None}
 
 
 def ood_world(world, text: str, n_ctx: int | None = None):
@@ -1094,8 +1095,10 @@ def ood_world(world, text: str, n_ctx: int | None = None):
 
     ``text``: ``longer`` (random walks longer than any in training: ``min_len`` = the
     training ``max_len`` + 1, ``max_len`` the longest the model's context ``n_ctx`` holds), or
-    ``key=value`` settings among ``walk``, ``min_len``, ``max_len``, ``noise`` (e.g.
-    ``walk=random``: random-walk trips for a model trained on shortest paths)."""
+    ``key=value`` settings among ``walk``, ``min_len``, ``max_len``, ``noise``, ``pairs`` (e.g.
+    ``walk=random``: random-walk trips for a model trained on shortest paths;
+    ``pairs=held_out``: the origin/destination pairs a world with ``holdout > 0`` kept out
+    of training)."""
     check_taxi_world(world)
     text = str(text).strip()
     if text == "longer":

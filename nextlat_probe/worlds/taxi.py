@@ -18,6 +18,16 @@ Sources (``walk``):
   within ``max_len`` turns in total; otherwise the shortest-path turn. Paths therefore
   never exceed ``max_len`` turns and the next-turn distribution stays exact.
 
+Held-out origin/destination pairs (``holdout``, ``pairs``; shortest and noisy walks): a
+fixed fraction ``holdout`` of the ordered pairs (o, d) is set aside by a hash of
+``(o, d, holdout_seed)``, so the split needs no table and is the same on every machine.
+``pairs="train"`` (training) draws the destination uniformly among the origin's pairs that
+are *not* held out, ``pairs="held_out"`` (out-of-distribution evaluation, Vafa et al.'s
+unseen trips) among those that are; the origin stays uniform. ``P(destination | origin)``
+is that uniform distribution, and after the destination token nothing changes, so the
+beliefs stay exact. Random walks have no drawn destination (it is where the walk ends), so
+they have no pair split.
+
 Maps that are not strongly connected (the real Manhattan map has dead ends): every source
 lives on the largest strongly connected component (SCC): origins and destinations are drawn
 inside it and walks only take edges that stay inside it. The few turns that leave it are
@@ -89,6 +99,31 @@ DEFAULT_MAX_LEN = 40
 DEFAULT_NOISE = 0.1
 _HIDDEN_H = 0.5
 _FAR = np.iinfo(np.int32).max // 4  # "unreachable" in integer distance tables
+PAIRS = ("train", "held_out")
+_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+
+
+def _splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser on uint64 arrays (wrapping arithmetic): a fixed, portable
+    hash, so a pair's side of the split does not depend on numpy's RNG or the platform."""
+    with np.errstate(over="ignore"):
+        x = (x + np.uint64(0x9E3779B97F4A7C15)) & _M64
+        x = ((x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)) & _M64
+        x = ((x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)) & _M64
+        return x ^ (x >> np.uint64(31))
+
+
+def held_out_pairs(origin: np.ndarray, dest: np.ndarray, n_nodes: int, fraction: float,
+                   seed: int = 0) -> np.ndarray:
+    """bool, broadcast shape of ``origin`` and ``dest``: whether the ordered pair (origin,
+    dest) of node indices is held out (hash below ``fraction`` of the uint64 range)."""
+    if fraction <= 0:
+        return np.zeros(np.broadcast(origin, dest).shape, dtype=bool)
+    key = (np.asarray(origin, dtype=np.uint64) * np.uint64(n_nodes) + np.asarray(dest, dtype=np.uint64))
+    with np.errstate(over="ignore"):
+        key = key + np.uint64(int(seed) & 0xFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)
+    h = _splitmix64(key & _M64)
+    return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < float(fraction)
 
 
 def _one_hot(idx: np.ndarray, size: int) -> np.ndarray:
@@ -109,6 +144,9 @@ class Taxi(World):
     origin: ``visible`` (origin and destination tokens first) or ``hidden`` (turns only;
         random walks only).
     noise: probability of a random turn for ``noisy`` (default 0.1).
+    holdout: fraction of ordered origin/destination pairs held out of training (shortest and
+        noisy walks; default 0: none). ``pairs`` picks the side this world draws from,
+        ``train`` or ``held_out``; ``holdout_seed`` picks the split.
     """
 
     name = "taxi"
@@ -116,7 +154,8 @@ class Taxi(World):
 
     def __init__(self, street_map: StreetMap, walk: str = "random", min_len: int | None = None,
                  max_len: int | None = None, origin: str = "visible",
-                 noise: float | None = None) -> None:
+                 noise: float | None = None, holdout: float = 0.0, pairs: str = "train",
+                 holdout_seed: int = 0) -> None:
         if not isinstance(street_map, StreetMap):
             raise WorldError(f"taxi: street_map must be a StreetMap, got {type(street_map).__name__}")
         if walk not in WALKS:
@@ -176,11 +215,58 @@ class Taxi(World):
             self.length_probs[min_len:max_len + 1] = 1.0 / (max_len - min_len + 1)
 
         nodes = [] if origin == "hidden" else street_map.node_names
+        self._init_pairs(holdout, pairs, holdout_seed)
         self._names = nodes + list(DIRECTIONS) + ["end", "pad"]
         self.dir0 = len(nodes)
         self.end_id = self.dir0 + 8
         self.pad_id = self.dir0 + 9
         self._hmm = self._build_hmm() if origin == "hidden" else None
+
+    def _init_pairs(self, holdout: Any, pairs: Any, holdout_seed: Any) -> None:
+        try:
+            holdout = float(holdout)
+            holdout_seed = int(holdout_seed)
+        except (TypeError, ValueError):
+            raise WorldError(f"taxi: holdout must be a number and holdout_seed an integer, got "
+                             f"{holdout!r}, {holdout_seed!r}") from None
+        if not 0.0 <= holdout < 1.0:
+            raise WorldError(f"taxi: holdout must lie in [0, 1), got {holdout}")
+        if pairs not in PAIRS:
+            raise WorldError(f"taxi: pairs must be train or held_out, got {pairs!r}")
+        if (holdout > 0 or pairs != "train") and self.walk == "random":
+            raise WorldError("taxi: held-out origin/destination pairs need walk=shortest or noisy (a random "
+                             "walk's destination is where it ends, not drawn)")
+        if pairs == "held_out" and holdout == 0:
+            raise WorldError("taxi: pairs=held_out needs holdout > 0")
+        self.holdout, self.pairs, self.holdout_seed = holdout, pairs, holdout_seed
+        if holdout > 0:
+            # every origin must keep at least one destination on this side of the split
+            counts = np.zeros(self.walk_nodes.size, dtype=np.int64)
+            for lo in range(0, self.walk_nodes.size, 256):
+                o = self.walk_nodes[lo:lo + 256]
+                counts[lo:lo + o.size] = self._allowed_dest(o).sum(axis=1)
+            if counts.min() == 0:
+                bad = self.map.node_names[int(self.walk_nodes[int(np.argmin(counts))])]
+                raise WorldError(f"taxi: with holdout={holdout} (seed {holdout_seed}) origin {bad!r} has no "
+                                 f"{pairs} destination; use another holdout or holdout_seed")
+
+    def _allowed_dest(self, origins: np.ndarray) -> np.ndarray:
+        """bool ``[k, N]``: destinations this world may draw for each origin (inside the
+        SCC, not the origin, on this world's side of the pair split)."""
+        N = self.map.n_nodes
+        origins = np.asarray(origins, dtype=np.int64)
+        inside = np.zeros(N, dtype=bool)
+        inside[self.walk_nodes] = True
+        ok = inside[None, :] & (np.arange(N)[None, :] != origins[:, None])
+        if self.holdout > 0:
+            held = held_out_pairs(origins[:, None], np.arange(N)[None, :], N, self.holdout, self.holdout_seed)
+            ok &= held if self.pairs == "held_out" else ~held
+        return ok
+
+    def is_held_out(self, origin: np.ndarray, dest: np.ndarray) -> np.ndarray:
+        """bool: whether each (origin, destination) node pair is in this map's held-out set."""
+        return held_out_pairs(np.asarray(origin), np.asarray(dest), self.map.n_nodes, self.holdout,
+                              self.holdout_seed)
 
     # --- construction helpers -----------------------------------------------------------
     def variant(self, **changes: Any) -> Taxi:
@@ -189,29 +275,36 @@ class Taxi(World):
         changes). Settings not given keep this world's values, except those that do not
         apply to the new walk (``min_len`` for shortest paths, ``noise`` off noisy); a new
         walk keeps ``max_len`` (so trips still fit the models' context) unless it is shorter
-        than the map's longest shortest path, where the new walk's default applies."""
-        unknown = set(changes) - {"walk", "min_len", "max_len", "noise"}
+        than the map's longest shortest path, where the new walk's default applies.
+        ``pairs`` (``train`` / ``held_out``) switches the side of the origin/destination
+        split, which stays this world's (``holdout``, ``holdout_seed``)."""
+        unknown = set(changes) - {"walk", "min_len", "max_len", "noise", "pairs"}
         if unknown:
-            raise WorldError(f"taxi: cannot vary {', '.join(sorted(unknown))} (walk, min_len, max_len, noise)")
+            raise WorldError(f"taxi: cannot vary {', '.join(sorted(unknown))} (walk, min_len, max_len, noise, pairs)")
+        split = {"holdout": self.holdout, "pairs": changes.pop("pairs", self.pairs), "holdout_seed": self.holdout_seed}
+        if split["pairs"] == "train" and split["holdout"] > 0 and changes.get("walk", self.walk) == "random":
+            split["holdout"] = 0.0  # a random walk draws no destination: no split to keep
         walk = changes.get("walk", self.walk)
         min_len = changes.get("min_len", self.min_len if walk == "random" == self.walk else None)
         noise = changes.get("noise", self.noise if walk == "noisy" == self.walk else None)
         if "max_len" in changes:
             return Taxi(self.map, walk=walk, min_len=min_len, max_len=changes["max_len"], origin=self.origin,
-                        noise=noise)
+                        noise=noise, **split)
         if walk == "random" and min_len is None:
             min_len = min(DEFAULT_MIN_LEN, self.max_len)
         try:
-            return Taxi(self.map, walk=walk, min_len=min_len, max_len=self.max_len, origin=self.origin, noise=noise)
+            return Taxi(self.map, walk=walk, min_len=min_len, max_len=self.max_len, origin=self.origin, noise=noise,
+                        **split)
         except WorldError:
             if walk == "random":
                 raise
-            return Taxi(self.map, walk=walk, min_len=min_len, max_len=None, origin=self.origin, noise=noise)
+            return Taxi(self.map, walk=walk, min_len=min_len, max_len=None, origin=self.origin, noise=noise, **split)
 
     @classmethod
     def from_options(cls, map_size: int | str = 6, map: str | Path | None = None, walk: str = "random",
                      min_len: int | None = None, max_len: int | None = None, origin: str = "visible",
-                     seed: int = 0, noise: float | None = None) -> Taxi:
+                     seed: int = 0, noise: float | None = None, holdout: float = 0.0, pairs: str = "train",
+                     holdout_seed: int = 0) -> Taxi:
         """What ``make_world("taxi", ...)`` calls: a synthetic ``map_size`` x ``map_size``
         map (or ``"AxS"``) drawn with ``seed``, or the edge-list JSON file ``map``."""
         if map is not None:
@@ -226,7 +319,8 @@ class Taxi(World):
             else:
                 a_n = s_n = int(map_size)
             street_map = synthetic_manhattan(a_n, s_n, seed=int(seed))
-        return cls(street_map, walk=walk, min_len=min_len, max_len=max_len, origin=origin, noise=noise)
+        return cls(street_map, walk=walk, min_len=min_len, max_len=max_len, origin=origin, noise=noise,
+                   holdout=holdout, pairs=pairs, holdout_seed=holdout_seed)
 
     def _build_hmm(self):
         from .hmm import HMM
@@ -346,6 +440,29 @@ class Taxi(World):
             path[:, k + 1] = cur
         return path, dirs, L
 
+    def _redraw_dest(self, origin: np.ndarray, dest: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Destinations uniform among each origin's allowed ones: redraw rejected pairs a few
+        rounds (cheap when the side is large), then draw the rest from their allowed lists."""
+        N, S = self.map.n_nodes, self.walk_nodes.size
+        dest = dest.copy()
+
+        def bad(idx):
+            held = held_out_pairs(origin[idx], dest[idx], N, self.holdout, self.holdout_seed)
+            return idx[held != (self.pairs == "held_out")]
+
+        todo = bad(np.arange(origin.size))
+        for _ in range(32):
+            if not todo.size:
+                return dest
+            b = rng.integers(S - 1, size=todo.size)
+            a = np.searchsorted(self.walk_nodes, origin[todo])
+            dest[todo] = self.walk_nodes[b + (b >= a)]
+            todo = bad(todo)
+        for i in todo:  # uniform among the allowed, exactly
+            options = np.flatnonzero(self._allowed_dest(origin[i:i + 1])[0])
+            dest[i] = options[rng.integers(options.size)]
+        return dest
+
     def _shortest_dir(self, node: np.ndarray, dest: np.ndarray) -> np.ndarray:
         """First direction (``DIRECTIONS`` order) on a shortest path from node to dest; -1 if none."""
         nb = self.walk_succ[node]
@@ -367,6 +484,8 @@ class Taxi(World):
         b = rng.integers(S - 1, size=n)
         b = b + (b >= a)
         cur, dest = self.walk_nodes[a], self.walk_nodes[b]
+        if self.holdout > 0:
+            dest = self._redraw_dest(cur, dest, rng)
         path = np.empty((n, K + 1), dtype=np.int64)
         dirs = np.zeros((n, K), dtype=np.int64)
         L = np.zeros(n, dtype=np.int64)
@@ -540,11 +659,10 @@ class Taxi(World):
         out = np.zeros((n, length, self.vocab_size))
         if length == 0:
             return out
-        o = tr["node"][:, 0]
-        inside = np.zeros(N, dtype=bool)
-        inside[self.walk_nodes] = True
-        first = np.where(inside[None, :] & (np.arange(N)[None, :] != o[:, None]), 1.0, 0.0)
-        out[:, 0, :N] = first / max(1, self.walk_nodes.size - 1)
+        uniq, inv = np.unique(tr["node"][:, 0], return_inverse=True)
+        first = self._allowed_dest(uniq).astype(np.float64)
+        first /= np.maximum(first.sum(axis=1, keepdims=True), 1.0)
+        out[:, 0, :N] = first[inv]
         s, p = np.nonzero(tr["phase"] == 1)
         nd, g, t = tr["node"][s, p], np.clip(tr["dest"][s], 0, None), tr["turns"][s, p]
         arrived = nd == g
@@ -648,7 +766,9 @@ class Taxi(World):
     def spec(self) -> dict[str, Any]:
         return {"kind": "taxi", "map": self.map.to_dict(), "walk": self.walk,
                 "min_len": self.min_len, "max_len": self.max_len, "origin": self.origin,
-                "noise": self.noise if self.walk == "noisy" else None}
+                "noise": self.noise if self.walk == "noisy" else None,
+                **({"holdout": self.holdout, "pairs": self.pairs, "holdout_seed": self.holdout_seed}
+                   if self.holdout > 0 else {})}
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any]) -> Taxi:
@@ -659,8 +779,9 @@ class Taxi(World):
         street_map = StreetMap.from_dict(spec["map"], source="taxi spec map")
         return cls(street_map, walk=spec.get("walk", "random"), min_len=spec.get("min_len"),
                    max_len=spec.get("max_len"), origin=spec.get("origin", "visible"),
-                   noise=spec.get("noise"))
+                   noise=spec.get("noise"), holdout=spec.get("holdout", 0.0), pairs=spec.get("pairs", "train"),
+                   holdout_seed=spec.get("holdout_seed", 0))
 
 
-__all__ = ["Taxi", "StreetMap", "DIRECTIONS", "DIR_INDEX", "check_sequences", "parse_sequences",
+__all__ = ["Taxi", "StreetMap", "held_out_pairs", "DIRECTIONS", "DIR_INDEX", "check_sequences", "parse_sequences",
            "synthetic_manhattan", "MAX_HIDDEN_NODES"]
