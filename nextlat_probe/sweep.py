@@ -61,12 +61,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--world", default="taxi", help='world spec name[:key=value,...], e.g. taxi, '
                    '"taxi:map_size=4,max_len=12", mess3')
     g.add_argument("--objectives", default="gpt,nextlat", help="comma list of objectives")
-    g.add_argument("--presets", default="tiny", help="comma list of model presets (tiny, mini, small)")
-    g.add_argument("--steps", default="1500", help="comma list of training lengths; each is its own run (its own "
+    g.add_argument("--presets", default=None, help="comma list of model presets (tiny, mini, small, base; "
+                   "default tiny)")
+    g.add_argument("--steps", default=None, help="comma list of training lengths; each is its own run (its own "
                    "cosine schedule)")
     g.add_argument("--lambda-h", default="1", help="comma list of NextLat latent-loss weights")
     g.add_argument("--lambda-kl", default="1", help="comma list of NextLat KL weights")
     g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting; pairs are formed by seed")
+    g.add_argument("--cell", action="append", default=[], metavar="PRESET:STEPS[:lambda_kl=V/V]",
+                   help="an explicit grid cell instead of --presets x --steps; repeatable, e.g. --cell tiny:1500 "
+                        "--cell tiny:6000 --cell mini:1500:lambda_kl=0 (lambdas not given: --lambda-h/--lambda-kl)")
     g.add_argument("--keep", type=int, default=3, help="checkpoints kept along training (keep_every = steps // K), "
                    "besides the final one")
     g.add_argument("--out", type=Path, default=Path("runs/sweep"), help="folder of the runs and outputs")
@@ -112,18 +116,20 @@ TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "lr", "horizon": "horizon", "se
 def config_from_args(args: argparse.Namespace):
     from .sweeps import SweepConfig
 
+    if args.cell and (args.presets is not None or args.steps is not None):
+        raise UsageError("--cell replaces --presets and --steps: give one or the other")
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")
     if not (args.gap_threshold >= 0 and args.gap_ratio >= 1):
         raise UsageError("--gap-threshold must be >= 0 and --gap-ratio >= 1")
     train_options = {key: getattr(args, dest) for dest, key in TRAIN_FLAGS.items() if getattr(args, dest) is not None}
     return SweepConfig(world=args.world, objectives=_list(args.objectives, "objectives"),
-                       presets=_list(args.presets, "presets"), steps=_list(args.steps, "steps", int),
+                       presets=_list(args.presets or "tiny", "presets"), steps=_list(args.steps or "1500", "steps", int),
                        lambda_h=_list(args.lambda_h, "lambda-h", float),
                        lambda_kl=_list(args.lambda_kl, "lambda-kl", float), seeds=args.seeds, out=str(args.out),
                        keep=args.keep, workers=args.workers, device=args.device, train_options=train_options,
                        n_seqs=args.n_seqs, n_pairs=args.n_pairs, eval_seed=args.eval_seed, probe=not args.no_probe,
-                       worldmodel=not args.no_worldmodel, ood=tuple(args.ood))
+                       worldmodel=not args.no_worldmodel, ood=tuple(args.ood), cells=tuple(args.cell))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,6 +175,11 @@ class SweepConfig:
     probe: bool = True
     #: evaluate the world-model metrics (taxi worlds with visible origins)
     worldmodel: bool = True
+    #: explicit grid cells instead of the presets x steps product, each
+    #: ``PRESET:STEPS[:lambda_h=V/V...][:lambda_kl=V/V...]`` (lambdas not given: the sweep's
+    #: lists); e.g. ``("tiny:1500", "tiny:6000", "mini:1500:lambda_kl=0")`` runs mini only
+    #: where it fits. Empty: every preset x every steps value
+    cells: tuple[str, ...] = ()
     #: out-of-distribution world-model evaluations beside the in-distribution one
     #: (``analysis.worldmodel.ood_world``: ``longer``, ``walk=random`` ...); each costs one
     #: more world-model evaluation per checkpoint. Columns ``{metric}@ood:{setting}``
@@ -188,6 +193,7 @@ class SweepConfig:
         self.lambda_kl = tuple(float(v) for v in self.lambda_kl)
         self.train_options = dict(self.train_options)
         self.ood = tuple(str(o) for o in self.ood)
+        self.cells = tuple(str(c) for c in self.cells)
         self.validate()
 
     def validate(self) -> None:
@@ -229,6 +235,23 @@ class SweepConfig:
         if clash:
             raise UsageError(f"train_options may not set {clash[0]!r}: the sweep sets it per run")
         parse_world(self.world)  # a bad world spec fails here, before any run
+        if self.cells:
+            listed("cell", self.cells)
+            for c in self.cells:
+                preset, steps, lh, lkl = parse_cell(c, self)
+                listed("cell", [preset], tuple(PRESETS))
+                if steps < 1:
+                    raise UsageError(f"--cell {c}: steps must be a positive integer")
+                for flag, values in (("lambda_h", lh), ("lambda_kl", lkl)):
+                    listed(f"cell {c}: {flag}", values)
+                    if not all(math.isfinite(v) and v >= 0 for v in values):
+                        raise UsageError(f"--cell {c}: {flag} values must be finite numbers >= 0")
+
+    def grid_cells(self) -> list[tuple[str, int, tuple[float, ...], tuple[float, ...]]]:
+        """(preset, steps, lambda_h values, lambda_kl values) per cell of the grid."""
+        if self.cells:
+            return [parse_cell(c, self) for c in self.cells]
+        return [(p, s, self.lambda_h, self.lambda_kl) for p in self.presets for s in self.steps]
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -247,6 +270,29 @@ class SweepConfig:
                 "seed": self.eval_seed, "probe": self.probe, "worldmodel": self.worldmodel,
                 "n_pairs": self.n_pairs, "detour_probs": [DETOUR_PROB],
                 **({"ood": list(self.ood)} if self.ood else {})}
+
+
+def parse_cell(text: str, cfg: "SweepConfig") -> tuple[str, int, tuple[float, ...], tuple[float, ...]]:
+    """``PRESET:STEPS[:lambda_h=V/V...][:lambda_kl=V/V...]`` -> (preset, steps, lambda_h,
+    lambda_kl); lambdas not given are ``cfg``'s."""
+    parts = [p.strip() for p in str(text).split(":")]
+    if len(parts) < 2:
+        raise UsageError(f"--cell {text!r}: expected PRESET:STEPS[:lambda_kl=V/V...]")
+    try:
+        steps = int(parts[1])
+    except ValueError:
+        raise UsageError(f"--cell {text!r}: steps {parts[1]!r} is not an integer") from None
+    lam = {"lambda_h": cfg.lambda_h, "lambda_kl": cfg.lambda_kl}
+    for part in parts[2:]:
+        key, eq, val = part.partition("=")
+        key = key.strip().replace("-", "_")
+        if not eq or key not in lam:
+            raise UsageError(f"--cell {text!r}: {part!r} is not lambda_h=... or lambda_kl=...")
+        try:
+            lam[key] = tuple(float(v) for v in val.split("/"))
+        except ValueError:
+            raise UsageError(f"--cell {text!r}: {part!r}: values must be numbers separated by /") from None
+    return parts[0], steps, tuple(lam["lambda_h"]), tuple(lam["lambda_kl"])
 
 
 def probe_n_test(n_seqs: int) -> int:
@@ -367,20 +413,21 @@ def run_name(objective: str, preset: str, steps: int, seed: int, lambda_h: float
 
 
 def grid(cfg: SweepConfig) -> list[RunSpec]:
-    """Every run of the sweep, ordered preset, steps, seed, objective, lambdas (so the runs
-    of one pair finish close together). Objectives outside ``LAMBDA_OBJECTIVES`` get one
+    """Every run of the sweep, ordered cell (preset, steps), seed, objective, lambdas (so
+    the runs of one pair finish close together). Objectives outside ``LAMBDA_OBJECTIVES`` get one
     run per (preset, steps, seed)."""
     label = world_label(cfg.world)
-    runs = []
-    for preset in cfg.presets:
-        for steps in cfg.steps:
-            keep_every = max(1, steps // cfg.keep)
-            for seed in range(cfg.seeds):
-                for obj in cfg.objectives:
-                    lambdas = ([(lh, lkl) for lh in cfg.lambda_h for lkl in cfg.lambda_kl]
-                               if obj in LAMBDA_OBJECTIVES else [(None, None)])
-                    for lh, lkl in lambdas:
-                        name = run_name(obj, preset, steps, seed, lh, lkl)
+    runs, seen = [], set()
+    for preset, steps, lambda_h, lambda_kl in cfg.grid_cells():
+        keep_every = max(1, steps // cfg.keep)
+        for seed in range(cfg.seeds):
+            for obj in cfg.objectives:
+                lambdas = ([(lh, lkl) for lh in lambda_h for lkl in lambda_kl]
+                           if obj in LAMBDA_OBJECTIVES else [(None, None)])
+                for lh, lkl in lambdas:
+                    name = run_name(obj, preset, steps, seed, lh, lkl)
+                    if name not in seen:  # two cells of one preset and length share their GPT runs
+                        seen.add(name)
                         runs.append(RunSpec(obj, preset, steps, seed, lh, lkl, keep_every, f"{label}/{name}"))
     return runs
 

@@ -66,6 +66,33 @@ def test_grid_expands_lambdas_for_nextlat_only(tmp_path):
             assert (tc.lambda_h, tc.lambda_kl) == (r.lambda_h, r.lambda_kl)
 
 
+def test_cells_replace_the_product_and_share_gpt_runs(tmp_path):
+    cfg = SweepConfig(world="mess3", objectives=("gpt", "nextlat"), lambda_kl=(0, 1), seeds=2, out=str(tmp_path),
+                      cells=("tiny:4", "mini:6:lambda_kl=0", "mini:6:lambda_kl=1/2"))
+    names = [r.folder for r in grid(cfg)]
+    expected = ([f"mess3/{n}-seed{s}" for s in (0, 1) for n in ("gpt-tiny-s4", "nextlat-tiny-s4-lh1-lkl0",
+                                                                 "nextlat-tiny-s4-lh1-lkl1")]
+                + [f"mess3/{n}-seed{s}" for s in (0, 1) for n in ("gpt-mini-s6", "nextlat-mini-s6-lh1-lkl0")]
+                + [f"mess3/nextlat-mini-s6-lh1-lkl{kl}-seed{s}" for s in (0, 1) for kl in (1, 2)])
+    assert names == expected  # mini's GPT runs appear once although two cells name mini:6
+    back = SweepConfig.from_dict(cfg.to_dict())
+    assert [r.folder for r in grid(back)] == names
+
+
+@pytest.mark.parametrize("cell", ["tiny", "tiny:x", "huge:4", "tiny:0", "tiny:4:lambda_q=1", "tiny:4:lambda_kl=a",
+                                  "tiny:4:lambda_kl=-1"])
+def test_bad_cells_are_usage_errors(tmp_path, cell):
+    with pytest.raises(UsageError) as info:
+        toy_config(tmp_path, cells=(cell,))
+    assert "--cell" in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_cell_with_presets_is_refused(tmp_path):
+    res = run_cli("nextlat_probe.sweep", "--cell", "tiny:4", "--steps", "4", "--out", str(tmp_path), "--dry-run",
+                  timeout=60)
+    assert res.returncode == 2 and "--cell replaces" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+
+
 @pytest.mark.parametrize("bad", [dict(objectives=("gpt", "foo")), dict(presets=("huge",)), dict(steps=(0,)),
                                  dict(lambda_kl=(-1.0,)), dict(seeds=0), dict(objectives=("gpt", "gpt")),
                                  dict(world="nowhere"), dict(workers=10_000)])
