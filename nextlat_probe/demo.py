@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         eval_every=max(50, args.steps // 15),
         save_every=max(100, args.steps // 6),
-        keep_every=max(1, args.steps // 3),
+        keep_every=max(1, args.steps // 6),  # the matched-loss comparison picks among these
     )
     ckpts = [run.checkpoint for run in runs]
     print(f"[demo] training done in {time.time() - t0:.0f} s", file=sys.stderr)

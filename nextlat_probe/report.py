@@ -137,11 +137,9 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
     from .compare import run_rank
     from .experiments import intermediate_checkpoints
 
-    out = []
+    per_model = []
     for m in ctx.models:
         inter = [p for p in intermediate_checkpoints(Path(m.path).parent) if p.resolve() != Path(m.path).resolve()]
-        if not inter:
-            continue
         loaded = []
         for p in inter:
             ck = load_checkpoint(p, device=ctx.device)
@@ -149,12 +147,53 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
                 continue
             ck.label = m.name
             loaded.append(ck)
-        if not loaded:
-            continue
-        recs = run_rank(loaded, n_seqs=ctx.n_seqs, seq_len=ctx.inputs.length, seed=ctx.seed, device=ctx.device)
-        recs += [r for r in ctx.get("rank") if r["name"] == m.name and r["layer"] == recs[0]["layer"]]
+        recs = run_rank(loaded, n_seqs=ctx.n_seqs, seq_len=ctx.inputs.length, seed=ctx.seed,
+                        device=ctx.device) if loaded else []
+        per_model.append((m, recs))
+    if not any(recs for _, recs in per_model):
+        return []  # no model kept a checkpoint along training: no trajectory to show
+    layer = next(recs[0]["layer"] for _, recs in per_model if recs)  # the last block, as run_rank names it
+    out = []
+    for m, recs in per_model:
+        # a model without kept checkpoints still takes part with its final point (it may be
+        # the one that sets the matched loss)
+        recs = recs + [r for r in ctx.get("rank") if r["name"] == m.name and r["layer"] == layer]
         out.extend(sorted(recs, key=lambda r: r["step"]))
     return out
+
+
+def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
+    """``worldmodel`` records (taxi) of the checkpoints at matched validation loss: each
+    run's first kept checkpoint at the loss every run reaches (``_matched_loss``), scored on
+    the same trips as the ``worldmodel`` section. Empty when every matched checkpoint is the
+    final one (the equal-step numbers are then already at matched loss)."""
+    from .checkpoint import load_checkpoint
+    from .experiments import intermediate_checkpoints
+
+    if not ctx.is_taxi:
+        return []
+    runs = _matched_loss(ctx).get("runs") or {}
+    if not runs or all(v["step"] == m.step for m in ctx.models for n, v in runs.items() if n == m.name):
+        return []
+    picked = []
+    for m in ctx.models:
+        want = runs.get(m.name)
+        if want is None:
+            continue
+        if want["step"] == m.step:
+            picked.append(m)
+            continue
+        path = next((p for p in intermediate_checkpoints(Path(m.path).parent)
+                     if p.name == f"ckpt_step{want['step']}.pt"), None)
+        if path is None:
+            continue
+        ck = load_checkpoint(path, device=ctx.device)
+        ck.label = m.name
+        picked.append(ck)
+    if len(picked) < 2:
+        return []
+    recs = _compare().run_worldmodel(picked, n_pairs=max(50, min(200, ctx.n_seqs)), seed=ctx.seed, device=ctx.device)
+    return [{**r, "variant": "matched_loss"} for r in recs]
 
 
 def _compare():
@@ -177,6 +216,7 @@ ANALYSES: dict[str, Callable[[Context], Any]] = {
     "worldmodel": lambda c: _compare().run_worldmodel(c.models, n_pairs=max(50, min(200, c.n_seqs)), seed=c.seed,
                                                       device=c.device),
     "mapping": lambda c: _compare().run_mapping(None, inputs=c.inputs, n_trips=min(500, 2 * c.n_seqs), seed=c.seed),
+    "worldmodel_matched": _worldmodel_matched,
 }
 
 
@@ -340,6 +380,20 @@ def _matched_line(mm: dict[str, Any]) -> str:
             + ", ".join(f"{n} eff. rank {v['effective_rank']:.2f} (step {v['step']})" for n, v in mm["runs"].items()))
 
 
+def _matched_worldmodel_line(recs: list[dict[str, Any]]) -> str:
+    """The world-model metrics of the matched-loss checkpoints, one clause per model."""
+    from .records import metric_value
+
+    parts = []
+    for r in recs:
+        m = r["metrics"]
+        bits = [f"{label} {metric_value(r, key):.3f}" for key, label in
+                (("trajectory_valid", "valid trajectories"), ("compression", "compression"),
+                 (SUMMARY_DETOUR, "detour")) if key in m]
+        parts.append(f"{r['name']} (step {r['step']}, val loss {r['val_loss']:.4f}): " + ", ".join(bits))
+    return "World-model metrics at matched validation loss: " + "; ".join(parts)
+
+
 def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
     head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
     body = []
@@ -353,7 +407,8 @@ def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
     return f"<table class='summary'><tr>{head}</tr>{''.join(body)}</table>"
 
 
-def _intro_html(rows, columns, matched: dict[str, Any], protocol: str) -> str:
+def _intro_html(rows, columns, matched: dict[str, Any], protocol: str,
+                matched_wm: list[dict[str, Any]] | None = None) -> str:
     from .tables import convergence_note
 
     parts = ["<h2 id='summary'>Summary</h2>", _summary_table_html(rows, columns)]
@@ -373,6 +428,8 @@ def _intro_html(rows, columns, matched: dict[str, Any], protocol: str) -> str:
                           f"{v['val_loss']:.4f})" for n, v in matched["runs"].items())
         parts.append(f"<div class='note'>Effective rank at matched validation loss (≤ {matched['target_val_loss']:.4f}): "
                      f"{items}.</div>")
+    if matched_wm:
+        parts.append(f"<div class='note'>{html.escape(_matched_worldmodel_line(matched_wm))}.</div>")
     return "\n".join(parts)
 
 
@@ -457,9 +514,10 @@ def run_report(
     rows = summary_rows(ctx)
     columns = summary_columns(rows, ctx.is_taxi)
     matched = _matched_loss(ctx)
-    records = [r for key, rs in ctx.records.items() if key != "training" for r in rs]
+    matched_wm = ctx.get("worldmodel_matched")
+    records = [r for key, rs in ctx.records.items() if key not in ("training", "worldmodel_matched") for r in rs]
     protocol = protocol_note(records)
-    summary = {"summary": rows, "records": records, "rank_matched_loss": matched,
+    summary = {"summary": rows, "records": records, "rank_matched_loss": matched, "worldmodel_matched_loss": matched_wm,
                "params": {"n_seqs": ctx.n_seqs, "seq_len": ctx.inputs.length, "seed": seed, "horizon": horizon,
                           "fit_steps": fit_steps, "n_test": ctx.n_test},
                "seconds": time.time() - t0}
@@ -468,7 +526,8 @@ def run_report(
     if figures:
         write_figures(out / "figures", paper)
     title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({m.objective})" for m in ctx.models)
-    write_page(pages, out / "report.html", title=title, intro_html=_intro_html(rows, columns, matched, protocol))
+    write_page(pages, out / "report.html", title=title,
+               intro_html=_intro_html(rows, columns, matched, protocol, matched_wm))
     tmp = out / "summary.json.tmp"
     tmp.write_text(json.dumps(to_jsonable(summary), indent=1))
     tmp.replace(out / "summary.json")
@@ -481,6 +540,8 @@ def run_report(
             print(conv)
         if matched.get("runs"):
             print("\n" + _matched_line(matched))
+        if matched_wm:
+            print(_matched_worldmodel_line(matched_wm))
         lines = _verdict_lines(rows)
         if lines:
             print("\nOne run per objective, at equal training steps (not a seed average):")

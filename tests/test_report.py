@@ -104,3 +104,37 @@ def test_demo_trains_reports_and_reuses(tmp_path):
     assert (tmp_path / "demo" / "gpt-seed0" / "ckpt_step4.pt").is_file()  # kept for matched-loss comparisons
     again = run_cli(*args)
     assert again.returncode == 0 and "reusing" in again.stderr
+
+
+@pytest.mark.slow
+def test_report_scores_the_world_model_again_at_matched_loss(tmp_path):
+    """A long GPT and a short NextLat: the matched-loss checkpoint of GPT is an early kept
+    one, and the report's world-model numbers for it equal an evaluation of that file."""
+    from nextlat_probe.checkpoint import load_checkpoint
+    from nextlat_probe.compare import run_worldmodel
+    from nextlat_probe.report import run_report
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    ck = {}
+    for obj, steps in (("gpt", 80), ("nextlat", 20)):
+        cfg = TrainConfig(world="taxi", world_options={"map_size": 4, "max_len": 12, "min_len": 2}, objective=obj,
+                          steps=steps, batch_size=32, eval_every=10, save_every=20, keep_every=20, n_val=64,
+                          device="cpu", warmup_steps=5, lr=3e-3)
+        ck[obj] = train(cfg, out_dir=tmp_path / obj, progress=False).checkpoint
+    summary = run_report([ck["gpt"], ck["nextlat"]], tmp_path / "rep", n_seqs=24, fit_steps=20, figures=False,
+                         progress=False, quiet=True)
+    runs = summary["rank_matched_loss"]["runs"]
+    assert runs["nextlat"]["step"] == 20 and runs["gpt"]["step"] < 80  # GPT passes NextLat's loss early
+    wm = {r["name"]: r for r in summary["worldmodel_matched_loss"]}
+    assert set(wm) == {"gpt", "nextlat"} and all(r["variant"] == "matched_loss" for r in wm.values())
+    assert wm["gpt"]["step"] == runs["gpt"]["step"]
+    early = load_checkpoint(tmp_path / "gpt" / f"ckpt_step{runs['gpt']['step']}.pt", device="cpu")
+    direct = run_worldmodel([early], n_pairs=50, seed=0)[0]
+    assert wm["gpt"]["metrics"]["trajectory_valid"] == direct["metrics"]["trajectory_valid"]
+    assert wm["gpt"]["metrics"]["compression"] == direct["metrics"]["compression"]
+    # the equal-step record of GPT is its final checkpoint, a different model
+    final = [r for r in summary["records"] if r["analysis"] == "worldmodel" and r["name"] == "gpt"][0]
+    assert final["step"] == 80
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "World-model metrics at matched validation loss" in html
