@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -33,9 +34,15 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
             # the user's business on a CLI; real problems arrive as errors
             warnings.simplefilter("ignore")
             code = main(argv)
+            sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at exit
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except BrokenPipeError:
+        # the reader of stdout went away (``... | head``): not an error of ours. Point
+        # stdout at devnull so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(0)
     except FILE_ERRORS as exc:
         where = getattr(exc, "filename", None)
         msg = f"{where}: {exc.strerror or one_line(exc)}" if where else one_line(exc)

@@ -113,3 +113,18 @@ def test_a_directory_of_trips_is_named_as_one(tmp_path, capsys):
         code, _, err = _run(module, argv, capsys)
         _one_line(code, err)
         assert "directory" in err and "no such file" not in err, (module, err)
+
+
+def test_closed_stdout_pipe_is_not_a_traceback():
+    """``python -m nextlat_probe.taxi sample ... | head -1``: the reader leaves early."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    cmd = f"'{sys.executable}' -m nextlat_probe.taxi sample --n 20000 | head -1"
+    res = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], capture_output=True, text=True, cwd=ROOT,
+                         timeout=120)
+    assert res.stdout.count("\n") == 1 and res.stdout.split()[-1] == "end"
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+    assert res.returncode == 0  # the CLI itself exits 0 (pipefail: its status is the pipeline's)
