@@ -395,6 +395,27 @@ def test_training_and_position_pages(tmp_path):
     np.testing.assert_allclose(decode(named(traces, "exact floor")[0]["y"]), floor)
 
 
+def test_mtp_extra_head_loss_gets_its_own_panel(tmp_path):
+    mtp = [json.loads(x) for x in metrics_lines("gpt", 2.0)]
+    mtp[0]["config"]["objective"] = "mtp"
+    for r in mtp:
+        if "ce" in r:
+            r["mtp"] = 1.5 + 3.0 / r["step"]
+    runs = {"m": mtp, "n": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
+    traces, layout = write_and_read(I.training_curves_figure(runs), tmp_path, "train_mtp")
+    titles = [a["text"] for a in layout["annotations"]]
+    assert "train MTP extra-head CE" in titles
+    panel = [t for t in traces if t["name"] == "m" and t["xaxis"] == "x5"]
+    assert len(panel) == 1
+    np.testing.assert_allclose(decode(panel[0]["y"]), [1.5 + 3.0 / s for s in (20, 40)])
+    assert not [t for t in traces if t["name"] == "n" and t["xaxis"] == "x5"]  # NextLat has no extra heads
+    plain = {"n": runs["n"]}
+    _, layout = write_and_read(I.training_curves_figure(plain), tmp_path, "train_plain")
+    assert "train MTP extra-head CE" not in [a["text"] for a in layout["annotations"]]
+    fig = P.training_curves_plot(runs)
+    assert "train MTP extra-head CE" in [a.get_title() for a in fig.axes]
+
+
 def wilson(c, n):
     """Wilson 95% interval, by its formula (independent of records.wilson_interval)."""
     z, p = 1.959963984540054, c / n

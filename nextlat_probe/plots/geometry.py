@@ -395,7 +395,15 @@ def worldmodel_columns(records: list[dict[str, Any]], columns: list[str] | None 
 # training-log series (metrics.jsonl rows, not analysis records)
 # --------------------------------------------------------------------------------------
 TRAIN_PANELS = [("val_loss", "validation loss"), ("ce", "train cross-entropy"), ("next_h", "train next_h (latent)"),
-                ("kl", "train KL")]
+                ("kl", "train KL"), ("mtp", "train MTP extra-head CE")]
+#: panels drawn even when no run has them (the 2 x 2 grid every NextLat/GPT report shows);
+#: the others (MTP's extra heads) appear only when some run logged them
+CORE_PANELS = ("val_loss", "ce", "next_h", "kl")
+
+
+def train_panels(series: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
+    """The ``TRAIN_PANELS`` a figure of these runs shows."""
+    return [(k, t) for k, t in TRAIN_PANELS if k in CORE_PANELS or any(k in s for s in series.values())]
 
 
 def _metric_kind(rec: Mapping[str, Any]) -> str | None:
@@ -456,7 +464,7 @@ __all__ = [
     "checked", "layer_key", "layers_in_order", "by_name", "latest_step", "deepest_layer", "as_float_array",
     "SIMPLEX_CORNERS", "simplex_project", "pca_basis", "belief_projection", "subsample", "common_limits",
     "points_records", "belief_panels", "position_panels", "as_edges", "segments", "bezier_curves", "polylines_xy",
-    "map_panels", "worldmodel_columns", "TRAIN_PANELS", "run_objective", "common_value", "training_series",
+    "map_panels", "worldmodel_columns", "TRAIN_PANELS", "CORE_PANELS", "train_panels", "run_objective", "common_value", "training_series",
 ]
 
 

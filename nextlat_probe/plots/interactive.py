@@ -20,7 +20,6 @@ from ..records import value
 from ..tables import format_value
 from .geometry import (
     SIMPLEX_CORNERS,
-    TRAIN_PANELS,
     as_float_array,
     belief_panels,
     by_name,
@@ -35,6 +34,7 @@ from .geometry import (
     points_records,
     polylines_xy,
     position_panels,
+    train_panels,
     training_series,
     worldmodel_columns,
 )
@@ -332,19 +332,23 @@ def transition_figure(records: list[dict[str, Any]], log_y: bool = True):
 def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | None = None):
     """Training curves of several runs: validation loss vs step with the exact entropy
     floor (dashed: one black line when all runs share it, else one per run in its colour),
-    train cross-entropy, and NextLat's next_h and KL terms. ``runs``: name -> rows of the
+    train cross-entropy, NextLat's next_h and KL terms (and MTP's extra-head CE when a run
+    has it). ``runs``: name -> rows of the
     run's ``metrics.jsonl`` (``training.log.read_metrics``) or the file's path (not
     analysis records)."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
     series, styles, floor = training_series(runs, objectives)
-    fig = make_subplots(rows=2, cols=2, subplot_titles=[t for _, t in TRAIN_PANELS], vertical_spacing=0.12)
-    pos = {key: (i // 2 + 1, i % 2 + 1) for i, (key, _) in enumerate(TRAIN_PANELS)}
+    panels = train_panels(series)
+    n_rows = (len(panels) + 1) // 2
+    fig = make_subplots(rows=n_rows, cols=2, subplot_titles=[t for _, t in panels],
+                        vertical_spacing=0.24 / n_rows)
+    pos = {key: (i // 2 + 1, i % 2 + 1) for i, (key, _) in enumerate(panels)}
     for name, s in series.items():
         st = styles[name]
         first = True
-        for key, _ in TRAIN_PANELS:
+        for key, _ in panels:
             if key not in s:
                 continue
             x, y = s[key]
@@ -364,7 +368,7 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
         fig.update_xaxes(title_text="step", row=r, col=c)
         if key in ("next_h", "kl"):
             fig.update_yaxes(type="log", row=r, col=c)
-    fig.update_layout(**_LAYOUT, height=750, width=1100)
+    fig.update_layout(**_LAYOUT, height=375 * n_rows, width=1100)
     return fig
 
 

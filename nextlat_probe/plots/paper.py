@@ -306,7 +306,7 @@ def training_curves_plot(runs: dict[str, Any], objectives: dict[str, str] | None
     colour per run (``runs``: name -> metrics-log rows or path); panels without data (e.g.
     next_h for GPT-only runs) are left out."""
     series, styles, floor = training_series(runs, objectives)
-    keys = [(k, t) for k, t in TRAIN_PANELS if any(k in s for s in series.values())]
+    keys = [(k, t) for k, t in TRAIN_PANELS if any(k in s for s in series.values())]  # only panels with data
     with paper_style():
         fig, axes = _axes(ax, len(keys), column, aspect=0.65, rows=(len(keys) + 1) // 2)
         for a, (key, title) in zip(axes, keys):
