@@ -134,7 +134,8 @@ def model_config_problem(cfg: Any) -> str | None:
         if v is not None and v > bound:
             return f"model_config.{name} = {v} exceeds the bound {bound}"
     attn = 4 * cfg.d_model * cfg.n_heads * cfg.d_head
-    n_params = cfg.n_layers * (attn + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * (2 * cfg.d_vocab + cfg.n_ctx)
+    pos_rows = 0 if getattr(cfg, "positional", "learned") == "rotary" else cfg.n_ctx  # RoPE: no table
+    n_params = cfg.n_layers * (attn + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * (2 * cfg.d_vocab + pos_rows)
     if n_params > MAX_PARAMETERS:
         return f"model_config implies ~{n_params:.3g} parameters, above the bound {MAX_PARAMETERS:.3g}"
     return None
