@@ -3,6 +3,7 @@
     python -m nextlat_probe.sweep --world taxi --objectives gpt,nextlat --presets tiny,mini \\
         --steps 1500,6000 --lambda-h 1 --lambda-kl 0,1 --seeds 3 --out runs/sweep --workers 2
     python -m nextlat_probe.sweep ... --dry-run        # the grid: which runs are done / partial / new
+    python -m nextlat_probe.sweep --cell tiny:1500 --cell tiny:6000 --cell mini:1500 ...  # cells, not a product
 
 Grid, reuse, resume, caching and parallelism: ``nextlat_probe.sweeps``. Finished runs are
 reused, interrupted ones resumed, and every checkpoint's evaluation is cached beside it,
