@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     lengths = [int(x) for x in args.lengths.split(",") if x.strip()]
 
     from nextlat_probe.compare import run_taskeval
-    from nextlat_probe.experiments import summarise, train_pair
+    from nextlat_probe.experiments import train_pair
     from nextlat_probe.records import to_jsonable
 
     t0 = time.time()

@@ -312,5 +312,102 @@ def latex_table(rows: Iterable[Mapping[str, Any]], keys: Sequence[tuple[str, str
     return "\n".join(lines) + "\n"
 
 
+# --------------------------------------------------------------------------------------
+# the sweep's "where does NextLat beat GPT" table (sweeps.beats_table rows)
+# --------------------------------------------------------------------------------------
+#: the columns of the printed / Markdown beats table: (key, header, format)
+BEATS_COLUMNS = [("preset", "preset", ""), ("steps", "steps", ""), ("lambda_h", "λh", "g"), ("lambda_kl", "λkl", "g"),
+                 ("n", "n", ""), ("challenger_mean", "{c}", ".4g"), ("baseline_mean", "{b}", ".4g"),
+                 ("diff_mean", "{c} − {b}", "+.4g"), ("interval", "95% t interval", ""), ("better", "better", ""),
+                 ("clear", "clear", ""), ("gap_challenger", "gap {c}", ".3g"), ("gap_baseline", "gap {b}", ".3g"),
+                 ("flag", "flag", "")]
+
+
+def _header(col: str, challenger: str, baseline: str) -> str:
+    return col.format(c=challenger, b=baseline)
+
+
+def beats_sections(beats: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The beats rows per metric, with a heading that says which direction is better."""
+    from .sweeps import metric_info
+
+    out: list[tuple[str, list[dict[str, Any]]]] = []
+    for r in beats:
+        if not out or out[-1][1][0]["metric"] != r["metric"]:
+            info = metric_info(r["metric"])
+            out.append((f"{r['metric']}: {info.label}; {info.direction()}", []))
+        out[-1][1].append(r)
+    return out
+
+
+def beats_text(beats: list[dict[str, Any]]) -> str:
+    if not beats:
+        return "(no NextLat / GPT pairs: the table needs both objectives with the same seeds)"
+    parts = []
+    for heading, rows in beats_sections(beats):
+        c, b = rows[0]["challenger"], rows[0]["baseline"]
+        cols = [(k, _header(h, c, b), f) for k, h, f in BEATS_COLUMNS]
+        parts.append(f"{heading}\n{format_table(rows, cols)}")
+    return "\n\n".join(parts)
+
+
+def _md_cell(v: Any, fmt: str) -> str:
+    return format_value(v, fmt).replace("|", "\\|")
+
+
+def beats_markdown(beats: list[dict[str, Any]], intro: str = "") -> str:
+    lines = ["# Where does NextLat beat GPT?", ""]
+    if intro:
+        lines += [intro, ""]
+    if not beats:
+        lines.append("No NextLat / GPT pairs.")
+    for heading, rows in beats_sections(beats):
+        c, b = rows[0]["challenger"], rows[0]["baseline"]
+        heads = [_header(h, c, b) for _, h, _ in BEATS_COLUMNS]
+        lines += [f"## {heading}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
+        lines += ["| " + " | ".join(_md_cell(r.get(k), f) for k, _, f in BEATS_COLUMNS) + " |" for r in rows]
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def beats_html(beats: list[dict[str, Any]]) -> str:
+    import html
+
+    if not beats:
+        return "<p>No NextLat / GPT pairs.</p>"
+    parts = []
+    for heading, rows in beats_sections(beats):
+        c, b = rows[0]["challenger"], rows[0]["baseline"]
+        head = "".join(f"<th>{html.escape(_header(h, c, b))}</th>" for _, h, _ in BEATS_COLUMNS)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(k), f))}</td>"
+                                        for k, _, f in BEATS_COLUMNS) + "</tr>" for r in rows)
+        parts.append(f"<h3>{html.escape(heading)}</h3><table class='summary'><tr>{head}</tr>{body}</table>")
+    return "".join(parts)
+
+
+def sweep_context_text(cfg, records: list[dict[str, Any]]) -> str:
+    """What every number is: where the metrics come from and with which settings (each
+    record's full protocol and parameters are in records.jsonl; sweep.csv names them)."""
+    from .sweeps import probe_n_test
+
+    analyses = {r["analysis"] for r in records}
+    parts = [f"World {cfg.world}; {cfg.seeds} seed(s) per setting. Beats table: NextLat minus GPT at each run's "
+             "final checkpoint, paired by seed, mean with a 95% Student t interval (n - 1 degrees of freedom)."]
+    ev = [f"effective rank of the last block (uncentred, protocol training_length) on {cfg.n_seqs} sequences"]
+    if "probe" in analyses:
+        ev.append(f"belief probe R² of the last block (ridge, protocol held_out: tested on the last "
+                  f"{probe_n_test(cfg.n_seqs)} of them)")
+    if "worldmodel" in analyses:
+        ev.append(f"world-model metrics on {cfg.n_pairs} held-out trips (--n-pairs; run_worldmodel's default is "
+                  "200), protocol vafa2024, random detours at p = 0.75")
+    parts.append("Evaluated: " + "; ".join(ev) + f"; evaluation seed {cfg.eval_seed}.")
+    parts.append("Lower is better for the validation loss and the effective rank (more compact); higher for the "
+                 "probe R², valid trajectories, detour robustness and compression. A flagged row compares models "
+                 "at different distances from the exact floor: compare them at matched loss (e.g. "
+                 "experiments.matched_rank) before reading a difference as an effect of the objective.")
+    return " ".join(parts)
+
+
 __all__ = ["convergence_note", "CONVERGENCE_FACTOR", "CONVERGENCE_MARGIN", "format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
-           "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table"]
+           "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table", "BEATS_COLUMNS", "beats_sections",
+           "beats_text", "beats_markdown", "beats_html", "sweep_context_text"]

@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from nextlat_probe.models.config import ModelConfig
 from nextlat_probe.models.dynamics import LatentDynamics
 from nextlat_probe.models.objective import (
-    ObjectiveConfig,
     Batch,
+    ObjectiveConfig,
     compute_losses,
     masked_cross_entropy,
     nextlat_latent_losses,
@@ -185,7 +185,7 @@ def test_single_forward_pass_per_step(monkeypatch):
     monkeypatch.setattr(fastpath, "forward", lambda *a: fast_calls.append(1) or real(*a))
     for fast in (False, True):
         calls = []
-        handle = model.blocks[0].register_forward_hook(lambda *a: calls.append(1))
+        handle = model.blocks[0].register_forward_hook(lambda *a, calls=calls: calls.append(1))
         try:
             out = compute_losses(model, dyn, b, ObjectiveConfig("nextlat", 4), final_hook_name(cfg), fast=fast)
         finally:

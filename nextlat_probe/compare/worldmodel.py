@@ -60,6 +60,7 @@ def run_worldmodel(
     ``longer``, ``walk=random``); each adds a record per model with ``variant`` ``ood
     <setting>`` and ``params["eval_world"]`` / ``params["train_world"]``, scored with the
     same protocol and seed, beside the in-distribution record (``variant`` None)."""
+    from ..analysis.beliefmodel import check_belief_world
     from ..analysis.worldmodel import (
         check_taxi_world,
         evaluate_world_model,
@@ -68,8 +69,6 @@ def run_worldmodel(
         trip_settings,
     )
     from ..progress import progress as bar
-
-    from ..analysis.beliefmodel import check_belief_world
 
     loaded = load_models(models, device=device)
     eval_worlds: dict[str, list[Any]] = {}

@@ -19,6 +19,7 @@ from ..errors import AnalysisError
 from ..records import value
 from ..tables import format_value
 from .geometry import (
+    PATHSTAR_RATES,
     SIMPLEX_CORNERS,
     as_float_array,
     belief_panels,
@@ -26,7 +27,6 @@ from .geometry import (
     checked,
     common_limits,
     deepest_layer,
-    PATHSTAR_RATES,
     latest_step,
     layers_in_order,
     length_series,

@@ -23,6 +23,7 @@ import numpy as np
 from ..errors import AnalysisError, UsageError
 from ..records import interval, value
 from .geometry import (
+    PATHSTAR_RATES,
     SIMPLEX_CORNERS,
     TRAIN_PANELS,
     as_float_array,
@@ -31,7 +32,6 @@ from .geometry import (
     checked,
     common_limits,
     deepest_layer,
-    PATHSTAR_RATES,
     latest_step,
     layers_in_order,
     length_series,
