@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward/loss precision: bf16 autocast (CUDA only; weights and loss reductions stay float32) "
                         "or fp32; default auto: bf16 on a CUDA device that supports it, fp32 otherwise. "
                         "With --resume: the run's own unless given")
+    p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
+                   help="draw the next batches in a background thread while the device computes (default: on CUDA "
+                        "only); batches depend on the seed and step alone, so the run is the same either way")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
                         "uncompiled, with a warning, if compilation fails")
@@ -236,7 +239,7 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             raise UsageError(str(exc)) from None
     try:
         res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                    compile=args.compile)
+                    compile=args.compile, prefetch=args.prefetch)
     except TrainingDiverged:
         raise  # main prints it (exit 3)
     except ValueError as exc:  # e.g. a world option the world rejects

@@ -294,10 +294,10 @@ KILL_RANK_1 = """
 import os, sys
 from nextlat_probe.training import trainer
 real = trainer._train_step
-def step(run, s):
+def step(run, s, *rest):
     if run.dist.rank == 1 and s == 5:  # rank 1 dies in step 5, after the step-4 checkpoint
         os._exit(1)
-    return real(run, s)
+    return real(run, s, *rest)
 trainer._train_step = step
 from nextlat_probe.cli import run_main
 from nextlat_probe.train import main

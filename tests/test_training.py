@@ -168,3 +168,39 @@ def test_checkpoint_file_mode_follows_umask(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(os.stat(res.checkpoint).st_mode) == 0o666 & ~umask
+
+
+def test_prefetched_batches_give_the_same_run(tmp_path):
+    """Batches drawn ahead in a thread are the batches of the same steps: bit-identical
+    weights, with or without prefetch, also across a resume."""
+    plain = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
+                  tmp_path / "plain", progress=False, prefetch=False).checkpoint
+    ahead = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
+                  tmp_path / "ahead", progress=False, prefetch=True).checkpoint
+    assert_same(state(plain)[0], state(ahead)[0])
+    assert_same(state(plain)[1], state(ahead)[1])
+    half = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
+                 tmp_path / "half", progress=False, prefetch=True, stop_at=7).checkpoint
+    done = train(resume=half, progress=False, prefetch=True, out_dir=tmp_path / "half").checkpoint
+    assert_same(state(plain)[0], state(done)[0])
+
+
+def test_prefetch_error_reaches_the_trainer_and_the_thread_ends(tmp_path, monkeypatch):
+    import threading
+
+    from nextlat_probe.worlds.hmm import HMM
+
+    real = HMM.sample
+    seen = []
+
+    def flaky(self, n, length=None, seed=None):
+        seen.append(1)
+        if len(seen) == 4:
+            raise RuntimeError("sampler broke")
+        return real(self, n, length, seed=seed)
+
+    monkeypatch.setattr(HMM, "sample", flaky)
+    with pytest.raises(RuntimeError, match="sampler broke"):
+        train(cfg(steps=20), tmp_path / "r", progress=False, prefetch=True)
+    assert not [t for t in threading.enumerate() if t.name == "batch-prefetch" and t.is_alive()]
+    assert len(seen) <= 6  # the thread stopped drawing after the error (at most `depth` ahead)

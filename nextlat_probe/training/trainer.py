@@ -265,6 +265,7 @@ def train(
     stop_at: int | None = None,
     overwrite: bool = False,
     compile: bool = False,
+    prefetch: bool | None = None,
 ) -> TrainResult:
     """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
     ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
@@ -276,6 +277,9 @@ def train(
     learning-rate schedule still follows ``cfg.steps``, so resuming continues exactly.
     ``compile``: ``torch.compile`` the transformer forward of training (the hook-free one;
     falls back to it uncompiled, with a one-line warning, if compilation fails).
+    ``prefetch``: draw the next batches in a background thread while the device works on
+    this one (``BatchPrefetcher``; None: on CUDA only). Every step's batch is a function of
+    (seed, step) alone, so the run is the same with or without it.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group already initialised) every
     process calls this: ``cfg.batch_size`` is the global batch, split over the processes;
@@ -296,7 +300,8 @@ def train(
             folder = _claim_folder(run, out_dir, state, overwrite)
             _prepare_step(run, compile)
             log = _open_log(run, folder, state)
-            _loop(run, folder, log, stop_at, progress)
+            use_prefetch = run.device.type == "cuda" if prefetch is None else bool(prefetch)
+            _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch)
             dist.barrier()  # every rank returns after rank 0 wrote the last checkpoint
         except BaseException as exc:
             if folder is not None and dist.is_main:
@@ -562,7 +567,58 @@ def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> Met
     return log
 
 
-def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool) -> None:
+class BatchPrefetcher:
+    """The token batches of steps ``first..last`` drawn ahead in a daemon thread, at most
+    ``depth`` waiting. On CUDA the device runs a step while this thread samples the next
+    (the per-step finiteness checks synchronise, so without it the device idles while the
+    CPU samples). Batches are ``sample(step)``, a function of the step alone, so the order
+    of drawing cannot change them; an error in the thread is raised by ``get``."""
+
+    def __init__(self, sample: Callable[[int], np.ndarray], first: int, last: int, depth: int = 2) -> None:
+        import queue
+        import threading
+
+        self._queue: Any = queue.Queue(maxsize=max(1, int(depth)))
+        self._stop = threading.Event()
+
+        def work() -> None:
+            for step in range(first, last + 1):
+                try:
+                    item: Any = sample(step)
+                except BaseException as exc:  # handed to the training thread
+                    item = exc
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put((step, item), timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if self._stop.is_set() or isinstance(item, BaseException):
+                    return
+
+        self._thread = threading.Thread(target=work, name="batch-prefetch", daemon=True)
+        self._thread.start()
+
+    def get(self, step: int) -> np.ndarray:
+        got, item = self._queue.get()
+        if isinstance(item, BaseException):
+            raise item
+        if got != step:  # steps are drawn in order: anything else is a bug, not bad input
+            raise RuntimeError(f"batch prefetch: expected the batch of step {step}, got step {got}")
+        return item
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _sample_tokens(run: _Run, step: int) -> np.ndarray:
+    """The global batch of ``step`` (the same on every rank and with or without prefetch)."""
+    return run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
+
+
+def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool,
+          prefetch: bool = False) -> None:
     from ..progress import progress as progress_bar
 
     cfg = run.cfg
@@ -573,9 +629,11 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
                        desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
     run.model.train()
+    ahead = BatchPrefetcher(lambda s: _sample_tokens(run, s), start + 1, last) if prefetch and last > start else None
     try:
         for step in range(start + 1, last + 1):
-            losses, gnorm, n_tokens = _train_step(run, step)
+            tokens = ahead.get(step) if ahead is not None else None
+            losses, gnorm, n_tokens = _train_step(run, step, tokens)
             run.step = step
             timer[1] += n_tokens
             if step % log_every == 0 or step == cfg.steps:
@@ -591,6 +649,8 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
             if keep:
                 _save(run, folder.kept(step), step)
     finally:
+        if ahead is not None:
+            ahead.close()
         bar.close()
     exists = run.dist.broadcast_object(folder.checkpoint.exists() if run.dist.is_main else None)
     if run.step == start and not exists:  # nothing to do: make sure one exists
@@ -599,7 +659,7 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
         _save(run, folder.checkpoint, run.step)
 
 
-def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+def _train_step(run: _Run, step: int, tokens: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
     """One optimiser step on the batch of ``step``; stops before the update on a NaN/inf
     loss or gradient, so the weights (and any later checkpoint) never see it.
 
@@ -609,7 +669,8 @@ def _train_step(run: _Run, step: int) -> tuple[dict[str, torch.Tensor], torch.Te
     if run.step_module is None:
         _prepare_step(run, compile=False)
     d = run.dist
-    tokens = run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
+    if tokens is None:
+        tokens = _sample_tokens(run, step)
     if d.enabled:
         batch = shard_batch(run.world, tokens, run.device, run.ocfg, d.rank, d.world_size)
     else:
