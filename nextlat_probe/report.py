@@ -54,8 +54,19 @@ TAXI_COLUMNS = [
     ("compression", "compression", ".3f"),
     ("detour", "detour", ".3f"),
 ]
+#: ... and for other worlds with exact beliefs (compression and distinction, myhill_nerode)
+BELIEF_COLUMNS = [
+    ("compression", "compression", ".3f"),
+    ("distinction_precision", "dist. precision", ".3f"),
+    ("distinction_recall", "dist. recall", ".3f"),
+]
 #: the world-model detour setting shown in the summary (the paper's: random detours, p = 0.75)
 SUMMARY_DETOUR = "detour_random@0.75"
+#: summary row key -> worldmodel metric
+WORLDMODEL_SUMMARY = {"next_token": "next_token", "valid_trajectory": "trajectory_valid",
+                      "legal_trajectory": "trajectory_legal", "compression": "compression",
+                      "distinction_precision": "distinction_precision", "distinction_recall": "distinction_recall",
+                      "detour": SUMMARY_DETOUR}
 
 CAPTIONS = {
     "training": "Validation loss during training with the exact floor (dashed): the cross-entropy of the world's exact predictive distribution on the same validation tokens. The gap is what the model has still to learn.",
@@ -67,6 +78,7 @@ CAPTIONS = {
     "probe_r2": "Weighted R^2 of the linear belief probe on held-out sequences per layer (concat = all blocks together). The shuffled-belief control shows what a probe reaches without a real correspondence.",
     "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_psi.",
     "worldmodel": "World-model metrics of the taxi world (Vafa et al.; NextLat Table 1) with 95% intervals: next-token validity, valid greedy trajectories, sequence compression, distinction precision/recall, detour robustness.",
+    "beliefmodel": "Compression and distinction on a world with exact beliefs (after Vafa et al.; protocol myhill_nerode): prefixes with the same exact belief should get the same continuations from the model (compression, all-or-nothing per pair over sampled continuations), prefixes with different beliefs should be told apart by the minimal suffixes that distinguish them (distinction precision and recall, per pair). Worlds of full support (Mess3) have no distinguishing suffix: distinction is then undefined, not a number.",
     "maps": "The true street map, then the maps rebuilt from each model: from generated trajectories (invented edges as arcs) and from hidden states (mean state per intersection embedded in 2-D).",
 }
 
@@ -162,6 +174,23 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
     return out
 
 
+def _worldmodel(ctx: Context) -> list[dict[str, Any]]:
+    """``worldmodel`` records: the taxi metrics (visible origin), or compression and
+    distinction (``myhill_nerode``) on other next-token worlds with exact beliefs; none for
+    worlds where neither applies (tagging worlds, hidden-origin taxi)."""
+    from .analysis.beliefmodel import check_belief_world
+    from .analysis.worldmodel import check_taxi_world
+    from .errors import AnalysisError
+
+    try:
+        for m in ctx.models:
+            (check_taxi_world if ctx.is_taxi else check_belief_world)(m.world)
+    except AnalysisError:
+        return []
+    return _compare().run_worldmodel(ctx.models, n_pairs=max(50, min(200, ctx.n_seqs)), seed=ctx.seed,
+                                     device=ctx.device)
+
+
 def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
     """``worldmodel`` records (taxi) of the checkpoints at matched validation loss: each
     run's first kept checkpoint at the loss every run reaches (``_matched_loss``), scored on
@@ -213,8 +242,7 @@ ANALYSES: dict[str, Callable[[Context], Any]] = {
                                             seed=c.seed),
     "transition": lambda c: _compare().run_transition(None, inputs=c.inputs, n_test=c.n_test, horizon=c.horizon,
                                                       fit_steps=c.fit_steps, seed=c.seed),
-    "worldmodel": lambda c: _compare().run_worldmodel(c.models, n_pairs=max(50, min(200, c.n_seqs)), seed=c.seed,
-                                                      device=c.device),
+    "worldmodel": lambda c: _worldmodel(c),
     "mapping": lambda c: _compare().run_mapping(None, inputs=c.inputs, n_trips=min(500, 2 * c.n_seqs), seed=c.seed),
     "worldmodel_matched": _worldmodel_matched,
 }
@@ -275,13 +303,18 @@ SECTIONS = [
             lambda c, r: _plots()[0].transition_figure(r), lambda c, r: _plots()[1].transition_plot(r), "transition"),
     Section("worldmodel", "Taxi world model (Table 1 style)", CAPTIONS["worldmodel"],
             lambda c, r: _plots()[0].worldmodel_table_figure(r + _last_block(c.get("rank"))),
-            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel"),
+            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel",
+            applies=lambda c, r: bool(r) and c.is_taxi),
+    Section("worldmodel", "Belief-state world model: compression and distinction", CAPTIONS["beliefmodel"],
+            lambda c, r: _plots()[0].worldmodel_table_figure(r + _last_block(c.get("rank"))),
+            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel",
+            applies=lambda c, r: bool(r) and not c.is_taxi),
     Section("mapping", "Reconstructed maps", CAPTIONS["maps"],
             lambda c, r: _plots()[0].map_figure(c.true_map, r), lambda c, r: _plots()[1].map_plot(c.true_map, r),
             "maps"),
 ]
 #: sections computed only for the visible-origin taxi world
-TAXI_ONLY = {"worldmodel", "mapping"}
+TAXI_ONLY = {"mapping"}
 
 
 def _last_block(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -322,12 +355,10 @@ def summary_rows(ctx: Context) -> list[dict[str, Any]]:
                            state_ratio=r["metrics"]["state_ratio"])
             elif r["variant"] == "own p_psi":
                 row["own_err1"] = r["metrics"]["errors"][0]
-        for r in select(recs.get("worldmodel", []), name=n):
-            mm = r["metrics"]
-            row.update(next_token=value(mm["next_token"]), valid_trajectory=value(mm["trajectory_valid"]),
-                       legal_trajectory=value(mm["trajectory_legal"]), compression=value(mm["compression"]),
-                       distinction_precision=value(mm["distinction_precision"]),
-                       distinction_recall=value(mm["distinction_recall"]), detour=value(mm.get(SUMMARY_DETOUR)))
+        for r in select(recs.get("worldmodel", []), name=n, variant=None):
+            mm = r["metrics"]  # taxi: every key; other worlds: compression and distinction only
+            row.update({key: value(mm.get(src)) for key, src in WORLDMODEL_SUMMARY.items()
+                        if src in mm or ctx.is_taxi})
         for r in select(recs.get("mapping", []), name=n, variant="behaviour"):
             row["invented_edges"] = r["metrics"]["n_invented"]
         rows.append(row)
@@ -335,8 +366,9 @@ def summary_rows(ctx: Context) -> list[dict[str, Any]]:
 
 
 def summary_columns(rows: list[dict[str, Any]], is_taxi: bool) -> list[tuple[str, str, str]]:
+    belief = [c for c in BELIEF_COLUMNS if any(c[0] in r for r in rows)]
     return (SUMMARY_COLUMNS + ([STATE_COLUMN] if any("state_accuracy" in r for r in rows) else [])
-            + (TAXI_COLUMNS if is_taxi else []))
+            + (TAXI_COLUMNS if is_taxi else belief))
 
 
 def _matched_loss(ctx: Context) -> dict[str, Any]:

@@ -79,6 +79,12 @@ def test_report_cli_on_mess3_and_errors(tiny_mess3_ckpts, tmp_path):
     html = (out / "report.html").read_text()
     assert "Belief geometry: exact vs probed" in html  # 3-state world: the simplex section
     assert "Taxi world model" not in html
+    # compression and distinction of an HMM world, by the protocol for worlds with exact beliefs
+    assert "Belief-state world model: compression and distinction" in html and "protocol myhill_nerode" in html
+    data = json.loads((out / "summary.json").read_text())
+    wm = [r for r in data["records"] if r["analysis"] == "worldmodel"]
+    assert {r["objective"] for r in wm} == {"gpt", "nextlat"}
+    assert all(r["protocol"]["name"] == "myhill_nerode" and "compression" in r["metrics"] for r in wm)
     # every section names its protocol (rank's default, the probe's, the floor of the loss)
     for name in ("protocol training_length", "protocol held_out", "protocol exact_floor", "protocol groups&gt;=2"):
         assert name in html, name
