@@ -379,14 +379,17 @@ def _matched_loss(ctx: Context) -> dict[str, Any]:
     return matched_loss_comparison(group_by(traj, "name")) if traj else {}
 
 
+#: how the verdict lines name the objectives
+OBJECTIVE_LABELS = {"gpt": "GPT", "nextlat": "NextLat", "mtp": "MTP"}
+
+
 def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Plain statements of which model is better on each metric (no spin either way)."""
+    """Plain statements of which model is better on each metric (no spin either way): each
+    objective with exactly one run against the one GPT run (NextLat first, then MTP)."""
     gpt = [r for r in rows if r["objective"] == "gpt"]
-    nl = [r for r in rows if r["objective"] == "nextlat"]
-    if len(gpt) != 1 or len(nl) != 1:
+    if len(gpt) != 1:
         return []
-    g, n = gpt[0], nl[0]
-    out = []
+    g = gpt[0]
     checks = [
         ("effective_rank", "effective rank (lower = more compact)", -1),
         ("probe_r2", "belief-probe R^2 (higher = belief more linearly decodable)", 1),
@@ -395,15 +398,21 @@ def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
         ("valid_trajectory", "valid-trajectory rate", 1),
         ("compression", "sequence compression", 1),
     ]
-    for key, label, sign in checks:
-        a, b = g.get(key), n.get(key)
-        if a is None or b is None or a != a or b != b:
-            continue
-        if abs(a - b) <= 1e-9 * max(1.0, abs(a)):
-            out.append(f"{label}: tie ({a:.4g})")
-            continue
-        better = "NextLat" if (b - a) * sign > 0 else "GPT"
-        out.append(f"{label}: {better} better (GPT {a:.4g}, NextLat {b:.4g})")
+    challengers = [(obj, [r for r in rows if r["objective"] == obj]) for obj in ("nextlat", "mtp")]
+    challengers = [(obj, rs[0]) for obj, rs in challengers if len(rs) == 1]
+    out = []
+    for obj, n in challengers:
+        who = OBJECTIVE_LABELS[obj]
+        prefix = "" if len(challengers) == 1 else f"{who} vs GPT, "
+        for key, label, sign in checks:
+            a, b = g.get(key), n.get(key)
+            if a is None or b is None or a != a or b != b:
+                continue
+            if abs(a - b) <= 1e-9 * max(1.0, abs(a)):
+                out.append(f"{prefix}{label}: tie ({a:.4g})")
+                continue
+            better = who if (b - a) * sign > 0 else "GPT"
+            out.append(f"{prefix}{label}: {better} better (GPT {a:.4g}, {who} {b:.4g})")
     return out
 
 

@@ -144,3 +144,21 @@ def test_report_scores_the_world_model_again_at_matched_loss(tmp_path):
     assert final["step"] == 80
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "World-model metrics at matched validation loss" in html
+
+
+def test_verdict_lines_compare_each_objective_with_gpt():
+    from nextlat_probe.report import _verdict_lines
+
+    g = {"objective": "gpt", "effective_rank": 40.0, "val_loss": 0.85, "compression": 0.7}
+    n = {"objective": "nextlat", "effective_rank": 25.0, "val_loss": 0.90, "compression": 0.7}
+    m = {"objective": "mtp", "effective_rank": 41.0, "val_loss": 0.84, "compression": float("nan")}
+    two = _verdict_lines([g, n])
+    assert two == ["effective rank (lower = more compact): NextLat better (GPT 40, NextLat 25)",
+                   "validation loss (lower = better next-token prediction): GPT better (GPT 0.85, NextLat 0.9)",
+                   "sequence compression: tie (0.7)"]
+    three = _verdict_lines([g, n, m])
+    assert three[:3] == ["NextLat vs GPT, " + line for line in two]
+    assert three[3:] == ["MTP vs GPT, effective rank (lower = more compact): GPT better (GPT 40, MTP 41)",
+                         "MTP vs GPT, validation loss (lower = better next-token prediction): MTP better "
+                         "(GPT 0.85, MTP 0.84)"]  # MTP's undefined compression is left out, not called a tie
+    assert _verdict_lines([n, m]) == [] and _verdict_lines([g, g, n]) == []
