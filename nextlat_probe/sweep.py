@@ -137,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     written = write_sweep_outputs(cfg, records, sweep_runs(cfg), Path(cfg.out), figures=not args.no_figures,
                             gap_threshold=args.gap_threshold, gap_ratio=args.gap_ratio)
     print(report_text(cfg, records, written["beats"], written["rows"]))
+    if written["beats_matched"]:
+        from .plots.sweep import MATCHED_NOTE
+        from .tables import beats_text
+
+        print(f"\nAt matched validation loss. {MATCHED_NOTE}\n\n{beats_text(written['beats_matched'])}")
     print("wrote " + ", ".join(str(p) for p in written["paths"]))
     return 0
 

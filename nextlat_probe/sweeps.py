@@ -909,13 +909,37 @@ def convergence_flag(gaps: Sequence[float], threshold: float = 0.05, ratio: floa
     return ""
 
 
+#: where the beats table reads each run: its final checkpoint, or per pair the kept
+#: checkpoints at matched validation loss (``matched_pair``)
+BEATS_AT = ("final", "matched_loss")
+
+
+def matched_pair(chall: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """The rows of two runs (all their evaluated checkpoints) compared at matched
+    validation loss: the target is the larger of the two runs' best validation losses (the
+    lowest loss both reach), and each run contributes its first checkpoint (by step) at or
+    below it, the rule of ``analysis.losses.matched_loss_comparison``. None when a run has
+    no finite validation loss."""
+    def usable(rs):
+        return sorted((dict(r) for r in rs if math.isfinite(_float(r.get("val_loss")))), key=lambda r: r["step"])
+
+    c, b = usable(chall), usable(base)
+    if not c or not b:
+        return None
+    target = max(min(_float(r["val_loss"]) for r in c), min(_float(r["val_loss"]) for r in b))
+    pick = [next(r for r in rs if _float(r["val_loss"]) <= target + 1e-12) for rs in (c, b)]
+    return pick[0], pick[1]
+
+
 def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None = None, challenger: str = "nextlat",
                 baseline: str = "gpt", confidence: float = 0.95, gap_threshold: float = 0.05, gap_ratio: float = 1.5,
-                gap_tol: float = 0.01) -> list[dict[str, Any]]:
+                gap_tol: float = 0.01, at: str = "final") -> list[dict[str, Any]]:
     """Where ``challenger`` beats ``baseline``: per (preset, steps, challenger's lambda
-    setting) and metric, the challenger minus the baseline at each run's final checkpoint,
-    paired over seeds (the same seed index), as the mean difference with a paired t
-    interval (``paired_interval``).
+    setting) and metric, the challenger minus the baseline at each run's final checkpoint
+    (``at="final"``) or, per pair, at the kept checkpoints of matched validation loss
+    (``at="matched_loss"``, ``matched_pair``; columns ``steps_challenger`` /
+    ``steps_baseline`` list the steps used per seed), paired over seeds (the same seed
+    index), as the mean difference with a paired t interval (``paired_interval``).
 
     Columns: ``preset``, ``steps``, ``lambda_h``, ``lambda_kl``, ``metric``, ``better_is``
     (higher | lower), ``n`` (pairs), ``seeds``, ``challenger`` / ``baseline`` (the
@@ -924,9 +948,14 @@ def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None
     objective whose mean is better, or ``tie``), ``clear`` (``yes`` when the interval
     excludes 0, ``no``, or ``n=1, no interval``), ``gap_challenger`` / ``gap_baseline``
     (mean gap to the exact floor) and ``flag`` (``convergence_flag``)."""
+    if at not in BEATS_AT:
+        raise UsageError(f"beats table: at must be one of {', '.join(BEATS_AT)}, got {at!r}")
     rows = list(rows)
     metrics = metrics_of(rows) if metrics is None else metrics
     final = final_rows(rows)
+    by_run: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        by_run.setdefault(r["run"], []).append(dict(r))
     base = {(r.get("preset"), r.get("steps"), r.get("seed")): r for r in final if r.get("objective") == baseline}
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in final:
@@ -936,6 +965,8 @@ def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None
     for (preset, steps, lh, lkl), chall in groups.items():
         pairs = [(c, base[(preset, steps, c.get("seed"))]) for c in sorted(chall, key=lambda r: r.get("seed") or 0)
                  if (preset, steps, c.get("seed")) in base]
+        if at == "matched_loss":
+            pairs = [p for p in (matched_pair(by_run[c["run"]], by_run[b["run"]]) for c, b in pairs) if p is not None]
         gaps_c = [_float(c.get("gap_to_floor")) for c, _ in pairs]
         gaps_b = [_float(b.get("gap_to_floor")) for _, b in pairs]
         gap_c = _mean(gaps_c)
@@ -963,7 +994,10 @@ def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None
                         "baseline_mean": _mean([_float(b.get(m)) for _, b in used]),
                         "diff_mean": mean, "diff_low": lo, "diff_high": hi, "interval": interval,
                         "better": better, "clear": clear, "gap_challenger": gap_c, "gap_baseline": gap_b,
-                        "flag": flag})
+                        "flag": flag, "at": at,
+                        **({"steps_challenger": " ".join(str(c["step"]) for c, _ in used),
+                            "steps_baseline": " ".join(str(b["step"]) for _, b in used)}
+                           if at == "matched_loss" else {})})
     order = {m: i for i, m in enumerate(metrics)}
     out.sort(key=lambda r: (order[r["metric"]], str(r["preset"]), r["steps"] or 0, r["lambda_h"] or 0,
                             r["lambda_kl"] or 0))
@@ -1016,7 +1050,7 @@ def compute_series(rows: Iterable[Mapping[str, Any]], metric: str) -> list[dict[
 
 __all__ = ["ood_suffix", "ood_metric_keys", "metrics_of", "SweepConfig", "RunSpec", "RunState", "Metric", "METRICS", "METRIC_KEYS", "LAMBDA_OBJECTIVES",
            "NOT_CONVERGED", "grid", "run_name", "world_label", "parse_world", "plan", "run_state", "run_checkpoints",
-           "kept_checkpoints", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
+           "kept_checkpoints", "matched_pair", "BEATS_AT", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
            "collect", "collect_records", "sweep_runs", "sweep_table", "sweep_columns", "final_rows", "beats_table",
            "paired_interval", "convergence_flag", "compute_series", "threads_per_worker", "available_cores",
            "metric_info", "probe_n_test"]

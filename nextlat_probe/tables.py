@@ -321,6 +321,13 @@ BEATS_COLUMNS = [("preset", "preset", ""), ("steps", "steps", ""), ("lambda_h", 
                  ("diff_mean", "{c} − {b}", "+.4g"), ("interval", "95% t interval", ""), ("better", "better", ""),
                  ("clear", "clear", ""), ("gap_challenger", "gap {c}", ".3g"), ("gap_baseline", "gap {b}", ".3g"),
                  ("flag", "flag", "")]
+#: ... of the matched-loss table: the steps each pair was read at follow the pair count
+BEATS_MATCHED_COLUMNS = (BEATS_COLUMNS[:5] + [("steps_challenger", "steps {c}", ""), ("steps_baseline", "steps {b}", "")]
+                         + BEATS_COLUMNS[5:])
+
+
+def _beats_columns(beats: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    return BEATS_MATCHED_COLUMNS if beats and beats[0].get("at") == "matched_loss" else BEATS_COLUMNS
 
 
 def _header(col: str, challenger: str, baseline: str) -> str:
@@ -344,9 +351,10 @@ def beats_text(beats: list[dict[str, Any]]) -> str:
     if not beats:
         return "(no NextLat / GPT pairs: the table needs both objectives with the same seeds)"
     parts = []
+    columns = _beats_columns(beats)
     for heading, rows in beats_sections(beats):
         c, b = rows[0]["challenger"], rows[0]["baseline"]
-        cols = [(k, _header(h, c, b), f) for k, h, f in BEATS_COLUMNS]
+        cols = [(k, _header(h, c, b), f) for k, h, f in columns]
         parts.append(f"{heading}\n{format_table(rows, cols)}")
     return "\n\n".join(parts)
 
@@ -356,16 +364,18 @@ def _md_cell(v: Any, fmt: str) -> str:
 
 
 def beats_markdown(beats: list[dict[str, Any]], intro: str = "") -> str:
-    lines = ["# Where does NextLat beat GPT?", ""]
+    columns = _beats_columns(beats)
+    matched = columns is BEATS_MATCHED_COLUMNS
+    lines = ["# Where does NextLat beat GPT?" + (" (at matched validation loss)" if matched else ""), ""]
     if intro:
         lines += [intro, ""]
     if not beats:
         lines.append("No NextLat / GPT pairs.")
     for heading, rows in beats_sections(beats):
         c, b = rows[0]["challenger"], rows[0]["baseline"]
-        heads = [_header(h, c, b) for _, h, _ in BEATS_COLUMNS]
+        heads = [_header(h, c, b) for _, h, _ in columns]
         lines += [f"## {heading}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        lines += ["| " + " | ".join(_md_cell(r.get(k), f) for k, _, f in BEATS_COLUMNS) + " |" for r in rows]
+        lines += ["| " + " | ".join(_md_cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -376,11 +386,12 @@ def beats_html(beats: list[dict[str, Any]]) -> str:
     if not beats:
         return "<p>No NextLat / GPT pairs.</p>"
     parts = []
+    columns = _beats_columns(beats)
     for heading, rows in beats_sections(beats):
         c, b = rows[0]["challenger"], rows[0]["baseline"]
-        head = "".join(f"<th>{html.escape(_header(h, c, b))}</th>" for _, h, _ in BEATS_COLUMNS)
+        head = "".join(f"<th>{html.escape(_header(h, c, b))}</th>" for _, h, _ in columns)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(k), f))}</td>"
-                                        for k, _, f in BEATS_COLUMNS) + "</tr>" for r in rows)
+                                        for k, _, f in columns) + "</tr>" for r in rows)
         parts.append(f"<h3>{html.escape(heading)}</h3><table class='summary'><tr>{head}</tr>{body}</table>")
     return "".join(parts)
 
@@ -409,5 +420,5 @@ def sweep_context_text(cfg, records: list[dict[str, Any]]) -> str:
 
 
 __all__ = ["convergence_note", "CONVERGENCE_FACTOR", "CONVERGENCE_MARGIN", "format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
-           "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table", "BEATS_COLUMNS", "beats_sections",
+           "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table", "BEATS_COLUMNS", "BEATS_MATCHED_COLUMNS", "beats_sections",
            "beats_text", "beats_markdown", "beats_html", "sweep_context_text"]

@@ -286,6 +286,43 @@ def test_beats_table_with_one_seed_and_far_from_the_floor():
     assert by_kl[0.0]["better"] == "nextlat" and "> 0.05" in by_kl[0.0]["flag"]
 
 
+def test_beats_at_matched_loss_reads_each_pair_where_both_reach_a_loss():
+    """GPT converges early, NextLat late: at matched loss GPT is read at an earlier kept
+    checkpoint, chosen by the rule written out here (the first at or below the larger of the
+    two best losses)."""
+    def ck(obj, seed, step, gap, rank, lkl=None):
+        return {**_row(obj, seed, rank, 0.5, gap, steps=300, lh=None if lkl is None else 1.0, lkl=lkl), "step": step}
+
+    gpt = {0: [(100, 0.20, 30.0), (200, 0.05, 35.0), (300, 0.02, 36.0)],
+           1: [(100, 0.25, 31.0), (200, 0.09, 34.0), (300, 0.03, 37.0)]}
+    nl = {0: [(100, 0.30, 20.0), (200, 0.15, 21.0), (300, 0.08, 22.0)],
+          1: [(100, 0.40, 19.0), (200, 0.20, 22.0), (300, 0.10, 24.0)]}
+    rows = [ck("gpt", s, *c) for s, cs in gpt.items() for c in cs]
+    rows += [ck("nextlat", s, *c, lkl=0.0) for s, cs in nl.items() for c in cs]
+    want = {}
+    for s in (0, 1):
+        target = max(min(g for _, g, _ in gpt[s]), min(g for _, g, _ in nl[s]))
+        pick = [next(c for c in cs[s] if c[1] <= target + 1e-12) for cs in (nl, gpt)]
+        want[s] = pick
+    (b,) = beats_table(rows, metrics=("effective_rank",), at="matched_loss")
+    assert b["at"] == "matched_loss"
+    assert b["steps_challenger"] == " ".join(str(want[s][0][0]) for s in (0, 1)) == "300 300"
+    assert b["steps_baseline"] == " ".join(str(want[s][1][0]) for s in (0, 1)) == "200 200"
+    assert b["diff_mean"] == pytest.approx(np.mean([want[s][0][2] - want[s][1][2] for s in (0, 1)]))
+    assert b["gap_baseline"] == pytest.approx(np.mean([want[s][1][1] for s in (0, 1)]))
+    (final,) = beats_table(rows, metrics=("effective_rank",))
+    assert final["diff_mean"] == pytest.approx(np.mean([22.0 - 36.0, 24.0 - 37.0]))  # the final checkpoints
+    with pytest.raises(UsageError):
+        beats_table(rows, at="somewhere")
+
+
+def test_toy_sweep_writes_the_matched_loss_table(toy_sweep):
+    rows = _rows(toy_sweep / "beats_matched.csv")
+    assert rows and {r["at"] for r in rows} == {"matched_loss"}
+    assert "matched validation loss" in (toy_sweep / "beats_matched.md").read_text()
+    assert "matched validation loss" in (toy_sweep / "sweep.html").read_text()
+
+
 # --------------------------------------------------------------------------------------
 # the CLI
 # --------------------------------------------------------------------------------------

@@ -12,10 +12,17 @@ FIGURE_METRICS = ["val_loss", "gap_to_floor", "effective_rank", "r2", "trajector
                   "compression"]
 
 
+#: what the matched-loss table is
+MATCHED_NOTE = ("Matched loss: per seed, each model read at its first kept checkpoint at or below the larger of the "
+                "two models' best validation losses (the lowest loss both reach; sweeps.matched_pair); the steps "
+                "used are listed. With few kept checkpoints (--keep) the match is coarse.")
+
+
 def write_sweep_outputs(cfg, records: list[dict[str, Any]], runs: dict[str, dict[str, Any]], out: Path,
                   figures: bool = True, gap_threshold: float = 0.05, gap_ratio: float = 1.5) -> dict[str, Any]:
-    """sweep.csv, records.jsonl, beats.csv / .md, sweep_config.json and (``figures``)
-    sweep.html / .pdf / .png in ``out``; returns ``{"rows", "beats", "paths"}``."""
+    """sweep.csv, records.jsonl, beats.csv / .md (final checkpoints), beats_matched.csv /
+    .md (matched validation loss), sweep_config.json and (``figures``) sweep.html / .pdf /
+    .png in ``out``; returns ``{"rows", "beats", "beats_matched", "paths"}``."""
     from ..checkpoint import atomic_write_bytes
     from ..records import to_jsonable
     from ..sweeps import beats_table, sweep_columns, sweep_table
@@ -23,6 +30,7 @@ def write_sweep_outputs(cfg, records: list[dict[str, Any]], runs: dict[str, dict
 
     rows = sweep_table(records, runs)
     beats = beats_table(rows, gap_threshold=gap_threshold, gap_ratio=gap_ratio)
+    matched = beats_table(rows, gap_threshold=gap_threshold, gap_ratio=gap_ratio, at="matched_loss")
     out.mkdir(parents=True, exist_ok=True)
     paths = [write_csv(rows, out / "sweep.csv", sweep_columns(rows))]
     jsonl = "".join(json.dumps(to_jsonable(r)) + "\n" for r in records)
@@ -30,10 +38,13 @@ def write_sweep_outputs(cfg, records: list[dict[str, Any]], runs: dict[str, dict
     paths.append(write_csv(beats, out / "beats.csv"))
     intro = sweep_context_text(cfg, records)
     paths.append(atomic_write_bytes(beats_markdown(beats, intro).encode(), out / "beats.md"))
+    paths.append(write_csv(matched, out / "beats_matched.csv"))
+    paths.append(atomic_write_bytes(beats_markdown(matched, intro + " " + MATCHED_NOTE).encode(),
+                                    out / "beats_matched.md"))
     paths.append(atomic_write_bytes((json.dumps(cfg.to_dict(), indent=1) + "\n").encode(), out / "sweep_config.json"))
     if figures:
-        paths += write_sweep_figures(rows, beats, out, intro)
-    return {"rows": rows, "beats": beats, "paths": paths}
+        paths += write_sweep_figures(rows, beats, out, intro, matched)
+    return {"rows": rows, "beats": beats, "beats_matched": matched, "paths": paths}
 
 
 def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
@@ -140,7 +151,8 @@ def sweep_plot(rows: list[dict[str, Any]]):
     return fig
 
 
-def write_sweep_figures(rows: list[dict[str, Any]], beats: list[dict[str, Any]], out: Path, intro: str) -> list[Path]:
+def write_sweep_figures(rows: list[dict[str, Any]], beats: list[dict[str, Any]], out: Path, intro: str,
+                        matched: list[dict[str, Any]] | None = None) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,9 +163,11 @@ def write_sweep_figures(rows: list[dict[str, Any]], beats: list[dict[str, Any]],
     caption = ("Each metric of every kept checkpoint against training compute (step × transformer parameters; "
                "NextLat's p_psi is not counted). Lines: mean over seeds; bands: min to max over seeds.")
     table = beats_html(beats)
-    page = write_page([("Metrics along training compute", caption, sweep_figure(rows)),
-                       ("Where does NextLat beat GPT?", intro, table)], out / "sweep.html",
-                      title="nextlat_probe sweep")
+    sections = [("Metrics along training compute", caption, sweep_figure(rows)),
+                ("Where does NextLat beat GPT? (final checkpoints)", intro, table)]
+    if matched:
+        sections.append(("... and at matched validation loss", MATCHED_NOTE, beats_html(matched)))
+    page = write_page(sections, out / "sweep.html", title="nextlat_probe sweep")
     with paper_style():
         fig = sweep_plot(rows)
         return [page, *save_figure(fig, out / "sweep", formats=("pdf", "png"))]
