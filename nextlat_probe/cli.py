@@ -39,10 +39,12 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     except BrokenPipeError:
-        # the reader of stdout went away (``... | head``): not an error of ours. Point
-        # stdout at devnull so the interpreter's final flush does not raise again.
+        if not _stdout_is_closed():
+            raise  # another pipe (a worker process, a socket): a real error
+        # the reader of stdout went away (``... | head``): end quietly, as a program killed by
+        # SIGPIPE would (exit 141); stdout points at devnull so the final flush cannot raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        sys.exit(141)
     except FILE_ERRORS as exc:
         where = getattr(exc, "filename", None)
         msg = f"{where}: {exc.strerror or one_line(exc)}" if where else one_line(exc)
@@ -52,6 +54,18 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         print(f"error: {one_line(exc)}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     sys.exit(int(code or 0))
+
+
+def _stdout_is_closed() -> bool:
+    """Whether writing to stdout fails with a broken pipe (its reader has gone)."""
+    try:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return True
+    except (OSError, ValueError):
+        return False
+    return False
 
 
 def print_json(obj: Any) -> None:

@@ -164,12 +164,13 @@ def _rank_along_training(ctx: Context) -> list[dict[str, Any]]:
         per_model.append((m, recs))
     if not any(recs for _, recs in per_model):
         return []  # no model kept a checkpoint along training: no trajectory to show
-    layer = next(recs[0]["layer"] for _, recs in per_model if recs)  # the last block, as run_rank names it
     out = []
     for m, recs in per_model:
-        # a model without kept checkpoints still takes part with its final point (it may be
+        # each model's own last block (models of different depths name it differently); a
+        # model without kept checkpoints still takes part with its final point (it may be
         # the one that sets the matched loss)
-        recs = recs + [r for r in ctx.get("rank") if r["name"] == m.name and r["layer"] == layer]
+        final = _last_block([r for r in ctx.get("rank") if r["name"] == m.name])
+        recs = recs + [r for r in final if not recs or r["layer"] == recs[0]["layer"]]
         out.extend(sorted(recs, key=lambda r: r["step"]))
     return out
 
@@ -215,7 +216,7 @@ def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
         path = next((p for p in intermediate_checkpoints(Path(m.path).parent)
                      if p.name == f"ckpt_step{want['step']}.pt"), None)
         if path is None:
-            continue
+            return []  # a kept checkpoint went missing: no honest matched comparison
         ck = load_checkpoint(path, device=ctx.device)
         ck.label = m.name
         picked.append(ck)

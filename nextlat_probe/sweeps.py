@@ -283,11 +283,15 @@ def parse_cell(text: str, cfg: "SweepConfig") -> tuple[str, int, tuple[float, ..
     except ValueError:
         raise UsageError(f"--cell {text!r}: steps {parts[1]!r} is not an integer") from None
     lam = {"lambda_h": cfg.lambda_h, "lambda_kl": cfg.lambda_kl}
+    given: set[str] = set()
     for part in parts[2:]:
         key, eq, val = part.partition("=")
         key = key.strip().replace("-", "_")
         if not eq or key not in lam:
             raise UsageError(f"--cell {text!r}: {part!r} is not lambda_h=... or lambda_kl=...")
+        if key in given:
+            raise UsageError(f"--cell {text!r}: {key} given twice")
+        given.add(key)
         try:
             lam[key] = tuple(float(v) for v in val.split("/"))
         except ValueError:

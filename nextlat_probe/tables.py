@@ -396,14 +396,17 @@ def beats_html(beats: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def sweep_context_text(cfg, records: list[dict[str, Any]]) -> str:
+def sweep_context_text(cfg, records: list[dict[str, Any]], at: str = "final") -> str:
     """What every number is: where the metrics come from and with which settings (each
     record's full protocol and parameters are in records.jsonl; sweep.csv names them)."""
     from .sweeps import probe_n_test
 
     analyses = {r["analysis"] for r in records}
-    parts = [f"World {cfg.world}; {cfg.seeds} seed(s) per setting. Beats table: NextLat minus GPT at each run's "
-             "final checkpoint, paired by seed, mean with a 95% Student t interval (n - 1 degrees of freedom)."]
+    where = ("each run's final checkpoint" if at == "final" else
+             "matched validation loss (per seed, each model's first kept checkpoint at or below the larger of the "
+             "two models' best validation losses; the steps used are listed)")
+    parts = [f"World {cfg.world}; {cfg.seeds} seed(s) per setting. Beats table: NextLat minus GPT at {where}, "
+             "paired by seed, mean with a 95% Student t interval (n - 1 degrees of freedom)."]
     ev = [f"effective rank of the last block (uncentred, protocol training_length) on {cfg.n_seqs} sequences"]
     if "probe" in analyses:
         ev.append(f"belief probe R² of the last block (ridge, protocol held_out: tested on the last "

@@ -162,3 +162,25 @@ def test_verdict_lines_compare_each_objective_with_gpt():
                          "MTP vs GPT, validation loss (lower = better next-token prediction): MTP better "
                          "(GPT 0.85, MTP 0.84)"]  # MTP's undefined compression is left out, not called a tie
     assert _verdict_lines([n, m]) == [] and _verdict_lines([g, g, n]) == []
+
+
+def test_rank_along_training_reads_each_models_own_last_block(tmp_path):
+    """A 2-block and a 4-block model: each trajectory ends at its own last block's final
+    point, also for the model that kept no checkpoint along training."""
+    from nextlat_probe.report import prepare
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    ck = {}
+    for preset, keep in (("tiny", 10), ("mini", 0)):
+        cfg = TrainConfig(world="mess3", objective="gpt", preset=preset, steps=20, batch_size=8, seq_len=10,
+                          eval_every=10, save_every=20, keep_every=keep, n_val=16, device="cpu", warmup_steps=2)
+        ck[preset] = train(cfg, out_dir=tmp_path / preset, progress=False).checkpoint
+    ctx = prepare([ck["tiny"], ck["mini"]], 16, 0, "cpu", 2, 10, False)
+    traj = ctx.get("rank_training")
+    by = {}
+    for r in traj:
+        by.setdefault(r["name"], []).append(r)
+    names = [m.name for m in ctx.models]
+    assert [r["step"] for r in by[names[0]]] == [10, 20] and {r["layer"] for r in by[names[0]]} == {"L1"}
+    assert [(r["step"], r["layer"]) for r in by[names[1]]] == [(20, "L3")]

@@ -79,7 +79,7 @@ def test_cells_replace_the_product_and_share_gpt_runs(tmp_path):
     assert [r.folder for r in grid(back)] == names
 
 
-@pytest.mark.parametrize("cell", ["tiny", "tiny:x", "huge:4", "tiny:0", "tiny:4:lambda_q=1", "tiny:4:lambda_kl=a",
+@pytest.mark.parametrize("cell", ["tiny", "tiny:x", "huge:4", "tiny:0", "tiny:4:lambda_q=1", "tiny:4:lambda_kl=a", "tiny:4:lambda_kl=0:lambda_kl=1",
                                   "tiny:4:lambda_kl=-1"])
 def test_bad_cells_are_usage_errors(tmp_path, cell):
     with pytest.raises(UsageError) as info:

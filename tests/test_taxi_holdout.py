@@ -18,7 +18,7 @@ M64 = (1 << 64) - 1
 
 def ref_held_out(o: int, d: int, n_nodes: int, fraction: float, seed: int) -> bool:
     """The split written with Python integers (no numpy wrap-around)."""
-    z = (o * n_nodes + d + (seed & 0xFFFFFFFF) * 0xD1B54A32D192ED03) & M64
+    z = (o * n_nodes + d + (seed % 2**64) * 0xD1B54A32D192ED03) & M64
     z = (z + 0x9E3779B97F4A7C15) & M64
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
@@ -110,6 +110,8 @@ def test_each_side_refuses_the_others_trips_and_round_trips():
     ({"walk": "shortest", "pairs": "held_out"}, "holdout > 0"),
     ({"walk": "shortest", "holdout": 0.1, "pairs": "test"}, "train or held_out"),
     ({"walk": "shortest", "holdout": 0.97, "pairs": "train"}, "no train destination"),
+    # refused when the TRAINING world is built, not after training, when scoring the held-out side
+    ({"walk": "shortest", "holdout": 0.01, "pairs": "train"}, "no held_out destination"),
 ])
 def test_bad_splits_are_refused(kw, match):
     with pytest.raises(WorldError, match=match):
@@ -156,3 +158,23 @@ def test_worldmodel_cli_scores_held_out_pairs_beside_training_pairs(tmp_path):
                                      n_continuations=2, seed=0)
     assert recs[1]["metrics"]["trajectory_valid"]["count"] == direct.trajectory_valid.count
     assert recs[1]["metrics"]["next_token"]["n"] == direct.next_token.n
+
+
+def test_compression_draws_second_prefixes_on_the_worlds_side_of_the_split(monkeypatch):
+    seed = split_seed_keeping_both_sides(0.4)
+    seen = []
+    real = wm._sample_and_score
+
+    def spy(predict, world, A, B, *rest):
+        seen.append((world, B.copy()))
+        return real(predict, world, A, B, *rest)
+
+    monkeypatch.setattr(wm, "_sample_and_score", spy)
+    for pairs in ("train", "held_out"):
+        w = square_world(holdout=0.4, holdout_seed=seed, pairs=pairs)
+        s = w.sample(60, seed=2)
+        wm.compression(wm.oracle_predictor(w), w, s, np.random.default_rng(0), n_continuations=2)
+    assert len(seen) == 2
+    for w, B in seen:
+        held = [ref_held_out(int(o), int(d), 5, 0.4, seed) for o, d in B[:, :2]]
+        assert held == [w.pairs == "held_out"] * len(B)  # every scored prefix pair is on the world's side

@@ -589,6 +589,15 @@ def _trajectory_flags(predict, world, prompts, budget, kinds, probs, rng):
     return chk["legal"], chk["valid"], out
 
 
+def _off_split(world, prefixes: np.ndarray) -> np.ndarray:
+    """bool per prefix row: its (origin, destination) tokens are a pair on the other side of
+    the world's held-out pair split (``Taxi.holdout``) than the world's own trips."""
+    if not getattr(world, "holdout", 0):
+        return np.zeros(len(prefixes), dtype=bool)
+    held = world.is_held_out(prefixes[:, 0], prefixes[:, 1])
+    return held != (world.pairs == "held_out")
+
+
 def _backward_prefixes(world, node: np.ndarray, dest: np.ndarray, k: np.ndarray,
                        rng: np.random.Generator, width: int | None = None) -> np.ndarray:
     """Prefixes ``[n, width]`` (default ``2 + max k``; padded) of ``k`` turns ending at
@@ -621,7 +630,8 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
                 retries: int = 10) -> dict[str, Any]:
     """Sequence compression on trips ``sample`` (a ``Sample`` of true trips); see the module
     docstring. Returns ``{"pairs": Rate, "continuations": Rate, "skipped": int}`` where
-    skipped counts states reachable by one prefix only (no different prefix found).
+    skipped counts states reachable by one prefix only (no different prefix found, or none
+    whose origin/destination pair is on the world's side of a held-out pair split).
 
     The second prefix is a backward random walk over the walkable edges: for random walks
     it is a possible trip prefix of the world; for shortest-path data it usually is not
@@ -635,13 +645,15 @@ def compression(predict: Any, world, sample, rng: np.random.Generator, epsilon: 
     B = _backward_prefixes(world, node, dest, k, rng)
     width = B.shape[1]
     A = np.where(np.arange(width)[None, :] < 2 + k[:, None], sample.tokens[keep, :width], world.pad_id)
-    same = (A == B).all(axis=1)
+    # a second prefix equal to the first, or (held-out pair split) whose origin/destination
+    # pair lies on the other side of the split than the world's trips, is drawn again
+    same = (A == B).all(axis=1) | _off_split(world, B)
     for _ in range(retries):
         if not same.any():
             break
         idx = np.flatnonzero(same)
         B[idx] = _backward_prefixes(world, node[idx], dest[idx], k[idx], rng, width)
-        same[idx] = (A[idx] == B[idx]).all(axis=1)
+        same[idx] = (A[idx] == B[idx]).all(axis=1) | _off_split(world, B[idx])
     use = np.flatnonzero(~same)
     M = int(n_continuations)
     if use.size == 0:

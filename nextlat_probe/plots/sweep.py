@@ -39,8 +39,9 @@ def write_sweep_outputs(cfg, records: list[dict[str, Any]], runs: dict[str, dict
     intro = sweep_context_text(cfg, records)
     paths.append(atomic_write_bytes(beats_markdown(beats, intro).encode(), out / "beats.md"))
     paths.append(write_csv(matched, out / "beats_matched.csv"))
-    paths.append(atomic_write_bytes(beats_markdown(matched, intro + " " + MATCHED_NOTE).encode(),
-                                    out / "beats_matched.md"))
+    paths.append(atomic_write_bytes(beats_markdown(matched, sweep_context_text(cfg, records, at="matched_loss")
+                                                   + " With few kept checkpoints (--keep) the match is coarse.")
+                                    .encode(), out / "beats_matched.md"))
     paths.append(atomic_write_bytes((json.dumps(cfg.to_dict(), indent=1) + "\n").encode(), out / "sweep_config.json"))
     if figures:
         paths += write_sweep_figures(rows, beats, out, intro, matched)

@@ -117,11 +117,14 @@ def held_out_pairs(origin: np.ndarray, dest: np.ndarray, n_nodes: int, fraction:
                    seed: int = 0) -> np.ndarray:
     """bool, broadcast shape of ``origin`` and ``dest``: whether the ordered pair (origin,
     dest) of node indices is held out (hash below ``fraction`` of the uint64 range)."""
+    origin, dest = np.asarray(origin), np.asarray(dest)
     if fraction <= 0:
         return np.zeros(np.broadcast(origin, dest).shape, dtype=bool)
-    key = (np.asarray(origin, dtype=np.uint64) * np.uint64(n_nodes) + np.asarray(dest, dtype=np.uint64))
+    if (origin.size and origin.min() < 0) or (dest.size and dest.min() < 0):
+        raise WorldError("taxi: held-out pairs are of node indices >= 0")
+    key = origin.astype(np.uint64) * np.uint64(n_nodes) + dest.astype(np.uint64)
     with np.errstate(over="ignore"):
-        key = key + np.uint64(int(seed) & 0xFFFFFFFF) * np.uint64(0xD1B54A32D192ED03)
+        key = key + np.uint64(int(seed) % 2**64) * np.uint64(0xD1B54A32D192ED03)
     h = _splitmix64(key & _M64)
     return (h >> np.uint64(11)).astype(np.float64) * 2.0 ** -53 < float(fraction)
 
@@ -240,15 +243,24 @@ class Taxi(World):
             raise WorldError("taxi: pairs=held_out needs holdout > 0")
         self.holdout, self.pairs, self.holdout_seed = holdout, pairs, holdout_seed
         if holdout > 0:
-            # every origin must keep at least one destination on this side of the split
-            counts = np.zeros(self.walk_nodes.size, dtype=np.int64)
+            # every origin must keep at least one destination on BOTH sides of the split:
+            # the training world's and the held-out one it will be scored on
+            held = np.zeros(self.walk_nodes.size, dtype=np.int64)
+            seen = np.zeros(self.walk_nodes.size, dtype=np.int64)
+            N = self.map.n_nodes
+            inside = np.zeros(N, dtype=bool)
+            inside[self.walk_nodes] = True
             for lo in range(0, self.walk_nodes.size, 256):
                 o = self.walk_nodes[lo:lo + 256]
-                counts[lo:lo + o.size] = self._allowed_dest(o).sum(axis=1)
-            if counts.min() == 0:
-                bad = self.map.node_names[int(self.walk_nodes[int(np.argmin(counts))])]
-                raise WorldError(f"taxi: with holdout={holdout} (seed {holdout_seed}) origin {bad!r} has no "
-                                 f"{pairs} destination; use another holdout or holdout_seed")
+                other = inside[None, :] & (np.arange(N)[None, :] != o[:, None])
+                h = held_out_pairs(o[:, None], np.arange(N)[None, :], N, holdout, holdout_seed) & other
+                held[lo:lo + o.size] = h.sum(axis=1)
+                seen[lo:lo + o.size] = (other & ~h).sum(axis=1)
+            for side, counts in (("held_out", held), ("train", seen)):
+                if counts.min() == 0:
+                    bad = self.map.node_names[int(self.walk_nodes[int(np.argmin(counts))])]
+                    raise WorldError(f"taxi: with holdout={holdout} (seed {holdout_seed}) origin {bad!r} has no "
+                                     f"{side} destination; use a larger map, another holdout or holdout_seed")
 
     def _allowed_dest(self, origins: np.ndarray) -> np.ndarray:
         """bool ``[k, N]``: destinations this world may draw for each origin (inside the
