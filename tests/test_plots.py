@@ -595,3 +595,12 @@ def test_paper_plot_into_given_axes_and_style(tmp_path):
     assert mpl.rcParams["font.size"] == before
     out = P.save_figure(fig, tmp_path / "x.svg", formats=("svg",))
     assert [p.name for p in out] == ["x.svg"] and "<svg" in out[0].read_text()
+
+
+def test_line_styles_stay_distinct_beyond_five_settings():
+    from nextlat_probe.plots.style import mpl_dash, mpl_marker, plotly_dash, plotly_marker
+
+    for dash, marker in ((plotly_dash, plotly_marker), (mpl_dash, mpl_marker)):
+        pairs = [(str(dash({"variant": k})), marker({"variant": k})) for k in range(25)]
+        assert len(set(pairs)) == 25
+        assert pairs[:5] == [(str(dash({"variant": k})), marker({"variant": k})) for k in range(5)]

@@ -168,8 +168,14 @@ def plotly_dash(st: Mapping[str, Any]) -> str:
     return PLOTLY_DASHES[st["variant"] % len(PLOTLY_DASHES)]
 
 
+def _marker_index(variant: int) -> int:
+    """Markers advance one extra place per lap of the dashes, so (dash, marker) pairs stay
+    distinct for len(dashes) x len(markers) variants, not just for len(dashes)."""
+    return (variant + variant // len(PLOTLY_DASHES)) % len(PLOTLY_MARKERS)
+
+
 def plotly_marker(st: Mapping[str, Any]) -> str:
-    return PLOTLY_MARKERS[st["variant"] % len(PLOTLY_MARKERS)]
+    return PLOTLY_MARKERS[_marker_index(st["variant"])]
 
 
 def mpl_dash(st: Mapping[str, Any]) -> Any:
@@ -177,7 +183,7 @@ def mpl_dash(st: Mapping[str, Any]) -> Any:
 
 
 def mpl_marker(st: Mapping[str, Any]) -> str:
-    return MPL_MARKERS[st["variant"] % len(MPL_MARKERS)]
+    return MPL_MARKERS[_marker_index(st["variant"])]
 
 
 # --------------------------------------------------------------------------------------
