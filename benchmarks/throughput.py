@@ -67,10 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from nextlat_probe.training.trainer import default_seq_len, train
     from nextlat_probe.worlds import make_world
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
+    device = resolve_device(args.device)  # a DeviceError: one line, exit 2 (run_main)
     cuda = device.type == "cuda"
     presets = (args.presets or ("small,base" if cuda else ("tiny" if args.quick else "tiny,mini"))).split(",")
     steps = args.steps or (300 if cuda else (40 if args.quick else 60))

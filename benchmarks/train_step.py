@@ -334,12 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     from nextlat_probe.training.trainer import default_seq_len
     from nextlat_probe.worlds import make_world
 
-    try:
-        device = resolve_device(args.device)
-    except ValueError as exc:
-        from nextlat_probe.cli import UsageError
-
-        raise UsageError(str(exc)) from None
+    device = resolve_device(args.device)  # a DeviceError: one line, exit 2 (run_main)
     if device.type == "cpu":
         torch.set_num_threads(args.threads)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)

@@ -347,16 +347,20 @@ def beats_sections(beats: list[dict[str, Any]]) -> list[tuple[str, list[dict[str
     return out
 
 
+def _beats_blocks(beats: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]], list[tuple[str, str, str]]]]:
+    """(heading, rows, columns with their headers filled in) per metric of the table."""
+    columns = _beats_columns(beats)
+    out = []
+    for heading, rows in beats_sections(beats):
+        c, b = rows[0]["challenger"], rows[0]["baseline"]
+        out.append((heading, rows, [(k, _header(h, c, b), f) for k, h, f in columns]))
+    return out
+
+
 def beats_text(beats: list[dict[str, Any]]) -> str:
     if not beats:
         return "(no NextLat / GPT pairs: the table needs both objectives with the same seeds)"
-    parts = []
-    columns = _beats_columns(beats)
-    for heading, rows in beats_sections(beats):
-        c, b = rows[0]["challenger"], rows[0]["baseline"]
-        cols = [(k, _header(h, c, b), f) for k, h, f in columns]
-        parts.append(f"{heading}\n{format_table(rows, cols)}")
-    return "\n\n".join(parts)
+    return "\n\n".join(f"{heading}\n{format_table(rows, cols)}" for heading, rows, cols in _beats_blocks(beats))
 
 
 def _md_cell(v: Any, fmt: str) -> str:
@@ -364,18 +368,16 @@ def _md_cell(v: Any, fmt: str) -> str:
 
 
 def beats_markdown(beats: list[dict[str, Any]], intro: str = "") -> str:
-    columns = _beats_columns(beats)
-    matched = columns is BEATS_MATCHED_COLUMNS
+    matched = _beats_columns(beats) is BEATS_MATCHED_COLUMNS
     lines = ["# Where does NextLat beat GPT?" + (" (at matched validation loss)" if matched else ""), ""]
     if intro:
         lines += [intro, ""]
     if not beats:
         lines.append("No NextLat / GPT pairs.")
-    for heading, rows in beats_sections(beats):
-        c, b = rows[0]["challenger"], rows[0]["baseline"]
-        heads = [_header(h, c, b) for _, h, _ in columns]
+    for heading, rows, cols in _beats_blocks(beats):
+        heads = [h for _, h, _ in cols]
         lines += [f"## {heading}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        lines += ["| " + " | ".join(_md_cell(r.get(k), f) for k, _, f in columns) + " |" for r in rows]
+        lines += ["| " + " | ".join(_md_cell(r.get(k), f) for k, _, f in cols) + " |" for r in rows]
         lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -386,12 +388,10 @@ def beats_html(beats: list[dict[str, Any]]) -> str:
     if not beats:
         return "<p>No NextLat / GPT pairs.</p>"
     parts = []
-    columns = _beats_columns(beats)
-    for heading, rows in beats_sections(beats):
-        c, b = rows[0]["challenger"], rows[0]["baseline"]
-        head = "".join(f"<th>{html.escape(_header(h, c, b))}</th>" for _, h, _ in columns)
+    for heading, rows, cols in _beats_blocks(beats):
+        head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in cols)
         body = "".join("<tr>" + "".join(f"<td>{html.escape(format_value(r.get(k), f))}</td>"
-                                        for k, _, f in columns) + "</tr>" for r in rows)
+                                        for k, _, f in cols) + "</tr>" for r in rows)
         parts.append(f"<h3>{html.escape(heading)}</h3><table class='summary'><tr>{head}</tr>{body}</table>")
     return "".join(parts)
 
