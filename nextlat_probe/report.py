@@ -188,8 +188,12 @@ def _worldmodel(ctx: Context) -> list[dict[str, Any]]:
             (check_taxi_world if ctx.is_taxi else check_belief_world)(m.world)
     except AnalysisError:
         return []
-    return _compare().run_worldmodel(ctx.models, n_pairs=max(50, min(200, ctx.n_seqs)), seed=ctx.seed,
-                                     device=ctx.device)
+    return _compare().run_worldmodel(ctx.models, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device)
+
+
+def _wm_pairs(ctx: Context) -> int:
+    """Trips of the report's world-model metrics (the same at equal steps and matched loss)."""
+    return max(50, min(200, ctx.n_seqs))
 
 
 def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
@@ -203,8 +207,8 @@ def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
     if not ctx.is_taxi:
         return []
     runs = _matched_loss(ctx).get("runs") or {}
-    if not runs or all(v["step"] == m.step for m in ctx.models for n, v in runs.items() if n == m.name):
-        return []
+    if all(runs[m.name]["step"] == m.step for m in ctx.models if m.name in runs):
+        return []  # no runs, or every match is a final checkpoint
     picked = []
     for m in ctx.models:
         want = runs.get(m.name)
@@ -222,7 +226,7 @@ def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
         picked.append(ck)
     if len(picked) < 2:
         return []
-    recs = _compare().run_worldmodel(picked, n_pairs=max(50, min(200, ctx.n_seqs)), seed=ctx.seed, device=ctx.device)
+    recs = _compare().run_worldmodel(picked, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device)
     return [{**r, "variant": "matched_loss"} for r in recs]
 
 
@@ -243,7 +247,7 @@ ANALYSES: dict[str, Callable[[Context], Any]] = {
                                             seed=c.seed),
     "transition": lambda c: _compare().run_transition(None, inputs=c.inputs, n_test=c.n_test, horizon=c.horizon,
                                                       fit_steps=c.fit_steps, seed=c.seed),
-    "worldmodel": lambda c: _worldmodel(c),
+    "worldmodel": _worldmodel,
     "mapping": lambda c: _compare().run_mapping(None, inputs=c.inputs, n_trips=min(500, 2 * c.n_seqs), seed=c.seed),
     "worldmodel_matched": _worldmodel_matched,
 }
