@@ -87,7 +87,7 @@ def add_model_args(p: argparse.ArgumentParser, nargs: str = "+") -> None:
                    help='the world the models were trained on, e.g. "mess3:x=0.05,a=0.85", rrxor, '
                         '"hmm:T=T.npy", taxi (with --map)')
     g.add_argument("--map", dest="world_map", type=Path, default=None, metavar="FILE.json",
-                   help="the street map of --world taxi (edge-list JSON)")
+                   help="the street map of --world taxi: edge-list JSON, or 'manhattan' (shipped with the package)")
     g.add_argument("--tl-config", type=Path, default=None, metavar="CONFIG.json",
                    help="config of a legacy TransformerLens state dict (n_layers, d_model, n_heads, d_head, "
                         "d_mlp, n_ctx, d_vocab, act_fn, normalization_type; other keys ignored)")

@@ -42,7 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
         "or from a file of trips (--map and --trajectories).")
     p.add_argument("ckpt", nargs="?", metavar="CKPT", help="taxi checkpoint (ckpt.pt) or run folder")
     p.add_argument("--map", type=Path, default=None,
-                   help="edge-list JSON street map: of --trajectories, or of --world taxi for a foreign CKPT")
+                   help="edge-list JSON street map, or 'manhattan' (shipped with the package): the map of "
+                   "--trajectories, or of --world taxi for a foreign CKPT")
     p.add_argument("--trajectories", type=Path, default=None,
                    help="text file of trips, one per line: origin dest turns... end")
     p.add_argument("--max-distance", type=float, default=None,

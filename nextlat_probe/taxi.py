@@ -20,7 +20,7 @@ from .cli import UsageError, print_json, run_main
 
 def _add_map_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("map (one of)")
-    g.add_argument("--map", type=Path, default=None, help="edge-list JSON map (e.g. manhattan_streets.json)")
+    g.add_argument("--map", type=Path, default=None, help="edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
     g.add_argument("--map-size", default=None,
                    help="synthetic Manhattan-like map with N x N (or AxS) intersections (default 6)")
     g.add_argument("--map-seed", type=int, default=0, help="seed of the synthetic map")

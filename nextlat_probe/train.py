@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "uncompiled, with a warning, if compilation fails")
     g = p.add_argument_group("world options")
     g.add_argument("--map-size", type=int, default=None, help="taxi: synthetic map with N x N intersections")
-    g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map (e.g. manhattan_streets.json)")
+    g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
     g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
     g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
     g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
@@ -184,8 +184,10 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
         raise UsageError("--out DIR is required (or --resume CKPT)")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")
-    if args.map is not None and not args.map.is_file():
-        raise UsageError(f"--map {args.map}: no such file")
+    from .worlds.streetmap import resolve_map_path
+
+    if args.map is not None and not resolve_map_path(args.map).is_file():
+        raise UsageError(f"--map {args.map}: no such file (give an edge-list JSON map, or 'manhattan' for the shipped map)")
     for name in ("steps", "batch_size", "horizon", "n_val", "eval_every", "save_every"):
         v = getattr(args, name)
         if name == "steps" and v is None:

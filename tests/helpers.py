@@ -5,7 +5,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-MANHATTAN = ROOT.parent / "shared" / "data" / "manhattan" / "manhattan_streets.json"
+#: the real Manhattan map as shipped with the package (never a folder outside the repository)
+MANHATTAN = ROOT / "nextlat_probe" / "maps" / "manhattan_streets.json.gz"
 
 
 def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:

@@ -304,7 +304,6 @@ def test_unknown_protocol_and_bad_degree():
 # --------------------------------------------------------------------------------------
 # CLI
 # --------------------------------------------------------------------------------------
-@pytest.mark.skipif(not MANHATTAN.is_file(), reason="Manhattan street map not available")
 def test_cli_on_manhattan_trajectory_file(tmp_path):
     m = StreetMap.from_json(MANHATTAN)
     world = Taxi(m, max_len=30)
@@ -323,7 +322,7 @@ def test_cli_on_manhattan_trajectory_file(tmp_path):
     path = tmp_path / "walks.txt"
     path.write_text("\n".join(lines) + "\n")
     out = tmp_path / "map.html"
-    r = run_cli("nextlat_probe.mapping", "--map", str(MANHATTAN), "--trajectories", str(path), "--json",
+    r = run_cli("nextlat_probe.mapping", "--map", "manhattan", "--trajectories", str(path), "--json",
                 "--plot", str(out), timeout=300)
     assert r.returncode == 0, r.stderr
     (rec,) = json.loads(r.stdout)

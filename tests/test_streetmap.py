@@ -1,6 +1,7 @@
 """Street maps: the synthetic generator, the edge-list loader, graph helpers."""
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import time
@@ -205,7 +206,6 @@ def test_constructor_rejects_duplicates_and_unknown_directions():
         StreetMap(2, [(0, "N", 5)])
 
 
-@pytest.mark.skipif(not MANHATTAN.is_file(), reason=f"real Manhattan map not found at {MANHATTAN}")
 def test_manhattan_map_loads():
     m = StreetMap.from_json(MANHATTAN)
     assert m.n_nodes == 4579 and m.n_edges == 9705
@@ -214,7 +214,26 @@ def test_manhattan_map_loads():
     assert m.largest_scc().size == 4473
     assert int((m.out_degree == 0).sum()) == 17
     assert 1 <= m.out_degree.max() <= 4
-    raw = json.loads(MANHATTAN.read_text())
+    raw = json.loads(gzip.decompress(MANHATTAN.read_bytes()))
     s, d, t = raw["edges"][0]
     i = m.id_to_index[s]
     assert m.node_ids[m.succ[i, DIRECTIONS.index(d)]] == t
+
+
+def test_manhattan_is_shipped_with_the_package_and_named_by_map_manhattan(tmp_path, monkeypatch):
+    """``--map manhattan`` (and ``from_json("manhattan")``) reads the packaged file from any
+    working folder; a file of that name in the working folder wins; the package states the
+    map's provenance and licence."""
+    from nextlat_probe.worlds.streetmap import resolve_map_path
+
+    monkeypatch.chdir(tmp_path)
+    by_name = StreetMap.from_json("manhattan")
+    by_file = StreetMap.from_json(MANHATTAN)
+    assert resolve_map_path("manhattan").resolve() == MANHATTAN.resolve()
+    assert np.array_equal(by_name.succ, by_file.succ) and by_name.node_ids == by_file.node_ids
+    notes = (MANHATTAN.parent / "README.md").read_text()
+    assert "ODbL" in notes and "OpenStreetMap contributors" in notes and "world-model-evaluation" in notes
+    (tmp_path / "manhattan").write_text(json.dumps({"directions": ["N", "S"], "edges": [[1, "N", 2], [2, "S", 1]]}))
+    assert StreetMap.from_json("manhattan").n_nodes == 2
+    with pytest.raises(WorldError, match="no_such_map"):
+        StreetMap.from_json("no_such_map")

@@ -476,7 +476,6 @@ def test_default_world_and_bad_options():
 
 
 # --- the real Manhattan map --------------------------------------------------------------------
-@pytest.mark.skipif(not MANHATTAN.is_file(), reason=f"real Manhattan map not found at {MANHATTAN}")
 def test_manhattan_random_walks_and_speed():
     world = make_world("taxi", map=str(MANHATTAN), max_len=97)
     assert world.map.n_nodes == 4579 and world.map.n_edges == 9705

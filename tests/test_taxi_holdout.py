@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import MANHATTAN, run_cli
+from helpers import run_cli
 
 from nextlat_probe.analysis import worldmodel as wm
 from nextlat_probe.worlds import WorldError, make_world, world_from_spec
@@ -119,7 +119,7 @@ def test_bad_splits_are_refused(kw, match):
 
 
 def test_manhattan_held_out_pairs_are_held_out_legal_and_exact():
-    train = make_world("taxi", map=str(MANHATTAN), walk="shortest", holdout=0.1)
+    train = make_world("taxi", map="manhattan", walk="shortest", holdout=0.1)
     held = wm.ood_world(train, "pairs=held_out")
     assert held.pairs == "held_out" and held.max_len == train.max_len
     s = held.sample(64, seed=3)

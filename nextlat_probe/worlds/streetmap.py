@@ -3,9 +3,12 @@ of eight compass directions, and a node has at most one edge per direction.
 
 Two sources of maps:
 
-- ``StreetMap.from_json(path)`` reads an edge-list JSON file such as the real Manhattan
-  graph of Vafa et al. (``{"directions": [...], "edges": [[src, dir, dst], ...]}`` with
-  integer node ids; optional ``nodes`` and ``coords``).
+- ``StreetMap.from_json(path)`` reads an edge-list JSON file (plain or gzip-compressed):
+  ``{"directions": [...], "edges": [[src, dir, dst], ...]}`` with integer node ids, optional
+  ``nodes`` and ``coords``. The name ``"manhattan"`` reads the map shipped with the package
+  (``BUNDLED_MAPS``): the real Manhattan street graph of the taxi-world study (Vafa et al.
+  2024), OpenStreetMap data under the ODbL, (c) OpenStreetMap contributors; see
+  ``nextlat_probe/maps/README.md`` for its provenance.
 - ``synthetic_manhattan(...)`` draws a small Manhattan-like grid (one-way streets, a
   diagonal "Broadway", a park, removed intersections), strongly connected and seeded, so
   the default world trains on a laptop CPU.
@@ -22,8 +25,11 @@ orientation), cached on the map.
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import zlib
+from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,6 +45,9 @@ DIR_INDEX: dict[str, int] = {d: i for i, d in enumerate(DIRECTIONS)}
 OPPOSITE = np.array([1, 0, 3, 2, 7, 6, 5, 4], dtype=np.int64)
 #: compass angle (degrees, counter-clockwise from east) at the centre of each direction
 DIR_ANGLE = np.array([90.0, 270.0, 0.0, 180.0, 45.0, 135.0, 315.0, 225.0])
+#: Maps shipped with the package, by the name ``--map`` (and ``StreetMap.from_json``) accepts
+#: in place of a file; a file of that name in the working folder still wins.
+BUNDLED_MAPS: dict[str, str] = {"manhattan": "manhattan_streets.json.gz"}
 #: ``StreetMap.layout`` defaults: classical MDS up to this many nodes per component ...
 LAYOUT_MAX_EXACT = 1000
 #: ... landmark MDS with this many landmarks above
@@ -400,26 +409,41 @@ class StreetMap:
 
     @classmethod
     def from_json(cls, path: str | Path) -> StreetMap:
-        """Read an edge-list JSON map; any problem is a one-line ``WorldError`` naming the
-        file (and the offending entry)."""
-        p = Path(path)
+        """Read an edge-list JSON map (``.json`` or gzip-compressed), or a bundled map by name
+        (``"manhattan"``, see ``BUNDLED_MAPS``); any problem is a one-line ``WorldError``
+        naming the file (and the offending entry)."""
+        p = resolve_map_path(path)
         try:
-            text = p.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
+            raw = p.read_bytes()
+            if raw[:2] == b"\x1f\x8b":  # gzip magic: compressed JSON
+                raw = gzip.decompress(raw)
+            text = raw.decode("utf-8")
+        except (OSError, UnicodeDecodeError, EOFError, zlib.error) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else type(exc).__name__
             raise WorldError(f"{p}: cannot read street map ({reason})") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WorldError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        shown = str(path) if str(path) in BUNDLED_MAPS and p != Path(path) else str(p)
         try:
-            return cls.from_dict(data, source=str(p))
+            return cls.from_dict(data, source=shown)
         except WorldError as exc:  # every problem names the file it is in
             msg = str(exc)
-            raise WorldError(msg if msg.startswith(str(p)) else f"{p}: {msg}") from None
+            raise WorldError(msg if msg.startswith(shown) else f"{shown}: {msg}") from None
 
     def __repr__(self) -> str:
         return f"StreetMap({self.name!r}, nodes={self.n_nodes}, edges={self.n_edges})"
+
+
+def resolve_map_path(path: str | Path) -> Path:
+    """The file behind a ``--map`` value: the path itself, or the bundled map of that name
+    (``BUNDLED_MAPS``) when no such file exists."""
+    p = Path(path)
+    name = str(path)
+    if name in BUNDLED_MAPS and not p.exists():
+        return Path(str(resources.files("nextlat_probe") / "maps" / BUNDLED_MAPS[name]))
+    return p
 
 
 def _mds_2d(A: sp.csr_matrix, max_exact: int, n_landmarks: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Maps shipped with the package (see README.md here: provenance and licence)."""
