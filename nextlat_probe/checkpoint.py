@@ -388,12 +388,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
     unsafe or inconsistent files (validated before any model is built), and ``DeviceError``
     for an unknown or unavailable ``device``.
     """
-    from .models.dynamics import LatentDynamics
-    from .models.mtp import MTPHeads
-    from .models.transformer import build_transformer, move, resolve_device
+    from .models.transformer import resolve_device
 
     dev = resolve_device(device)  # first: a bad device string costs nothing
     data, mcfg, ocfg = _read(path)
+    return build_loaded(data, mcfg, ocfg, dev)
+
+
+def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> LoadedCheckpoint:
+    """The ``LoadedCheckpoint`` of a checkpoint dict already checked by
+    ``validate_checkpoint`` (with ``data["_path"]`` set): our ``ckpt.pt`` files, and the
+    Hugging Face export folders (``hfexport``) read back into the same layout."""
+    from .models.dynamics import LatentDynamics
+    from .models.mtp import MTPHeads
+    from .models.transformer import build_transformer, move
+
     p = data["_path"]
     world = world_of(data)
     model = build_transformer(mcfg, seed=0)
@@ -450,7 +459,7 @@ def world_of(data: dict[str, Any]) -> Any:
 
 
 __all__ = [
-    "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint",
+    "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "build_loaded", "read_checkpoint",
     "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
     "world_of", "plain",

@@ -9,10 +9,12 @@ not train.
    (``config``: a dict or a JSON file with ``n_layers, d_model, n_heads, d_head, d_mlp,
    n_ctx, d_vocab, act_fn, normalization_type``), converted with TransformerLens's own
    ``convert_tl_checkpoint`` (``models.foreign.load_legacy_tl``);
-3. a local Hugging Face folder of a GPT-2-style model (``config.json`` and
+3. a Hugging Face folder written by ``python -m nextlat_probe.export`` (``hfexport``): read
+   back with its world, p_psi / MTP heads and training record, exactly as the checkpoint;
+4. a local Hugging Face folder of a GPT-2-style model (``config.json`` and
    ``model.safetensors`` or ``pytorch_model.bin``), read without any hub access
    (``models.foreign.load_hf_folder``);
-4. a model object already in memory: a ``TransformerBridge``, or a torch module with the
+5. a model object already in memory: a ``TransformerBridge``, or a torch module with the
    same hooks (``hooks``, ``hook_dict``, ``cfg``, ``W_E``), or an already loaded model.
 
 A model of another origin has no world of its own: give it (``world``: a ``World`` or a
@@ -209,6 +211,14 @@ def load_model(source: Any, *, world: Any = None, config: Any = None, vocab: Any
             return wrap_model(source, world, where=type(source).__name__, vocab=vocab)
         raise UsageError(f"cannot load a model from a {type(source).__name__}")
     path = Path(source)
+    if path.is_dir() and not hf and not (path / "ckpt.pt").exists():
+        from .hfexport import is_export, load_export
+
+        if is_export(path):  # our own Hugging Face export: p_psi, world and configs beside it
+            if world is not None or vocab is not None or config is not None:
+                raise UsageError(f"{path}: a nextlat_probe export carries its own world and config; drop "
+                                 "--world / --vocab / --tl-config (or read it as a plain GPT-2 folder with --hf)")
+            return load_export(path, device=device)
     if path.is_dir() and (hf or (not (path / "ckpt.pt").exists() and (path / "config.json").exists())):
         from .models.foreign import load_hf_folder
 

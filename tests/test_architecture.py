@@ -9,13 +9,13 @@ LAYERS = [
     {"__init__", "errors", "records", "progress", "safeio"},
     {"worlds"},
     {"models"},
-    {"training", "checkpoint", "sources"},
+    {"training", "checkpoint", "sources", "hfexport"},
     {"activations"},
     {"analysis"},
     {"compare"},
     {"experiments", "sweeps"},
     {"tables", "plots"},
-    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate", "sweep",
+    {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate", "sweep", "export",
      "taskeval"},
 ]
 CLIS = LAYERS[-1] - {"cli"}
