@@ -72,6 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
                    help="draw the next batches in a background thread while the device computes (default: on CUDA "
                         "only); batches depend on the seed and step alone, so the run is the same either way")
+    p.add_argument("--log", action="append", default=None, metavar="TRACKER",
+                   help="also show the run in tensorboard (event files in OUT/tensorboard/) and/or wandb (Weights & "
+                        "Biases: online only if you configured W&B, else offline into OUT/wandb/); repeatable or a "
+                        "comma list. The trackers show the rows of metrics.jsonl, which stays the record")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
                         "uncompiled, with a warning, if compilation fails")
@@ -201,6 +205,9 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     from .training.trainer import TrainingDiverged, train
 
     resolve_device(args.device)  # an unknown or missing device fails before anything is read
+    from .training.tracking import parse_trackers
+
+    tracking = parse_trackers(args.log)  # an unknown tracker or a missing package fails here too
     if args.resume is not None:
         from .checkpoint import read_checkpoint
 
@@ -241,7 +248,7 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             raise UsageError(str(exc)) from None
     try:
         res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                    compile=args.compile, prefetch=args.prefetch)
+                    compile=args.compile, prefetch=args.prefetch, tracking=tracking)
     except TrainingDiverged:
         raise  # main prints it (exit 3)
     except ValueError as exc:  # e.g. a world option the world rejects

@@ -3,8 +3,8 @@
 A run folder holds ONE run. Its identity — world spec, objective, model config, seed — is
 written to ``run.json`` (atomically) when the run claims the folder; for folders from
 before ``run.json`` it is read from ``ckpt.pt``. The run's files are ``run.json``,
-``ckpt.pt``, ``ckpt_step{N}.pt`` and ``metrics.jsonl``; anything else in the folder is never
-touched. The rules:
+``ckpt.pt``, ``ckpt_step{N}.pt``, ``metrics.jsonl`` and the trackers' ``tensorboard/`` and
+``wandb/`` folders; anything else in the folder is never touched. The rules:
 
 * a fresh run claims a folder that has none of these files (missing or empty folders too);
 * a resumed run also claims a folder that holds the SAME run (its own folder, or a copy);
@@ -64,8 +64,13 @@ def identity_of_checkpoint(data: dict[str, Any]) -> dict[str, Any]:
     return run_identity(data["world_spec"], data["objective"], data["model_config"], seed)
 
 
+#: the trackers' folders (``training.tracking``): views of metrics.jsonl, moved and
+#: claimed with the run's files
+TRACKING_DIRS = ("tensorboard", "wandb")
+
+
 def is_run_file(name: str) -> bool:
-    return name in (RUN_FILE, CKPT_FILE, METRICS_FILE) or _KEPT.fullmatch(name) is not None
+    return name in (RUN_FILE, CKPT_FILE, METRICS_FILE, *TRACKING_DIRS) or _KEPT.fullmatch(name) is not None
 
 
 def is_temp_file(name: str) -> bool:

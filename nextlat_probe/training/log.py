@@ -15,23 +15,47 @@ so the log holds each step once; ``read_metrics`` still tolerates logs from befo
 from __future__ import annotations
 
 import json
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
+
+from ..errors import one_line
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
     """Appends records to a ``metrics.jsonl`` (opened per record: a kill loses at most the
-    line being written, which the readers drop)."""
+    line being written, which the readers drop).
 
-    def __init__(self, path: str | Path):
+    ``views`` (``training.tracking``: TensorBoard, W&B) receive every record right after it
+    is written: the log is the record, they show it. A view that fails is dropped with one
+    warning line; the log goes on."""
+
+    def __init__(self, path: str | Path, views: list[Any] | None = None):
         self.path = Path(path)
+        self.views = list(views or [])
 
     def write(self, rec: dict[str, Any]) -> None:
         with open(self.path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        for view in list(self.views):
+            try:
+                view.write(rec)
+            except Exception as exc:  # noqa: BLE001 - a tracker never stops training
+                self.views.remove(view)
+                print(f"warning: --log {view.name} stopped ({one_line(exc)[:160]}); {self.path} goes on",
+                      file=sys.stderr, flush=True)
+
+    def close(self, failed: bool = False) -> None:
+        """Flush and close the views (the log itself is closed after every record)."""
+        views, self.views = self.views, []
+        for view in views:
+            try:
+                view.close(failed=failed)
+            except Exception as exc:  # noqa: BLE001
+                print(f"warning: --log {view.name}: closing failed ({type(exc).__name__})", file=sys.stderr, flush=True)
 
 
 def metric_kind(rec: dict[str, Any]) -> str | None:

@@ -59,7 +59,7 @@ from . import distributed
 from .config import TrainConfig
 from .distributed import Dist
 from .folder import RunFolder, identity_of_checkpoint, prepare_run_folder, run_identity
-from .log import MetricsLog, truncate_metrics
+from .log import MetricsLog, read_metrics, truncate_metrics
 
 
 class TrainingDiverged(NextLatError):
@@ -266,6 +266,8 @@ def train(
     overwrite: bool = False,
     compile: bool = False,
     prefetch: bool | None = None,
+    tracking: tuple[str, ...] | list[str] = (),
+    tracking_group: str | None = None,
 ) -> TrainResult:
     """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
     ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
@@ -280,6 +282,8 @@ def train(
     ``prefetch``: draw the next batches in a background thread while the device works on
     this one (``BatchPrefetcher``; None: on CUDA only). Every step's batch is a function of
     (seed, step) alone, so the run is the same with or without it.
+    ``tracking``: ``"tensorboard"`` and/or ``"wandb"`` (``training.tracking``): views of
+    ``metrics.jsonl`` fed with its rows; ``tracking_group`` groups runs (a sweep's) in W&B.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group already initialised) every
     process calls this: ``cfg.batch_size`` is the global batch, split over the processes;
@@ -290,6 +294,7 @@ def train(
     with distributed.session(cfg.device) as dist:
         run: _Run | None = None
         folder: RunFolder | None = None
+        log: MetricsLog | _NoLog | None = None
         try:
             _check_launch(cfg, state, dist)
             precision = resolve_precision(cfg.precision, dist.device)
@@ -299,11 +304,14 @@ def train(
                 _restore(run, state)
             folder = _claim_folder(run, out_dir, state, overwrite)
             _prepare_step(run, compile)
-            log = _open_log(run, folder, state)
+            log = _open_log(run, folder, state, tracking, tracking_group)
             use_prefetch = run.device.type == "cuda" if prefetch is None else bool(prefetch)
             _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch)
+            log.close()
             dist.barrier()  # every rank returns after rank 0 wrote the last checkpoint
         except BaseException as exc:
+            if log is not None:
+                log.close(failed=True)
             if folder is not None and dist.is_main:
                 folder.clean_up_after_failure()
             if dist.enabled:
@@ -538,16 +546,22 @@ class _NoLog:
     def write(self, rec: dict[str, Any]) -> None:
         pass
 
+    def close(self, failed: bool = False) -> None:
+        pass
+
 
 def _runtime(run: _Run) -> dict[str, Any]:
     """How this run is being executed (recorded next to its config; not part of its identity)."""
     return {"world_size": run.dist.world_size, "precision_used": run.precision, "compile": run.compiled}
 
 
-def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> MetricsLog | _NoLog:
+def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None, tracking=(),
+              group: str | None = None) -> MetricsLog | _NoLog:
     """The metrics log: a fresh one (with the step-0 evaluation), or on resume the existing
     one truncated back to the checkpoint's step, so no step is logged twice. Ranks other
-    than 0 get a log that writes nothing (they still take part in the evaluation)."""
+    than 0 get a log that writes nothing (they still take part in the evaluation).
+    ``tracking``: trackers fed with the log's rows (``training.tracking``); on resume they
+    first get the rows the truncated log holds."""
     if not run.dist.is_main:
         log = _NoLog()
         if state is None:
@@ -556,11 +570,18 @@ def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None) -> Met
     log = MetricsLog(folder.metrics)
     start = {"event": "start", "config": run.cfg.to_dict(), "model_config": run.mcfg.to_dict(),
              "objective_config": run.ocfg.to_dict(), "world": run.world.spec().get("kind"), **_runtime(run)}
+    continuing = state is not None and folder.metrics.is_file()
+    if continuing:
+        truncate_metrics(folder.metrics, run.step)
+    if tracking:
+        from .tracking import open_views
+
+        log.views = open_views(tracking, folder.path, start=start, group=group,
+                               history=read_metrics(folder.metrics) if continuing else ())
     if state is None:
         log.write(start)
         _evaluate(run, log, 0)
-    elif folder.metrics.is_file():
-        truncate_metrics(folder.metrics, run.step)
+    elif continuing:
         log.write({"event": "resume", "step": run.step, "from": state["_path"], **_runtime(run)})
     else:  # resumed into a new folder: its log starts here
         log.write({**start, "resumed_from": state["_path"], "resumed_at": run.step})
