@@ -20,6 +20,13 @@ so the same command run again does only what is missing. Writes to ``--out``:
                        seeds, per setting (offline: plotly.js embedded), and the beats table
     sweep.pdf/.png     the same figure in matplotlib
     sweep_config.json  the sweep's configuration
+
+``--launcher slurm`` trains the runs as Slurm jobs through submitit, one per run (options
+``--slurm-partition``, ``--slurm-gpus-per-task``, ``--slurm-time``, ``--slurm-option KEY=VALUE``
+...; pre-empted or failed jobs resume from their checkpoints), into the same folders, and
+writes the same outputs. ``--log tensorboard`` / ``--log wandb`` logs every run it trains.
+
+    python -m nextlat_probe.sweep ... --launcher slurm --slurm-partition gpu --slurm-gpus-per-task 1 --log wandb
 """
 from __future__ import annotations
 
@@ -91,12 +98,58 @@ def build_parser() -> argparse.ArgumentParser:
     x = p.add_argument_group("execution and output")
     x.add_argument("--workers", type=int, default=1, help="runs trained at once in separate processes, each with "
                    "cores // N torch threads (N x threads <= cores)")
+    x.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                   help="local: this machine (--workers at once); slurm: one job per run through submitit "
+                        "(the same folders and tables), see the Slurm options")
+    x.add_argument("--log", action="append", default=[], metavar="TRACKER",
+                   help="also log every run it trains to tensorboard and/or wandb (runs grouped as one sweep); "
+                        "repeatable or a comma list")
     x.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     x.add_argument("--dry-run", action="store_true", help="print the grid (which runs are done, partial or new) "
                    "and stop")
     x.add_argument("--no-figures", action="store_true", help="skip sweep.html / sweep.pdf / sweep.png")
     x.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+    c = p.add_argument_group("Slurm (--launcher slurm, through submitit; logs in OUT/slurm/)")
+    c.add_argument("--slurm-partition", default=None, help="partition to submit to")
+    c.add_argument("--slurm-gpus-per-task", type=int, default=None, help="GPUs per job (use with --device cuda/auto)")
+    c.add_argument("--slurm-cpus-per-task", type=int, default=None, help="CPUs per job (its torch threads)")
+    c.add_argument("--slurm-mem-gb", type=float, default=None, help="memory per job")
+    c.add_argument("--slurm-time", type=int, default=None, metavar="MINUTES",
+                   help="time limit per job (default 120); a run still training then is requeued and resumes "
+                        "from its checkpoint")
+    c.add_argument("--slurm-retries", type=int, default=None,
+                   help="resubmissions of a run whose job failed (killed, node failure, out of memory; default 2); "
+                        "it resumes from its checkpoints")
+    c.add_argument("--slurm-array-parallelism", type=int, default=None, help="jobs of the array running at once")
+    c.add_argument("--slurm-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other sbatch option, repeatable, e.g. --slurm-option account=lab --slurm-option qos=high")
+    c.add_argument("--slurm-executor", choices=("slurm", "local"), default=None,
+                   help="local: submitit's local executor runs the same jobs as processes on this machine (to try "
+                        "a Slurm sweep without a cluster)")
     return p
+
+
+#: Slurm CLI options -> ``cluster.SLURM_DEFAULTS`` keys
+SLURM_FLAGS = {"slurm_partition": "partition", "slurm_gpus_per_task": "gpus_per_task",
+               "slurm_cpus_per_task": "cpus_per_task", "slurm_mem_gb": "mem_gb", "slurm_time": "time_min",
+               "slurm_retries": "retries", "slurm_array_parallelism": "array_parallelism",
+               "slurm_executor": "executor"}
+
+
+def slurm_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The Slurm options the user gave (``SweepConfig.slurm``)."""
+    opts = {key: getattr(args, dest) for dest, key in SLURM_FLAGS.items() if getattr(args, dest) is not None}
+    if args.slurm_option:
+        opts["options"] = dict(_sbatch_option(t) for t in args.slurm_option)
+    return opts
+
+
+def _sbatch_option(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` (``--slurm-option account=lab``) -> (key, value)."""
+    key, eq, value = str(text).partition("=")
+    if not eq or not key.strip():
+        raise UsageError(f"--slurm-option {text!r}: expected KEY=VALUE (an sbatch option, e.g. account=lab)")
+    return key.strip().lstrip("-").replace("-", "_"), value.strip()
 
 
 TRAIN_FLAGS = {"batch_size": "batch_size", "lr": "lr", "horizon": "horizon", "seq_len": "seq_len",
@@ -119,7 +172,8 @@ def config_from_args(args: argparse.Namespace):
                        lambda_kl=_list(args.lambda_kl, "lambda-kl", float), seeds=args.seeds, out=str(args.out),
                        keep=args.keep, workers=args.workers, device=args.device, train_options=train_options,
                        n_seqs=args.n_seqs, n_pairs=args.n_pairs, eval_seed=args.eval_seed, probe=not args.no_probe,
-                       worldmodel=not args.no_worldmodel, ood=tuple(args.ood), cells=tuple(args.cell))
+                       worldmodel=not args.no_worldmodel, ood=tuple(args.ood), cells=tuple(args.cell),
+                       log=tuple(args.log), launcher=args.launcher, slurm=slurm_from_args(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     from .plots.sweep import write_sweep_outputs
     from .sweeps import run_sweep, sweep_runs
 
-    resolve_device_arg(args.device)  # an unknown device fails before any training
+    if args.launcher == "local" or args.slurm_executor == "local":
+        resolve_device_arg(args.device)  # an unknown device fails before any training (a cluster's: in its jobs)
     records = run_sweep(cfg, progress=progress_enabled(args))
     written = write_sweep_outputs(cfg, records, sweep_runs(cfg), Path(cfg.out), figures=not args.no_figures,
                             gap_threshold=args.gap_threshold, gap_ratio=args.gap_ratio)

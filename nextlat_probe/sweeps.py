@@ -37,6 +37,13 @@ Parallelism. ``workers = N > 1`` trains and evaluates N runs at once in separate
 threads <= cores (``cores`` = the CPUs this process may use); N above the core count is
 refused. Small models gain more from several runs side by side than from more threads per
 run. ``workers = 1`` runs everything in this process with torch's default threads.
+``launcher = "slurm"`` submits one job per run instead (``nextlat_probe.cluster``, through
+submitit), with the same folders, caches and tables; pre-empted and failed jobs are
+requeued or resubmitted and resume from their checkpoints.
+
+Tracking. ``log = ("tensorboard", "wandb")`` logs every run it trains to those trackers
+(``training.tracking``), W&B runs grouped by ``sweep_group``; ``tensorboard --logdir OUT``
+shows the whole sweep, one run per folder.
 
 Outputs (``nextlat_probe.sweep``, the CLI): ``sweep_table`` gives one row per (run,
 checkpoint) with the run's settings, ``n_params``, ``compute = step x n_params``, the
@@ -72,6 +79,8 @@ LAMBDA_OBJECTIVES = ("nextlat",)
 #: what a cache file says it is; a change of EVAL_VERSION invalidates every cache
 CACHE_FORMAT = "nextlat_probe.sweep_eval"
 EVAL_VERSION = 1
+#: where a sweep trains its runs (``SweepConfig.launcher``)
+LAUNCHERS = ("local", "slurm")
 #: the detour setting of the sweep (record key ``detour_random@0.75``)
 DETOUR_PROB = 0.75
 
@@ -184,6 +193,15 @@ class SweepConfig:
     #: (``analysis.worldmodel.ood_world``: ``longer``, ``walk=random`` ...); each costs one
     #: more world-model evaluation per checkpoint. Columns ``{metric}@ood:{setting}``
     ood: tuple[str, ...] = ()
+    #: trackers every run also logs to (``training.tracking``: ``tensorboard``, ``wandb``);
+    #: W&B groups the sweep's runs under ``sweep_group``
+    log: tuple[str, ...] = ()
+    #: where runs are trained: ``local`` (this machine, ``workers`` at once) or ``slurm``
+    #: (one job per run through submitit: ``nextlat_probe.cluster``); the same folders and tables
+    launcher: str = "local"
+    #: ``launcher = "slurm"``: ``cluster.SLURM_DEFAULTS`` keys (partition, gpus_per_task,
+    #: cpus_per_task, mem_gb, time_min, retries, options, executor ...)
+    slurm: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.objectives = tuple(str(o) for o in self.objectives)
@@ -194,6 +212,8 @@ class SweepConfig:
         self.train_options = dict(self.train_options)
         self.ood = tuple(str(o) for o in self.ood)
         self.cells = tuple(str(c) for c in self.cells)
+        self.log = tuple(str(t) for t in self.log)
+        self.slurm = dict(self.slurm)
         self.validate()
 
     def validate(self) -> None:
@@ -235,6 +255,21 @@ class SweepConfig:
         if clash:
             raise UsageError(f"train_options may not set {clash[0]!r}: the sweep sets it per run")
         parse_world(self.world)  # a bad world spec fails here, before any run
+        from .training.tracking import parse_trackers
+
+        self.log = parse_trackers(self.log)
+        if self.launcher not in LAUNCHERS:
+            raise UsageError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {self.launcher!r}")
+        if self.launcher == "slurm":
+            import importlib.util
+
+            if importlib.util.find_spec("submitit") is None:
+                raise UsageError("--launcher slurm needs the submitit package: pip install 'nextlat_probe[cluster]'")
+            from .cluster import slurm_options
+
+            slurm_options(self.slurm)
+        elif self.slurm:
+            raise UsageError("Slurm options apply only with --launcher slurm")
         if self.cells:
             listed("cell", self.cells)
             for c in self.cells:
@@ -651,7 +686,8 @@ def process_run(cfg: SweepConfig, spec: RunSpec, progress: bool = False,
         else:
             say(f"training {spec.folder} ({spec.steps} steps)")
         res = trainer.train(spec.train_config(cfg), folder, resume=state.resume_from, progress=progress,
-                            overwrite=state.kind == "new" and state.leftovers)
+                            overwrite=state.kind == "new" and state.leftovers, tracking=cfg.log,
+                            tracking_group=sweep_group(cfg) if cfg.log else None)
         final_step = int(res.step)
     ckpts = run_checkpoints(folder, final_step)
     settings = cfg.eval_settings()
@@ -663,6 +699,15 @@ def process_run(cfg: SweepConfig, spec: RunSpec, progress: bool = False,
         evaluate_checkpoint(p, spec, cfg)
     return {"name": spec.name, "state": state.kind, "trained": trained, "evaluated": len(todo),
             "checkpoints": len(ckpts)}
+
+
+def sweep_group(cfg: SweepConfig) -> str:
+    """The tracking group of a sweep's runs (W&B ``group``): its folder's name and a short
+    hash of its absolute path, the same for every run and every rerun of the sweep."""
+    import hashlib
+
+    out = Path(cfg.out).resolve()
+    return f"sweep-{out.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:6]}"
 
 
 def _worker_init(threads: int) -> None:
@@ -703,7 +748,11 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], Non
                                                       f"threads" if cfg.workers > 1 and todo else ""))
     bar = progress_bar(total=len(todo), desc="sweep", disable=not progress or not todo)
     try:
-        if cfg.workers == 1 or len(todo) <= 1:
+        if cfg.launcher == "slurm" and todo:
+            from .cluster import run_jobs
+
+            run_jobs(cfg, todo, bar, say)
+        elif cfg.workers == 1 or len(todo) <= 1:
             for spec in todo:
                 res = process_run(cfg, spec, progress=progress, log=say)
                 bar.set_postfix_str(res["name"])
@@ -1057,4 +1106,4 @@ __all__ = ["ood_suffix", "ood_metric_keys", "metrics_of", "SweepConfig", "RunSpe
            "kept_checkpoints", "matched_pair", "BEATS_AT", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
            "collect", "collect_records", "sweep_runs", "sweep_table", "sweep_columns", "final_rows", "beats_table",
            "paired_interval", "convergence_flag", "compute_series", "threads_per_worker", "available_cores",
-           "metric_info", "probe_n_test"]
+           "metric_info", "probe_n_test", "sweep_group", "LAUNCHERS"]

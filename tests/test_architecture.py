@@ -13,7 +13,7 @@ LAYERS = [
     {"activations"},
     {"analysis"},
     {"compare"},
-    {"experiments", "sweeps"},
+    {"experiments", "sweeps", "cluster"},
     {"tables", "plots"},
     {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate", "sweep", "export",
      "taskeval"},
