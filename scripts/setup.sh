@@ -16,7 +16,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 venv="${NEXTLAT_VENV:-$root/.venv}"
-extras="${1:-dev}"
+extras="${1:-dev}"  # extras of nextlat_probe to install, a comma list (make lab: dev,notebooks)
 
 if [ ! -x "$venv/bin/python" ]; then
     py="${NEXTLAT_PYTHON:-$(command -v python3.11 || command -v python3)}"
@@ -25,11 +25,21 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 
-# Re-install only when the project's requirements changed.
-stamp="$venv/.nextlat_setup_$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)_$extras"
-if [ -f "$stamp" ]; then
-    exit 0
-fi
+# Re-install only when the project's requirements changed or an extra is not installed yet
+# (the stamp names the extras installed: `make lab` adds notebooks, `make test` keeps them).
+hash="$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+for old in "$venv"/.nextlat_setup_"$hash"_*; do
+    [ -f "$old" ] || continue
+    have=",${old##*_"$hash"_},"
+    missing=""
+    for e in ${extras//,/ }; do
+        case "$have" in *",$e,"*) ;; *) missing=1 ;; esac
+    done
+    [ -z "$missing" ] && exit 0
+    extras="${have:1:${#have}-2},$extras"  # keep what is installed, add what is asked
+done
+extras="$(echo "$extras" | tr ',' '\n' | awk 'NF && !seen[$0]++' | paste -sd, -)"
+stamp="$venv/.nextlat_setup_${hash}_$extras"
 
 if ! "$venv/bin/python" -c "import torch" >/dev/null 2>&1; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
