@@ -253,7 +253,12 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, *, overwrit
         if replacing:
             backup = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".replaced.tmp", dir=parent))
             os.rename(out, backup / "old")
-            os.rename(tmp, out)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(backup / "old", out)  # the earlier export back in place
+                backup.rmdir()
+                raise
             shutil.rmtree(backup, ignore_errors=True)
         else:
             if out.is_dir():
@@ -384,6 +389,7 @@ def load_export(folder: str | os.PathLike, device: str | None = "cpu"):
     from .models.foreign import (
         _check_shapes,
         _check_values,
+        _hf_key,
         _hf_weight_shapes,
         expected_gpt2_shapes,
         read_json_config,
@@ -419,8 +425,11 @@ def load_export(folder: str | os.PathLike, device: str | None = "cpu"):
     if not wp.is_file():
         raise CheckpointError(root, f"has no {WEIGHTS_FILE}")
     required, optional = expected_gpt2_shapes(gpt2_dims(mcfg), tied=False)
-    _check_shapes(wp, _hf_weight_shapes(wp), required, optional, "config")
-    hf_sd = _load_safetensors(wp)
+    shapes = _hf_weight_shapes(wp)
+    prefixed = any(k.startswith("transformer.") for k in shapes)  # as transformers writes them; else GPT2Model keys
+    _check_shapes(wp, {_hf_key(k, prefixed): v for k, v in shapes.items()}, required, optional, "config")
+    hf_sd = {_hf_key(k, prefixed): v for k, v in _load_safetensors(wp).items()
+             if not k.endswith((".attn.bias", ".attn.masked_bias"))}
     _check_values(wp, hf_sd)
 
     from .models.gpt2 import from_gpt2

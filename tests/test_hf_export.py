@@ -65,6 +65,7 @@ def test_model_card_states_world_objective_steps_and_gap(tiny_mess3_ckpts, expor
     assert "gap to the floor" in card and "GPT2LMHeadModel.from_pretrained" in card
 
 
+@pytest.mark.slow
 def test_round_trip_gives_the_same_weights_and_records(tiny_mess3_ckpts, exported):
     from nextlat_probe.compare import (
         Inputs,
@@ -144,6 +145,7 @@ def test_architectures_gpt2_cannot_hold_are_named(change, feature):
     assert "attention scale" in gpt2_refusal(ModelConfig.from_preset("tiny"), attn_scale=2.0)
 
 
+@pytest.mark.slow
 def test_a_rotary_model_is_refused_in_one_line_and_nothing_written(tmp_path):
     from nextlat_probe.training.config import TrainConfig
     from nextlat_probe.training.trainer import train
@@ -212,6 +214,7 @@ def test_a_damaged_export_is_one_line(exported, tmp_path):
     assert plain.objective == "external"
 
 
+@pytest.mark.slow
 def test_rank_cli_runs_on_an_export(exported):
     res = run_cli("nextlat_probe.rank", str(exported["nextlat"]), "--n-seqs", "24", "--json", timeout=300)
     assert res.returncode == 0, res.stderr

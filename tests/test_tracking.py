@@ -45,6 +45,7 @@ def _assert_same(got, want, rel=1e-6):
             assert a == pytest.approx(b, rel=rel, abs=1e-6), tag  # TensorBoard stores float32
 
 
+@pytest.mark.slow
 def test_train_log_tensorboard_writes_the_metrics_log(tmp_path):
     out = tmp_path / "tb"
     res = run_cli("nextlat_probe.train", "--log", "tensorboard", "--preset", "tiny", "--steps", "20", "--out", str(out),
@@ -63,6 +64,7 @@ def test_train_log_tensorboard_writes_the_metrics_log(tmp_path):
     assert '"objective": "gpt"' in config and '"steps": 20' in config
 
 
+@pytest.mark.slow
 def test_resume_rewrites_the_events_without_duplicated_steps(tmp_path):
     from nextlat_probe.training.config import TrainConfig
     from nextlat_probe.training.trainer import train
@@ -108,6 +110,7 @@ def _wandb_records(path: Path):
             yield rec
 
 
+@pytest.mark.slow
 def test_wandb_offline_writes_the_run_locally(tmp_path):
     out = tmp_path / "wb"
     env_home = tmp_path / "home"
