@@ -13,3 +13,12 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run ``python -m <args>`` with this interpreter; returns the completed process."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def assert_light_help(module: str, *flags: str) -> None:
+    """``python -m MODULE --help`` works and names ``flags``; building the parser imports no torch."""
+    res = run_cli(module, "--help", timeout=60)
+    assert res.returncode == 0 and all(f in res.stdout for f in flags), res.stdout + res.stderr
+    code = f"import sys, {module} as m; m.build_parser(); print('torch' in sys.modules)"
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert res.stdout.strip() == "False", res.stderr
