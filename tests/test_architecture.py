@@ -7,7 +7,7 @@ PKG = Path(__file__).resolve().parents[1] / "nextlat_probe"
 
 LAYERS = [
     {"__init__", "errors", "records", "progress", "safeio"},
-    {"worlds"},
+    {"worlds", "maps"},  # maps: the street-map data shipped with the package
     {"models"},
     {"training", "checkpoint", "sources", "hfexport"},
     {"activations"},
