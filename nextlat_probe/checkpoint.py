@@ -1,19 +1,25 @@
 """Checkpoints: one ``torch.save``'d dict of plain Python types and tensors.
 
 Safe to load: ``torch.load(path, weights_only=True)`` never runs code from the file, so a
-malicious pickle is refused instead of executed. Written atomically (temp file
-``.<name>.<random>.tmp`` in the same folder, fsync, rename), so a crash mid-write never
-leaves a half-written ``ckpt.pt`` in place of a good one; a SIGKILL mid-write can leave the
-temp file, which the trainer removes on its next start.
+malicious pickle is refused instead of executed, and the zip archive's CRC-32 checksums
+are verified first (``safeio``), so a damaged or altered file is refused as corrupt before
+any tensor is used. Written atomically (temp file ``.<name>.<random>.tmp`` in the same
+folder, fsync, rename), so a crash mid-write never leaves a half-written ``ckpt.pt`` in
+place of a good one; the writer removes its temp file on any error, and a SIGKILL
+mid-write leaves it in place (nothing else removes it: see ``training.folder``).
 
 Validated before anything is built: the model config must lie within the ``MAX_*`` bounds
 below and agree with the shape of every stored tensor (number of blocks, ``embed`` =
 [d_vocab, d_model], ``pos_embed`` = [n_ctx, d_model] unless the positions are rotary, ...),
 a model without positions (``positional = "none"``) must have a zero position table, a
 NextLat checkpoint must carry its p_psi, and an MTP checkpoint its extra heads (config
-within ``MAX_MTP_HORIZON`` / ``MAX_D_MLP``, exactly the tensors that config implies). A
-crafted file therefore fails with one ``CheckpointError`` line instead of asking for a
-10**9-layer model.
+within ``MAX_MTP_HORIZON`` / ``MAX_D_MLP``, exactly the tensors that config implies). The
+parameter count is bounded by ``limits.max_parameters()`` (``--max-params``) and the bytes
+to build it by ``limits.memory_limit()``; every stored weight (transformer, p_psi, MTP
+heads) must be floating point, finite, and hold its own storage (``safeio.weights_problem``:
+no expanded stride-0 views); ``step``, ``metrics`` and the numbers of ``train_config`` must
+have their types. A crafted file therefore fails with one ``CheckpointError`` line instead
+of asking for a 10**9-layer model.
 
 Layout (``FORMAT_VERSION`` 1)::
 
@@ -42,8 +48,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from . import limits
 from .errors import CheckpointError
-from .safeio import torch_load_plain
+from .safeio import error_line, torch_load_plain, weights_problem
 
 FORMAT = "nextlat_probe.checkpoint"
 FORMAT_VERSION = 1
@@ -60,8 +67,9 @@ MAX_D_VOCAB = 1 << 20
 MAX_D_DYNAMICS = 65_536
 #: ... and on an MTP checkpoint's number of extra heads (its horizon d).
 MAX_MTP_HORIZON = 256
-#: ... and on the parameter count they imply (2**31 float32 weights = 8 GiB).
-MAX_PARAMETERS = 1 << 31
+#: ... and on the parameter count they imply: the default of ``limits.max_parameters()``
+#: (2**30 float32 weights = 4 GiB), which ``--max-params`` raises.
+MAX_PARAMETERS = limits.DEFAULT_MAX_PARAMETERS
 
 _BOUNDS = {
     "n_layers": MAX_N_LAYERS,
@@ -133,12 +141,17 @@ def model_config_problem(cfg: Any) -> str | None:
         v = getattr(cfg, name)
         if v is not None and v > bound:
             return f"model_config.{name} = {v} exceeds the bound {bound}"
+    n_params = parameter_count(cfg)
+    return (limits.parameters_problem(n_params, "model_config")
+            or limits.memory_problem(4 * n_params, f"building the model (~{n_params:.3g} float32 parameters)"))
+
+
+def parameter_count(cfg: Any) -> int:
+    """The weights of the transformer ``cfg`` (a ``ModelConfig``) describes (matrices and
+    tables; the few biases and norms aside)."""
     attn = 4 * cfg.d_model * cfg.n_heads * cfg.d_head
     pos_rows = 0 if getattr(cfg, "positional", "learned") == "rotary" else cfg.n_ctx  # RoPE: no table
-    n_params = cfg.n_layers * (attn + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * (2 * cfg.d_vocab + pos_rows)
-    if n_params > MAX_PARAMETERS:
-        return f"model_config implies ~{n_params:.3g} parameters, above the bound {MAX_PARAMETERS:.3g}"
-    return None
+    return cfg.n_layers * (attn + 2 * cfg.d_model * cfg.d_mlp) + cfg.d_model * (2 * cfg.d_vocab + pos_rows)
 
 
 def _shape(t: Any) -> list[int]:
@@ -179,6 +192,39 @@ def _check_tensors(p: Path, what: str, sd: Any, expected: dict[str, list[int]]) 
             raise CheckpointError(p, f"{what} weights do not match the config (missing {key!r})")
         if _shape(sd[key]) != shape:
             raise CheckpointError(p, f"{what} weights do not match the config ({key} has shape {_shape(sd[key])}, the config implies {shape})")
+    if expected:  # every tensor, once the shapes agree: its dtype, values and storage
+        problem = weights_problem(sd)
+        if problem:
+            raise CheckpointError(p, f"{what} weights: {problem}")
+
+
+#: ``train_config`` fields that must be integers where a checkpoint has them (None allowed
+#: where the field allows it); a string there would fail later, far from the file
+_TRAIN_INTS = ("seed", "steps", "batch_size", "n_val", "eval_every", "save_every", "keep_every", "warmup_steps",
+               "horizon", "seq_len", "n_ctx", "world_size")
+
+
+def _validate_numbers(p: Path, data: dict[str, Any]) -> None:
+    """``step`` a non-negative integer, ``metrics`` a dict of numbers, the integer fields of
+    ``train_config`` integers: each refused in one line naming the field."""
+    step = data.get("step", 0)
+    if not _is_int(step) or step < 0:
+        raise CheckpointError(p, f"step = {step!r} is not a non-negative integer")
+    metrics = data.get("metrics")
+    if metrics is not None:
+        if not isinstance(metrics, dict):
+            raise CheckpointError(p, f"metrics is a {type(metrics).__name__}, not a dict")
+        for k, v in metrics.items():
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+                raise CheckpointError(p, f"metrics.{k} = {v!r} is not a number")
+    for k in _TRAIN_INTS:
+        v = (data.get("train_config") or {}).get(k)
+        if v is not None and not _is_int(v):
+            raise CheckpointError(p, f"train_config.{k} = {v!r} is not an integer")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[Any, Any]:
@@ -222,6 +268,7 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
     tcfg = data.get("train_config")
     if tcfg is not None and (not isinstance(tcfg, dict) or tcfg.get("objective", objective) != objective):
         raise CheckpointError(p, "train_config is not a dict or disagrees with the objective")
+    _validate_numbers(p, data)
 
     sd = data["model"]
     _check_tensors(p, "model", sd, {})
@@ -245,6 +292,9 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
         dm, de, dh = dcfg["d_model"], dcfg["d_embed"], dcfg["d_hidden"]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (dm, de, dh)) or dm != mcfg.d_model or de != mcfg.d_model or not 0 < dh <= MAX_D_DYNAMICS:
             raise CheckpointError(p, f"dynamics_config {dcfg} disagrees with d_model {mcfg.d_model} or exceeds the bound {MAX_D_DYNAMICS}")
+        problem = limits.parameters_problem(parameter_count(mcfg) + dh * (dm + de + dh + dm), "model_config with p_psi")
+        if problem:
+            raise CheckpointError(p, problem)
         _check_tensors(p, "p_psi", dyn, {
             "norm.weight": [dm + de],
             "fc1.weight": [dh, dm + de],
@@ -274,23 +324,14 @@ def _validate_mtp(p: Path, data: dict[str, Any], mcfg: Any, ocfg: Any) -> None:
             or d != ocfg.horizon or not 0 < d <= MAX_MTP_HORIZON or not 0 < dh <= MAX_D_MLP):
         raise CheckpointError(p, f"mtp_config {hcfg} disagrees with d_model {mcfg.d_model} or horizon {ocfg.horizon}, "
                                  f"or exceeds the bounds (horizon {MAX_MTP_HORIZON}, d_hidden {MAX_D_MLP})")
-    if d * (2 * dm * dh + dh + 3 * dm) > MAX_PARAMETERS:
-        raise CheckpointError(p, f"mtp_config {hcfg} implies more than {MAX_PARAMETERS:.3g} parameters")
+    problem = limits.parameters_problem(parameter_count(mcfg) + d * (2 * dm * dh + dh + 3 * dm), f"mtp_config {hcfg}")
+    if problem:
+        raise CheckpointError(p, problem)
     expected = MTPHeads.expected_shapes(dm, d, dh)
     _check_tensors(p, "MTP heads", heads, expected)
     extra = sorted(set(heads) - set(expected))
     if extra:
         raise CheckpointError(p, f"MTP heads weights do not match mtp_config (unexpected {extra[0]!r})")
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    # torch's refusal starts with a paragraph about the weights_only default; the line that
-    # names what was refused ("Unsupported global: GLOBAL posix.system") is the useful one
-    for ln in lines:
-        if "Unsupported" in ln or "unsupported" in ln:
-            return ln.split("WeightsUnpickler error:")[-1].strip()
-    return lines[0] if lines else type(exc).__name__
 
 
 def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
@@ -409,7 +450,7 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
     try:
         model.load_state_dict(data["model"])
     except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(p, f"weights do not match the model config ({_first_line(exc)[:160]})") from None
+        raise CheckpointError(p, f"weights do not match the model config ({error_line(exc)[:160]})") from None
     move(model, dev).eval()
     dyn = None
     if data.get("dynamics") is not None:
@@ -417,7 +458,7 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
             dyn = LatentDynamics(**data["dynamics_config"])
             dyn.load_state_dict(data["dynamics"])
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(p, f"p_psi weights do not match ({_first_line(exc)[:160]})") from None
+            raise CheckpointError(p, f"p_psi weights do not match ({error_line(exc)[:160]})") from None
         dyn.to(dev).eval()
     heads = None
     if data.get("mtp_heads") is not None:
@@ -425,7 +466,7 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
             heads = MTPHeads(**data["mtp_config"])
             heads.load_state_dict(data["mtp_heads"])
         except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(p, f"MTP heads weights do not match ({_first_line(exc)[:160]})") from None
+            raise CheckpointError(p, f"MTP heads weights do not match ({error_line(exc)[:160]})") from None
         heads.to(dev).eval()
     return LoadedCheckpoint(
         path=p,
@@ -451,7 +492,7 @@ def world_of(data: dict[str, Any]) -> Any:
     try:
         world = world_from_spec(data["world_spec"])
     except (WorldError, KeyError, TypeError, ValueError) as exc:
-        raise CheckpointError(p, f"invalid world spec ({_first_line(exc)})") from None
+        raise CheckpointError(p, f"invalid world spec ({error_line(exc)})") from None
     d_vocab = data["model_config"]["d_vocab"]
     if world.vocab_size != d_vocab:
         raise CheckpointError(p, f"world spec has {world.vocab_size} tokens but model_config.d_vocab is {d_vocab}")
@@ -462,7 +503,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "build_loaded", "read_checkpoint",
     "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
-    "world_of", "plain",
+    "world_of", "plain", "parameter_count",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
     "MAX_D_DYNAMICS", "MAX_MTP_HORIZON", "MAX_PARAMETERS",
 ]

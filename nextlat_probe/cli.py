@@ -15,6 +15,7 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from . import limits
 from .errors import NextLatError, UsageError, one_line
 
 EXIT_USAGE = 2
@@ -23,13 +24,13 @@ FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permiss
 __all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
            "cli_inputs", "add_sequence_args",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
-           "progress_enabled", "table_text", "print_table", "finish"]
+           "progress_enabled", "table_text", "print_table", "finish", "add_limit_args"]
 
 
 def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | None = None) -> None:
     """Run a CLI ``main`` and exit with its code; user errors become one line, exit 2."""
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), limits.using():  # --max-params / --max-memory last for this call
             # library warnings (torch's weights_only notice, sklearn convergence) are not
             # the user's business on a CLI; real problems arrive as errors
             warnings.simplefilter("ignore")
@@ -95,6 +96,40 @@ def add_model_args(p: argparse.ArgumentParser, nargs: str = "+") -> None:
                    "model.safetensors or pytorch_model.bin), never from a hub")
     g.add_argument("--vocab", type=Path, default=None, metavar="FILE.json",
                    help="JSON object world token -> model token id, when the model numbers tokens its own way")
+    add_limit_args(p)
+
+
+class _SetLimit(argparse.Action):
+    """Stores the value and sets it in ``limits`` at once (run_main restores the defaults)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        limits.set_limits(**{self.dest: values})
+
+
+def _positive(cast: Callable[[float], Any]) -> Callable[[str], Any]:
+    """An argparse type: a finite number > 0 (``1e9`` is fine for a count), then ``cast``."""
+
+    def parse(text: str) -> Any:
+        try:
+            v = float(text)
+        except ValueError:
+            v = float("nan")
+        if not (0 < v < float("inf")) or (cast is int and v != int(v)):
+            raise argparse.ArgumentTypeError(f"expected a positive {'integer' if cast is int else 'number'}, got {text!r}")
+        return cast(v)
+
+    return parse
+
+
+def add_limit_args(p: argparse.ArgumentParser) -> None:
+    """``--max-params`` and ``--max-memory`` (``nextlat_probe.limits``)."""
+    g = p.add_argument_group("limits (checked before anything is allocated)")
+    g.add_argument("--max-params", dest="max_params", type=_positive(int), action=_SetLimit, default=None,
+                   metavar="N", help=f"largest model to build, in parameters (default {limits.DEFAULT_MAX_PARAMETERS:,})")
+    g.add_argument("--max-memory", dest="max_memory", type=_positive(float), action=_SetLimit, default=None,
+                   metavar="GIB", help="memory a command may plan to use, in GiB (default: what this machine, or "
+                                       "the CUDA device, has)")
 
 
 def source_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cli import UsageError, run_main
+from .cli import UsageError, add_limit_args, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train again even if checkpoints exist")
     p.add_argument("--n-seqs", type=int, default=256, help="sequences per analysis")
     p.add_argument("--no-progress", action="store_true")
+    add_limit_args(p)
     return p
 
 

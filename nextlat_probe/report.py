@@ -12,6 +12,12 @@ and prints the summary table. Validation loss and its gap to the exact floor sta
 every representation metric, and effective rank is also compared at matched validation
 loss when the runs kept intermediate checkpoints (``--keep-every``).
 
+``DIR`` must be new, empty, or hold an earlier report of this tool (``summary.json`` with
+``"format": "nextlat_probe.report"``, or from before that key, a ``report.html`` titled
+"nextlat_probe report"); an earlier report's files are moved into ``DIR/.replaced-<UTC
+time>/`` once the new one is ready to be written, as ``train --overwrite`` does with a run.
+Any other non-empty folder is refused before any work, and nothing in it is touched.
+
 The report is a list of ``Section``s, each (what to compute, an interactive figure, a paper
 figure); ``run_report`` is a short loop over them.
 """
@@ -514,6 +520,39 @@ def write_figures(folder: Path, figures: list[tuple[str, Any]]) -> list[Path]:
     return written
 
 
+#: what ``summary.json`` says it is (a folder holding one is a report folder)
+REPORT_FORMAT = "nextlat_probe.report"
+#: the files and folder a report writes into ``--out``
+REPORT_FILES = ("report.html", "summary.json", "figures")
+
+
+def _is_our_report(out: Path) -> bool:
+    """Whether ``out`` holds a report written by this tool."""
+    try:
+        data = json.loads((out / "summary.json").read_text())
+        if isinstance(data, dict) and (data.get("format") == REPORT_FORMAT
+                                       or {"summary", "records", "params"} <= set(data)):  # before "format"
+            return True
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(out / "report.html", encoding="utf-8", errors="replace") as f:
+            return "<title>nextlat_probe report" in f.read(1 << 16)
+    except OSError:
+        return False
+
+
+def earlier_report(out: Path) -> list[str]:
+    """The files of an earlier report in ``out`` (to be moved aside), [] for a missing or
+    empty folder; ``UsageError`` for any other non-empty folder (nothing is written there)."""
+    if not out.is_dir() or not any(out.iterdir()):
+        return []
+    if not _is_our_report(out):
+        raise UsageError(f"--out {out}: not empty and holds no report of nextlat_probe.report; give a new or empty "
+                         "folder (nothing was written)")
+    return [n for n in REPORT_FILES if (out / n).exists()]
+
+
 def run_report(
     ckpts: list[Any],
     out: str | Path,
@@ -532,6 +571,7 @@ def run_report(
     ``rank_matched_loss``, the report's ``params`` and ``seconds``. ``source``: the
     ``sources.load_model`` options (``world``, ``config``, ``vocab``, ``hf``) for models this
     toolkit did not train."""
+    from .checkpoint import atomic_write_bytes
     from .plots.page import write_page
     from .progress import progress as bar
     from .records import to_jsonable
@@ -541,6 +581,7 @@ def run_report(
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out}: exists and is not a folder")
+    earlier_report(out)  # refused before any work
     ctx = prepare(ckpts, n_seqs, seed, device, horizon, fit_steps, progress, **source)
     sections = [s for s in SECTIONS if s.analysis not in TAXI_ONLY or ctx.is_taxi]
     pages, paper = [], []
@@ -563,20 +604,25 @@ def run_report(
     matched_wm = ctx.get("worldmodel_matched")
     records = [r for key, rs in ctx.records.items() if key not in ("training", "worldmodel_matched") for r in rs]
     protocol = protocol_note(records)
-    summary = {"summary": rows, "records": records, "rank_matched_loss": matched, "worldmodel_matched_loss": matched_wm,
+    summary = {"format": REPORT_FORMAT, "summary": rows, "records": records, "rank_matched_loss": matched, "worldmodel_matched_loss": matched_wm,
                "params": {"n_seqs": ctx.n_seqs, "seq_len": ctx.inputs.length, "seed": seed, "horizon": horizon,
                           "fit_steps": fit_steps, "n_test": ctx.n_test},
                "seconds": time.time() - t0}
 
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
+    earlier = earlier_report(out)
+    if earlier:
+        from .training.folder import move_aside
+
+        moved = move_aside(out, earlier)
+        if not quiet:
+            print(f"moved the earlier report to {moved}", file=sys.stderr)
     if figures:
         write_figures(out / "figures", paper)
     title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({m.objective})" for m in ctx.models)
     write_page(pages, out / "report.html", title=title,
                intro_html=_intro_html(rows, columns, matched, protocol, matched_wm))
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(to_jsonable(summary), indent=1))
-    tmp.replace(out / "summary.json")
+    atomic_write_bytes(json.dumps(to_jsonable(summary), indent=1).encode(), out / "summary.json")
     if not quiet:
         print(format_table(rows, columns))
         if protocol:
@@ -601,7 +647,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Run every analysis on checkpoints and write an offline HTML report, "
                                 "summary.json and paper figures.")
     add_model_args(p)
-    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: new, empty, or holding an earlier report (moved into OUT/.replaced-<time>/)")
     p.add_argument("--n-seqs", type=int, default=256, help="shared sequences for every analysis (default 256)")
     p.add_argument("--horizon", type=int, default=8, help="transition roll-out horizon")
     p.add_argument("--fit-steps", type=int, default=600, help="optimiser steps of post-hoc dynamics fits")

@@ -15,7 +15,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import UsageError, print_json, run_main
+from .cli import UsageError, add_limit_args, print_json, run_main
+
+#: ``sample`` draws and writes trips in blocks of this many (one random stream throughout),
+#: so ``--n`` is bounded by the output, never by memory
+SAMPLE_BLOCK = 10_000
 
 
 def _add_map_options(p: argparse.ArgumentParser) -> None:
@@ -24,6 +28,7 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--map-size", default=None,
                    help="synthetic Manhattan-like map with N x N (or AxS) intersections (default 6)")
     g.add_argument("--map-seed", type=int, default=0, help="seed of the synthetic map")
+    add_limit_args(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_options(c)
     c.add_argument("--json", action="store_true", help="print one JSON object {n, legal, valid}")
 
-    s = sub.add_parser("sample", help="write sampled trips in the text format to stdout",
+    s = sub.add_parser("sample", help="write sampled trips in the text format to stdout (streamed: any --n)",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_map_options(s)
     s.add_argument("--n", type=int, default=10, help="number of trips")
@@ -95,10 +100,16 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.n < 0:
             raise UsageError(f"--n must be >= 0, got {args.n}")
+        import sys
+
+        import numpy as np
+
         world = Taxi(street_map, walk=args.walk, min_len=args.min_len, max_len=args.max_len,
                      noise=args.noise)
-        for line in world.to_text(world.sample(args.n, seed=args.seed).tokens):
-            print(line)
+        rng = np.random.default_rng(args.seed)
+        for start in range(0, args.n, SAMPLE_BLOCK):
+            lines = world.to_text(world.sample(min(SAMPLE_BLOCK, args.n - start), seed=rng).tokens)
+            sys.stdout.write("\n".join(lines) + "\n")
         return 0
     # info
     n_comp, _ = street_map.strong_components()

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import UsageError, run_main
+from .cli import UsageError, add_limit_args, run_main
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 #: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
@@ -79,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
                         "uncompiled, with a warning, if compilation fails")
+    add_limit_args(p)
     g = p.add_argument_group("world options")
     g.add_argument("--map-size", type=int, default=None, help="taxi: synthetic map with N x N intersections")
     g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
@@ -196,8 +197,8 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
         v = getattr(args, name)
         if name == "steps" and v is None:
             continue
-        if v < (0 if name == "steps" else 1):
-            raise UsageError(f"{option(name)} must be {'>= 0' if name == 'steps' else 'positive'}, got {v}")
+        if v < 1:
+            raise UsageError(f"{option(name)} must be positive, got {v}")
 
     from .errors import NextLatError
     from .models.transformer import resolve_device
@@ -281,6 +282,9 @@ def check_resume_options(args: argparse.Namespace, given: set[str], state: dict)
     path = state["_path"]
     saved = dict(state.get("train_config") or {})
     why = "--resume continues the stored configuration; only --steps may extend it"
+    stored_fast = saved.get("fast_forward", True)
+    if "no_fast_forward" in given and args.no_fast_forward == bool(stored_fast):
+        raise UsageError(f"--no-fast-forward conflicts with {path} (fast_forward = {stored_fast!r}); {why}")
     # options a run may leave to the world: compare with what the run actually used
     used = {"positional": dict(state.get("model_config") or {}).get("positional", "learned"),
             "lambda_kl": dict(state.get("objective_config") or {}).get("lambda_kl", 1.0)}

@@ -134,9 +134,21 @@ class Inputs:
             k = world_key(m.world)
             self._lengths[k] = min(self._lengths.get(k, 1 << 30), analysis_length(m, self.seq_len))
         self.length = min(self._lengths.values())
+        self._check_memory()
         if len(self._lengths) > 1:
             print("warning: the models were trained on different worlds; each is analysed on its own world's "
                   "sequences", file=sys.stderr)
+
+    def _check_memory(self) -> None:
+        """Refuse (one line) sequences whose tokens and one layer's hidden states per model
+        would not fit (``limits.memory_limit``), before any is drawn."""
+        from .. import limits
+
+        L = max(self._lengths.values())
+        per_token = 8 * len(self._lengths) + sum(4 * int(m.model_config.d_model) for m in self.models)
+        flag = "sequences (--all-sequences)" if self.all_sequences else f"--n-seqs {self.n_seqs:,} sequences"
+        limits.check_memory(self.n_seqs * L * per_token,
+                            f"{flag} of {L} tokens, with the hidden states of {len(self.models)} model(s)")
 
     def _enumerate_all(self) -> None:
         """Every sequence of the one world, as ``Sample``s with unknown (-1) hidden states."""

@@ -26,6 +26,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: - ``none``: no positional information at all ("NoPE"): the position table exists but is
 #:   zero and frozen, so the causal mask alone carries order.
 POSITIONAL = ("learned", "rotary", "none")
+#: MLP activations the native TransformerLens model builds for a plain (non-gated) MLP; a
+#: stored config naming another would fail deep inside TransformerLens, so it is refused here
+ACT_FNS = ("gelu", "relu", "gelu_new", "silu", "swish")
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,8 @@ class ModelConfig:
             v = getattr(self, name)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"ModelConfig.{name} must be a positive integer, got {v!r}")
+        if self.act_fn not in ACT_FNS:
+            raise ValueError(f"ModelConfig.act_fn must be one of {', '.join(ACT_FNS)}, got {self.act_fn!r}")
         if self.normalization not in ("LN", "RMS"):
             raise ValueError(f"ModelConfig.normalization must be 'LN' or 'RMS', got {self.normalization!r}")
         if self.d_dynamics is not None and self.d_dynamics <= 0:

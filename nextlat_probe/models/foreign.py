@@ -40,8 +40,9 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
+from .. import limits
 from ..errors import CheckpointError
-from ..safeio import torch_load_plain
+from ..safeio import error_line, torch_load_plain, weights_problem
 from .transformer import move, resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +61,8 @@ BOUNDS: dict[str, int] = {
     "n_ctx": 65_536,
     "d_vocab": 1 << 20,
 }
-MAX_PARAMETERS = 1 << 31
+#: the default parameter bound (``limits.max_parameters()``, raised by ``--max-params``)
+MAX_PARAMETERS = limits.DEFAULT_MAX_PARAMETERS
 
 #: The legacy config keys ``load_legacy_tl`` needs; any other key is ignored unless it
 #: changes the architecture (see ``UNSUPPORTED_LEGACY_OPTIONS``).
@@ -100,11 +102,7 @@ HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-    for ln in lines:  # torch's weights_only refusal: the line naming the refused global
-        if "Unsupported" in ln or "unsupported" in ln:
-            return ln.split("WeightsUnpickler error:")[-1].strip()
-    return lines[0] if lines else type(exc).__name__
+    return error_line(exc)  # torch's refusal: the refused global; load_state_dict: the key
 
 
 def _is_int(v: Any) -> bool:
@@ -174,15 +172,10 @@ def _check_shapes(p: Path, shapes: Mapping[str, Any], expected: dict[str, tuple[
 
 
 def _check_values(p: Path, sd: Mapping[str, "torch.Tensor"], skip: tuple[str, ...] = ()) -> None:
-    import torch
-
-    for k, v in sd.items():
-        if k.endswith(skip):
-            continue
-        if not v.is_floating_point():
-            raise CheckpointError(p, f"{k} has dtype {v.dtype}, not a floating-point weight")
-        if not bool(torch.isfinite(v).all()):
-            raise CheckpointError(p, f"{k} contains NaN or inf")
+    """Floating point, finite, each tensor with storage of its own (``safeio.weights_problem``)."""
+    problem = weights_problem(sd, skip)
+    if problem:
+        raise CheckpointError(p, problem)
 
 
 def _bounds_problem(values: Mapping[str, int], where: str) -> str | None:
@@ -193,9 +186,8 @@ def _bounds_problem(values: Mapping[str, int], where: str) -> str | None:
     d, L = values["d_model"], values["n_layers"]
     attn = 4 * d * values["n_heads"] * values["d_head"]
     n_params = L * (attn + 2 * d * values["d_mlp"]) + d * (2 * values["d_vocab"] + values["n_ctx"])
-    if n_params > MAX_PARAMETERS:
-        return f"{where}config implies ~{n_params:.3g} parameters, above the bound {MAX_PARAMETERS:.3g}"
-    return None
+    return (limits.parameters_problem(n_params, "the config")
+            or limits.memory_problem(4 * n_params, f"building the model (~{n_params:.3g} float32 parameters)"))
 
 
 @contextlib.contextmanager

@@ -7,14 +7,21 @@ before ``run.json`` it is read from ``ckpt.pt``. The run's files are ``run.json`
 ``wandb/`` folders; anything else in the folder is never touched. The rules:
 
 * a fresh run claims a folder that has none of these files (missing or empty folders too);
-* a resumed run also claims a folder that holds the SAME run (its own folder, or a copy);
-* any other folder (a different run, or run files without an identity) is refused in one
-  line, unless ``overwrite``: then the old run's files are first renamed into
-  ``.replaced-<UTC time>/`` inside the folder, before anything is written, so nothing is
-  deleted and the folder never mixes two runs;
-* temp files of the atomic writer (``.ckpt.pt.<random>.tmp``, left by a kill mid-save)
-  are removed on every start and after a failure; a folder the run created and left empty
-  is removed after a failure.
+* a resumed run also claims a folder that holds the SAME run (its own folder, or a copy),
+  provided it does not rewind it: a run's history (``ckpt.pt``, the kept checkpoints, the
+  rows of ``metrics.jsonl``) is append-only, so a checkpoint behind the folder's latest
+  one (``ckpt.pt``'s step, or a kept ``ckpt_step{N}.pt`` with a larger N) resumes only
+  into a new folder;
+* any other folder (a different run, run files without an identity, or a rewind) is
+  refused in one line, unless ``overwrite``: then the old run's files are first renamed
+  into ``.replaced-<UTC time>/`` inside the folder, before anything is written, so nothing
+  is deleted and the folder never mixes two runs;
+* nothing is deleted that this process did not write: the atomic writer removes its own
+  temp file on any error; a SIGKILL mid-save leaves ``.ckpt.pt.<8 random characters>.tmp``
+  behind, which is reported (``leftover_temp_files``), never deleted, since no later
+  process can know that a run wrote it; a run that fails before saving any checkpoint
+  removes the ``run.json`` and ``metrics.jsonl`` it wrote into a folder that held no run
+  (so they do not block the next start), and a folder it created if that is then empty.
 """
 from __future__ import annotations
 
@@ -34,7 +41,9 @@ RUN_FILE = "run.json"
 CKPT_FILE = "ckpt.pt"
 IDENTITY_KEYS = ("world_spec", "objective", "model_config", "seed")
 _KEPT = re.compile(r"ckpt_step\d+\.pt")
-_TEMP = re.compile(r"\.(ckpt\.pt|ckpt_step\d+\.pt|run\.json|metrics\.jsonl)\.[A-Za-z0-9_]+\.tmp")
+#: the atomic writer's temp names: ``tempfile.mkstemp`` adds 8 characters of
+#: ``[a-z0-9_]`` between the prefix ``.<name>.`` and the suffix ``.tmp``
+_TEMP = re.compile(r"\.(ckpt\.pt|ckpt_step\d+\.pt|run\.json|metrics\.jsonl)\.[a-z0-9_]{8}\.tmp")
 
 
 def _normal(obj: Any) -> Any:
@@ -107,6 +116,8 @@ class RunFolder:
     path: Path
     created: Path | None = None  # the topmost folder this run created, if any
     replaced: Path | None = None  # where ``overwrite`` moved the folder's old run
+    #: the folder held no run files when claimed: every run file in it is this process's
+    fresh: bool = True
 
     @property
     def checkpoint(self) -> Path:
@@ -119,13 +130,14 @@ class RunFolder:
     def kept(self, step: int) -> Path:
         return self.path / f"ckpt_step{int(step)}.pt"
 
-    def remove_temp_files(self) -> None:
-        remove_temp_files(self.path)
-
     def clean_up_after_failure(self) -> None:
-        """Remove temp files, then the folders this run created if they are empty."""
-        if self.path.is_dir():
-            self.remove_temp_files()
+        """After a failure: if the folder held no run and this run saved no checkpoint, the
+        ``run.json`` and ``metrics.jsonl`` it wrote (they would block the next start); then
+        the folders this run created, if they are empty. Nothing else is removed."""
+        if self.fresh and self.path.is_dir() and not any(
+                p.name == CKPT_FILE or _KEPT.fullmatch(p.name) for p in self.path.iterdir()):
+            for name in (RUN_FILE, METRICS_FILE):
+                (self.path / name).unlink(missing_ok=True)
         if self.created is None:
             return
         p = self.path
@@ -139,17 +151,16 @@ class RunFolder:
             p = p.parent
 
 
-def remove_temp_files(path: Path) -> list[str]:
-    """Delete the atomic writer's leftovers (``.ckpt.pt.<random>.tmp``, ...) in ``path``."""
-    removed = []
-    for p in path.iterdir():
-        if p.is_file() and is_temp_file(p.name):
-            p.unlink(missing_ok=True)
-            removed.append(p.name)
-    return removed
+def leftover_temp_files(path: Path) -> list[str]:
+    """Names in ``path`` shaped like the atomic writer's temp files (``.ckpt.pt.<8
+    characters>.tmp``, ...), which a kill mid-save leaves. Listed, never deleted: a user's
+    file may have such a name, and no process can know which run wrote one."""
+    return sorted(p.name for p in path.iterdir() if p.is_file() and is_temp_file(p.name))
 
 
-def _move_aside(path: Path, names: list[str]) -> Path:
+def move_aside(path: Path, names: list[str]) -> Path:
+    """Rename ``names`` (files or folders in ``path``) into a new ``path/.replaced-<UTC
+    time>/`` and return it: nothing is deleted."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     for i in range(1000):
         backup = path / (f".replaced-{stamp}" + (f"-{i}" if i else ""))
@@ -180,9 +191,12 @@ def _create(path: Path) -> Path | None:
     return top
 
 
-def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: bool, overwrite: bool = False) -> RunFolder:
+def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: bool, overwrite: bool = False,
+                       resume_from: tuple[str | Path, int] | None = None) -> RunFolder:
     """Claim ``path`` for the run ``identity`` following the module's rules; returns the
-    folder with ``run.json`` written. Raises ``UsageError`` (one line) when refused."""
+    folder with ``run.json`` written. ``resume_from``: the (checkpoint, step) a resumed run
+    continues from, which must not lie behind the folder's latest checkpoint. Raises
+    ``UsageError`` (one line) when refused."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise UsageError(f"{path}: exists and is not a folder (the run folder must be a folder)")
@@ -193,14 +207,48 @@ def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: 
         present = sorted(p.name for p in path.iterdir() if is_run_file(p.name))
         if present:
             held = folder_identity(path)
-            if not (resuming and held == identity):
+            same = resuming and held == identity
+            rewind = _rewind(path, present, resume_from) if same else None
+            if not same or rewind:
                 if not overwrite:  # refused: the folder is left exactly as it was
-                    raise UsageError(_refusal(path, held, identity, present))
-                folder.replaced = _move_aside(path, present)
-        folder.remove_temp_files()  # claimed: a killed save's leftovers are ours to remove
+                    raise UsageError(rewind or _refusal(path, held, identity, present))
+                folder.replaced = move_aside(path, present)
+            else:
+                folder.fresh = False
     if not (path / RUN_FILE).is_file() or folder.replaced is not None:
         write_run_file(path, identity)
     return folder
+
+
+def latest_step(path: Path, present: list[str]) -> tuple[int, str] | None:
+    """``(step, file)`` of the furthest checkpoint a run folder holds (``ckpt.pt`` or a kept
+    ``ckpt_step{N}.pt``), or None when it holds none. Raises ``UsageError`` when
+    ``ckpt.pt`` cannot be read (how far the run got is then unknown)."""
+    from ..checkpoint import CheckpointError, load_plain
+
+    steps = [(int(n[len("ckpt_step"):-len(".pt")]), n) for n in present if _KEPT.fullmatch(n)]
+    if CKPT_FILE in present:
+        try:
+            step = load_plain(path / CKPT_FILE)[1].get("step")
+        except (CheckpointError, AttributeError):
+            step = None
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise UsageError(f"{path / CKPT_FILE} is unreadable, so how far the run got is unknown; resume into a new "
+                             "--out (or --overwrite to move the folder's run aside)")
+        steps.append((step, CKPT_FILE))
+    return max(steps) if steps else None
+
+
+def _rewind(path: Path, present: list[str], resume_from: tuple[str | Path, int] | None) -> str | None:
+    """Why resuming ``resume_from`` into ``path`` would rewind the run there, or None."""
+    if resume_from is None:
+        return None
+    source, step = resume_from
+    latest = latest_step(path, present)
+    if latest is None or latest[0] <= step:
+        return None
+    return (f"{source} is at step {step} but {path / latest[1]} is at step {latest[0]}: resuming it in {path} would "
+            "rewind the run (its history is append-only); resume it into a new --out")
 
 
 def _refusal(path: Path, held: dict[str, Any] | None, identity: dict[str, Any], present: list[str]) -> str:
@@ -223,5 +271,5 @@ def write_run_file(path: Path, identity: dict[str, Any]) -> None:
 
 __all__ = [
     "RUN_FILE", "CKPT_FILE", "IDENTITY_KEYS", "RunFolder", "run_identity", "identity_of_checkpoint", "folder_identity",
-    "prepare_run_folder", "remove_temp_files", "is_run_file", "is_temp_file", "write_run_file",
+    "prepare_run_folder", "move_aside", "leftover_temp_files", "latest_step", "is_run_file", "is_temp_file", "write_run_file",
 ]

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, limits
 from ..checkpoint import (
     CheckpointError,
     model_config_problem,
@@ -54,11 +54,18 @@ from ..models.objective import (
     masked_cross_entropy,
 )
 from ..models.transformer import build_transformer, last_resid_hook, move
+from ..safeio import error_line, weights_problem
 from ..worlds import World, make_world
 from . import distributed
 from .config import TrainConfig
 from .distributed import Dist
-from .folder import RunFolder, identity_of_checkpoint, prepare_run_folder, run_identity
+from .folder import (
+    RunFolder,
+    identity_of_checkpoint,
+    leftover_temp_files,
+    prepare_run_folder,
+    run_identity,
+)
 from .log import MetricsLog, read_metrics, truncate_metrics
 
 
@@ -391,6 +398,9 @@ def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None
         mcfg = ModelConfig.from_dict(state["model_config"])
         if mcfg.n_ctx < seq_len:
             raise CheckpointError(state["_path"], f"model_config.n_ctx ({mcfg.n_ctx}) is smaller than the run's seq_len ({seq_len})")
+    else:
+        mcfg = _fresh_model_config(cfg, world, seq_len)
+    check_training_memory(cfg, world, seq_len, mcfg, device, where=state["_path"] if state is not None else None)
     run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg), dist=dist)
     if dist.is_main:
         run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
@@ -406,17 +416,7 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, m
     ``cfg.preset`` sized for the world (within the checkpoint bounds, so training never
     makes a model that loading would refuse)."""
     if mcfg is None:
-        n_ctx = cfg.n_ctx or default_n_ctx(world, seq_len)
-        if n_ctx < seq_len:
-            raise UsageError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
-        positional = cfg.positional or default_positional(world)
-        try:
-            mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size, positional=positional)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from None
-        problem = model_config_problem(mcfg)
-        if problem:
-            raise UsageError(problem)
+        mcfg = _fresh_model_config(cfg, world, seq_len)
     if cfg.objective in ("nextlat", "mtp") and cfg.horizon > seq_len - 1:
         # refused, not clamped: the roll-out would silently be shorter than asked
         raise UsageError(f"horizon {cfg.horizon} needs sequences of at least {cfg.horizon + 1} tokens (seq_len is {seq_len})")
@@ -444,6 +444,66 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, m
     return mcfg, ocfg, model, aux, opt, sched
 
 
+def _fresh_model_config(cfg: TrainConfig, world: World, seq_len: int) -> ModelConfig:
+    """``cfg.preset`` sized for the world, within the checkpoint bounds."""
+    n_ctx = cfg.n_ctx or default_n_ctx(world, seq_len)
+    if n_ctx < seq_len:
+        raise UsageError(f"n_ctx ({n_ctx}) is smaller than seq_len ({seq_len})")
+    positional = cfg.positional or default_positional(world)
+    try:
+        mcfg = ModelConfig.from_preset(cfg.preset, n_ctx=n_ctx, d_vocab=world.vocab_size, positional=positional)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    problem = model_config_problem(mcfg)
+    if problem:
+        raise UsageError(problem)
+    return mcfg
+
+
+#: sequences per forward pass of ``evaluate_ce``
+EVAL_BATCH = 256
+
+
+def training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelConfig) -> dict[str, tuple[float, str]]:
+    """Lower bounds of what a run allocates, by what causes it: ``{"host": (bytes, cause),
+    "device": (bytes, cause)}``. Host: the validation set (tokens and their exact next-token
+    distributions, float64). Device: weights with their gradients and AdamW moments, and
+    the larger of one training step (the residual stream of every block kept for the
+    backward pass, and the logits) and one evaluation batch (the hooked forward keeps an
+    attention pattern of seq_len x seq_len per head)."""
+    L, V, d = int(seq_len), int(mcfg.d_vocab), int(mcfg.d_model)
+    from ..checkpoint import parameter_count
+
+    val = cfg.n_val * L * (8 + 8 * V)
+    weights = 16 * parameter_count(mcfg)
+    step = cfg.batch_size * L * (4 * d * mcfg.n_layers + 8 * V)
+    n_eval = min(EVAL_BATCH, cfg.n_val)
+    evaluation = n_eval * mcfg.n_heads * L * L * 4
+    causes = {
+        "val": f"n_val {cfg.n_val} validation sequences of {L} tokens",
+        "step": f"batch_size {cfg.batch_size} x seq_len {L} (one training step)",
+        "eval": f"seq_len {L} (attention over {L}x{L} positions, {n_eval} sequences per evaluation batch)",
+    }
+    worst = "step" if step >= evaluation else "eval"
+    return {"host": (float(val), causes["val"]), "device": (float(weights + max(step, evaluation)), causes[worst])}
+
+
+def check_training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelConfig, device: torch.device,
+                          where: str | None = None) -> None:
+    """Refuse, in one line, a run whose options imply more memory than ``limits.memory_limit``
+    (``training_memory``), before anything is allocated. ``where``: the checkpoint whose
+    ``train_config`` the options come from (on resume)."""
+    need = training_memory(cfg, world, seq_len, mcfg)
+    (host, host_cause), (dev, dev_cause) = need["host"], need["device"]
+    if device.type == "cpu":  # one memory: the sum must fit
+        cause = host_cause if host >= dev else dev_cause
+        problem = limits.memory_problem(host + dev, cause)
+    else:
+        problem = limits.memory_problem(host, host_cause) or limits.memory_problem(dev, dev_cause, device)
+    if problem:
+        raise UsageError(f"{where}: train_config {problem}" if where else problem)
+
+
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Weights, optimiser, schedule and torch RNG exactly as saved (bit-exact resume)."""
     p = state["_path"]
@@ -457,11 +517,29 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
         run.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(p, f"cannot resume: training state does not match ({first[:160]})") from None
+        raise CheckpointError(p, f"cannot resume: training state does not match ({error_line(exc)[:160]})") from None
+    problem = _optimizer_state_problem(run)
+    if problem:
+        raise CheckpointError(p, f"cannot resume: optimizer state {problem}")
     run.step = int(state["step"])
     run.metrics = dict(state.get("metrics") or {})
     run.last_good = (Path(p), run.step)
+
+
+def _optimizer_state_problem(run: _Run) -> str | None:
+    """Why the restored AdamW state cannot be stepped (a moment whose shape is not its
+    parameter's, a non-float or non-finite one, an expanded view), or None; torch's
+    ``load_state_dict`` checks none of this, and the first step would fail."""
+    for i, param in enumerate(run.params()):
+        st = run.opt.state.get(param, {})
+        moments = {f"state.{i}.{k}": v for k, v in st.items() if torch.is_tensor(v) and v.dim() > 0}
+        for k, v in moments.items():
+            if tuple(v.shape) != tuple(param.shape):
+                return f"{k} has shape {list(v.shape)}, its parameter {list(param.shape)}"
+        problem = weights_problem(moments)
+        if problem:
+            return problem
+    return None
 
 
 def _identity(run: _Run) -> dict[str, Any]:
@@ -472,12 +550,18 @@ def _claim_folder(run: _Run, out_dir: str | Path, state: dict[str, Any] | None, 
     """``training.folder.prepare_run_folder``; in a multi-process run on rank 0 alone, whose
     answer (the folder, or its one-line refusal) every rank waits for."""
     d = run.dist
+    resume_from = (state["_path"], int(state["step"])) if state is not None else None
     if not d.enabled:
-        return prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
+        folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite,
+                                    resume_from=resume_from)
+        _report_leftovers(run, folder)
+        return folder
     folder, error = None, None
     if d.is_main:
         try:
-            folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite)
+            folder = prepare_run_folder(out_dir, _identity(run), resuming=state is not None, overwrite=overwrite,
+                                        resume_from=resume_from)
+            _report_leftovers(run, folder)
         except Exception as exc:  # every rank stops, none waits forever
             error = exc
     refusal = d.broadcast_object(None if error is None else one_line(error))
@@ -486,6 +570,15 @@ def _claim_folder(run: _Run, out_dir: str | Path, state: dict[str, Any] | None, 
     if refusal is not None:
         raise UsageError(refusal)
     return folder if folder is not None else RunFolder(Path(out_dir))
+
+
+def _report_leftovers(run: _Run, folder: RunFolder) -> None:
+    """One warning line for temp files a killed save left (never deleted: see ``folder``)."""
+    names = leftover_temp_files(folder.path)
+    if names:
+        shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+        _warn(run, f"{folder.path} holds {shown}, named like the temp file of a save that was killed; not removed "
+                   "(delete it if no run is writing this folder)")
 
 
 def _prepare_step(run: _Run, compile: bool) -> None:

@@ -37,6 +37,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse import csgraph
 
+from .. import limits
 from .base import WorldError
 
 DIRECTIONS: tuple[str, ...] = ("N", "S", "E", "W", "NE", "NW", "SE", "SW")
@@ -512,6 +513,10 @@ _GRID_STEP = {"N": (0, 1), "S": (0, -1), "E": (1, 0), "W": (-1, 0),
               "NE": (1, 2), "NW": (-1, 2), "SE": (1, -2), "SW": (-1, -2)}
 
 
+#: what one intersection of a map costs at least: its 8 successors (int64) and 2 coordinates
+BYTES_PER_INTERSECTION = 8 * 8 + 2 * 8
+
+
 def synthetic_manhattan(n_avenues: int = 6, n_streets: int = 6, seed: int = 0, *,
                         rotation_deg: float = 10.0, two_way_frac: float = 0.25,
                         n_diagonals: int | None = None, park: bool = True,
@@ -536,6 +541,9 @@ def synthetic_manhattan(n_avenues: int = 6, n_streets: int = 6, seed: int = 0, *
     A, S = int(n_avenues), int(n_streets)
     if A < 2 or S < 2:
         raise WorldError(f"synthetic_manhattan: need at least 2 avenues and 2 streets, got {A}x{S}")
+    problem = limits.memory_problem(BYTES_PER_INTERSECTION * A * S, f"a synthetic map of {A}x{S} = {A * S:,} intersections")
+    if problem:
+        raise WorldError(f"synthetic_manhattan: {problem}")
     if not abs(rotation_deg) < 22.5:
         raise WorldError(f"synthetic_manhattan: |rotation_deg| must be < 22.5 so labels match "
                          f"the compass, got {rotation_deg}")

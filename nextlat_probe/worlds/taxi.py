@@ -86,6 +86,7 @@ from typing import Any
 import numpy as np
 from scipy.sparse import csgraph
 
+from .. import limits
 from .base import Sample, World, WorldError, as_rng, check_tokens
 from .streetmap import DIR_INDEX, DIRECTIONS, StreetMap, synthetic_manhattan
 from .trips import as_token_matrix, check_sequences, parse_sequences, trace
@@ -365,7 +366,12 @@ class Taxi(World):
             adj = self._A.copy()
             adj.data[:] = 1.0
             N = self.map.n_nodes
-            dist = np.empty((N, N), dtype=np.int64 if N < 3000 else np.int32)
+            dtype = np.int64 if N < 3000 else np.int32
+            problem = limits.memory_problem(N * N * np.dtype(dtype).itemsize,
+                                            f"the {N:,}x{N:,} table of shortest-path distances of map {self.map.name!r}")
+            if problem:
+                raise WorldError(f"taxi: {problem}")
+            dist = np.empty((N, N), dtype=dtype)
             for a in range(0, N, 1024):
                 block = csgraph.shortest_path(adj, directed=True, unweighted=True,
                                               indices=np.arange(a, min(N, a + 1024)))
