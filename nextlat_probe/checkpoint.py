@@ -447,26 +447,17 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
     p = data["_path"]
     world = world_of(data)
     model = build_transformer(mcfg, seed=0)
-    try:
-        model.load_state_dict(data["model"])
-    except (RuntimeError, KeyError, TypeError) as exc:
-        raise CheckpointError(p, f"weights do not match the model config ({error_line(exc)[:160]})") from None
+    load_weights(model, data["model"], p, "weights do not match the model config")
     move(model, dev).eval()
     dyn = None
     if data.get("dynamics") is not None:
-        try:
-            dyn = LatentDynamics(**data["dynamics_config"])
-            dyn.load_state_dict(data["dynamics"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(p, f"p_psi weights do not match ({error_line(exc)[:160]})") from None
+        dyn = LatentDynamics(**data["dynamics_config"])
+        load_weights(dyn, data["dynamics"], p, "p_psi weights do not match")
         dyn.to(dev).eval()
     heads = None
     if data.get("mtp_heads") is not None:
-        try:
-            heads = MTPHeads(**data["mtp_config"])
-            heads.load_state_dict(data["mtp_heads"])
-        except (RuntimeError, KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(p, f"MTP heads weights do not match ({error_line(exc)[:160]})") from None
+        heads = MTPHeads(**data["mtp_config"])
+        load_weights(heads, data["mtp_heads"], p, "MTP heads weights do not match")
         heads.to(dev).eval()
     return LoadedCheckpoint(
         path=p,
@@ -481,6 +472,26 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
         raw=data,
         mtp_heads=heads,
     )
+
+
+def load_weights(module: Any, sd: dict[str, Any], path: str | os.PathLike, what: str) -> None:
+    """``module.load_state_dict(sd)``, first comparing keys and shapes with the module's own
+    state dict, so a failure is one ``CheckpointError`` line ``<path>: <what> (<the first
+    missing, unexpected or misshapen key, in the checkpoint's names>)``."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    misshapen = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    why = (f"missing {missing[0]!r}" if missing else f"unexpected {unexpected[0]!r}" if unexpected else
+           f"{misshapen[0]} has shape {list(sd[misshapen[0]].shape)}, the model {list(own[misshapen[0]].shape)}"
+           if misshapen else None)
+    try:
+        if why is None:
+            module.load_state_dict(sd)
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
+        why = error_line(exc)[:160]
+    if why is not None:
+        raise CheckpointError(path, f"{what} ({why})")
 
 
 def world_of(data: dict[str, Any]) -> Any:
@@ -503,7 +514,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "build_loaded", "read_checkpoint",
     "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
-    "world_of", "plain", "parameter_count",
+    "world_of", "plain", "parameter_count", "load_weights",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
     "MAX_D_DYNAMICS", "MAX_MTP_HORIZON", "MAX_PARAMETERS",
 ]

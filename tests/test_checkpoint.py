@@ -101,16 +101,18 @@ def test_wrong_weights_for_config(tiny_mess3_ckpts, tmp_path):
         load_checkpoint(bad)
 
 
-def test_parameter_bound_counts_no_position_table_for_rotary(monkeypatch):
+def test_parameter_bound_counts_no_position_table_for_rotary():
     """The bound's count, written out here: blocks + embed + unembed (+ the position table
     of learned positions only)."""
     from nextlat_probe import checkpoint as C
+    from nextlat_probe import limits
     from nextlat_probe.models.config import ModelConfig
 
     learned = ModelConfig.from_preset("tiny", d_vocab=50, n_ctx=64)
     rotary = ModelConfig.from_preset("tiny", d_vocab=50, n_ctx=64, positional="rotary")
     d = learned.d_model
     blocks = learned.n_layers * (4 * d * learned.n_heads * learned.d_head + 2 * d * learned.d_mlp)
-    monkeypatch.setattr(C, "MAX_PARAMETERS", blocks + d * 2 * 50)  # room for everything but a table
-    assert C.model_config_problem(rotary) is None
-    assert "parameters" in C.model_config_problem(learned)
+    with limits.using(max_params=blocks + d * 2 * 50):  # room for everything but a table
+        assert C.model_config_problem(rotary) is None
+        assert "parameters" in C.model_config_problem(learned)
+    assert C.parameter_count(learned) == blocks + d * (2 * 50 + 64) and C.model_config_problem(learned) is None

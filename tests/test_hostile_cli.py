@@ -128,3 +128,152 @@ def test_closed_stdout_pipe_is_not_a_traceback():
     assert res.stdout.count("\n") == 1 and res.stdout.split()[-1] == "end"
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
     assert res.returncode == 141  # as a program ended by SIGPIPE (pipefail: the CLI's own status)
+
+
+# --------------------------------------------------------------------------------------
+# memory: what an option implies is estimated before anything is allocated
+
+LIMITED = """
+import contextlib, importlib, io, json, resource, sys, traceback
+resource.setrlimit(resource.RLIMIT_AS, ({limit}, {limit}))
+from nextlat_probe.cli import run_main
+results = []
+for module, argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            run_main(importlib.import_module("nextlat_probe." + module).main, argv)
+            code = 0
+        except SystemExit as exc:
+            code = exc.code
+        except BaseException:  # an allocation traceback where one line was promised
+            traceback.print_exc(file=err)
+            code = "traceback"
+    results.append([code, err.getvalue()])
+print(json.dumps(results))
+"""
+
+
+def run_under_memory_limit(calls, gib=4):
+    """Run CLI ``calls`` ([(module, argv)]) in ONE fresh process whose address space is
+    limited to ``gib`` GiB; returns [(exit code, stderr)] (code "traceback" for an exception)."""
+    import json
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    script = LIMITED.format(limit=gib << 30)
+    r = subprocess.run([sys.executable, "-c", script, json.dumps([(m, [str(a) for a in argv]) for m, argv in calls])],
+                       capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [tuple(x) for x in json.loads(r.stdout.strip().splitlines()[-1])]
+
+
+def test_options_that_imply_too_much_memory_are_one_line(tiny_mess3_ckpts, tmp_path):
+    """Each call once ended in an allocation traceback (or worse) under a 4 GB limit."""
+    ck = tiny_mess3_ckpts["gpt"]
+    big_val = tmp_path / "nval" / "ckpt.pt"
+    big_batch = tmp_path / "batch" / "ckpt.pt"
+    for path, key in ((big_val, "n_val"), (big_batch, "batch_size")):
+        raw = torch.load(ck, weights_only=True)
+        raw["train_config"][key] = 10**9
+        path.parent.mkdir()
+        torch.save(raw, path)
+    train = ["--world", "mess3", "--steps", "2", "--batch-size", "4", "--n-val", "8", "--device", "cpu", "--no-progress"]
+    calls = [
+        (("train", ["--out", tmp_path / "a", *train, "--seq-len", "65536"]), "seq_len 65536"),
+        (("train", ["--out", tmp_path / "b", *train, "--n-val", "1000000000"]), "n_val 1000000000"),
+        (("train", ["--resume", big_val, "--out", tmp_path / "c", "--no-progress"]), "n_val 1000000000"),
+        (("train", ["--resume", big_batch, "--out", tmp_path / "d", "--no-progress"]), "batch_size 1000000000"),
+        (("rank", [ck, "--n-seqs", "1000000000"]), "--n-seqs 1,000,000,000"),
+        (("train", ["--out", tmp_path / "e", "--world", "taxi", "--map-size", "100000", "--steps", "2",
+                    "--no-progress"]), "100000x100000"),
+        (("probe", [ck, "--world", "taxi:map_size=100000"]), "100000x100000"),
+        (("taxi", ["sample", "--map-size", "100000", "--n", "1"]), "100000x100000"),
+        (("taxi", ["sample", "--map-size", "200", "--walk", "shortest", "--n", "1"]), "shortest-path distances"),
+    ]
+    results = run_under_memory_limit([c for c, _ in calls])
+    for ((module, argv), expected), (code, err) in zip(calls, results):
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1, (module, argv, code, err[-2000:])
+        assert expected in lines[0] and "--max-memory" in lines[0] and "GiB" in lines[0], (argv, lines[0])
+    assert not [p.name for p in tmp_path.iterdir() if p.name in "abcde"]  # no run folder left behind
+
+
+def test_max_memory_sets_the_limit(tiny_mess3_ckpts, tmp_path, capsys):
+    ck = str(tiny_mess3_ckpts["gpt"])
+    code, _, err = _run("rank", [ck, "--n-seqs", "100000", "--max-memory", "0.01"], capsys)
+    _one_line(code, err)
+    assert "--n-seqs 100,000 sequences of 12 tokens" in err and "10.2 MiB available (--max-memory)" in err
+    code, _, err = _run("train", ["--out", str(tmp_path / "r"), "--world", "mess3", "--steps", "1", "--n-val", "100000",
+                                  "--max-memory", "0.01", "--device", "cpu", "--no-progress"], capsys)
+    _one_line(code, err)
+    assert "n_val 100000" in err and not (tmp_path / "r").exists()
+    code, _, err = _run("rank", [ck, "--n-seqs", "8", "--max-memory", "-1"], capsys)
+    assert code == 2 and "--max-memory" in err
+
+
+def test_taxi_sample_streams_any_number_of_trips():
+    """``taxi sample --n 1000000000 | head -3`` under a 2 GiB address-space limit: three trips at
+    once, then the closed pipe ends it (it used to allocate all the trips first)."""
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    cmd = f"ulimit -v {2 << 20}; '{sys.executable}' -m nextlat_probe.taxi sample --n 1000000000 | head -3"
+    res = subprocess.run(["bash", "-c", "set -o pipefail; " + cmd], capture_output=True, text=True, cwd=ROOT,
+                         timeout=300)
+    assert res.stdout.count("\n") == 3 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.returncode == 141
+
+
+def test_taxi_sample_blocks_are_valid_trips(tmp_path, capsys, monkeypatch):
+    from nextlat_probe import taxi
+
+    monkeypatch.setattr(taxi, "SAMPLE_BLOCK", 4)
+    code, out, err = _run("taxi", ["sample", "--n", "10", "--walk", "shortest", "--seed", "3"], capsys)
+    assert code == 0, err
+    trips = out.strip().splitlines()
+    assert len(trips) == 10 and len(set(trips)) > 1
+    (tmp_path / "trips.txt").write_text(out)
+    code, out, err = _run("taxi", ["check", str(tmp_path / "trips.txt"), "--json"], capsys)
+    assert code == 0 and '"valid": 10' in out, (out, err)
+
+
+# --------------------------------------------------------------------------------------
+# report --out: never overwrites a folder's files
+
+def test_report_refuses_a_folder_that_holds_no_report(tiny_mess3_ckpts, tmp_path, capsys):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "report.html").write_text("<html>my own page</html>")
+    (out / "notes.txt").write_text("keep")
+    code, _, err = _run("report", [str(tiny_mess3_ckpts["gpt"]), "--out", str(out), "--no-progress"], capsys)
+    _one_line(code, err)
+    assert "holds no report" in err
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt", "report.html"]
+    assert (out / "report.html").read_text() == "<html>my own page</html>"
+
+
+def test_report_moves_an_earlier_report_aside(tiny_mess3_ckpts, tmp_path, capsys):
+    import json
+
+    out = tmp_path / "rep"
+    (out / "figures").mkdir(parents=True)
+    old = {"summary": [], "records": [], "params": {"n_seqs": 1}}  # an earlier report (before "format")
+    (out / "summary.json").write_text(json.dumps(old))
+    (out / "report.html").write_text("<html><head><title>nextlat_probe report: old</title></head></html>")
+    (out / "figures" / "rank.png").write_bytes(b"old figure")
+    (out / "notes.txt").write_text("not the report's")
+    code, _, err = _run("report", [str(tiny_mess3_ckpts["gpt"]), "--out", str(out), "--n-seqs", "8", "--fit-steps",
+                                   "5", "--no-figures", "--no-progress"], capsys)
+    assert code == 0, err
+    (backup,) = out.glob(".replaced-*")
+    assert f"moved the earlier report to {backup}" in err
+    assert json.loads((backup / "summary.json").read_text()) == old
+    assert (backup / "figures" / "rank.png").read_bytes() == b"old figure"
+    assert "old" in (backup / "report.html").read_text()
+    assert json.loads((out / "summary.json").read_text())["format"] == "nextlat_probe.report"
+    assert (out / "notes.txt").read_text() == "not the report's"

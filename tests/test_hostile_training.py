@@ -92,6 +92,43 @@ def test_resume_into_a_new_folder_or_its_own_is_allowed(tmp_path, capsys):
 
 # 2. a fresh run deletes nothing it did not write
 
+def test_fresh_run_deletes_no_file_named_like_a_temporary(tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    mine = {".ckpt.pt.mine.tmp": b"my notes", ".metrics.jsonl.backup.tmp": b"my backup",
+            ".ckpt.pt.abcd1234.tmp": b"shaped exactly like a killed save's leftover"}
+    for name, data in mine.items():
+        (out / name).write_bytes(data)
+    code, _, err = run(["--out", out, *BASE], capsys)
+    assert code == 0, err
+    assert all((out / name).read_bytes() == data for name, data in mine.items())
+    # only the exact shape of the writer's temp names is pointed out, in one warning line
+    warning = [line for line in err.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and ".ckpt.pt.abcd1234.tmp" in warning[0] and "mine" not in warning[0]
+
+
+def test_resume_from_a_kept_checkpoint_never_rewinds_the_run(tmp_path, capsys):
+    out = trained(tmp_path, capsys, "run", "--steps", "8", "--keep-every", "2")
+    assert read_checkpoint(out / "ckpt.pt")["step"] == 8
+    before = snapshot(out)
+    for ck, extra in ((out / "ckpt_step2.pt", []), (out / "ckpt_step4.pt", ["--steps", "10"])):
+        line = one_error_line(*run(["--resume", ck, *extra, "--no-progress"], capsys)[::2])
+        assert "step 8" in line and "rewind" in line and "new --out" in line, line
+        line = one_error_line(*run(["--resume", ck, "--out", out, "--no-progress"], capsys)[::2])
+        assert "rewind" in line
+    assert snapshot(out) == before  # ckpt.pt, the kept files and every metrics row as they were
+    # into a new folder it is a new run, continued from step 2
+    branch = tmp_path / "branch"
+    code, _, err = run(["--resume", out / "ckpt_step2.pt", "--out", branch, "--no-progress"], capsys)
+    assert code == 0, err
+    assert read_checkpoint(branch / "ckpt.pt")["step"] == 8
+    first = json.loads((branch / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["resumed_at"] == 2 and first["resumed_from"].endswith("ckpt_step2.pt")
+    # resuming the latest state in place stays allowed (a kept file of the same step too)
+    code, _, err = run(["--resume", out / "ckpt_step8.pt", "--steps", "10", "--no-progress"], capsys)
+    assert code == 0, err
+    assert read_checkpoint(out / "ckpt.pt")["step"] == 10
+
 def test_fresh_run_keeps_a_killed_runs_files(tmp_path, capsys):
     out = trained(tmp_path, capsys, "run", "--keep-every", "2")
     (out / "ckpt.pt").unlink()  # as if killed before its first save of ckpt.pt
@@ -130,9 +167,8 @@ def test_overwrite_moves_old_run_aside_and_a_nan_names_no_old_checkpoint(tmp_pat
     assert "no checkpoint was saved" in line and "ckpt.pt" not in line
     (backup,) = out.glob(".replaced-*")
     assert snapshot(backup) == before  # every old file, byte for byte
-    assert not (out / "ckpt.pt").exists() and not list(out.glob("ckpt_step*.pt"))
-    new = json.loads((out / "run.json").read_text())
-    assert new["objective"] == "gpt"
+    # the new run saved nothing: what it wrote (run.json, metrics.jsonl) is gone, the old run kept
+    assert [p.name for p in out.iterdir()] == [backup.name]
 
 
 # 4. a crafted checkpoint is rejected before any model is allocated
@@ -277,7 +313,7 @@ def test_resolve_device_is_the_one_resolver(monkeypatch):
 
 @pytest.mark.parametrize("extra", [["--world", "z1r"], ["--objective", "nextlat"], ["--lr", "0.5"], ["--batch-size", "7"],
                                    ["--seq-len", "6"], ["--horizon", "3"], ["--preset", "mini"], ["--seed", "4"],
-                                   ["--steps", "2"], ["--steps", "3"]])
+                                   ["--steps", "2"], ["--steps", "3"], ["--no-fast-forward"]])
 def test_resume_refuses_conflicting_arguments(tmp_path, capsys, extra):
     out = trained(tmp_path, capsys, "run", "--steps", "4")
     ck = out / "ckpt.pt"
@@ -294,6 +330,30 @@ def test_resume_honours_matching_arguments_and_more_steps(tmp_path, capsys):
     code, _, err = run(["--resume", out / "ckpt.pt", "--world", "mess3", "--lr", "0.001", "--steps", "6", "--no-progress"], capsys)
     assert code == 0, err
     assert read_checkpoint(out / "ckpt.pt")["step"] == 6
+
+
+@pytest.mark.parametrize("steps", ["0", "-5"])
+def test_zero_or_negative_steps_are_refused(tmp_path, capsys, steps):
+    line = one_error_line(*run(["--out", tmp_path / "z", *BASE, "--steps", steps], capsys)[::2])
+    assert f"--steps must be positive, got {steps}" in line
+    assert not (tmp_path / "z").exists()
+
+
+def test_diverged_resume_into_a_new_out_leaves_nothing_behind(tmp_path, capsys, monkeypatch):
+    a = trained(tmp_path, capsys, "a")
+    new = tmp_path / "new"
+
+    def poisoned(*args, **kwargs):
+        return {"loss": torch.tensor(float("nan")), "ce": torch.tensor(0.0)}
+
+    with monkeypatch.context() as m:
+        m.setattr(trainer_mod, "compute_losses", poisoned)
+        line = one_error_line(*run(["--resume", a / "ckpt.pt", "--out", new, "--steps", "6", "--no-progress"],
+                                   capsys)[::2], expected_code=3)
+    assert "loss became nan" in line and str(a / "ckpt.pt") in line  # the last good one is the resumed file
+    assert not new.exists()  # no run.json, no metrics.jsonl, no folder
+    code, _, err = run(["--out", new, *BASE], capsys)  # so a fresh run there starts normally
+    assert code == 0, err
 
 
 def test_horizon_beyond_the_sequence_is_refused_not_clamped(tmp_path, capsys):
@@ -341,7 +401,9 @@ def test_sigkill_during_save_then_resume(tmp_path, capsys):
 
     code, _, err = run(["--resume", killed / "ckpt.pt", "--no-progress"], capsys)
     assert code == 0, err
-    assert not [p for p in killed.iterdir() if p.name.endswith(".tmp")]
+    # the leftover is pointed out, never deleted (no process can know that a run wrote it)
+    assert sorted(p.name for p in killed.iterdir() if p.name.endswith(".tmp")) == sorted(temps)
+    assert "warning:" in err and temps[0] in err
     recs = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     for kind in ("val_loss", "ce"):
         steps = [r["step"] for r in recs if kind in r]

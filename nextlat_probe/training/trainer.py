@@ -36,6 +36,7 @@ import torch
 from .. import __version__, limits
 from ..checkpoint import (
     CheckpointError,
+    load_weights,
     model_config_problem,
     plain,
     read_checkpoint,
@@ -507,12 +508,13 @@ def check_training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: Mo
 def _restore(run: _Run, state: dict[str, Any]) -> None:
     """Weights, optimiser, schedule and torch RNG exactly as saved (bit-exact resume)."""
     p = state["_path"]
+    why = "cannot resume: training state does not match"
+    load_weights(run.model, state["model"], p, why)
+    if run.dynamics is not None:
+        load_weights(run.dynamics, state["dynamics"], p, why)
+    if run.mtp_heads is not None:
+        load_weights(run.mtp_heads, state["mtp_heads"], p, why)
     try:
-        run.model.load_state_dict(state["model"])
-        if run.dynamics is not None:
-            run.dynamics.load_state_dict(state["dynamics"])
-        if run.mtp_heads is not None:
-            run.mtp_heads.load_state_dict(state["mtp_heads"])
         run.opt.load_state_dict(state["optimizer"])
         run.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
