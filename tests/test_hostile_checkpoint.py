@@ -10,7 +10,6 @@ import zipfile
 import pytest
 import torch
 
-from nextlat_probe import limits
 from nextlat_probe.checkpoint import CheckpointError, load_checkpoint
 from nextlat_probe.cli import run_main
 from nextlat_probe.safeio import torch_load_plain
@@ -183,6 +182,8 @@ def test_expanded_views_are_refused_before_the_model_is_built(tiny_mess3_ckpts, 
 def test_parameter_limit_is_documented_and_raised_by_max_params(tiny_mess3_ckpts, tmp_path, monkeypatch, capsys):
     """1 layer of d_model 16384 (1.6e9 parameters, 6.4 GB): within every per-field bound, above
     the parameter limit; --max-params lets it through to the next check (its storage)."""
+    from nextlat_probe import limits
+
     bad = expanded_checkpoint(tiny_mess3_ckpts["gpt"], tmp_path / "huge.pt", n_layers=1, d_model=16384,
                               n_heads=16, d_head=1024, d_mlp=16384)
     no_building(monkeypatch)

@@ -220,18 +220,22 @@ def prepare_run_folder(path: str | Path, identity: dict[str, Any], *, resuming: 
     return folder
 
 
-def latest_step(path: Path, present: list[str]) -> tuple[int, str] | None:
+def latest_step(path: Path, present: list[str], known: tuple[str | Path, int] | None = None) -> tuple[int, str] | None:
     """``(step, file)`` of the furthest checkpoint a run folder holds (``ckpt.pt`` or a kept
-    ``ckpt_step{N}.pt``), or None when it holds none. Raises ``UsageError`` when
-    ``ckpt.pt`` cannot be read (how far the run got is then unknown)."""
+    ``ckpt_step{N}.pt``), or None when it holds none. ``known``: a (file, step) already read
+    (not read again). Raises ``UsageError`` when ``ckpt.pt`` cannot be read (how far the run
+    got is then unknown)."""
     from ..checkpoint import CheckpointError, load_plain
 
     steps = [(int(n[len("ckpt_step"):-len(".pt")]), n) for n in present if _KEPT.fullmatch(n)]
     if CKPT_FILE in present:
-        try:
-            step = load_plain(path / CKPT_FILE)[1].get("step")
-        except (CheckpointError, AttributeError):
-            step = None
+        if known is not None and Path(known[0]).resolve() == (path / CKPT_FILE).resolve():
+            step: Any = known[1]
+        else:
+            try:
+                step = load_plain(path / CKPT_FILE)[1].get("step")
+            except (CheckpointError, AttributeError):
+                step = None
         if not isinstance(step, int) or isinstance(step, bool):
             raise UsageError(f"{path / CKPT_FILE} is unreadable, so how far the run got is unknown; resume into a new "
                              "--out (or --overwrite to move the folder's run aside)")
@@ -244,11 +248,11 @@ def _rewind(path: Path, present: list[str], resume_from: tuple[str | Path, int] 
     if resume_from is None:
         return None
     source, step = resume_from
-    latest = latest_step(path, present)
+    latest = latest_step(path, present, known=resume_from)
     if latest is None or latest[0] <= step:
         return None
     return (f"{source} is at step {step} but {path / latest[1]} is at step {latest[0]}: resuming it in {path} would "
-            "rewind the run (its history is append-only); resume it into a new --out")
+            f"rewind the run (its history is append-only); resume it into a new --out, or resume {path / latest[1]}")
 
 
 def _refusal(path: Path, held: dict[str, Any] | None, identity: dict[str, Any], present: list[str]) -> str:
