@@ -46,15 +46,25 @@ def set_limits(max_params: int | None = None, max_memory: float | None = None) -
         _settings["max_memory"] = int(float(max_memory) * (1 << 30))
 
 
+def settings() -> dict[str, int | None]:
+    """The current limits as plain data (handed to worker processes; ``restore``)."""
+    return dict(_settings)
+
+
+def restore(saved: dict[str, int | None]) -> None:
+    """Set the limits ``settings()`` returned (in another process, say)."""
+    _settings.update({k: saved.get(k) for k in _settings})
+
+
 @contextlib.contextmanager
 def using(max_params: int | None = None, max_memory: float | None = None) -> Iterator[None]:
     """The limits within a ``with`` block (restored after); ``max_memory`` in GiB."""
-    saved = dict(_settings)
+    saved = settings()
     try:
         set_limits(max_params, max_memory)
         yield
     finally:
-        _settings.update(saved)
+        restore(saved)
 
 
 def max_parameters() -> int:
@@ -129,5 +139,5 @@ def check_memory(nbytes: float, what: str, device: Any = None) -> None:
         raise UsageError(problem)
 
 
-__all__ = ["DEFAULT_MAX_PARAMETERS", "human_bytes", "set_limits", "using", "max_parameters", "parameters_problem",
+__all__ = ["DEFAULT_MAX_PARAMETERS", "human_bytes", "set_limits", "settings", "restore", "using", "max_parameters", "parameters_problem",
            "machine_memory", "memory_limit", "memory_problem", "check_memory"]

@@ -34,7 +34,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, progress_enabled, run_main
+from .cli import UsageError, add_limit_args, progress_enabled, run_main
 
 
 def _list(text: str, flag: str, conv: Any = str) -> tuple[Any, ...]:
@@ -126,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--slurm-executor", choices=("slurm", "local"), default=None,
                    help="local: submitit's local executor runs the same jobs as processes on this machine (to try "
                         "a Slurm sweep without a cluster)")
+    add_limit_args(p)
     return p
 
 

@@ -710,9 +710,13 @@ def sweep_group(cfg: SweepConfig) -> str:
     return f"sweep-{out.name}-{hashlib.sha1(str(out).encode()).hexdigest()[:6]}"
 
 
-def _worker_init(threads: int) -> None:
+def _worker_init(threads: int, limit_settings: dict[str, Any] | None = None) -> None:
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    if limit_settings:  # --max-params / --max-memory of the parent
+        from . import limits
+
+        limits.restore(limit_settings)
     import torch
 
     torch.set_num_threads(threads)
@@ -770,8 +774,10 @@ def _run_parallel(cfg: SweepConfig, todo: list[RunSpec], bar: Any, say: Callable
 
     threads = threads_per_worker(cfg.workers)
     ctx = mp.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
+    from . import limits
+
     with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+                             initargs=(threads, limits.settings())) as pool:
         futures = {pool.submit(_worker_task, cfg.to_dict(), spec.to_dict()): spec for spec in todo}
         pending = set(futures)
         while pending:

@@ -22,3 +22,23 @@ def assert_light_help(module: str, *flags: str) -> None:
     code = f"import sys, {module} as m; m.build_parser(); print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert res.stdout.strip() == "False", res.stderr
+def edited(src, dst, edit):
+    """A copy of checkpoint ``src`` at ``dst`` (folders created) after ``edit(raw dict)``."""
+    import torch
+
+    raw = torch.load(src, weights_only=True)
+    edit(raw)
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    torch.save(raw, dst)
+    return dst
+
+
+def no_building(monkeypatch):
+    """Building a transformer now fails the test: a refusal must come before any model."""
+    from nextlat_probe.training import trainer
+
+    def refuse(*a, **k):
+        raise AssertionError("a model was built from a crafted checkpoint")
+
+    monkeypatch.setattr("nextlat_probe.models.transformer.build_transformer", refuse)
+    monkeypatch.setattr(trainer, "build_transformer", refuse)

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 import torch
+from helpers import edited, no_building
 
 from nextlat_probe.checkpoint import CheckpointError, load_checkpoint
 from nextlat_probe.cli import run_main
@@ -26,25 +27,6 @@ def one_line(code, err):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
     return err
-
-
-def edited(src, dst, edit):
-    raw = torch.load(src, weights_only=True)
-    edit(raw)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(raw, dst)
-    return dst
-
-
-def no_building(monkeypatch):
-    """Building a transformer, p_psi or MTP heads now fails the test: refusals must come first."""
-    def refuse(*a, **k):
-        raise AssertionError("a model was built from a refused checkpoint")
-
-    from nextlat_probe.training import trainer
-
-    monkeypatch.setattr("nextlat_probe.models.transformer.build_transformer", refuse)
-    monkeypatch.setattr(trainer, "build_transformer", refuse)
 
 
 # --------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import edited, no_building
 
 from nextlat_probe import cli
 from nextlat_probe import train as train_cli
@@ -177,21 +178,6 @@ def test_overwrite_moves_old_run_aside_and_a_nan_names_no_old_checkpoint(tmp_pat
 def tiny_ckpts(tmp_path_factory):
     base = tmp_path_factory.mktemp("tiny")
     return {obj: trainer_mod.train(cfg(objective=obj), base / obj, progress=False).checkpoint for obj in ("gpt", "nextlat")}
-
-
-def edited(src, dst, edit):
-    raw = torch.load(src, weights_only=True)
-    edit(raw)
-    torch.save(raw, dst)
-    return dst
-
-
-def no_building(monkeypatch):
-    def refuse(*a, **k):
-        raise AssertionError("a model was built from a crafted checkpoint")
-
-    monkeypatch.setattr("nextlat_probe.models.transformer.build_transformer", refuse)
-    monkeypatch.setattr(trainer_mod, "build_transformer", refuse)
 
 
 @pytest.mark.parametrize("field", ["n_layers", "d_model", "n_ctx", "d_vocab", "n_heads", "d_mlp", "d_head"])

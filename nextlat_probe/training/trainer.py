@@ -401,7 +401,8 @@ def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None
             raise CheckpointError(state["_path"], f"model_config.n_ctx ({mcfg.n_ctx}) is smaller than the run's seq_len ({seq_len})")
     else:
         mcfg = _fresh_model_config(cfg, world, seq_len)
-    check_training_memory(cfg, world, seq_len, mcfg, device, where=state["_path"] if state is not None else None)
+    check_training_memory(cfg, world, seq_len, mcfg, device, where=state["_path"] if state is not None else None,
+                          world_size=dist.world_size)
     run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg), dist=dist)
     if dist.is_main:
         run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
@@ -465,19 +466,21 @@ def _fresh_model_config(cfg: TrainConfig, world: World, seq_len: int) -> ModelCo
 EVAL_BATCH = 256
 
 
-def training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelConfig) -> dict[str, tuple[float, str]]:
-    """Lower bounds of what a run allocates, by what causes it: ``{"host": (bytes, cause),
-    "device": (bytes, cause)}``. Host: the validation set (tokens and their exact next-token
-    distributions, float64). Device: weights with their gradients and AdamW moments, and
-    the larger of one training step (the residual stream of every block kept for the
-    backward pass, and the logits) and one evaluation batch (the hooked forward keeps an
-    attention pattern of seq_len x seq_len per head)."""
+def training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelConfig,
+                    world_size: int = 1) -> dict[str, tuple[float, str]]:
+    """Lower bounds of what one process of a run allocates, by what causes it: ``{"host":
+    (bytes, cause), "device": (bytes, cause)}``. Host: the validation set (tokens and their
+    exact next-token distributions, float64). Device: weights with their gradients and AdamW
+    moments, and the larger of one training step on the process's share of the batch (the
+    residual stream of every block kept for the backward pass, and the logits) and one
+    evaluation batch (the hooked forward keeps an attention pattern of seq_len x seq_len per
+    head)."""
     L, V, d = int(seq_len), int(mcfg.d_vocab), int(mcfg.d_model)
     from ..checkpoint import parameter_count
 
     val = cfg.n_val * L * (8 + 8 * V)
     weights = 16 * parameter_count(mcfg)
-    step = cfg.batch_size * L * (4 * d * mcfg.n_layers + 8 * V)
+    step = cfg.batch_size // max(1, world_size) * L * (4 * d * mcfg.n_layers + 8 * V)
     n_eval = min(EVAL_BATCH, cfg.n_val)
     evaluation = n_eval * mcfg.n_heads * L * L * 4
     causes = {
@@ -490,11 +493,11 @@ def training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelCon
 
 
 def check_training_memory(cfg: TrainConfig, world: World, seq_len: int, mcfg: ModelConfig, device: torch.device,
-                          where: str | None = None) -> None:
+                          where: str | None = None, world_size: int = 1) -> None:
     """Refuse, in one line, a run whose options imply more memory than ``limits.memory_limit``
     (``training_memory``), before anything is allocated. ``where``: the checkpoint whose
     ``train_config`` the options come from (on resume)."""
-    need = training_memory(cfg, world, seq_len, mcfg)
+    need = training_memory(cfg, world, seq_len, mcfg, world_size)
     (host, host_cause), (dev, dev_cause) = need["host"], need["device"]
     if device.type == "cpu":  # one memory: the sum must fit
         cause = host_cause if host >= dev else dev_cause
