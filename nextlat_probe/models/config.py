@@ -26,9 +26,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 #: - ``none``: no positional information at all ("NoPE"): the position table exists but is
 #:   zero and frozen, so the causal mask alone carries order.
 POSITIONAL = ("learned", "rotary", "none")
-#: MLP activations the native TransformerLens model builds for a plain (non-gated) MLP; a
-#: stored config naming another would fail deep inside TransformerLens, so it is refused here
-ACT_FNS = ("gelu", "relu", "gelu_new", "silu", "swish")
+#: MLP activations the native TransformerLens model builds (``transformer_lens.model_bridge.
+#: sources.native``); a stored config naming another would fail deep inside TransformerLens
+#: (a 40-line traceback), so it is refused here
+ACT_FNS = ("gelu", "gelu_new", "relu", "silu", "swish", "solu", "solu_ln")
 
 
 @dataclass(frozen=True)

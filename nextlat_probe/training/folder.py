@@ -20,14 +20,16 @@ before ``run.json`` it is read from ``ckpt.pt``. The run's files are ``run.json`
   temp file on any error; a SIGKILL mid-save leaves ``.ckpt.pt.<8 random characters>.tmp``
   behind, which is reported (``leftover_temp_files``), never deleted, since no later
   process can know that a run wrote it; a run that fails before saving any checkpoint
-  removes the ``run.json`` and ``metrics.jsonl`` it wrote into a folder that held no run
-  (so they do not block the next start), and a folder it created if that is then empty.
+  removes the ``run.json``, ``metrics.jsonl`` and tracker folders it wrote into a folder
+  that held no run (so they do not block the next start), and a folder it created if that
+  is then empty.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,12 +134,17 @@ class RunFolder:
 
     def clean_up_after_failure(self) -> None:
         """After a failure: if the folder held no run and this run saved no checkpoint, the
-        ``run.json`` and ``metrics.jsonl`` it wrote (they would block the next start); then
-        the folders this run created, if they are empty. Nothing else is removed."""
+        ``run.json``, ``metrics.jsonl`` and tracker folders it wrote (they would block the
+        next start); then the folders this run created, if they are empty. Nothing else is
+        removed."""
         if self.fresh and self.path.is_dir() and not any(
                 p.name == CKPT_FILE or _KEPT.fullmatch(p.name) for p in self.path.iterdir()):
-            for name in (RUN_FILE, METRICS_FILE):
-                (self.path / name).unlink(missing_ok=True)
+            for name in (RUN_FILE, METRICS_FILE, *TRACKING_DIRS):
+                target = self.path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target, ignore_errors=True)
+                else:
+                    target.unlink(missing_ok=True)
         if self.created is None:
             return
         p = self.path
