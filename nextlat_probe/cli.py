@@ -2,8 +2,12 @@
 
 Every ``python -m nextlat_probe.<tool>`` parses its arguments first (so ``--help`` is
 instant: nothing heavy is imported before ``main`` runs), then calls one runner and prints.
-``run_main`` turns every ``nextlat_probe.errors.NextLatError`` (and the usual file errors)
-into ``error: <one line>`` on stderr with exit code 2; Ctrl-C exits 130.
+Every CLI builds its parser with ``ArgumentParser`` below: a bad flag value is one line
+(``error: argument --n-seqs: invalid int value: 'x'; see ... --help``, exit 2), and
+``--help`` shows one default per option. ``run_main`` turns every
+``nextlat_probe.errors.NextLatError`` and every operating-system error (a missing file, a
+full disk, a name too long, standard output on a full device) into ``error: <one line>``
+on stderr with exit code 2; a closed stdout pipe ends quietly (141); Ctrl-C exits 130.
 """
 from __future__ import annotations
 
@@ -19,9 +23,8 @@ from . import limits
 from .errors import NextLatError, UsageError, one_line
 
 EXIT_USAGE = 2
-FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
-__all__ = ["EXIT_USAGE", "UsageError", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
+__all__ = ["EXIT_USAGE", "UsageError", "ArgumentParser", "HelpFormatter", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
            "cli_inputs", "add_sequence_args",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
            "progress_enabled", "table_text", "print_table", "finish", "add_limit_args"]
@@ -46,10 +49,15 @@ def run_main(main: Callable[[list[str] | None], int | None], argv: list[str] | N
         # SIGPIPE would (exit 141); stdout points at devnull so the final flush cannot raise
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(141)
-    except FILE_ERRORS as exc:
+    except OSError as exc:  # a missing file, a full disk, a name too long, stdout on /dev/full
         where = getattr(exc, "filename", None)
-        msg = f"{where}: {exc.strerror or one_line(exc)}" if where else one_line(exc)
-        print(f"error: {msg}", file=sys.stderr)
+        what = exc.strerror or one_line(exc)
+        if where is None and _stdout_fails():
+            # the output itself cannot be written: say so on stderr, and point stdout at
+            # devnull so that the interpreter's final flush does not raise a second time
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            what = f"cannot write the output: {what}"
+        print(f"error: {f'{where}: {what}' if where else what}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except NextLatError as exc:
         print(f"error: {one_line(exc)}", file=sys.stderr)
@@ -67,6 +75,47 @@ def _stdout_is_closed() -> bool:
     except (OSError, ValueError):
         return False
     return False
+
+
+def _stdout_fails() -> bool:
+    """Whether flushing stdout raises (its device is full or gone)."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
+# --------------------------------------------------------------------------------------
+# the parser every CLI builds
+# --------------------------------------------------------------------------------------
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """One default per option in ``--help``: ``(default: X)`` is added only where the help
+    text does not state its default already, and never for an unset (None), off (False)
+    or empty default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text.lower() or default is None or default is False or default == []
+                or default is argparse.SUPPRESS or not (action.option_strings or action.nargs in ("?", "*"))):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` for every CLI of the package: ``HelpFormatter`` by
+    default, and a usage error (a bad type, an unknown choice, a missing argument) is one
+    line on stderr, ``error: <what>; see <prog> --help``, with exit code 2, instead of the
+    whole usage. Subcommand parsers (``add_subparsers``) are of this class too."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        text = " ".join(str(message).split())
+        self.exit(EXIT_USAGE, f"error: {text}; see {self.prog} --help\n")
 
 
 def print_json(obj: Any) -> None:
@@ -90,8 +139,9 @@ def add_model_args(p: argparse.ArgumentParser, nargs: str = "+") -> None:
     g.add_argument("--map", dest="world_map", type=Path, default=None, metavar="FILE.json",
                    help="the street map of --world taxi: edge-list JSON, or 'manhattan' (shipped with the package)")
     g.add_argument("--tl-config", type=Path, default=None, metavar="CONFIG.json",
-                   help="config of a legacy TransformerLens state dict (n_layers, d_model, n_heads, d_head, "
-                        "d_mlp, n_ctx, d_vocab, act_fn, normalization_type; other keys ignored)")
+                   help="config of a legacy TransformerLens state dict, as TransformerLens wrote it (n_layers, "
+                        "d_model, d_head or n_heads, n_ctx, d_vocab; TransformerLens's defaults for the rest, e.g. "
+                        "d_mlp = 4 d_model; training keys such as optimizer or batch_size ignored)")
     g.add_argument("--hf", action="store_true", help="read model folders as Hugging Face models (config.json + "
                    "model.safetensors or pytorch_model.bin), never from a hub")
     g.add_argument("--vocab", type=Path, default=None, metavar="FILE.json",
@@ -205,15 +255,28 @@ def check_positive(**values: int | float | None) -> None:
             raise UsageError(f"--{name.replace('_', '-')} must be positive, got {v}")
 
 
-def check_output_path(path: Path | None, flag: str = "--plot") -> None:
-    """An output file must not be a directory and its folder must exist (checked before any
-    work starts, so a failed command leaves nothing behind)."""
+def check_output_path(path: Path | str | None, flag: str = "--plot") -> None:
+    """An output file must be a regular file (or not exist yet) in an existing, writable
+    folder: checked before any work starts, so a failed command leaves nothing behind and
+    a device such as /dev/full is never replaced by a page. A name the system refuses
+    (too long) is one line naming the flag."""
     if path is None:
         return
-    if path.is_dir():
-        raise UsageError(f"{flag} {path}: is a directory; give a file name such as {path / 'page.html'}")
-    if not path.parent.exists():
-        raise UsageError(f"{flag} {path}: folder {path.parent} does not exist")
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise UsageError(f"{flag} {path}: is a directory; give a file name such as {path / 'page.html'}")
+        if path.exists() and not path.is_file():
+            raise UsageError(f"{flag} {path}: is not a regular file (a device, pipe or socket); give a file name")
+        folder = path.parent
+        if not folder.exists():
+            raise UsageError(f"{flag} {path}: folder {folder} does not exist")
+        if not folder.is_dir():
+            raise UsageError(f"{flag} {path}: {folder} is a file, not a folder")
+        if not os.access(folder, os.W_OK):
+            raise UsageError(f"{flag} {path}: folder {folder} is not writable")
+    except OSError as exc:  # e.g. ENAMETOOLONG from stat
+        raise UsageError(f"{flag} {path}: {exc.strerror or one_line(exc)}") from None
 
 
 def resolve_device_arg(device: str) -> str:

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import UsageError, run_main
+from .cli import ArgumentParser, UsageError, run_main
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.export",
         description="Export a nextlat_probe checkpoint as a Hugging Face GPT-2 folder (GPT2LMHeadModel: config.json + "
                     "model.safetensors), with p_psi / MTP heads in nextlat_dynamics.safetensors, the world and "

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli import (
+    ArgumentParser,
     UsageError,
     add_layers_arg,
     add_output_args,
@@ -36,7 +37,7 @@ from .cli import (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.mapping",
         description="Rebuild the street map from a taxi checkpoint (behaviour and hidden states) "
         "or from a file of trips (--map and --trajectories).")

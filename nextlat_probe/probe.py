@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import (
+    ArgumentParser,
     UsageError,
     add_layers_arg,
     add_model_args,
@@ -45,7 +46,7 @@ COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.probe",
+    p = ArgumentParser(prog="python -m nextlat_probe.probe",
                                 description="Linear probes from hidden states to exact belief states, on held-out "
                                 "sequences (the last --n-test of --n-seqs).")
     add_model_args(p)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import (
+    ArgumentParser,
     add_layers_arg,
     add_model_args,
     add_output_args,
@@ -43,7 +44,7 @@ COLUMNS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.rank",
         description="Effective rank (Roy & Vetterli) of hidden states, per checkpoint and layer. "
         "Default: last block's residual, 256 sequences, uncentred (as in the NextLat paper).")

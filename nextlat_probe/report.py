@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .cli import (
+    ArgumentParser,
     UsageError,
     add_model_args,
     check_positive,
@@ -642,8 +643,13 @@ def run_report(
     return summary
 
 
+#: fewest shared sequences the report runs on: the probe holds out n_seqs // 3 and
+#: cross-validates its ridge strength over 5 folds of whole training sequences (7 - 2 = 5)
+MIN_N_SEQS = 7
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.report",
+    p = ArgumentParser(prog="python -m nextlat_probe.report",
                                 description="Run every analysis on checkpoints and write an offline HTML report, "
                                 "summary.json and paper figures.")
     add_model_args(p)
@@ -661,8 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.n_seqs < 4:
-        raise UsageError("--n-seqs must be at least 4")
+    if args.n_seqs < MIN_N_SEQS:
+        raise UsageError(f"--n-seqs must be at least {MIN_N_SEQS} (the probe's cross-validation), got {args.n_seqs}")
     check_positive(horizon=args.horizon, fit_steps=args.fit_steps)
     if args.out.exists() and not args.out.is_dir():
         raise UsageError(f"--out {args.out}: exists and is not a folder")

@@ -6,9 +6,11 @@ not train.
 
 1. our ``ckpt.pt`` (or its run folder): model, world, p_psi and training state as stored;
 2. a legacy TransformerLens ``HookedTransformer.state_dict()`` file plus its config
-   (``config``: a dict or a JSON file with ``n_layers, d_model, n_heads, d_head, d_mlp,
-   n_ctx, d_vocab, act_fn, normalization_type``), converted with TransformerLens's own
-   ``convert_tl_checkpoint`` (``models.foreign.load_legacy_tl``);
+   (``config``: a dict or a JSON file as TransformerLens wrote it, e.g. a published
+   ``train_config.json``: ``n_layers, d_model, d_head or n_heads, n_ctx, d_vocab``, and
+   TransformerLens's own defaults for every key it defaults; training keys ignored),
+   converted with TransformerLens's own ``convert_tl_checkpoint``
+   (``models.foreign.load_legacy_tl``);
 3. a Hugging Face folder written by ``python -m nextlat_probe.export`` (``hfexport``): read
    back with its world, p_psi / MTP heads and training record, exactly as the checkpoint;
 4. a local Hugging Face folder of a GPT-2-style model (``config.json`` and
@@ -39,17 +41,9 @@ EXTERNAL = "external"  # the objective label of models this toolkit did not trai
 # --------------------------------------------------------------------------------------
 # worlds from text
 # --------------------------------------------------------------------------------------
-def _option(text: str) -> Any:
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
 def world_from_text(text: str, map_path: str | Path | None = None) -> Any:
-    """A world from a spec string ``name[:key=value,key=value]`` (``--world`` on the CLIs).
+    """A world from a spec string ``name[:key=value,key=value]`` (``--world`` on the CLIs;
+    the grammar of ``worlds.parse_spec``, the same on every CLI).
 
     ``mess3:x=0.05,a=0.85``, ``rrxor``, ``z1r``, ``a5`` (tagging; ``a5:form=interleaved`` for
     the interleaved form), ``taxi`` (with ``map_path`` or
@@ -57,20 +51,19 @@ def world_from_text(text: str, map_path: str | Path | None = None) -> Any:
     ``hmm:T=FILE.npy[,initial=FILE.npy]`` for any edge-emitting HMM ``T[x, i, j]``."""
     import numpy as np
 
-    from .worlds import make_world
+    from .worlds import make_world, parse_spec
 
-    name, _, rest = str(text).strip().partition(":")
-    opts: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, val = part.partition("=")
-        if not eq or not key.strip():
-            raise WorldError(f"--world {text!r}: {part!r} is not key=value")
-        opts[key.strip()] = _option(val.strip())
+    name, opts = parse_spec(text)
     if map_path is not None:
+        if opts.get("map") is not None and str(opts["map"]) != str(map_path):
+            raise WorldError(f"--world {text!r}: map={opts['map']} and --map {map_path} disagree")
         opts["map"] = str(map_path)
-    if name.lower() == "hmm":
+    if name == "hmm":
         from .worlds.hmm import HMM
 
+        unknown = sorted(set(opts) - {"T", "initial"})
+        if unknown:
+            raise WorldError(f"--world {text!r}: an hmm takes T= and initial=, not {unknown[0]!r}")
         if "T" not in opts:
             raise WorldError(f"--world {text!r}: an hmm needs T=FILE.npy (token x state x state)")
         arrays = {}
@@ -83,7 +76,7 @@ def world_from_text(text: str, map_path: str | Path | None = None) -> Any:
         return HMM(arrays["T"], initial=arrays.get("initial"))
     try:
         return make_world(name, **opts)
-    except TypeError as exc:  # an option the world does not take
+    except WorldError as exc:
         raise WorldError(f"--world {text!r}: {exc}") from None
 
 
@@ -97,6 +90,8 @@ def _vocab_ids(world: Any, vocab: Mapping[str, Any] | str | Path, d_vocab: int, 
             vocab = json.loads(Path(vocab).read_text())
         except (OSError, ValueError) as exc:
             raise UsageError(f"--vocab {vocab}: not a readable JSON object ({exc})") from None
+        except RecursionError:
+            raise UsageError(f"--vocab {vocab}: not a JSON object (nested too deeply)") from None
         if not isinstance(vocab, Mapping):
             raise UsageError("--vocab: expected a JSON object {world token: model token id}")
     names = list(world.token_names)
@@ -232,8 +227,8 @@ def load_model(source: Any, *, world: Any = None, config: Any = None, vocab: Any
         return load_checkpoint(path, device=device)
     if config is None:
         raise CheckpointError(path, "a TransformerLens state dict needs its config: --tl-config CONFIG.json "
-                                    "(n_layers, d_model, n_heads, d_head, d_mlp, n_ctx, d_vocab, act_fn, "
-                                    "normalization_type)")
+                                    "(n_layers, d_model, d_head or n_heads, n_ctx, d_vocab; TransformerLens's "
+                                    "defaults for the rest)")
     from .models.foreign import load_legacy_tl
 
     return wrap_model(load_legacy_tl(path, config, device=device), world, where=str(path), vocab=vocab)

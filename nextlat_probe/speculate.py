@@ -16,6 +16,7 @@ import argparse
 from typing import Any
 
 from .cli import (
+    ArgumentParser,
     add_model_args,
     add_output_args,
     check_output_path,
@@ -49,7 +50,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.speculate",
         description="Self-speculative decoding with NextLat's p_psi as the drafter, verified by the transformer "
                     "(output identical to greedy decoding).")

@@ -34,11 +34,13 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .cli import UsageError, add_limit_args, progress_enabled, run_main
+from .cli import ArgumentParser, UsageError, add_limit_args, progress_enabled, run_main
 
 
 def _list(text: str, flag: str, conv: Any = str) -> tuple[Any, ...]:
-    items = [t.strip() for t in str(text).split(",") if t.strip()]
+    items = [t.strip() for t in str(text).split(",")]
+    if not all(items):  # "1500,,6000": refused, not read as two values
+        raise UsageError(f"--{flag}: {text!r} has an empty item")
     try:
         return tuple(conv(t) for t in items)
     except ValueError:
@@ -46,14 +48,13 @@ def _list(text: str, flag: str, conv: Any = str) -> tuple[Any, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.sweep",
         description="Train a grid of runs (objectives x presets x steps x seeds, and for NextLat lambda_h x "
                     "lambda_kl), reusing finished runs and resuming interrupted ones; evaluate every kept "
                     "checkpoint (effective rank and belief probe of the last block; taxi: valid trajectories, "
                     "detours, compression); write sweep.csv, records.jsonl, figures against training compute and "
-                    "a table of where NextLat beats GPT, paired over seeds.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                    "a table of where NextLat beats GPT, paired over seeds.")
     g = p.add_argument_group("grid")
     g.add_argument("--world", default="taxi", help='world spec name[:key=value,...], e.g. taxi, '
                    '"taxi:map_size=4,max_len=12", mess3')
@@ -83,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--n-seqs", type=int, default=256, help="sequences for the effective rank and the probe (which "
                    "tests on the last third)")
     e.add_argument("--n-pairs", type=int, default=100, help="held-out trips of the taxi world-model metrics "
-                   "(run_worldmodel's default is 200; 100 halves the dominant evaluation cost)")
+                   "(default 100: half run_worldmodel's 200, which halves the dominant evaluation cost)")
     e.add_argument("--eval-seed", type=int, default=0, help="seed of the analysed sequences and trips")
     e.add_argument("--no-probe", action="store_true", help="skip the belief probe")
     e.add_argument("--no-worldmodel", action="store_true", help="skip the taxi world-model metrics")

@@ -351,44 +351,21 @@ def threads_per_worker(workers: int) -> int:
     return max(1, available_cores() // max(1, int(workers)))
 
 
-def _option(text: str) -> Any:
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for conv in (int, float):
-        try:
-            return conv(text)
-        except ValueError:
-            pass
-    return text
-
-
 def parse_world(text: str) -> tuple[str, dict[str, Any]]:
-    """``name[:key=value,...]`` -> (name, options), checked by building the world once
-    (per distinct text: building a large map is not free)."""
+    """``name[:key=value,...]`` (``worlds.parse_spec``) -> (name, options), checked by
+    building the world once (per distinct text: building a large map is not free)."""
     name, opts = _parse_world(str(text))
     return name, dict(opts)
 
 
 @functools.lru_cache(maxsize=32)
 def _parse_world(text: str) -> tuple[str, tuple[tuple[str, Any], ...]]:
-    from .worlds import WorldError, make_world
+    from .worlds import WorldError, make_world, parse_spec
 
-    name, _, rest = text.strip().partition(":")
-    name = name.strip().lower()
-    if not name:
-        raise UsageError("--world: empty world name")
-    opts: dict[str, Any] = {}
-    for part in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, val = part.partition("=")
-        if not eq or not key.strip():
-            raise UsageError(f"--world {text!r}: {part!r} is not key=value")
-        opts[key.strip()] = _option(val.strip())
+    name, opts = parse_spec(text)
     try:
         make_world(name, **opts)
-    except TypeError as exc:  # an option the world does not take
+    except WorldError as exc:
         raise WorldError(f"--world {text!r}: {exc}") from None
     return name, tuple(opts.items())
 

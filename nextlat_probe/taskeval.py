@@ -24,6 +24,7 @@ import argparse
 from typing import Any
 
 from .cli import (
+    ArgumentParser,
     UsageError,
     add_model_args,
     add_output_args,
@@ -41,7 +42,7 @@ def parse_lengths(text: str | None) -> list[int] | None:
     if text is None:
         return None
     try:
-        out = [int(x) for x in text.split(",") if x.strip()]
+        out = [int(x) for x in text.split(",")]  # an empty item ("12,,18") is refused, not skipped
     except ValueError:
         raise UsageError(f"--lengths must be comma-separated integers, got {text!r}") from None
     if not out or min(out) < 2:
@@ -87,7 +88,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.taskeval",
+    p = ArgumentParser(prog="python -m nextlat_probe.taskeval",
                                 description="A5 length generalisation (with p_psi as a recurrent model) or "
                                             "path-star planning accuracy, by the checkpoint's world.")
     add_model_args(p)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import UsageError, add_limit_args, print_json, run_main
+from .cli import ArgumentParser, UsageError, add_limit_args, print_json, run_main
 
 #: ``sample`` draws and writes trips in blocks of this many (one random stream throughout),
 #: so ``--n`` is bounded by the output, never by memory
@@ -32,8 +32,8 @@ def _add_map_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.taxi",
-                                description="Taxi-world tools: check or sample trips on a street map.")
+    p = ArgumentParser(prog="python -m nextlat_probe.taxi",
+                       description="Taxi-world tools: check or sample trips on a street map.")
     sub = p.add_subparsers(dest="command", required=True, metavar="{check,sample,info}")
 
     c = sub.add_parser("check", help="count legal and valid trips in a text file",
@@ -43,8 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_map_options(c)
     c.add_argument("--json", action="store_true", help="print one JSON object {n, legal, valid}")
 
-    s = sub.add_parser("sample", help="write sampled trips in the text format to stdout (streamed: any --n)",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    s = sub.add_parser("sample", help="write sampled trips in the text format to stdout (streamed: any --n)")
     _add_map_options(s)
     s.add_argument("--n", type=int, default=10, help="number of trips")
     s.add_argument("--walk", choices=("random", "shortest", "noisy"), default="random", help="trip source")
@@ -62,17 +61,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load_map(args: argparse.Namespace):
-    from .worlds.streetmap import StreetMap, synthetic_manhattan
+    from .worlds import WorldError
+    from .worlds.streetmap import StreetMap, parse_map_size, synthetic_manhattan
 
     if args.map is not None and args.map_size is not None:
         raise UsageError("give either --map or --map-size, not both")
     if args.map is not None:
         return StreetMap.from_json(args.map)
     size = "6" if args.map_size is None else str(args.map_size)
-    a, _, s = size.lower().partition("x")
     try:
-        n_av, n_st = int(a), int(s or a)
-    except ValueError:
+        n_av, n_st = parse_map_size(size)
+    except WorldError:
         raise UsageError(f"--map-size {size!r}: expected N or AxS, e.g. 6 or 8x12") from None
     return synthetic_manhattan(n_av, n_st, seed=args.map_seed)
 

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import UsageError, add_limit_args, run_main
+from .cli import ArgumentParser, UsageError, add_limit_args, run_main
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 #: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
@@ -29,14 +29,16 @@ OBJECTIVES = ("gpt", "nextlat", "mtp")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.train",
         description="Train a GPT (next-token), NextLat or MTP (multi-token prediction) model on a world with "
         "exact belief states. "
-        "Writes OUT/ckpt.pt and OUT/metrics.jsonl.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "Writes OUT/ckpt.pt and OUT/metrics.jsonl."
     )
-    p.add_argument("--world", choices=WORLDS, default="taxi", help="world to train on")
+    p.add_argument("--world", default="taxi", metavar="SPEC",
+                   help="world to train on, as every CLI writes it: name[:key=value,...], e.g. taxi, "
+                        "\"taxi:walk=shortest,holdout=0.2\", \"pathstar:degree=2,length=5\", mess3, a5 (the world "
+                        "options below are shorthands for its keys; a flag and a key that disagree are refused)")
     p.add_argument("--objective", choices=OBJECTIVES, default="gpt",
                    help="gpt: next-token CE; nextlat: + latent dynamics p_psi; mtp: + d extra heads (tokens t+2..t+d+1)")
     p.add_argument("--horizon", type=int, default=1, help="d: NextLat's roll-out depth, or MTP's number of extra heads")
@@ -80,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
                         "uncompiled, with a warning, if compilation fails")
     add_limit_args(p)
-    g = p.add_argument_group("world options")
-    g.add_argument("--map-size", type=int, default=None, help="taxi: synthetic map with N x N intersections")
+    g = p.add_argument_group("world options (shorthands for keys of the --world spec)")
+    g.add_argument("--map-size", default=None, metavar="N|AxS",
+                   help="taxi: synthetic map with N x N (or A x S) intersections")
     g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
     g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
     g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
@@ -101,50 +104,66 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-PATHSTAR_OPTIONS = {"degree": "degree", "arm_length": "length", "nodes": "nodes"}
+#: world flags -> (their key in the --world spec, the world they apply to): shorthands, so
+#: ``--world taxi --walk shortest`` is ``--world taxi:walk=shortest``
+WORLD_FLAGS = {
+    "map_size": ("map_size", "taxi"), "map": ("map", "taxi"), "walk": ("walk", "taxi"),
+    "origin": ("origin", "taxi"), "min_len": ("min_len", "taxi"), "max_len": ("max_len", "taxi"),
+    "map_seed": ("seed", "taxi"), "holdout": ("holdout", "taxi"), "holdout_seed": ("holdout_seed", "taxi"),
+    "form": ("form", "a5"), "degree": ("degree", "pathstar"), "arm_length": ("length", "pathstar"),
+    "nodes": ("nodes", "pathstar"),
+}
 
 
-def world_options(args: argparse.Namespace) -> dict:
-    if args.form is not None and args.world != "a5":
-        raise UsageError("--form applies only to --world a5")
-    star = {PATHSTAR_OPTIONS[n]: getattr(args, n) for n in PATHSTAR_OPTIONS if getattr(args, n, None) is not None}
-    if star and args.world != "pathstar":
-        raise UsageError(f"--{next(n for n in PATHSTAR_OPTIONS if getattr(args, n) is not None).replace('_', '-')} "
-                         "applies only to --world pathstar")
-    if args.world == "pathstar":
-        return star
-    if args.world != "taxi":
-        given = [n for n in ("map_size", "map", "walk", "origin", "min_len", "max_len", "map_seed", "holdout",
-                             "holdout_seed") if getattr(args, n) is not None]
-        if given:
-            raise UsageError(f"--{given[0].replace('_', '-')} applies only to --world taxi")
-        return {"form": args.form} if args.form is not None else {}
-    opts = {
-        "map_size": args.map_size,
-        "map": str(args.map) if args.map is not None else None,
-        "walk": args.walk,
-        "origin": args.origin,
-        "min_len": args.min_len,
-        "max_len": args.max_len,
-        "seed": args.map_seed,
-        "holdout": args.holdout,
-        "holdout_seed": args.holdout_seed,
-    }
-    return {k: v for k, v in opts.items() if v is not None}
+def _flag_value(args: argparse.Namespace, dest: str):
+    """A world flag's value as the spec would hold it (``--map-size 6`` is ``map_size=6``)."""
+    from .worlds.registry import spec_value
+
+    value = getattr(args, dest)
+    if dest == "map":
+        return str(value)
+    return spec_value(value) if isinstance(value, str) and dest == "map_size" else value
+
+
+def world_spec(args: argparse.Namespace) -> tuple[str, dict]:
+    """(world name, world options) of ``--world SPEC`` and the world flags, refused in one
+    line when a flag belongs to another world or disagrees with a key of the spec."""
+    from .worlds import WorldError, parse_spec
+    from .worlds.registry import check_options
+    from .worlds.streetmap import parse_map_size
+
+    name, opts = parse_spec(args.world)
+    if name not in WORLDS:
+        raise UsageError(f"--world {args.world!r}: unknown world {name!r}; choose one of {', '.join(WORLDS)}")
+    for dest, (key, world) in WORLD_FLAGS.items():
+        if getattr(args, dest) is None:
+            continue
+        if name != world:
+            raise UsageError(f"{option(dest)} applies only to --world {world}")
+        value = _flag_value(args, dest)
+        if key in opts and opts[key] != value:
+            raise UsageError(f"{option(dest)} {value} disagrees with --world {args.world!r} ({key}={opts[key]!r})")
+        opts[key] = value
+    if "map_size" in opts:
+        try:
+            parse_map_size(opts["map_size"])
+        except WorldError:
+            raise UsageError(f"--map-size {opts['map_size']!r}: expected N or AxS, e.g. 6 or 8x12") from None
+    try:
+        check_options(name, opts)
+    except WorldError as exc:
+        raise UsageError(f"--world {args.world!r}: {exc}") from None
+    return name, opts
 
 
 #: CLI options that are TrainConfig fields. With --resume the stored config is continued, so
 #: each of these is refused when given with a value other than the checkpoint's.
 TRAIN_OPTIONS = {
-    "world": "world", "objective": "objective", "horizon": "horizon", "lambda_h": "lambda_h",
+    "objective": "objective", "horizon": "horizon", "lambda_h": "lambda_h",
     "lambda_kl": "lambda_kl", "preset": "preset", "batch_size": "batch_size", "seq_len": "seq_len",
     "n_ctx": "n_ctx", "lr": "lr", "warmup": "warmup_steps", "seed": "seed", "eval_every": "eval_every",
     "save_every": "save_every", "keep_every": "keep_every", "n_val": "n_val", "positional": "positional",
 }
-#: taxi options -> their world_options key
-WORLD_OPTIONS = {"map_size": "map_size", "map": "map", "walk": "walk", "origin": "origin",
-                 "min_len": "min_len", "max_len": "max_len", "map_seed": "seed", "form": "form",
-                 "holdout": "holdout", "holdout_seed": "holdout_seed"}
 
 
 def given_options(argv: list[str] | None) -> set[str]:
@@ -220,10 +239,11 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto", precision=_precision(args))
     else:
         out = args.out
+        world, options = world_spec(args)
         try:
             cfg = TrainConfig(
-                world=args.world,
-                world_options=world_options(args),
+                world=world,
+                world_options=options,
                 objective=args.objective,
                 horizon=args.horizon,
                 lambda_h=args.lambda_h,
@@ -296,11 +316,21 @@ def check_resume_options(args: argparse.Namespace, given: set[str], state: dict)
     spec = state.get("world_spec") or {}
     if spec.get("kind") == "a5":  # a spec without a form (older runs) is interleaved
         stored_world.setdefault("form", spec.get("form", "interleaved"))
-    for dest, key in WORLD_OPTIONS.items():
+    wanted: dict = {}  # world options typed, as --world keys or as their flags
+    if "world" in given:
+        from .worlds import parse_spec
+
+        name, wanted = parse_spec(args.world)
+        if name != saved.get("world"):
+            raise UsageError(f"--world {args.world} conflicts with {path} (world = {saved.get('world')!r}); {why}")
+    for dest, (key, _) in WORLD_FLAGS.items():
         if dest in given:
-            value = str(args.map) if dest == "map" else getattr(args, dest)
-            if value != stored_world.get(key):
-                raise UsageError(f"{option(dest)} {value} conflicts with {path} (world option {key} = {stored_world.get(key)!r}); {why}")
+            wanted[key] = _flag_value(args, dest)
+    for key, value in wanted.items():
+        if value != stored_world.get(key):
+            flag = next((option(d) for d, (k, _) in WORLD_FLAGS.items() if k == key and d in given), "--world")
+            raise UsageError(f"{flag} {key}={value!r} conflicts with {path} (world option {key} = "
+                             f"{stored_world.get(key)!r}); {why}")
     if args.steps is not None:
         step, total = int(state.get("step", 0)), int(saved.get("steps", 0))
         if args.steps < step:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 
 from .cli import (
+    ArgumentParser,
     add_model_args,
     add_output_args,
     add_sequence_args,
@@ -43,7 +44,7 @@ def table_columns(horizon: int) -> list[tuple[str, str, str]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nextlat_probe.transition",
+    p = ArgumentParser(prog="python -m nextlat_probe.transition",
                                 description="Transition consistency of hidden states: relative error of own / "
                                 "post-hoc dynamics per horizon, and belief-level consistency.")
     add_model_args(p)

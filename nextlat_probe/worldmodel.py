@@ -17,6 +17,7 @@ import argparse
 from typing import Any
 
 from .cli import (
+    ArgumentParser,
     UsageError,
     add_layers_arg,
     add_model_args,
@@ -101,7 +102,7 @@ def table(records: list[dict[str, Any]]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = ArgumentParser(
         prog="python -m nextlat_probe.worldmodel",
         description="World-model metrics for one or more checkpoints: taxi worlds get Vafa et al.'s (NextLat "
                     "Table 1); HMM worlds get compression and distinction against the exact beliefs.")

@@ -168,6 +168,9 @@ def map_from_trips(street_map: Any, trips_path: Any, max_distance: float | None 
 
     _check_protocol(protocol, max_degree)
     trips = parse_sequences(trips_path, street_map)
+    if not len(trips):
+        raise AnalysisError(f"{trips_path}: holds no trips (one per line: origin dest turns... end, with the map's "
+                            "node ids)")
     recon = reconstruct_map(street_map, trips, max_distance=max_distance, protocol=protocol, max_degree=max_degree)
     if recon.n_trips == recon.n_malformed:
         raise AnalysisError(f"{trips_path}: none of its {recon.n_trips} lines is a trip on map {street_map.name!r} "

@@ -37,6 +37,22 @@ def check_speculative_model(m: Any) -> None:
                             "drafter for MTP heads)")
 
 
+def check_draft_lengths(m: Any, policies: Sequence[Any]) -> None:
+    """``AnalysisError`` for a draft length the model's context cannot hold: a draft
+    continues a prompt of at least one token, so more than ``n_ctx - 1`` drafted tokens
+    never fit (``fixed:1000000`` would only size a histogram of a million counts). The
+    cap of ``adaptive`` is a ceiling the drafting stops under anyway, so only a cap above
+    both the context and the default (16) is refused."""
+    from ..analysis.speculative import ADAPTIVE_CAP
+
+    n_ctx = int(m.model.cfg.n_ctx)
+    for pol in policies:
+        most = n_ctx - 1 if pol.kind == "fixed" else max(n_ctx - 1, ADAPTIVE_CAP)
+        if pol.k > most:
+            raise AnalysisError(f"draft policy {pol.name}: {m.path} has a context of {n_ctx} tokens, so a draft "
+                                f"holds at most {most}")
+
+
 def prompts_for(world: Any, model: Any, n_prompts: int, seed: int, prefix_len: int = 4,
                 max_new: int | None = None) -> tuple[np.ndarray, int, np.ndarray | None, dict[str, Any]]:
     """(prompts [n, P], max_new, stop mask over the vocabulary or None, params) for ``world``."""
@@ -101,6 +117,7 @@ def run_speculative(
     loaded = load_models(models, device=device)
     for m in loaded:
         check_speculative_model(m)
+        check_draft_lengths(m, policies)
     out = []
     for m in bar(loaded, desc="speculative decoding", disable=not progress):
         prompts, new, stop, pparams = prompts_for(m.world, m.model, n_prompts, seed, prefix_len, max_new)
@@ -125,4 +142,4 @@ def run_speculative(
     return out
 
 
-__all__ = ["run_speculative", "check_speculative_model", "prompts_for", "PROMPT_STREAM"]
+__all__ = ["run_speculative", "check_speculative_model", "check_draft_lengths", "prompts_for", "PROMPT_STREAM"]

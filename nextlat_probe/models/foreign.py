@@ -64,19 +64,48 @@ BOUNDS: dict[str, int] = {
 #: the default parameter bound (``limits.max_parameters()``, raised by ``--max-params``)
 MAX_PARAMETERS = limits.DEFAULT_MAX_PARAMETERS
 
-#: The legacy config keys ``load_legacy_tl`` needs; any other key is ignored unless it
-#: changes the architecture (see ``UNSUPPORTED_LEGACY_OPTIONS``).
-LEGACY_REQUIRED = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn", "normalization_type")
+#: The legacy config keys ``load_legacy_tl`` needs: without a default in TransformerLens
+#: (``d_vocab``'s -1 means "from the tokenizer", which a state dict does not have), and
+#: ``d_head`` or ``n_heads`` (either gives the other, as below).
+LEGACY_REQUIRED = ("n_layers", "d_model", "n_ctx", "d_vocab")
+#: What TransformerLens fills in for a key a config leaves out (``HookedTransformerConfig``
+#: and the bridge's ``TransformerBridgeConfig`` alike; tests/test_hostile_inputs.py checks
+#: these against the installed ``TransformerBridgeConfig``). Derived ones, applied by
+#: ``fill_legacy_defaults``: ``n_heads = d_model // d_head`` (and here also ``d_head =
+#: d_model // n_heads``), ``d_mlp = 4 * d_model`` (unused when ``attn_only``),
+#: ``attn_scale = sqrt(d_head)``, ``d_vocab_out = d_vocab``. ``act_fn``: the legacy
+#: ``HookedTransformerConfig`` demanded one for models with MLPs; TransformerLens 4 defaults
+#: it to relu, the value used here.
+LEGACY_DEFAULTS: dict[str, Any] = {
+    "act_fn": "relu",
+    "normalization_type": "LN",
+    "eps": 1e-5,
+    "use_attn_scale": True,
+    "attn_scale": -1.0,
+    "attention_dir": "causal",
+    "attn_only": False,
+    "positional_embedding_type": "standard",
+    "d_vocab_out": -1,
+}
+#: Keys of a training run, not of the model: ignored (as is every key not named in this
+#: module: bookkeeping such as ``model_name``, ``device``, ``n_params``, ``dtype``).
+LEGACY_TRAINING_KEYS = ("seed", "init_weights", "init_mode", "initializer_range", "optimizer", "learning_rate", "lr",
+                        "batch_size", "num_epochs", "n_iters", "n_epochs", "weight_decay", "betas", "momentum",
+                        "warmup_steps", "max_steps", "num_train_samples", "fixed_train_dataset", "wandb",
+                        "wandb_project_name", "save_every", "print_every", "max_grad_norm", "device", "n_devices")
 #: normalization_type values the native bridge builds and the conversion maps. None (no
 #: normalisation) is refused: its bridge has no ``ln_final.hook_normalized``, which the
 #: analyses read.
 LEGACY_NORMALIZATIONS = ("LN", "LNPre", "RMS", "RMSPre")
 #: act_fn values the native bridge implements for a plain (non-gated) MLP.
 LEGACY_ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish")
+#: attention_dir values, both honoured: causal (GPT) or bidirectional (no mask).
+LEGACY_ATTENTION_DIRS = ("causal", "bidirectional")
 #: Config options of a HookedTransformerConfig that change the computed function and that
-#: this loader does not support: refused unless they hold the value in the second column.
+#: this loader does not support: refused, by name, unless they hold the value in the second
+#: column. (``attn_only``, ``attention_dir``, ``eps`` and ``attn_scale`` are honoured;
+#: ``use_attn_scale = False``, unscaled attention, is refused in ``legacy_config``.)
 UNSUPPORTED_LEGACY_OPTIONS: dict[str, Any] = {
-    "attn_only": False,
     "gated_mlp": False,
     "parallel_attn_mlp": False,
     "final_rms": False,
@@ -85,8 +114,9 @@ UNSUPPORTED_LEGACY_OPTIONS: dict[str, Any] = {
     "post_embedding_ln": False,
     "scale_attn_by_inverse_layer_idx": False,
     "positional_embedding_type": "standard",
-    "attention_dir": "causal",
     "num_experts": None,
+    "use_normalization_before_and_after": False,
+    "load_in_4bit": False,
 }
 _SOFTCAP_KEYS = ("attn_scores_soft_cap", "output_logits_soft_cap")
 #: Buffers a HookedTransformer state dict carries that are not weights.
@@ -94,6 +124,15 @@ LEGACY_BUFFERS = ("mask", "IGNORE")
 
 #: Hugging Face ``model_type`` values ``load_hf_folder`` accepts.
 HF_MODEL_TYPES = ("gpt2",)
+#: GPT-2 config.json numbers and the interval each must lie in (closed unless noted);
+#: ``layer_norm_epsilon`` in (0, 1).
+HF_NUMBERS: dict[str, tuple[float, float]] = {
+    "layer_norm_epsilon": (0.0, 1.0), "attn_pdrop": (0.0, 1.0), "embd_pdrop": (0.0, 1.0), "resid_pdrop": (0.0, 1.0),
+    "summary_first_dropout": (0.0, 1.0), "initializer_range": (0.0, math.inf),
+}
+#: GPT-2 config.json switches, which must be JSON booleans.
+HF_FLAGS = ("scale_attn_weights", "scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn", "tie_word_embeddings",
+            "use_cache", "add_cross_attention", "summary_use_proj", "summary_proj_to_labels")
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
@@ -119,6 +158,8 @@ def read_json_config(path: str | os.PathLike) -> dict[str, Any]:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise CheckpointError(p, f"config is not valid JSON ({_first_line(exc)[:120]})") from None
+    except RecursionError:
+        raise CheckpointError(p, "config is not a JSON object (nested too deeply)") from None
     if not isinstance(data, dict):
         raise CheckpointError(p, f"config is a JSON {type(data).__name__}, not an object")
     return data
@@ -210,10 +251,46 @@ def _offline() -> Iterator[None]:
 # legacy TransformerLens state dicts
 
 
+def fill_legacy_defaults(raw: Mapping[str, Any], source: str | os.PathLike = "<config>") -> dict[str, Any]:
+    """A legacy TransformerLens config with TransformerLens's own defaults filled in for
+    every key it defaults (``LEGACY_DEFAULTS`` and the derived ``n_heads`` / ``d_head``,
+    ``d_mlp``, ``d_vocab_out``), as ``HookedTransformerConfig(**raw)`` would have: a config
+    written without ``d_mlp`` (as published configs often are) means ``4 * d_model``. Keys
+    it needs and cannot default (``LEGACY_REQUIRED``, and ``d_head`` or ``n_heads``) are a
+    one-line ``CheckpointError``; nothing else is checked here (``legacy_config`` does)."""
+    cfg = dict(raw)
+    missing = [k for k in LEGACY_REQUIRED if cfg.get(k) in (None, -1)]
+    if cfg.get("d_head") in (None, -1) and cfg.get("n_heads") in (None, -1):
+        missing.append("d_head (or n_heads)")
+    if missing:
+        raise CheckpointError(source, f"config is missing {', '.join(map(repr, missing))}, which TransformerLens has "
+                                      f"no default for (needed: {', '.join(LEGACY_REQUIRED)}, d_head or n_heads)")
+    for key, default in LEGACY_DEFAULTS.items():
+        if cfg.get(key) is None and not (key == "normalization_type" and key in cfg):
+            cfg[key] = default  # an explicit normalization_type None stays None (refused later)
+    d = cfg["d_model"]
+    for have, want in (("d_head", "n_heads"), ("n_heads", "d_head")):
+        if cfg.get(want) in (None, -1) and cfg.get(have) not in (None, -1):
+            h = cfg[have]
+            if not (_is_int(d) and _is_int(h) and h > 0 and d % h == 0):
+                raise CheckpointError(source, f"config has no {want}, and d_model = {d!r} is not a multiple of "
+                                              f"{have} = {h!r} to derive it from; give {want}")
+            cfg[want] = d // h
+    if cfg.get("d_mlp") is None and _is_int(d):
+        cfg["d_mlp"] = 4 * d  # TransformerLens: "for some reason everyone hard codes in this hyper-parameter"
+    if cfg["d_vocab_out"] == -1:
+        cfg["d_vocab_out"] = cfg["d_vocab"]
+    return cfg
+
+
 def legacy_config(config: Mapping[str, Any] | str | os.PathLike, source: str | os.PathLike = "<config>") -> dict[str, Any]:
-    """Validate a legacy TL config (a dict, or a path to a JSON file) and return the
-    ``TransformerBridgeConfig`` keyword arguments it implies. ``source`` names the file in
-    errors when ``config`` is a dict."""
+    """Validate a legacy TL config (a dict, or a path to a JSON file), with TransformerLens's
+    defaults filled in (``fill_legacy_defaults``), and return the ``TransformerBridgeConfig``
+    keyword arguments it implies. Training keys (``LEGACY_TRAINING_KEYS``) and other keys
+    that do not change the forward are ignored; a key that changes it is honoured
+    (``attn_only``, ``attention_dir``, ``eps``, ``attn_scale``) or refused by name
+    (``UNSUPPORTED_LEGACY_OPTIONS``, ``use_attn_scale = false``, rotary positions ...).
+    ``source`` names the file in errors when ``config`` is a dict."""
     if isinstance(config, (str, os.PathLike)):
         source = Path(config)
         raw = read_json_config(config)
@@ -221,9 +298,7 @@ def legacy_config(config: Mapping[str, Any] | str | os.PathLike, source: str | o
         raw = dict(config)
     else:
         raise CheckpointError(source, f"config must be a dict or a JSON file path, got {type(config).__name__}")
-    missing = [k for k in LEGACY_REQUIRED if k not in raw]
-    if missing:
-        raise CheckpointError(source, f"config is missing {', '.join(map(repr, missing))} (needed: {', '.join(LEGACY_REQUIRED)})")
+    raw = fill_legacy_defaults(raw, source)
     problem = _bounds_problem(raw, "config.")
     if problem:
         raise CheckpointError(source, problem)
@@ -233,6 +308,12 @@ def legacy_config(config: Mapping[str, Any] | str | os.PathLike, source: str | o
     act = raw["act_fn"]
     if act not in LEGACY_ACTIVATIONS:
         raise CheckpointError(source, f"config.act_fn = {act!r} is not supported (use one of {', '.join(LEGACY_ACTIVATIONS)})")
+    for key in ("attn_only", "use_attn_scale"):
+        if not isinstance(raw[key], bool):
+            raise CheckpointError(source, f"config.{key} = {raw[key]!r} is not a boolean")
+    if raw["attention_dir"] not in LEGACY_ATTENTION_DIRS:
+        raise CheckpointError(source, f"config.attention_dir = {raw['attention_dir']!r} is not supported (use one of "
+                                      f"{', '.join(LEGACY_ATTENTION_DIRS)})")
     for key, default in UNSUPPORTED_LEGACY_OPTIONS.items():
         if key in raw and raw[key] not in (default, None):
             raise CheckpointError(source, f"config.{key} = {raw[key]!r} is not supported (only {default!r})")
@@ -243,21 +324,18 @@ def legacy_config(config: Mapping[str, Any] | str | os.PathLike, source: str | o
     kv = raw.get("n_key_value_heads")
     if kv is not None and kv != raw["n_heads"]:
         raise CheckpointError(source, f"config.n_key_value_heads = {kv!r} is not supported (grouped-query attention)")
-    dvo = raw.get("d_vocab_out")
-    if dvo is not None and dvo not in (-1, raw["d_vocab"]):
-        raise CheckpointError(source, f"config.d_vocab_out = {dvo!r} differs from d_vocab {raw['d_vocab']} (not supported)")
-    out = {k: raw[k] for k in LEGACY_REQUIRED}
-    eps = raw.get("eps", 1e-5)
+    if raw["d_vocab_out"] != raw["d_vocab"]:
+        raise CheckpointError(source, f"config.d_vocab_out = {raw['d_vocab_out']!r} differs from d_vocab {raw['d_vocab']} (not supported)")
+    out = {k: raw[k] for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab", "act_fn",
+                               "normalization_type", "attention_dir", "attn_only")}
+    eps = raw["eps"]
     if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
         raise CheckpointError(source, f"config.eps = {eps!r} is not a number in (0, 1)")
     out["eps"] = float(eps)
-    use_scale = raw.get("use_attn_scale", True)
-    if not isinstance(use_scale, bool):
-        raise CheckpointError(source, f"config.use_attn_scale = {use_scale!r} is not a boolean")
-    scale = raw.get("attn_scale", -1.0)
+    scale = raw["attn_scale"]
     if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (scale == -1 or scale > 0) or not math.isfinite(scale):
         raise CheckpointError(source, f"config.attn_scale = {scale!r} is not positive (or -1 for sqrt(d_head))")
-    if not use_scale:  # HookedTransformer: no scaling at all = divide by 1
+    if not raw["use_attn_scale"]:  # HookedTransformer: no scaling at all = divide by 1; the bridge always scales
         raise CheckpointError(source, "config.use_attn_scale = False is not supported (unscaled attention)")
     out["use_attn_scale"] = True
     out["attn_scale"] = float(scale)
@@ -290,8 +368,9 @@ def expected_legacy_shapes(cfg: Mapping[str, Any]) -> tuple[dict[str, tuple[int,
             f"{b}.attn.b_Q": (H, dh), f"{b}.attn.b_K": (H, dh), f"{b}.attn.b_V": (H, dh),
             f"{b}.attn.b_O": (d,),
         })
-        req.update(ln(f"{b}.ln2"))
-        req.update({f"{b}.mlp.W_in": (d, M), f"{b}.mlp.b_in": (M,), f"{b}.mlp.W_out": (M, d), f"{b}.mlp.b_out": (d,)})
+        if not cfg.get("attn_only"):  # an attention-only model has no second norm and no MLP
+            req.update(ln(f"{b}.ln2"))
+            req.update({f"{b}.mlp.W_in": (d, M), f"{b}.mlp.b_in": (M,), f"{b}.mlp.W_out": (M, d), f"{b}.mlp.b_out": (d,)})
         opt.update({f"{b}.attn.mask": (C, C), f"{b}.attn.IGNORE": ()})
     req.update(ln("ln_final"))
     req["unembed.W_U"] = (d, V)
@@ -303,17 +382,23 @@ def load_legacy_tl(state_dict_path: str | os.PathLike, config: Mapping[str, Any]
     """A legacy TransformerLens ``HookedTransformer.state_dict()`` file as a native
     ``TransformerBridge`` (eval mode) on ``device``.
 
-    ``config`` is a dict or a JSON file with at least ``n_layers, d_model, n_heads, d_head,
-    d_mlp, n_ctx, d_vocab, act_fn, normalization_type`` (e.g. ``HookedTransformerConfig
-    .to_dict()``); other keys are ignored, except ``eps`` and ``attn_scale`` (honoured) and
-    options that would change the computed function, which must hold their default
-    (``UNSUPPORTED_LEGACY_OPTIONS``: attn_only, gated MLP, parallel attention, rotary /
-    shortformer positions, local attention, QK norm, grouped-query heads, soft-capping).
+    ``config`` is a dict or a JSON file as TransformerLens wrote it (``HookedTransformerConfig
+    .to_dict()``, or a training config such as a published study's ``train_config.json``):
+    ``n_layers, d_model, n_ctx, d_vocab`` and ``d_head`` or ``n_heads``; every key
+    TransformerLens defaults takes TransformerLens's default when absent
+    (``fill_legacy_defaults``: ``d_mlp = 4 * d_model``, ``n_heads = d_model // d_head``,
+    ``act_fn`` relu, ``normalization_type`` LN, ``eps`` 1e-5, causal attention scaled by
+    sqrt(d_head), learned positions). Training keys (``LEGACY_TRAINING_KEYS``: optimizer,
+    learning_rate, batch_size, num_epochs, seed, ...) and bookkeeping keys are ignored.
+    Keys that change the forward are honoured (``attn_only``: no MLPs; ``attention_dir``
+    causal or bidirectional; ``eps``; ``attn_scale``) or refused by name when not at their
+    default (``UNSUPPORTED_LEGACY_OPTIONS``: gated MLP, parallel attention, rotary /
+    shortformer positions, local attention, QK norm, final RMS, grouped-query heads,
+    soft-capping; ``use_attn_scale = false``).
 
     Supported: ``normalization_type`` LN, LNPre, RMS or RMSPre (not None: that bridge has
     no ``ln_final.hook_normalized``); ``act_fn`` relu, gelu
-    (exact), gelu_new (tanh), silu / swish; learned absolute positions, causal attention
-    scaled by 1/sqrt(d_head) (or ``attn_scale``). The buffers ``blocks.{l}.attn.mask`` /
+    (exact), gelu_new (tanh), silu / swish. The buffers ``blocks.{l}.attn.mask`` /
     ``IGNORE`` are accepted and dropped; a missing ``unembed.b_U`` is zero-filled.
 
     The file is read with ``torch.load(weights_only=True)`` (a pickle that would run code is
@@ -383,6 +468,30 @@ def _hf_dims(p: Path, raw: Mapping[str, Any]) -> dict[str, int]:
     if problem:
         raise CheckpointError(p, problem)
     return dims
+
+
+def _check_hf_options(p: Path, raw: Mapping[str, Any]) -> None:
+    """The GPT-2 config.json keys besides the dimensions, each named in a one-line
+    ``CheckpointError`` when it holds something transformers would choke on deep inside
+    (an activation it does not know, an epsilon written as a string)."""
+    for key, (low, high) in HF_NUMBERS.items():
+        v = raw.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not low <= v <= high \
+                or (key == "layer_norm_epsilon" and not 0 < v < 1):
+            where = "(0, 1)" if key == "layer_norm_epsilon" else f"[{low:g}, {high:g}]"
+            raise CheckpointError(p, f"config.{key} = {v!r} is not a number in {where}")
+    for key in HF_FLAGS:
+        v = raw.get(key)
+        if v is not None and not isinstance(v, bool):
+            raise CheckpointError(p, f"config.{key} = {v!r} is not a boolean (true or false)")
+    act = raw.get("activation_function", "gelu_new")
+    from transformers.activations import ACT2FN
+
+    if not isinstance(act, str) or act not in ACT2FN:
+        raise CheckpointError(p, f"config.activation_function = {act!r} is not an activation transformers knows "
+                                 "(e.g. gelu_new, gelu, relu, silu)")
 
 
 def expected_gpt2_shapes(dims: Mapping[str, int], tied: bool) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...] | None]]:
@@ -464,6 +573,8 @@ def load_hf_folder(folder: str | os.PathLike, device: str | None = "cpu") -> "Tr
     if mt not in HF_MODEL_TYPES:
         raise CheckpointError(cfg_path, f"model_type {mt!r} is not supported (only {', '.join(map(repr, HF_MODEL_TYPES))})")
     dims = _hf_dims(cfg_path, raw)
+    with _offline():
+        _check_hf_options(cfg_path, raw)
     if raw.get("scale_attn_weights", True) is False:  # the bridge's GPT-2 attention always scales
         raise CheckpointError(cfg_path, "config.scale_attn_weights = false is not supported (the bridge scales attention by 1/sqrt(d_head))")
     tied = raw.get("tie_word_embeddings", True) is not False
@@ -506,12 +617,12 @@ def load_hf_folder(folder: str | os.PathLike, device: str | None = "cpu") -> "Tr
         )
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        try:
+        try:  # any other key transformers refuses (its validation errors name the field)
             hf_cfg = GPT2Config.from_dict({k: v for k, v in raw.items() if k not in ("auto_map", "transformers_version")})
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(cfg_path, f"invalid GPT-2 config ({_first_line(exc)[:160]})") from None
-        hf_cfg._attn_implementation = "eager"  # what the bridge forces; also the reference below
-        model = GPT2LMHeadModel(hf_cfg)
+            hf_cfg._attn_implementation = "eager"  # what the bridge forces; also the reference below
+            model = GPT2LMHeadModel(hf_cfg)
+        except Exception as exc:  # noqa: BLE001 - transformers' own validation error classes vary by version
+            raise CheckpointError(cfg_path, f"invalid GPT-2 config ({' '.join(str(exc).split())[:200]})") from None
         if tied:  # one tensor with wte (checked equal above)
             sd.pop("lm_head.weight", None)
         result = model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=False)
@@ -534,8 +645,9 @@ def load_hf_folder(folder: str | os.PathLike, device: str | None = "cpu") -> "Tr
 
 
 __all__ = [
-    "BOUNDS", "MAX_PARAMETERS", "LEGACY_REQUIRED", "LEGACY_NORMALIZATIONS", "LEGACY_ACTIVATIONS",
-    "UNSUPPORTED_LEGACY_OPTIONS", "HF_MODEL_TYPES", "HF_WEIGHT_FILES",
+    "BOUNDS", "MAX_PARAMETERS", "LEGACY_REQUIRED", "LEGACY_DEFAULTS", "LEGACY_TRAINING_KEYS", "LEGACY_NORMALIZATIONS",
+    "LEGACY_ACTIVATIONS", "LEGACY_ATTENTION_DIRS", "UNSUPPORTED_LEGACY_OPTIONS", "fill_legacy_defaults", "HF_MODEL_TYPES", "HF_WEIGHT_FILES",
+    "HF_NUMBERS", "HF_FLAGS",
     "load_legacy_tl", "load_hf_folder", "legacy_config", "expected_legacy_shapes", "expected_gpt2_shapes",
     "is_legacy_tl_state_dict", "read_json_config",
 ]

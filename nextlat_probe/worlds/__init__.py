@@ -2,14 +2,15 @@
 path-star planning task.
 
 ``make_world(name, **options)`` builds a world by name (what the CLIs use);
+``parse_spec("name:key=value,...")`` reads the one world grammar of every command line;
 ``world_from_spec(spec)`` rebuilds one from ``World.spec()`` (what checkpoints store).
 """
 from __future__ import annotations
 
 from .base import Sample, World, WorldError
-from .registry import WORLD_NAMES, make_world, world_from_spec
+from .registry import WORLD_NAMES, make_world, parse_spec, world_from_spec
 
-__all__ = ["Sample", "World", "WorldError", "WORLD_NAMES", "make_world", "world_from_spec"]
+__all__ = ["Sample", "World", "WorldError", "WORLD_NAMES", "make_world", "parse_spec", "world_from_spec"]
 
 # Imported lazily so that `from nextlat_probe.worlds import Mess3` works without paying
 # for modules a caller does not use.

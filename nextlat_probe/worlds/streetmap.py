@@ -28,6 +28,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import re
 import zlib
 from importlib import resources
 from pathlib import Path
@@ -426,6 +427,8 @@ class StreetMap:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise WorldError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+        except RecursionError:  # "[[[[..." nested deeper than the parser goes
+            raise WorldError(f"{p}: not a street map (JSON nested too deeply)") from None
         shown = str(path) if str(path) in BUNDLED_MAPS and p != Path(path) else str(p)
         try:
             return cls.from_dict(data, source=shown)
@@ -511,6 +514,19 @@ def _orient(Y: np.ndarray) -> np.ndarray:
 # avenues are two units apart and streets one, so diagonals move 1 avenue and 2 streets
 _GRID_STEP = {"N": (0, 1), "S": (0, -1), "E": (1, 0), "W": (-1, 0),
               "NE": (1, 2), "NW": (-1, 2), "SE": (1, -2), "SW": (-1, -2)}
+
+
+def parse_map_size(value: Any) -> tuple[int, int]:
+    """A synthetic map's size as (avenues, streets): an integer N or the text ``"N"`` gives
+    N x N, ``"AxS"`` gives A x S. Anything else (``"3x"``, ``"x3"``, ``6.5``, ``True``) is a
+    ``WorldError``: the one reading of ``map_size`` for the world spec, ``train --map-size``
+    and ``taxi --map-size``."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        return int(value), int(value)
+    m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+)\s*)?", value) if isinstance(value, str) else None
+    if m is None:
+        raise WorldError(f"taxi: map_size {value!r} is not N or AxS (e.g. 6 or 8x12)")
+    return int(m.group(1)), int(m.group(2) or m.group(1))
 
 
 #: what one intersection of a map costs at least: its 8 successors (int64) and 2 coordinates

@@ -88,7 +88,7 @@ from scipy.sparse import csgraph
 
 from .. import limits
 from .base import Sample, World, WorldError, as_rng, check_tokens
-from .streetmap import DIR_INDEX, DIRECTIONS, StreetMap, synthetic_manhattan
+from .streetmap import DIR_INDEX, DIRECTIONS, StreetMap, parse_map_size, synthetic_manhattan
 from .trips import as_token_matrix, check_sequences, parse_sequences, trace
 
 WALKS = ("random", "shortest", "noisy")
@@ -323,14 +323,7 @@ class Taxi(World):
         if map is not None:
             street_map = StreetMap.from_json(map)
         else:
-            if isinstance(map_size, str):
-                try:
-                    a, _, s = map_size.lower().partition("x")
-                    a_n, s_n = int(a), int(s or a)
-                except ValueError:
-                    raise WorldError(f"taxi: map_size {map_size!r} is not N or AxS") from None
-            else:
-                a_n = s_n = int(map_size)
+            a_n, s_n = parse_map_size(map_size)
             street_map = synthetic_manhattan(a_n, s_n, seed=int(seed))
         return cls(street_map, walk=walk, min_len=min_len, max_len=max_len, origin=origin, noise=noise,
                    holdout=holdout, pairs=pairs, holdout_seed=holdout_seed)

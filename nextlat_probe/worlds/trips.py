@@ -227,7 +227,8 @@ def parse_trips(street_map: StreetMap, trips: Any) -> Trips:
     k = np.argmax(ended[index], axis=1) - 2 if index.size else np.zeros(0, dtype=np.int64)  # turns per trip
     T = int(k.max()) if k.size else 0
     turns = np.where(np.arange(T)[None, :] < k[:, None], tokens[index, 2:2 + T] - N, -1)
-    return Trips(origin=tokens[index, 0].copy(), dest=tokens[index, 1].copy(), turns=turns.astype(np.int64),
+    ends = tokens[index, :2] if L >= 2 else np.zeros((0, 2), dtype=np.int64)  # no rows, or none long enough
+    return Trips(origin=ends[:, 0].copy(), dest=ends[:, 1].copy(), turns=turns.astype(np.int64),
                  lengths=k.astype(np.int64), index=index.astype(np.int64), n_input=int(n),
                  malformed=[int(i) for i in np.flatnonzero(~good)])
 
