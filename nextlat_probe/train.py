@@ -148,7 +148,8 @@ def world_spec(args: argparse.Namespace) -> tuple[str, dict]:
         try:
             parse_map_size(opts["map_size"])
         except WorldError:
-            raise UsageError(f"--map-size {opts['map_size']!r}: expected N or AxS, e.g. 6 or 8x12") from None
+            where = "--map-size" if args.map_size is not None else f"--world {args.world!r}: map_size"
+            raise UsageError(f"{where} {opts['map_size']!r}: expected N or AxS, e.g. 6 or 8x12") from None
     try:
         check_options(name, opts)
     except WorldError as exc:

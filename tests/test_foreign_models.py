@@ -51,8 +51,9 @@ def legacy_state_dict(cfg, seed=0):
             f"{b}.attn.mask": torch.tril(torch.ones(C, C, dtype=torch.bool)),
             f"{b}.attn.IGNORE": torch.tensor(-1e5),
         })
-        sd.update(ln(f"{b}.ln2"))
-        sd.update({f"{b}.mlp.W_in": r(d, M), f"{b}.mlp.b_in": r(M), f"{b}.mlp.W_out": r(M, d), f"{b}.mlp.b_out": r(d)})
+        if not cfg.get("attn_only"):
+            sd.update(ln(f"{b}.ln2"))
+            sd.update({f"{b}.mlp.W_in": r(d, M), f"{b}.mlp.b_in": r(M), f"{b}.mlp.W_out": r(M, d), f"{b}.mlp.b_out": r(d)})
     sd.update(ln("ln_final"))
     sd.update({"unembed.W_U": r(d, V), "unembed.b_U": r(V)})
     return sd
@@ -60,7 +61,8 @@ def legacy_state_dict(cfg, seed=0):
 
 def reference_forward(sd, cfg, tokens, eps=1e-5):
     """The transformer in plain torch (float64): token + position embedding, pre-norm
-    blocks, causal softmax attention scaled by 1/sqrt(d_head), MLP, residual adds.
+    blocks, causal softmax attention scaled by 1/sqrt(d_head), MLP, residual adds
+    (``cfg["attention_dir"] = "bidirectional"``: no mask; ``cfg["attn_only"]``: no MLP).
     Returns ([embed, after block 0, ...], (ln_final before its weight and bias, ln_final
     output), logits)."""
     sd = {k: v.double() for k, v in sd.items()}
@@ -79,7 +81,7 @@ def reference_forward(sd, cfg, tokens, eps=1e-5):
     T = t.shape[1]
     x = sd["embed.W_E"][t] + sd["pos_embed.W_pos"][:T]
     resid = [x]
-    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1)
+    causal = torch.triu(torch.ones(T, T, dtype=torch.bool), diagonal=1) & (cfg.get("attention_dir") != "bidirectional")
     for i in range(cfg["n_layers"]):
         b = f"blocks.{i}"
         h = normalise(x, f"{b}.ln1")
@@ -90,8 +92,9 @@ def reference_forward(sd, cfg, tokens, eps=1e-5):
         pattern = torch.softmax(scores.masked_fill(causal, float("-inf")), dim=-1)
         z = pattern @ v
         x = x + torch.einsum("bhte,hed->btd", z, sd[f"{b}.attn.W_O"]) + sd[f"{b}.attn.b_O"]
-        h = normalise(x, f"{b}.ln2")
-        x = x + act(h @ sd[f"{b}.mlp.W_in"] + sd[f"{b}.mlp.b_in"]) @ sd[f"{b}.mlp.W_out"] + sd[f"{b}.mlp.b_out"]
+        if not cfg.get("attn_only"):
+            h = normalise(x, f"{b}.ln2")
+            x = x + act(h @ sd[f"{b}.mlp.W_in"] + sd[f"{b}.mlp.b_in"]) @ sd[f"{b}.mlp.W_out"] + sd[f"{b}.mlp.b_out"]
         resid.append(x)
     normalized = normalise(x, "ln_final", affine_free=True)
     final = normalise(x, "ln_final")
@@ -195,10 +198,14 @@ def test_legacy_missing_and_unexpected_weights(tmp_path):
 
 def test_legacy_missing_config_key_says_what_is_needed(tmp_path):
     sd_path, cfg_path = save_legacy(tmp_path, legacy_state_dict(CFG), CFG)
-    cfg_path.write_text(json.dumps({k: v for k, v in CFG.items() if k not in ("d_mlp", "act_fn")}))
-    msg = one_line_error(load_legacy_tl, sd_path, cfg_path, match=(str(cfg_path), "'d_mlp'", "'act_fn'", "needed"))
-    assert "normalization_type" in msg  # the full list of what is needed
-    one_line_error(load_legacy_tl, sd_path, {k: v for k, v in CFG.items() if k != "n_ctx"}, match=(str(sd_path), "'n_ctx'"))
+    cfg_path.write_text(json.dumps({k: v for k, v in CFG.items() if k not in ("n_ctx", "d_vocab")}))
+    msg = one_line_error(load_legacy_tl, sd_path, cfg_path, match=(str(cfg_path), "'n_ctx'", "'d_vocab'", "needed"))
+    assert "d_head or n_heads" in msg  # the full list of what is needed
+    one_line_error(load_legacy_tl, sd_path, {k: v for k, v in CFG.items() if k not in ("d_head", "n_heads")},
+                   match=(str(sd_path), "d_head (or n_heads)"))
+    # d_mlp left out means TransformerLens's 4 * d_model, which these weights (d_mlp 32) do not have
+    one_line_error(load_legacy_tl, sd_path, {k: v for k, v in CFG.items() if k != "d_mlp"},
+                   match=("blocks.0.mlp.W_in", "[16, 64]"))
     cfg_path.write_text("{not json")
     one_line_error(load_legacy_tl, sd_path, cfg_path, match=(str(cfg_path), "not valid JSON"))
     one_line_error(load_legacy_tl, sd_path, tmp_path / "absent.json", match="no such config file")

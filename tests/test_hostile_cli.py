@@ -1,5 +1,7 @@
 """Hostile use of the analysis CLIs: every bad input is one stderr line and exit code 2,
 nothing is left behind, and errors name the file they are about."""
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -16,9 +18,11 @@ def _run(module, argv, capsys):
     return exc.value.code, cap.out, cap.err.strip()
 
 
-def _one_line(code, err):
+def _one_line(code, err, *needles):
     assert code == 2, err
     assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    for needle in needles:
+        assert needle in err, (needle, err)
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:7", "nonsense:0"])
@@ -277,3 +281,185 @@ def test_report_moves_an_earlier_report_aside(tiny_mess3_ckpts, tmp_path, capsys
     assert "old" in (backup / "report.html").read_text()
     assert json.loads((out / "summary.json").read_text())["format"] == "nextlat_probe.report"
     assert (out / "notes.txt").read_text() == "not the report's"
+
+
+# ----------------------------------------------------------------------------- usage errors and --help
+
+CLIS = ("rank", "probe", "transition", "worldmodel", "mapping", "speculate", "taskeval", "train", "taxi", "report",
+        "demo", "sweep")
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("rank", ["x.pt", "--n-seqs", "abc"]), ("probe", ["x.pt", "--n-test", "1.5"]),
+    ("transition", ["x.pt", "--seed", "s"]), ("worldmodel", ["x.pt", "--n-pairs", "many"]),
+    ("mapping", ["--protocol", "bogus"]), ("speculate", ["x.pt", "--n-prompts", "x"]),
+    ("taskeval", ["x.pt", "--n-seqs", "x"]), ("train", ["--objective", "bogus"]), ("taxi", ["sample", "--n", "x"]),
+    ("taxi", ["bogus"]), ("report", ["x.pt"]), ("demo", ["--steps", "x"]), ("sweep", ["--seeds", "x"]),
+])
+def test_usage_errors_are_one_line(module, argv, capsys):
+    code, out, err = _run(module, argv, capsys)
+    _one_line(code, err)
+    assert "--help" in err and "usage:" not in err and not out
+
+
+def test_help_shows_one_default_per_option():
+    """``--help`` of every CLI: never "(default: None)", and no automatic "(default: X)"
+    after a help text that states its default already."""
+    import argparse
+    import importlib
+
+    for module in CLIS:
+        parser = importlib.import_module(f"nextlat_probe.{module}").build_parser()
+        parsers = [parser] + [p for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+                              for p in a.choices.values()]
+        for p in parsers:
+            text = p.format_help()
+            for bad in ("(default: None)", "(default: [])", "(default: False)"):
+                assert bad not in text, (module, bad)
+            fmt = p._get_formatter()
+            for action in p._actions:
+                if action.help in (None, argparse.SUPPRESS):
+                    continue
+                shown = fmt._get_help_string(action).lower()
+                auto = "(default: %(default)s)"
+                assert not (auto in shown and "default" in shown.replace(auto, "")), (module, shown)
+
+
+# ----------------------------------------------------------------------------- output errors
+
+
+def test_output_to_a_device_or_a_bad_path_is_refused_before_any_work(tiny_mess3_ckpts, tmp_path, capsys):
+    import os
+
+    ck = str(tiny_mess3_ckpts["gpt"])
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    (tmp_path / "afile").write_text("mine")
+    for module, plot, needle in (("rank", "/dev/full", "not a regular file"), ("probe", str(fifo), "not a regular file"),
+                                 ("rank", str(tmp_path / ("a" * 300 + ".html")), "too long"),
+                                 ("probe", str(tmp_path / "afile" / "sub.html"), "not a folder")):
+        code, out, err = _run(module, [ck, "--n-seqs", "8", "--plot", plot, "--no-progress"], capsys)
+        _one_line(code, err)
+        assert needle in err and "--plot" in err and not out, err
+    assert Path("/dev/full").is_char_device() and fifo.is_fifo() and (tmp_path / "afile").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "pipe"]
+    code, _, err = _run("rank", [str(tmp_path / ("b" * 300)), "--n-seqs", "8"], capsys)  # an input name too long
+    _one_line(code, err, "too long")
+
+
+def test_a_full_disk_is_one_line(tiny_mess3_ckpts, tmp_path, monkeypatch, capsys):
+    import errno
+
+    from nextlat_probe.plots import interactive
+
+    def full(fig, path, title=None):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(interactive, "write_html", full)
+    code, _, err = _run("rank", [str(tiny_mess3_ckpts["gpt"]), "--n-seqs", "8", "--plot", str(tmp_path / "r.html"),
+                                 "--no-progress"], capsys)
+    _one_line(code, err, "No space left on device", "r.html")
+
+
+def test_stdout_on_a_full_device_is_one_line():
+    import subprocess
+    import sys
+
+    from helpers import ROOT
+
+    res = subprocess.run(["bash", "-c", f"'{sys.executable}' -m nextlat_probe.taxi sample --n 50 > /dev/full"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    err = res.stderr.strip()
+    assert res.returncode == 2 and len(err.splitlines()) == 1, err
+    assert err.startswith("error:") and "No space left on device" in err
+
+
+def test_page_writes_leave_no_temporary_on_failure(tmp_path, monkeypatch):
+    from nextlat_probe.plots import page
+
+    def fail(self, *args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", fail)
+    with pytest.raises(OSError):
+        page.write_page([("x", "", "<p>x</p>")], tmp_path / "p.html")
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- options accepted but wrong
+
+
+def test_demo_validates_every_option_before_any_work(tmp_path, capsys):
+    out = tmp_path / "demo"
+    for argv, needle in ((["--n-seqs", "0"], "--n-seqs"), (["--device", "tpu"], "tpu"),
+                         (["--world", "pathstar"], "pathstar"), (["--world", "taxi:map_size=3x"], "map_size"),
+                         (["--horizon", "0"], "--horizon"), (["--world", "mess3:x=abc"], "not a number")):
+        code, stdout, err = _run("demo", [*argv, "--out", str(out), "--steps", "2", "--batch-size", "4",
+                                          "--no-progress"], capsys)
+        _one_line(code, err, needle)  # one line: no "[demo] training ..." before the refusal
+        assert not stdout and not out.exists(), argv
+
+
+def test_speculate_bounds_the_draft_length_by_the_context(tiny_mess3_ckpts, capsys):
+    ck = str(tiny_mess3_ckpts["nextlat"])
+    for draft in ("fixed:1000000", "fixed:12", "adaptive:100000"):
+        code, _, err = _run("speculate", [ck, "--draft", draft, "--n-prompts", "2", "--no-progress"], capsys)
+        _one_line(code, err, draft, "context of 12 tokens")
+    code, out, err = _run("speculate", [ck, "--draft", "fixed:11", "--draft", "adaptive", "--n-prompts", "2",
+                                        "--no-progress", "--json"], capsys)
+    assert code == 0, err
+
+
+def test_list_options_refuse_empty_items(tiny_mess3_ckpts, tmp_path, capsys):
+    code, _, err = _run("taskeval", [str(tiny_mess3_ckpts["gpt"]), "--lengths", "12,,18"], capsys)
+    _one_line(code, err, "--lengths")
+    code, _, err = _run("sweep", ["--steps", "1500,,6000", "--out", str(tmp_path / "sw"), "--dry-run"], capsys)
+    _one_line(code, err, "--steps")
+
+
+@pytest.mark.parametrize("size", ["3x", "x3", "3x4x5", "6.5", "0x"])
+def test_map_size_is_refused_unless_n_or_axs(size, tmp_path, capsys):
+    code, out, err = _run("taxi", ["info", "--map-size", size], capsys)
+    _one_line(code, err, "--map-size")
+    assert not out
+    code, _, err = _run("train", ["--world", "taxi", "--map-size", size, "--out", str(tmp_path / "r")], capsys)
+    _one_line(code, err, "--map-size")
+    code, _, err = _run("train", ["--world", f"taxi:map_size={size}", "--out", str(tmp_path / "r")], capsys)
+    _one_line(code, err, "map_size")
+    assert not (tmp_path / "r").exists()
+
+
+# ----------------------------------------------------------------------------- one world grammar
+
+
+def test_train_takes_the_world_spec_of_every_cli(tmp_path, capsys):
+    from nextlat_probe.checkpoint import read_checkpoint
+
+    fast = ["--steps", "2", "--batch-size", "4", "--n-val", "4", "--eval-every", "1", "--save-every", "1",
+            "--no-progress", "--device", "cpu"]
+    code, _, err = _run("train", ["--world", "taxi:walk=shortest,holdout=0.2", "--map-size", "4", "--out",
+                                  str(tmp_path / "taxi"), *fast], capsys)
+    assert code == 0, err
+    state = read_checkpoint(tmp_path / "taxi" / "ckpt.pt")
+    assert state["train_config"]["world"] == "taxi"
+    assert state["train_config"]["world_options"] == {"walk": "shortest", "holdout": 0.2, "map_size": 4}
+    code, _, err = _run("train", ["--world", "pathstar:degree=2,length=5", "--out", str(tmp_path / "star"), *fast],
+                        capsys)
+    assert code == 0, err
+    spec = read_checkpoint(tmp_path / "star" / "ckpt.pt")["world_spec"]
+    assert (spec["degree"], spec["length"]) == (2, 5)
+    # a flag is a shorthand for a key; the two must agree
+    for argv, needle in ((["--world", "taxi:walk=shortest", "--walk", "random"], "disagrees"),
+                         (["--world", "pathstar:degree=2", "--degree", "3"], "disagrees"),
+                         (["--world", "mess3", "--walk", "random"], "only to --world taxi"),
+                         (["--world", "mess3:x=0.05,x=0.1"], "twice")):
+        code, _, err = _run("train", [*argv, "--out", str(tmp_path / "no"), *fast], capsys)
+        _one_line(code, err, needle)
+    assert not (tmp_path / "no").exists()
+    # a resume may repeat the world it continues, and no other
+    ck = str(tmp_path / "taxi" / "ckpt.pt")
+    code, _, err = _run("train", ["--resume", ck, "--world", "taxi:walk=random", "--steps", "3"], capsys)
+    _one_line(code, err, "conflicts")
+    code, _, err = _run("train", ["--resume", ck, "--world", "taxi:walk=shortest,holdout=0.2", "--map-size", "4",
+                                  "--steps", "3", "--no-progress"], capsys)
+    assert code == 0, err

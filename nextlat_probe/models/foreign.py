@@ -280,6 +280,8 @@ def fill_legacy_defaults(raw: Mapping[str, Any], source: str | os.PathLike = "<c
         cfg["d_mlp"] = 4 * d  # TransformerLens: "for some reason everyone hard codes in this hyper-parameter"
     if cfg["d_vocab_out"] == -1:
         cfg["d_vocab_out"] = cfg["d_vocab"]
+    if cfg["attn_scale"] == -1 and _is_int(cfg["d_head"]) and cfg["d_head"] > 0:
+        cfg["attn_scale"] = math.sqrt(cfg["d_head"])
     return cfg
 
 

@@ -45,6 +45,10 @@ def write_page(sections: list[tuple[str, str, Any]], path: str | Path, title: st
         parts.append(fig if isinstance(fig, str) else figure_div(fig))
     parts.append("</body></html>")
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("\n".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    try:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+        tmp.replace(path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written page left beside the target
+        tmp.unlink(missing_ok=True)
+        raise
     return path
