@@ -112,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         raise UsageError(f"--start must be >= 0, got {args.start}")
     lengths = parse_lengths(args.lengths)
     check_output_path(args.plot)
+    if args.figure is not None:
+        check_output_path(f"{args.figure}.pdf", "--figure")
     device = resolve_device_arg(args.device)
     from .compare import run_taskeval
 

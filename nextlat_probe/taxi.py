@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import ArgumentParser, UsageError, add_limit_args, print_json, run_main
+from .cli import ArgumentParser, UsageError, add_limit_args, check_output_path, print_json, run_main
 
 #: ``sample`` draws and writes trips in blocks of this many (one random stream throughout),
 #: so ``--n`` is bounded by the output, never by memory
@@ -78,6 +78,8 @@ def _load_map(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if getattr(args, "write", None) is not None:
+        check_output_path(args.write, "--write")
     street_map = _load_map(args)
     if args.command == "check":
         from .worlds.taxi import check_sequences, parse_sequences

@@ -377,10 +377,10 @@ def test_stdout_on_a_full_device_is_one_line():
 def test_page_writes_leave_no_temporary_on_failure(tmp_path, monkeypatch):
     from nextlat_probe.plots import page
 
-    def fail(self, *args, **kwargs):
+    def fail(self, *args, **kwargs):  # the temporary page is written, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "write_text", fail)
+    monkeypatch.setattr(Path, "replace", fail)
     with pytest.raises(OSError):
         page.write_page([("x", "", "<p>x</p>")], tmp_path / "p.html")
     assert list(tmp_path.iterdir()) == []
