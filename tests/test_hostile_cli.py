@@ -286,7 +286,7 @@ def test_report_moves_an_earlier_report_aside(tiny_mess3_ckpts, tmp_path, capsys
 # ----------------------------------------------------------------------------- usage errors and --help
 
 CLIS = ("rank", "probe", "transition", "worldmodel", "mapping", "speculate", "taskeval", "train", "taxi", "report",
-        "demo", "sweep")
+        "demo", "sweep", "export")
 
 
 @pytest.mark.parametrize("module,argv", [
@@ -295,6 +295,7 @@ CLIS = ("rank", "probe", "transition", "worldmodel", "mapping", "speculate", "ta
     ("mapping", ["--protocol", "bogus"]), ("speculate", ["x.pt", "--n-prompts", "x"]),
     ("taskeval", ["x.pt", "--n-seqs", "x"]), ("train", ["--objective", "bogus"]), ("taxi", ["sample", "--n", "x"]),
     ("taxi", ["bogus"]), ("report", ["x.pt"]), ("demo", ["--steps", "x"]), ("sweep", ["--seeds", "x"]),
+    ("export", ["x.pt"]), ("rank", ["x.pt", "--max-params", "-3"]),
 ])
 def test_usage_errors_are_one_line(module, argv, capsys):
     code, out, err = _run(module, argv, capsys)
