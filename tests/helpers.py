@@ -15,6 +15,30 @@ def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
+def run_in_process(module: str, argv: list, capsys) -> tuple[int, str, str]:
+    """``python -m nextlat_probe.MODULE ARGV`` through ``run_main`` in this process (no torch
+    import per call): (exit code, stdout, stderr stripped)."""
+    import importlib
+
+    import pytest
+
+    from nextlat_probe.cli import run_main
+
+    main = importlib.import_module(f"nextlat_probe.{module}").main
+    with pytest.raises(SystemExit) as exc:
+        run_main(main, argv)
+    cap = capsys.readouterr()
+    return exc.value.code, cap.out, cap.err.strip()
+
+
+def assert_one_line(code: int, err: str, *needles: str) -> None:
+    """A refusal as promised: exit code 2 and one ``error:`` line holding every needle."""
+    assert code == 2, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+
+
 def assert_light_help(module: str, *flags: str) -> None:
     """``python -m MODULE --help`` works and names ``flags``; building the parser imports no torch."""
     res = run_cli(module, "--help", timeout=60)

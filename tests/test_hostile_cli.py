@@ -4,25 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from nextlat_probe.cli import run_main
-
-
-def _run(module, argv, capsys):
-    import importlib
-
-    main = importlib.import_module(f"nextlat_probe.{module}").main
-    with pytest.raises(SystemExit) as exc:
-        run_main(main, argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err.strip()
-
-
-def _one_line(code, err, *needles):
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    for needle in needles:
-        assert needle in err, (needle, err)
+from helpers import assert_one_line as _one_line
+from helpers import run_in_process as _run
 
 
 @pytest.mark.parametrize("device", ["tpu", "cuda:7", "nonsense:0"])

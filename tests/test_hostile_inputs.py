@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import assert_one_line as _one_line
+from helpers import run_in_process as _run
 from test_foreign_models import legacy_state_dict, reference_forward, tiny_gpt2, tokens_for
 
-from nextlat_probe.cli import run_main
 from nextlat_probe.errors import CheckpointError, WorldError
 
 DATA = Path(__file__).parent / "data"
@@ -24,23 +25,6 @@ PUBLISHED = DATA / "shai2024_mess3_train_config.json"
 PUBLISHED_FILLED = dict(n_layers=4, d_model=64, n_heads=1, d_head=8, d_mlp=4 * 64, n_ctx=10, d_vocab=3,
                         act_fn="relu", normalization_type="LN", eps=1e-5, attention_dir="causal", attn_only=False,
                         positional_embedding_type="standard", use_attn_scale=True, attn_scale=8 ** 0.5)
-
-
-def _run(module, argv, capsys):
-    import importlib
-
-    main = importlib.import_module(f"nextlat_probe.{module}").main
-    with pytest.raises(SystemExit) as exc:
-        run_main(main, argv)
-    cap = capsys.readouterr()
-    return exc.value.code, cap.out, cap.err.strip()
-
-
-def _one_line(code, err, *needles):
-    assert code == 2, err
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    for n in needles:
-        assert n in err, (n, err)
 
 
 # ----------------------------------------------------------------------------- world specs
