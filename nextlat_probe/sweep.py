@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--presets", default=None, help="comma list of model presets (tiny, mini, small, base; "
                    "default tiny)")
     g.add_argument("--steps", default=None, help="comma list of training lengths; each is its own run (its own "
-                   "cosine schedule)")
+                   "cosine schedule; default 1500)")
     g.add_argument("--lambda-h", default="1", help="comma list of NextLat latent-loss weights")
     g.add_argument("--lambda-kl", default="1", help="comma list of NextLat KL weights")
     g.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 per setting; pairs are formed by seed")
