@@ -39,8 +39,10 @@ def test_setup_installs_an_extra_only_when_missing(tmp_path):
 
 
 def test_make_lab_registers_the_kernel_and_starts_jupyterlab_on_the_notebooks():
-    res = subprocess.run(["make", "-n", "lab", "VENV=/tmp/some-venv"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    # (run from a parent make, e.g. `make test`, make would add "Entering directory" lines)
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    res = subprocess.run(["make", "--no-print-directory", "-n", "lab", "VENV=/tmp/some-venv"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60, env=env)
     assert res.returncode == 0, res.stderr
     lines = [ln.strip() for ln in res.stdout.splitlines() if ln.strip()]
     assert "NEXTLAT_VENV=/tmp/some-venv bash scripts/setup.sh dev,notebooks" in lines[0]

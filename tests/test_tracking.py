@@ -3,6 +3,7 @@ with TensorBoard's own event reader and from W&B's offline run file), a resumed 
 events hold each step once, and W&B sends nothing unless the user configured it."""
 import json
 import os
+import shutil
 import struct
 from pathlib import Path
 
@@ -72,11 +73,14 @@ def test_resume_rewrites_the_events_without_duplicated_steps(tmp_path):
     cfg = TrainConfig(world="mess3", objective="nextlat", steps=20, batch_size=8, seq_len=8, eval_every=5,
                       save_every=5, keep_every=5, n_val=16, device="cpu", warmup_steps=2)
     out = tmp_path / "run"
-    # a run killed at step 15, after its last save: the log and the events hold steps 11-15,
-    # which the checkpoint of step 10 does not
+    # a run killed at step 15 just before its save: the log and the events hold steps 11-15,
+    # which its latest checkpoint (step 10) does not. (stop_at saves at step 15, so the kill is
+    # made by putting the folder back to its checkpoints as they were at step 10.)
     train(cfg, out_dir=out, progress=False, stop_at=15, tracking=("tensorboard",))
     assert max(s for s, _ in _tb_scalars(out)["train/loss"]) == 15
-    train(cfg, out_dir=out, resume=out / "ckpt_step10.pt", progress=False, tracking=("tensorboard",))
+    (out / "ckpt_step15.pt").unlink()
+    shutil.copyfile(out / "ckpt_step10.pt", out / "ckpt.pt")
+    train(cfg, out_dir=out, resume=out / "ckpt.pt", progress=False, tracking=("tensorboard",))
     want = _log_scalars(out)
     assert [s for s, _ in want["train/loss"]] == [5, 10, 15, 20]  # the log: each step once
     # the raw events too, without TensorBoard's purge of orphaned steps
