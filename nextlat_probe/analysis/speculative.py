@@ -7,19 +7,24 @@ Drafting: from the transformer's hidden state ``h_t`` (the last block's residual
 (``models.objective._frozen_logits``, the head NextLat's KL term trains against), then
 ``ĥ_{t+2} = p_psi(ĥ_{t+1}, e(x̂_{t+2}))`` and so on: one p_psi call per drafted token.
 
-Verification: ONE transformer forward over ``prefix + x_{t+1} + drafts``. The longest
-prefix of the drafts on which the transformer's own greedy choices agree is accepted; the
-transformer's token at the first disagreement (or after the last draft, when all agree)
-becomes the next ``x_{t+1}``, and that same forward gives the next ``h_t``. Every emitted
-token is therefore the transformer's greedy token: the output equals plain greedy decoding
-token for token, with the same stopping rules (a stop token, ``max_new``, the context).
+Verification: ONE transformer forward over ``x_{t+1} + drafts``, appended to the row's
+key/value cache (``models.kvcache``: ``k + 1`` positions at once). The longest prefix of the
+drafts on which the transformer's own greedy choices agree is accepted; the transformer's
+token at the first disagreement (or after the last draft, when all agree) becomes the next
+``x_{t+1}``, that same forward gives the next ``h_t``, and the rejected positions are rolled
+back out of the cache. Every emitted token is therefore the transformer's greedy token: the
+output equals greedy decoding token for token (``analysis.generation.greedy_decode``, the
+baseline, also from the cache), with the same stopping rules (a stop token, ``max_new``, the
+context). A verified position whose best two logits are within ``generation.TIE_LOGIT`` is
+re-decided on the full forward, as greedy decoding re-decides it, so float round-off between
+appending one and ``k + 1`` positions never makes the two outputs differ.
 
-Regime: TransformerLens 4.3's ``TransformerBridge.boot_native`` models have NO key/value
-cache (``NativeModel.forward`` swallows ``past_key_values``; its attention only ever sees
-the tokens passed in), so both greedy and speculative decoding here run a full forward over
-the whole prefix at every step (``REGIME``). In this regime a verification over ``k`` extra
-positions costs about as much as one greedy step, which is why tokens per forward
-translates almost directly into wall-clock speedup.
+Regimes (``REGIME_NOTES``): ``kv_cache`` (the default wherever ``models.kvcache`` supports the
+model) and ``full_forward`` (every greedy step and every verification one forward over the
+whole prefix; the only regime before the cache, and the fallback for other models). With the
+cache a greedy step computes one position and a verification ``k + 1``, so the saving is
+bounded by the positions a verification costs beside its per-call overhead, not by tokens per
+forward alone: records give both (``positions_*`` beside ``tokens_per_forward``).
 
 Draft-length policies (``parse_policy``): ``fixed:k`` drafts ``k`` tokens (fewer at the end
 of the budget or the context, and never past a drafted stop token); ``adaptive`` (see
@@ -41,18 +46,33 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..models.kvcache import REGIME_CACHED, REGIME_FULL
+from .generation import (
+    TIE_LOGIT,
+    GreedyResult,
+    check_prompts,
+    greedy_decode,
+    greedy_pick,
+    open_decoder,
+    stop_array,
+    sync,
+)
 from .stats import AnalysisError
 
-REGIME = "no_kv_cache"
-REGIME_NOTE = ("no key/value cache (TransformerBridge native models offer none): every greedy step and every "
-               "verification is a full forward over the whole prefix")
+#: what each decoding regime means for the timings (``params["regime_note"]`` of a record)
+REGIME_NOTES = {
+    REGIME_CACHED: "key/value cache (models.kvcache): a greedy step computes one position, a verification the "
+                   "pending token and its drafts; rejected positions are rolled back",
+    REGIME_FULL: "no key/value cache: every greedy step and every verification is a full forward over the whole "
+                 "prefix",
+}
 ADAPTIVE_RULE = (
     "confidence threshold tau, tuned online per sequence: draft while the head's probability of the drafted token "
     ">= tau (at most `cap` tokens); after each verification a rejected draft of head probability p moves tau up, "
     "tau += eta_up*(p - tau), and a candidate stopped by tau that equals the transformer's token there (it would "
     "have been accepted) moves tau down, tau -= eta_down*(tau - p_stop); tau stays in [tau_min, tau_max]. "
-    "eta_down >> eta_up because without a KV cache a wasted draft costs one p_psi call and one verification "
-    "position, while a wrongly stopped draft costs a whole forward"
+    "eta_down >> eta_up because a wasted draft costs one p_psi call and one verification position, while a "
+    "wrongly stopped draft costs a whole extra verification (a forward call)"
 )
 
 
@@ -149,14 +169,6 @@ class LatentDrafter:
 # results
 # --------------------------------------------------------------------------------------
 @dataclass
-class GreedyResult:
-    tokens: list[np.ndarray]  # generated tokens per prompt (prompt not included)
-    forwards: int  # transformer forwards summed over rows (one per generated token)
-    batched_forwards: int  # model calls
-    seconds: float
-
-
-@dataclass
 class SpeculativeResult:
     tokens: list[np.ndarray]
     policy: str
@@ -168,6 +180,9 @@ class SpeculativeResult:
     draft_calls: int = 0  # p_psi calls summed over rows
     seconds: float = 0.0
     final_tau: list[float] = field(default_factory=list)  # adaptive: threshold per row at the end
+    regime: str = REGIME_FULL
+    positions: int = 0  # token positions the transformer computed, summed over rows
+    refreshed: int = 0  # near-tie verifications re-decided on the full forward
 
     @property
     def n_tokens(self) -> int:
@@ -179,36 +194,8 @@ class SpeculativeResult:
         return np.bincount(np.asarray(self.accepted, dtype=np.int64), minlength=top + 1).tolist()
 
 
-def _sync(device) -> None:
-    import torch
-
-    if getattr(device, "type", str(device)).startswith("cuda"):
-        torch.cuda.synchronize(device)
-
-
-def _check_prompts(model, prompts: np.ndarray, max_new: int) -> tuple[np.ndarray, int]:
-    prompts = np.asarray(prompts, dtype=np.int64)
-    if prompts.ndim != 2 or prompts.shape[1] < 1:
-        raise AnalysisError(f"prompts must be [n, P] with P >= 1, got shape {prompts.shape}")
-    n_ctx = int(model.cfg.n_ctx)
-    P = prompts.shape[1]
-    if P > n_ctx:
-        raise AnalysisError(f"prompts of {P} tokens exceed the model's context of {n_ctx}")
-    # the last token is predicted from position n_ctx - 1: at most n_ctx + 1 tokens in all
-    return prompts, max(0, min(int(max_new), n_ctx + 1 - P))
-
-
-def _stop_array(stop_mask: Any, V: int) -> np.ndarray:
-    if stop_mask is None:
-        return np.zeros(V, dtype=bool)
-    s = np.asarray(stop_mask, dtype=bool)
-    if s.shape != (V,):
-        raise AnalysisError(f"stop_mask must have one entry per token ({V}), got shape {s.shape}")
-    return s
-
-
 def _forward(model, tokens, hook: str | None):
-    """(logits, normalised latents at ``hook`` or None) of one forward."""
+    """(logits, normalised latents at ``hook`` or None) of one full forward."""
     if hook is None:
         return model(tokens), None
     from ..models.objective import normalize_latent
@@ -225,106 +212,65 @@ def _forward(model, tokens, hook: str | None):
 
 
 # --------------------------------------------------------------------------------------
-# plain greedy decoding (the reference)
-# --------------------------------------------------------------------------------------
-def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = None, batch_size: int = 64,
-                  pad_id: int = 0) -> GreedyResult:
-    """Plain greedy decoding, no cache: each step is one forward over the whole prefix.
-
-    A row stops after a token with ``stop_mask[token]`` True, after ``max_new`` tokens, or
-    when the context is full (at most ``n_ctx + 1`` tokens in all)."""
-    import torch
-
-    model.eval()
-    prompts, max_new = _check_prompts(model, prompts, max_new)
-    n, P = prompts.shape
-    stop = _stop_array(stop_mask, int(model.cfg.d_vocab))
-    dev = next(model.parameters()).device
-    out: list[np.ndarray] = []
-    forwards = calls = 0
-    _sync(dev)
-    t0 = time.perf_counter()
-    with torch.no_grad():
-        for s in range(0, n, batch_size):
-            buf = torch.full((min(batch_size, n - s), P + max_new), pad_id, dtype=torch.long, device=dev)
-            buf[:, :P] = torch.as_tensor(prompts[s:s + batch_size], device=dev)
-            stop_t = torch.as_tensor(stop, device=dev)
-            length = P
-            alive = torch.ones(buf.shape[0], dtype=torch.bool, device=dev)
-            n_gen = torch.zeros(buf.shape[0], dtype=torch.long, device=dev)
-            for _ in range(max_new):
-                rows = alive.nonzero()[:, 0]
-                if rows.numel() == 0:
-                    break
-                logits = model(buf[rows, :length])
-                calls += 1
-                forwards += int(rows.numel())
-                tok = logits[:, -1].argmax(-1)
-                buf[rows, length] = tok
-                n_gen[rows] += 1
-                alive[rows] = ~stop_t[tok]
-                length += 1
-            gen = buf[:, P:].cpu().numpy()
-            out.extend(gen[i, :int(c)] for i, c in enumerate(n_gen.cpu().numpy()))
-    _sync(dev)
-    return GreedyResult(out, forwards, calls, time.perf_counter() - t0)
-
-
-# --------------------------------------------------------------------------------------
 # speculative decoding
 # --------------------------------------------------------------------------------------
 def speculative_decode(model, drafter: Any, prompts: np.ndarray, max_new: int, *, policy: str | DraftPolicy = "fixed:4",
                        stop_mask: Any = None, batch_size: int = 64, pad_id: int = 0,
-                       hook: str | None = None) -> SpeculativeResult:
+                       hook: str | None = None, regime: str = "auto") -> SpeculativeResult:
     """Greedy decoding accelerated by drafts from ``drafter`` (``LatentDrafter(model, p_psi)``
     or anything with its ``step`` / ``logits``), verified by the transformer; same stopping
-    rules and (by construction) the same tokens as ``greedy_decode``. ``hook``: where the
-    latent is read (default: the last block's ``hook_resid_post``)."""
+    rules and the same tokens as ``greedy_decode``. ``hook``: where the latent is read
+    (default: the last block's ``hook_resid_post``). ``regime``: as ``greedy_decode``
+    (``auto``: the key/value cache where the model allows; each verification appends ``k + 1``
+    positions and rolls the rejected ones back)."""
     import torch
 
     pol = parse_policy(policy)
     model.eval()
-    prompts, max_new = _check_prompts(model, prompts, max_new)
-    n, P = prompts.shape
-    n_ctx = int(model.cfg.n_ctx)
-    stop = _stop_array(stop_mask, int(model.cfg.d_vocab))
-    if hook is None:
-        hook = f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+    prompts, max_new = check_prompts(model, prompts, max_new)
+    n = prompts.shape[0]
+    stop = stop_array(stop_mask, int(model.cfg.d_vocab))
     dev = next(model.parameters()).device
     res = SpeculativeResult([], pol.name, 0, 0, 0)
-    _sync(dev)
+    sync(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, n, batch_size):
-            _speculative_batch(model, drafter, prompts[s:s + batch_size], s, max_new, pol, stop, n_ctx, hook,
+            _speculative_batch(model, drafter, prompts[s:s + batch_size], s, max_new, pol, stop, hook, regime,
                                pad_id, dev, res)
-    _sync(dev)
+    sync(dev)
     res.seconds = time.perf_counter() - t0
     return res
 
 
-def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, n_ctx, hook, pad_id, dev, res) -> None:
+def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook, regime, pad_id, dev, res) -> None:
     import torch
 
+    from ..models.objective import normalize_latent
+
     b, P = prompts.shape
-    width = P + max_new
-    buf = torch.full((b, width + 1), pad_id, dtype=torch.long, device=dev)
-    buf[:, :P] = torch.as_tensor(prompts, device=dev)
-    row_ids = torch.arange(b, device=dev) + offset
-    length = np.full(b, P, dtype=np.int64)  # committed tokens per row
-    n_gen = np.zeros(b, dtype=np.int64)
-    done = np.zeros(b, dtype=bool)
+    n_ctx = int(model.cfg.n_ctx)
     if max_new == 0:
         res.tokens.extend(np.zeros(0, dtype=np.int64) for _ in range(b))
         return
+    buf = torch.full((b, P + max_new + 1), pad_id, dtype=torch.long, device=dev)
+    buf[:, :P] = torch.as_tensor(prompts, device=dev)
+    dec = open_decoder(model, b, P + max_new - 1, regime, hook)
+    res.regime = dec.regime
+    cached = dec.regime == REGIME_CACHED
+    row_ids = torch.arange(b, device=dev) + offset
+    length = np.full(b, P, dtype=np.int64)  # committed tokens per row (the cache holds all but the pending one)
+    n_gen = np.zeros(b, dtype=np.int64)
+    done = np.zeros(b, dtype=bool)
     tau = np.full(b, float(pol.tau0))
     # the prompt forward: the first greedy token and the latent it came from
-    logits, h_all = _forward(model, buf[:, :P], hook)
+    logits, resid = dec.append(buf[:, :P], resid=True)
+    g, k = greedy_pick(model, logits[:, -1], lambda i: buf[i, :P], cached)
+    res.refreshed += k
+    h = normalize_latent(resid[:, -1].float())  # latent at the last committed position
     res.forwards += b
     res.batched_forwards += 1
-    g = logits[:, -1].argmax(-1)  # pending greedy token per row (torch, on dev)
-    h = h_all[:, -1]  # latent at the last committed position
-    stop_np = stop
+    res.positions += b * P
     while True:
         # commit the pending greedy token
         rows = np.flatnonzero(~done)
@@ -335,95 +281,130 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, n_ct
         buf[rt, torch.as_tensor(length[rows], device=dev)] = g[rt]
         length[rows] += 1
         n_gen[rows] += 1
-        done[rows] |= stop_np[g_np] | (n_gen[rows] >= max_new)
+        done[rows] |= stop[g_np] | (n_gen[rows] >= max_new)
         rows = np.flatnonzero(~done)
         if rows.size == 0:
             break
         rt = torch.as_tensor(rows, device=dev)
         # how many tokens each live row may draft
-        cap = np.minimum(np.minimum(pol.k, max_new - n_gen[rows]), n_ctx - length[rows])
-        cap = np.maximum(cap, 0)
-        K = int(cap.max())
-        drafts = torch.full((rows.size, max(K, 1)), -1, dtype=torch.long, device=dev)
-        dprob = np.zeros((rows.size, max(K, 1)))  # head probability of each drafted token
-        n_draft = np.zeros(rows.size, dtype=np.int64)
-        stop_p = np.full(rows.size, np.nan)  # adaptive: probability of the candidate that tau stopped
-        stop_tok = np.full(rows.size, -1, dtype=np.int64)
-        drafting = cap > 0
-        cur_h, cur_tok = h[rt], g[rt]
-        pos = torch.as_tensor(length[rows] - 1, device=dev)
-        for j in range(K):
-            act = np.flatnonzero(drafting)
-            if act.size == 0:
-                break
-            at = torch.as_tensor(act, device=dev)
-            hh = drafter.step(cur_h[at], cur_tok[at], row_ids[rt[at]], pos[at])
-            res.draft_calls += int(act.size)
-            lg = drafter.logits(hh, row_ids[rt[at]], pos[at]).float()
-            prob, tok = torch.softmax(lg, -1).max(-1)
-            tok_np, prob_np = tok.cpu().numpy(), prob.double().cpu().numpy()
-            keep = np.ones(act.size, dtype=bool)
-            if pol.kind == "adaptive":
-                keep = prob_np >= tau[rows[act]]
-                stop_p[act[~keep]] = prob_np[~keep]
-                stop_tok[act[~keep]] = tok_np[~keep]
-            ka = act[keep]
-            drafts[torch.as_tensor(ka, device=dev), j] = tok[torch.as_tensor(np.flatnonzero(keep), device=dev)]
-            dprob[ka, j] = prob_np[keep]
-            n_draft[ka] += 1
-            nh, nt = cur_h.clone(), cur_tok.clone()
-            nh[at], nt[at] = hh.to(nh.dtype), tok
-            cur_h, cur_tok = nh, nt
-            pos = pos + 1
-            drafting[act[~keep]] = False
-            drafting[ka] &= (n_draft[ka] < cap[ka]) & ~stop_np[tok_np[keep]]
-        # one verification forward over prefix + drafts for every live row
-        for i in range(rows.size):
-            if n_draft[i]:
-                buf[rows[i], length[rows[i]]:length[rows[i]] + n_draft[i]] = drafts[i, :n_draft[i]]
-        W = int((length[rows] + n_draft).max())
-        logits, h_all = _forward(model, buf[rt, :W], hook)
+        cap = np.maximum(np.minimum(np.minimum(pol.k, max_new - n_gen[rows]), n_ctx - length[rows]), 0)
+        drafts, n_draft, dprob, stop_p, stop_tok = _draft(drafter, pol, h[rt], g[rt], row_ids[rt],
+                                                         torch.as_tensor(length[rows] - 1, device=dev), cap,
+                                                         tau[rows], stop, res)
+        # one verification for every live row: the pending token and its drafts at once
+        K = drafts.shape[1]
+        fed = torch.cat([g[rt][:, None], drafts.clamp(min=0)], dim=1)  # [r, K + 1] (past a row's drafts: unused)
+        counts = n_draft + 1
+        for i in np.flatnonzero(n_draft):
+            buf[rows[i], length[rows[i]]:length[rows[i]] + n_draft[i]] = drafts[i, :n_draft[i]]
+        ragged = None if (counts == K + 1).all() else torch.as_tensor(counts, device=dev)
+        logits, resid = dec.append(fed, None if rows.size == b else rt, resid=True, counts=ragged)
         res.forwards += int(rows.size)
         res.verifications += int(rows.size)
         res.batched_forwards += 1
-        preds = logits.argmax(-1)  # [r, W]: the transformer's token after each position
+        res.positions += int(rows.size) * (K + 1) if cached else int((length[rows] + n_draft).max()) * int(rows.size)
+        preds = logits.argmax(-1)  # [r, K + 1]: the transformer's token after the pending one and each draft
+        if cached:
+            preds, k = _refresh_ties(model, logits, preds, counts, buf, rows, length, dev)
+            res.refreshed += k
         preds_np = preds.cpu().numpy()
         drafts_np = drafts.cpu().numpy()
         sel = np.zeros(rows.size, dtype=np.int64)
+        keep = np.zeros(rows.size, dtype=np.int64)  # cache length per row after the roll-back
         for i, r in enumerate(rows):
             L, nd = int(length[r]), int(n_draft[i])
-            want = preds_np[i, L - 1:L - 1 + nd]
-            agree = want == drafts_np[i, :nd]
+            agree = preds_np[i, :nd] == drafts_np[i, :nd]
             a = nd if agree.all() else int(np.argmin(agree))
             res.accepted.append(a)
             res.drafted.append(nd)
-            used = a
+            keep[i] = L + a  # the pending token and the accepted drafts stay in the cache
             if a:
                 acc = drafts_np[i, :a]
-                hit = np.flatnonzero(stop_np[acc])
-                if hit.size:  # greedy stops at the first stop token
-                    used = int(hit[0]) + 1
-                    done[r] = True
+                hit = np.flatnonzero(stop[acc])
+                used = int(hit[0]) + 1 if hit.size else a  # greedy stops at the first stop token
+                done[r] |= bool(hit.size)
                 length[r] += used
                 n_gen[r] += used
                 if n_gen[r] >= max_new:
                     done[r] = True
-            sel[i] = L - 1 + a
+            sel[i] = a
             if pol.kind == "adaptive":
                 tau[r] = update_tau(pol, tau[r], a, nd, dprob[i, a] if a < nd else math.nan,
-                                    int(preds_np[i, L - 1 + a]), stop_p[i], int(stop_tok[i]))
-        st = torch.as_tensor(sel, device=dev)
+                                    int(preds_np[i, a]), stop_p[i], int(stop_tok[i]))
+        dec.truncate(torch.as_tensor(keep, device=dev), rt)
         ar = torch.arange(rows.size, device=dev)
-        new_g = preds[ar, st]
-        new_h = h_all[ar, st]
-        g = g.clone()
-        h = h.clone()
-        g[rt], h[rt] = new_g, new_h.to(h.dtype)
-        # positions past the committed length may hold rejected drafts: later verifications
-        # overwrite them before reading, and causal attention never looks ahead
+        st = torch.as_tensor(sel, device=dev)
+        g, h = g.clone(), h.clone()
+        g[rt] = preds[ar, st]
+        h[rt] = normalize_latent(resid[ar, st].float()).to(h.dtype)
     gen = buf[:, P:].cpu().numpy()
     res.tokens.extend(gen[i, :int(c)] for i, c in enumerate(n_gen))
     res.final_tau.extend(float(t) for t in tau)
+
+
+def _draft(drafter, pol, h, g, row_ids, pos, cap, tau, stop, res):
+    """Up to ``cap`` drafted tokens per row from latents ``h`` and pending tokens ``g``:
+    (drafts ``[r, K]`` (-1 past each row's count), counts, head probability of each draft,
+    probability and token of the candidate the adaptive threshold stopped (NaN / -1 where
+    none))."""
+    import torch
+
+    dev = h.device
+    r = h.shape[0]
+    K = int(cap.max()) if r else 0
+    drafts = torch.full((r, K), -1, dtype=torch.long, device=dev)
+    dprob = np.zeros((r, max(K, 1)))
+    n_draft = np.zeros(r, dtype=np.int64)
+    stop_p = np.full(r, np.nan)
+    stop_tok = np.full(r, -1, dtype=np.int64)
+    drafting = cap > 0
+    cur_h, cur_tok = h, g
+    for j in range(K):
+        act = np.flatnonzero(drafting)
+        if act.size == 0:
+            break
+        at = torch.as_tensor(act, device=dev)
+        hh = drafter.step(cur_h[at], cur_tok[at], row_ids[at], pos[at])
+        res.draft_calls += int(act.size)
+        lg = drafter.logits(hh, row_ids[at], pos[at]).float()
+        prob, tok = torch.softmax(lg, -1).max(-1)
+        tok_np, prob_np = tok.cpu().numpy(), prob.double().cpu().numpy()
+        keep = np.ones(act.size, dtype=bool)
+        if pol.kind == "adaptive":
+            keep = prob_np >= tau[act]
+            stop_p[act[~keep]] = prob_np[~keep]
+            stop_tok[act[~keep]] = tok_np[~keep]
+        ka = act[keep]
+        drafts[torch.as_tensor(ka, device=dev), j] = tok[torch.as_tensor(np.flatnonzero(keep), device=dev)]
+        dprob[ka, j] = prob_np[keep]
+        n_draft[ka] += 1
+        nh, nt = cur_h.clone(), cur_tok.clone()
+        nh[at], nt[at] = hh.to(nh.dtype), tok
+        cur_h, cur_tok = nh, nt
+        pos = pos + 1
+        drafting[act[~keep]] = False
+        drafting[ka] &= (n_draft[ka] < cap[ka]) & ~stop[tok_np[keep]]
+    return drafts, n_draft, dprob, stop_p, stop_tok
+
+
+def _refresh_ties(model, logits, preds, counts, buf, rows, length, dev):
+    """``preds`` with the rows that hold a near-tie (best two logits within ``TIE_LOGIT``) at
+    a verified position re-decided on the full forward over the committed tokens and the
+    drafts (what plain greedy decoding re-decides on), and how many rows that was."""
+    import torch
+
+    top2 = logits.float().topk(2, dim=-1).values
+    tie = (top2[..., 0] - top2[..., 1]) < TIE_LOGIT  # [r, K + 1]
+    tie &= torch.arange(logits.shape[1], device=dev)[None, :] < torch.as_tensor(counts, device=dev)[:, None]
+    idx = tie.any(dim=1).nonzero()[:, 0].cpu().numpy()
+    if idx.size == 0:
+        return preds, 0
+    preds = preds.clone()
+    for i in idx:  # rare: one full forward per such row
+        L, c = int(length[rows[i]]), int(counts[i])
+        ref = model(buf[rows[i]:rows[i] + 1, :L + c - 1])[0, L - 1:]
+        preds[i, :c] = ref.argmax(-1)
+    return preds, int(idx.size)
 
 
 def update_tau(pol: DraftPolicy, tau: float, accepted: int, drafted: int, p_rejected: float, next_token: int,
@@ -455,8 +436,11 @@ def same_tokens(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
 
 
 def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[str, Any]:
-    """The metrics of one policy on one model (plain numbers and lists)."""
+    """The metrics of one policy on one model (plain numbers and lists). ``positions_*``:
+    token positions the transformer computed (what a forward costs under a cache);
+    ``draft_acceptance``: accepted / drafted tokens (the acceptance rate)."""
     n_tok = spec.n_tokens
+    n_greedy = max(1, sum(len(t) for t in greedy.tokens))
     same = same_tokens(spec.tokens, greedy.tokens)
     n_ver = len(spec.accepted)
     return {
@@ -472,7 +456,12 @@ def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[s
         "forwards": int(spec.forwards),
         "forwards_per_token": spec.forwards / n_tok if n_tok else math.nan,
         "tokens_per_forward": n_tok / spec.forwards if spec.forwards else math.nan,
-        "greedy_forwards_per_token": greedy.forwards / max(1, sum(len(t) for t in greedy.tokens)),
+        "greedy_forwards_per_token": greedy.forwards / n_greedy,
+        "positions_speculative": int(spec.positions),
+        "positions_greedy": int(greedy.positions),
+        "positions_per_token": spec.positions / n_tok if n_tok else math.nan,
+        "greedy_positions_per_token": greedy.positions / n_greedy,
+        "near_ties_refreshed": int(spec.refreshed + greedy.refreshed),
         "draft_calls": int(spec.draft_calls),
         "draft_calls_per_token": spec.draft_calls / n_tok if n_tok else math.nan,
         "batched_forwards": int(spec.batched_forwards),
@@ -483,5 +472,5 @@ def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[s
     }
 
 
-__all__ = ["REGIME", "REGIME_NOTE", "ADAPTIVE_RULE", "ADAPTIVE_CAP", "DraftPolicy", "parse_policy", "LatentDrafter",
+__all__ = ["REGIME_NOTES", "ADAPTIVE_RULE", "ADAPTIVE_CAP", "DraftPolicy", "parse_policy", "LatentDrafter",
            "GreedyResult", "SpeculativeResult", "greedy_decode", "speculative_decode", "update_tau", "same_tokens", "summary"]

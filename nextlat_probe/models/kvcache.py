@@ -1,0 +1,342 @@
+"""Incremental decoding: a key/value cache on the bridge's own parameters.
+
+TransformerLens 4.3's ``TransformerBridge.boot_native`` models have no key/value cache
+(``NativeModel.forward`` ignores ``past_key_values``), so decoding with ``model(tokens)``
+recomputes the whole prefix at every step: O(L²) work per sequence of L tokens. This module
+runs the same computation incrementally, beside ``models.fastpath`` (the hook-free training
+forward), reading the SAME parameter tensors:
+
+- ``KVCache``: preallocated keys and values ``[layer, batch, capacity, heads, d_head]`` and
+  one length per row (rows of one batch may hold prefixes of different lengths);
+- ``CachedDecoder.append(tokens [b, k], rows)``: feed ``k`` tokens to each of ``rows`` at
+  once, each row at its own position offset (its length), and get the logits (and,
+  optionally, the last block's residual) at those ``k`` positions;
+- ``CachedDecoder.truncate(lengths, rows)``: roll each row back to its own length (a
+  speculative verification's rejected drafts). Stale keys past a row's length are never
+  read: a query at position p attends to keys 0..p only, and those are rewritten before
+  any later query reaches them.
+
+Positions: learned tables (``learned`` and ``none``: the table row of each absolute
+position) and rotary (the model's own cos / sin tables at each absolute position, applied
+to queries and keys before the keys are cached). The attention is computed as the native
+model computes it (scores divided by the model's scale, masked, softmax, weighted values), so
+logits agree with ``model(tokens)`` to float round-off (``tests/test_kvcache.py``: 1e-5 in
+fp32 at every step).
+
+``supports(model)`` says whether the cache reproduces the model (the native architecture
+this package builds, and legacy TransformerLens models loaded into it: pre-norm LN / RMS /
+LNPre / RMSPre, a plain MLP, causal multi-head attention, learned or rotary positions, no
+soft-capping). Anything else (a Hugging Face GPT-2 bridge, a vocabulary-mapped wrapper, a
+gated MLP, grouped-query attention) gets ``FullForwardDecoder``: the same interface, each
+call one full forward over the prefix (what decoding did before the cache). ``decoder()``
+picks one and its ``regime`` (``REGIME_CACHED`` / ``REGIME_FULL``) is what records report.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Int
+from torch import Tensor
+
+from .fastpath import _inner, _linear
+
+#: the two decoding regimes a record can name (``params["decoding"]``)
+REGIME_CACHED = "kv_cache"
+REGIME_FULL = "full_forward"
+REGIMES = (REGIME_CACHED, REGIME_FULL)
+#: a cache larger than this (bytes) is not allocated: ``decoder`` falls back to full forwards
+#: (an evaluation of thousands of rows of long trips on a big model would not fit a CPU's
+#: memory; pass ``max_cache_bytes`` to allow more)
+MAX_CACHE_BYTES = 4 * 2**30
+
+
+def _cfg(model, name, default=None):
+    return getattr(getattr(model, "cfg", None), name, default)
+
+
+def unsupported_reason(model) -> str | None:
+    """None when ``CachedDecoder`` reproduces ``model(tokens)``; otherwise why not (one
+    phrase, for the record of a full-forward fallback)."""
+    try:
+        if _cfg(model, "architecture") != "TransformerLensNative":
+            return f"architecture {_cfg(model, 'architecture', type(model).__name__)!r} (only the native bridge is cached)"
+        if not all(hasattr(model, n) for n in ("embed", "blocks", "ln_final", "unembed")):
+            return "not a bridge (a wrapped model)"
+        if _cfg(model, "attention_dir", "causal") != "causal" or _cfg(model, "attn_only", False):
+            return "non-causal or attention-only model"
+        if _cfg(model, "gated_mlp", False):
+            return "gated MLP"
+        kv = _cfg(model, "n_key_value_heads")
+        if kv not in (None, _cfg(model, "n_heads")):
+            return "grouped-query attention"
+        for cap in ("attn_scores_soft_cap", "output_logits_soft_cap"):
+            v = _cfg(model, cap, -1.0)
+            if v is not None and float(v) > 0:
+                return "soft-capping"
+        kind = (_cfg(model, "positional_embedding_type") or "standard").lower()
+        if kind == "standard":
+            if getattr(model, "pos_embed", None) is None:
+                return "no position table"
+        elif kind == "rotary":
+            if getattr(model.cfg, "rope_scaling", None):
+                return "scaled rotary positions"
+        else:
+            return f"positional embedding {kind!r}"
+        for block in model.blocks:
+            attn, mlp = _inner(block.attn), _inner(block.mlp)
+            if not all(hasattr(attn, n) for n in ("q", "k", "v", "o", "scale")):
+                return "unfamiliar attention module"
+            if kind == "rotary":
+                rot = getattr(attn, "rotary", None)
+                if rot is None or not all(hasattr(rot, n) for n in ("cos_cached", "sin_cached", "rotary_dim")):
+                    return "unfamiliar rotary module"
+            if not all(hasattr(mlp, n) for n in ("fc_in", "fc_out", "act")):
+                return "unfamiliar MLP module"
+        return None
+    except Exception as exc:  # an unfamiliar model: the full forward is always right
+        return f"unfamiliar model ({type(exc).__name__})"
+
+
+def supports(model) -> bool:
+    """True when ``CachedDecoder`` computes exactly what ``model(tokens)`` computes."""
+    return unsupported_reason(model) is None
+
+
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, rd: int) -> Tensor:
+    """RoPE in the native model's adjacent-pair form on ``x [b, k, H, dh]`` (first ``rd``
+    dimensions) with ``cos`` / ``sin`` ``[b, k, 1, rd]``."""
+    x_rot, x_pass = x[..., :rd], x[..., rd:]
+    rot = torch.stack((-x_rot[..., 1::2], x_rot[..., 0::2]), dim=-1).flatten(-2)
+    x_rot = x_rot * cos + rot * sin
+    return torch.cat([x_rot, x_pass], dim=-1) if x_pass.shape[-1] else x_rot
+
+
+class KVCache:
+    """Keys and values of ``batch`` rows, ``capacity`` positions each, and the number of
+    positions each row holds (``lengths``, int64 on the model's device)."""
+
+    def __init__(self, n_layers: int, batch: int, capacity: int, n_heads: int, d_head: int, *,
+                 device: torch.device, dtype: torch.dtype):
+        shape = (n_layers, batch, capacity, n_heads, d_head)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.capacity = int(capacity)
+
+    @staticmethod
+    def nbytes(model, batch: int, capacity: int) -> int:
+        """Bytes a cache of ``batch`` rows and ``capacity`` positions takes for ``model``."""
+        dtype = next(model.parameters()).dtype
+        per = int(model.cfg.n_layers) * 2 * int(model.cfg.n_heads) * int(model.cfg.d_head)
+        return per * int(batch) * int(capacity) * torch.finfo(dtype).bits // 8
+
+
+def _positions(start: Tensor, k: int, counts, capacity: int, n_ctx: int, device):
+    """(positions ``[b, k]``, bool ``[b, k]`` of the tokens taken or None when all are,
+    positions attended ``T``) of an append of ``k`` tokens to rows of lengths ``start``.
+    Positions of tokens not taken are clamped into the table (their outputs are unused)."""
+    b = start.numel()
+    pos = start[:, None] + torch.arange(k, device=device)[None, :]
+    valid = None
+    if counts is not None:
+        valid = torch.arange(k, device=device)[None, :] < torch.as_tensor(counts, device=device)[:, None]
+    last = pos if valid is None else torch.where(valid, pos, 0)
+    T = int(last.max()) + 1 if b else 0
+    if T > capacity:
+        raise ValueError(f"append: {T} positions exceed the decoder's capacity of {capacity} "
+                         f"(the model's context is {n_ctx})")
+    if valid is not None:
+        pos = torch.minimum(pos, torch.as_tensor(max(T - 1, 0), device=device))
+    return pos, valid, T
+
+
+def _rows_of(rows, batch: int, device) -> Tensor:
+    if rows is None:
+        return torch.arange(batch, device=device)
+    return torch.as_tensor(rows, dtype=torch.long, device=device)
+
+
+class CachedDecoder:
+    """Incremental forward of ``model`` for ``batch`` rows of up to ``capacity`` tokens
+    (default the model's context). ``hook`` is unused (the last residual is always the
+    last block's output); it exists so that both decoders take the same arguments."""
+
+    regime = REGIME_CACHED
+
+    def __init__(self, model, batch: int, capacity: int | None = None):
+        reason = unsupported_reason(model)
+        if reason is not None:
+            raise ValueError(f"no key/value cache for this model: {reason}")
+        cfg = model.cfg
+        self.model = model
+        self.n_ctx = int(cfg.n_ctx)
+        self.capacity = min(self.n_ctx, int(capacity or self.n_ctx))
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.H, self.dh = int(cfg.n_heads), int(cfg.d_head)
+        self.cache = KVCache(int(cfg.n_layers), int(batch), self.capacity, self.H, self.dh,
+                             device=self.device, dtype=self.dtype)
+        self.rotary = None
+        if (getattr(cfg, "positional_embedding_type", None) or "standard").lower() == "rotary":
+            self.rotary = _inner(model.blocks[0].attn).rotary
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self.cache.lengths
+
+    def truncate(self, lengths, rows=None) -> None:
+        """Roll rows back (or forward over what they already hold) to ``lengths``."""
+        r = _rows_of(rows, self.cache.lengths.numel(), self.device)
+        self.cache.lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def append(self, tokens: Int[Tensor, "b k"], rows=None, resid: bool = False, counts=None):
+        """Feed ``tokens[i]`` to row ``rows[i]`` (default: every row, in order) at positions
+        ``lengths[row] .. lengths[row] + k - 1``; the rows' lengths grow by ``k``. Returns the
+        logits ``[b, k, vocab]`` at those positions, and with ``resid`` also the last block's
+        residual output ``[b, k, d_model]``. ``counts`` (one per row, 1..k): row ``i`` takes
+        only its first ``counts[i]`` tokens (ragged appends); the outputs past them are
+        meaningless and nothing of them enters the cache."""
+        model, cache = self.model, self.cache
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        b, k = tokens.shape
+        r = _rows_of(rows, cache.lengths.numel(), self.device)
+        start = cache.lengths[r]
+        pos, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx, self.device)
+        x = F.embedding(tokens, _inner(model.embed).weight)
+        if self.rotary is None:
+            x = x + _inner(model.pos_embed).weight[pos]
+            cos = sin = None
+        else:
+            rd = int(self.rotary.rotary_dim)
+            cos = self.rotary.cos_cached[pos].to(x.dtype).unsqueeze(2)
+            sin = self.rotary.sin_cached[pos].to(x.dtype).unsqueeze(2)
+        # key position j is visible from query position p iff j <= p (causal); keys past a
+        # row's own length hold stale values and are masked the same way
+        hidden = torch.arange(T, device=self.device)[None, None, :] > pos[:, :, None]  # [b, k, T]
+        hidden = hidden[:, None]  # [b, 1, k, T] (broadcast over heads)
+        rows_col = r[:, None]
+        for layer, block in enumerate(model.blocks):
+            attn = _inner(block.attn)
+            h = _inner(block.ln1)(x)
+            q = _linear(h, _inner(attn.q)).view(b, k, self.H, self.dh)
+            kk = _linear(h, _inner(attn.k)).view(b, k, self.H, self.dh)
+            v = _linear(h, _inner(attn.v)).view(b, k, self.H, self.dh)
+            if cos is not None:
+                q, kk = _rotate(q, cos, sin, rd), _rotate(kk, cos, sin, rd)
+            if valid is None:
+                cache.k[layer][rows_col, pos] = kk
+                cache.v[layer][rows_col, pos] = v
+            else:
+                at = (rows_col.expand(b, k)[valid], pos[valid])
+                cache.k[layer][at] = kk[valid]
+                cache.v[layer][at] = v[valid]
+            keys, vals = cache.k[layer][:, :T], cache.v[layer][:, :T]
+            if rows is not None:  # the appended rows only (a copy; every row in order is a view)
+                keys, vals = keys[r], vals[r]
+            keys, vals = keys.transpose(1, 2), vals.transpose(1, 2)  # [b, H, T, dh]
+            scores = torch.matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / attn.scale  # [b, H, k, T]
+            pattern = F.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
+            z = torch.matmul(pattern, vals).transpose(1, 2).reshape(b, k, self.H * self.dh)
+            x = x + _linear(z, _inner(attn.o))
+            mlp = _inner(block.mlp)
+            mid = mlp.act(_linear(_inner(block.ln2)(x), _inner(mlp.fc_in)))
+            if getattr(mlp, "ln", None) is not None:
+                mid = mlp.ln(mid)
+            x = x + _linear(mid, _inner(mlp.fc_out))
+        cache.lengths[r] = start + (k if counts is None else valid.sum(1))
+        logits = _linear(_inner(model.ln_final)(x), _inner(model.unembed))
+        return (logits, x) if resid else logits
+
+
+class FullForwardDecoder:
+    """The same interface without a cache: the rows' tokens are kept, and every ``append``
+    is one forward of ``model`` over the appended rows' whole prefixes (the regime every
+    model has, and the reference the cache is checked against). ``hook``: where the residual
+    returned with ``resid=True`` is read (default the last block's output)."""
+
+    regime = REGIME_FULL
+
+    def __init__(self, model, batch: int, capacity: int | None = None, hook: str | None = None):
+        self.model = model
+        self.n_ctx = int(model.cfg.n_ctx)
+        self.capacity = min(self.n_ctx, int(capacity or self.n_ctx))
+        p = next(model.parameters())
+        self.device = p.device
+        self.tokens = torch.zeros((int(batch), self.capacity), dtype=torch.long, device=self.device)
+        self._lengths = torch.zeros(int(batch), dtype=torch.long, device=self.device)
+        self.hook = hook or f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
+
+    @property
+    def lengths(self) -> Int[Tensor, " batch"]:
+        return self._lengths
+
+    def truncate(self, lengths, rows=None) -> None:
+        r = _rows_of(rows, self._lengths.numel(), self.device)
+        self._lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+
+    @torch.no_grad()
+    def append(self, tokens: Int[Tensor, "b k"], rows=None, resid: bool = False, counts=None):
+        """As ``CachedDecoder.append``."""
+        tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
+        b, k = tokens.shape
+        r = _rows_of(rows, self._lengths.numel(), self.device)
+        start = self._lengths[r]
+        pos, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx, self.device)
+        if valid is None:
+            self.tokens[r[:, None], pos] = tokens
+            self._lengths[r] = start + k
+        else:
+            self.tokens[r[:, None].expand(b, k)[valid], pos[valid]] = tokens[valid]
+            self._lengths[r] = start + valid.sum(1)
+        store: dict[str, Tensor] = {}
+        if resid:
+            def keep(act, hook):
+                store["h"] = act
+                return act
+
+            with self.model.hooks(fwd_hooks=[(self.hook, keep)]):
+                logits = self.model(self.tokens[r, :T])
+        else:
+            logits = self.model(self.tokens[r, :T])
+        at = (torch.arange(b, device=self.device)[:, None], pos)
+        return (logits[at], store["h"][at]) if resid else logits[at]
+
+
+def decoder(model, batch: int, capacity: int | None = None, *, regime: str = "auto", hook: str | None = None,
+            max_cache_bytes: int | None = None):
+    """A ``CachedDecoder`` when ``regime`` is ``auto`` (or ``kv_cache``), the model is
+    supported, ``hook`` is None or the last block's output, and the cache fits
+    ``max_cache_bytes`` (default ``MAX_CACHE_BYTES``); otherwise a ``FullForwardDecoder``
+    (``regime="kv_cache"`` for an unsupported model raises ``ValueError`` naming why).
+    ``decoder(...).regime`` says which; ``fallback_reason(...)`` says why."""
+    reason = fallback_reason(model, batch, capacity, regime=regime, hook=hook, max_cache_bytes=max_cache_bytes)
+    if reason is None:
+        return CachedDecoder(model, batch, capacity)
+    if regime == REGIME_CACHED:
+        raise ValueError(f"no key/value cache for this model: {reason}")
+    return FullForwardDecoder(model, batch, capacity, hook=hook)
+
+
+def fallback_reason(model, batch: int, capacity: int | None = None, *, regime: str = "auto", hook: str | None = None,
+                    max_cache_bytes: int | None = None) -> str | None:
+    """None when ``decoder`` would cache; otherwise why it runs full forwards."""
+    if regime not in ("auto",) + REGIMES:
+        raise ValueError(f"regime must be auto, {REGIME_CACHED} or {REGIME_FULL}, got {regime!r}")
+    if regime == REGIME_FULL:
+        return "full forwards requested"
+    reason = unsupported_reason(model)
+    if reason is not None:
+        return reason
+    if hook is not None and hook != f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post":
+        return f"latents read at {hook} (the cache gives the last block's output)"
+    cap = min(int(model.cfg.n_ctx), int(capacity or model.cfg.n_ctx))
+    need = KVCache.nbytes(model, batch, cap)
+    limit = MAX_CACHE_BYTES if max_cache_bytes is None else int(max_cache_bytes)
+    if need > limit:
+        return f"a cache of {need / 2**20:.0f} MiB exceeds the limit of {limit / 2**20:.0f} MiB"
+    return None
+
+
+__all__ = ["REGIME_CACHED", "REGIME_FULL", "REGIMES", "MAX_CACHE_BYTES", "KVCache", "CachedDecoder",
+           "FullForwardDecoder", "decoder", "fallback_reason", "supports", "unsupported_reason"]
