@@ -125,6 +125,28 @@ def test_ragged_appends_and_capacity():
         dec.append(seqs[:, :1])  # row 2 is full (10 = n_ctx)
 
 
+def test_sparse_row_subsets_compact_the_cache():
+    """Appending to a few rows of a wide batch (rows of a batch that finished early) moves
+    them to contiguous slots once; their logits stay those of the full forward, and the
+    rows left behind can no longer be appended to."""
+    cfg = ModelConfig(n_layers=2, d_model=16, n_heads=2, d_head=8, d_mlp=32, n_ctx=12, d_vocab=5,
+                      positional="rotary")
+    model = _perturbed(build_transformer(cfg, seed=6))
+    seqs = torch.as_tensor(np.random.default_rng(6).integers(0, 5, size=(10, 12)))
+    full = model(seqs)
+    dec = kvcache.CachedDecoder(model, 10)
+    dec.append(seqs[:, :4])
+    keep = np.array([7, 2, 9])  # 3 of 10 rows, out of order
+    out = dec.append(seqs[keep, 4:6], keep)
+    assert sorted(dec.slot[keep].tolist()) == [0, 1, 2] and (dec.slot[[0, 1, 3]] == -1).all()
+    torch.testing.assert_close(out, full[keep, 4:6], atol=ATOL, rtol=ATOL)
+    dec.truncate(torch.tensor([5, 6]), [2, 9])  # per-row roll-back after the move
+    out = dec.append(torch.stack([seqs[2, 5:7], seqs[9, 6:8]]), [2, 9])
+    torch.testing.assert_close(out, torch.stack([full[2, 5:7], full[9, 6:8]]), atol=ATOL, rtol=ATOL)
+    with pytest.raises(ValueError, match="no longer"):
+        dec.append(seqs[[0], 4:5], [0])
+
+
 def _trained_ckpts(tmp_path_factory, tiny_taxi_ckpts):
     from nextlat_probe.training.config import TrainConfig
     from nextlat_probe.training.trainer import train

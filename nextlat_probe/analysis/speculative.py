@@ -28,8 +28,10 @@ forward alone: records give both (``positions_*`` beside ``tokens_per_forward``)
 
 Draft-length policies (``parse_policy``): ``fixed:k`` drafts ``k`` tokens (fewer at the end
 of the budget or the context, and never past a drafted stop token); ``adaptive`` (see
-``ADAPTIVE_RULE``) drafts while the head's probability of the drafted token stays above a
-threshold that is tuned online, per sequence, from that sequence's verification outcomes.
+``ADAPTIVE_RULE``) drafts while the estimated chance that the next draft is accepted pays
+for a p_psi step: acceptance rates calibrated against the head's probabilities and the costs
+of a draft step and of a verification are both learned online, from the run's own
+verifications, so the draft length keeps following the drafter and the device.
 
 Multi-token-prediction (MTP) heads would be the other self-drafting scheme; MTP checkpoints
 (``--objective mtp``) carry their heads (``models.mtp``), but there is no MTP drafter here.
@@ -67,12 +69,15 @@ REGIME_NOTES = {
                  "prefix",
 }
 ADAPTIVE_RULE = (
-    "confidence threshold tau, tuned online per sequence: draft while the head's probability of the drafted token "
-    ">= tau (at most `cap` tokens); after each verification a rejected draft of head probability p moves tau up, "
-    "tau += eta_up*(p - tau), and a candidate stopped by tau that equals the transformer's token there (it would "
-    "have been accepted) moves tau down, tau -= eta_down*(tau - p_stop); tau stays in [tau_min, tau_max]. "
-    "eta_down >> eta_up because a wasted draft costs one p_psi call and one verification position, while a "
-    "wrongly stopped draft costs a whole extra verification (a forward call)"
+    "online, from this run's own verifications: before each draft, the probability that it will be accepted "
+    "(every earlier draft of the verification accepted too) is estimated as the product of the calibrated "
+    "acceptance rates of the drafts so far (the acceptance rate of drafts whose head probability fell in the same "
+    "of `bins` equal bins, Beta(1, 1) prior) times the overall acceptance rate; the draft is made while that "
+    "estimate is at least rho = seconds per p_psi step / seconds per verification (moving averages, weight `ema`, of "
+    "this run's calls; `draft_cost` fixes rho instead), and never past `cap` drafts or a drafted stop token. Every "
+    "verification updates the rates (its accepted drafts and its first rejected one) and the timings, so the draft "
+    "length keeps following the drafter's quality and the device's costs (rho below the acceptance rate: no drafts, "
+    "plain greedy steps)"
 )
 
 
@@ -82,15 +87,15 @@ ADAPTIVE_RULE = (
 @dataclass(frozen=True)
 class DraftPolicy:
     """How many tokens to draft per verification. ``kind``: ``fixed`` (``k`` tokens) or
-    ``adaptive`` (at most ``k`` = the cap, stopped by the online threshold)."""
+    ``adaptive`` (at most ``k`` = the cap, ``ADAPTIVE_RULE``). ``draft_cost``: adaptive's
+    cost ratio rho fixed (None: measured online; a fixed one makes the draft lengths, and so
+    the counts, independent of timing)."""
 
     kind: str
     k: int
-    tau0: float = 0.1
-    eta_up: float = 0.05
-    eta_down: float = 0.5
-    tau_min: float = 0.0
-    tau_max: float = 0.99
+    bins: int = 10
+    ema: float = 0.2
+    draft_cost: float | None = None
 
     @property
     def name(self) -> str:
@@ -102,8 +107,58 @@ class DraftPolicy:
         if self.kind == "fixed":
             return {"policy": "fixed", "k": self.k, "rule": f"draft exactly {self.k} tokens (fewer at the end of the "
                                                              "budget or context, none past a drafted stop token)"}
-        return {"policy": "adaptive", "cap": self.k, "tau0": self.tau0, "eta_up": self.eta_up, "eta_down": self.eta_down,
-                "tau_min": self.tau_min, "tau_max": self.tau_max, "rule": ADAPTIVE_RULE}
+        return {"policy": "adaptive", "cap": self.k, "bins": self.bins, "ema": self.ema,
+                "draft_cost": self.draft_cost, "rule": ADAPTIVE_RULE}
+
+
+class AdaptiveState:
+    """What ``adaptive`` learns during one decoding call (``ADAPTIVE_RULE``): acceptance
+    counts per head-probability bin and in all, and the moving-average seconds of a draft
+    step and of a verification."""
+
+    def __init__(self, pol: DraftPolicy):
+        self.pol = pol
+        self.bin_hits = np.zeros(pol.bins)
+        self.bin_tries = np.zeros(pol.bins)
+        self.hits = self.tries = 0.0
+        self.t_draft: float | None = None
+        self.t_verify: float | None = None
+
+    def calibrated(self, p: np.ndarray) -> np.ndarray:
+        """Acceptance rate of drafts with head probabilities ``p`` (their bins)."""
+        b = np.minimum((np.asarray(p) * self.pol.bins).astype(np.int64), self.pol.bins - 1)
+        return (self.bin_hits[b] + 1.0) / (self.bin_tries[b] + 2.0)
+
+    @property
+    def alpha(self) -> float:
+        return (self.hits + 1.0) / (self.tries + 2.0)
+
+    @property
+    def rho(self) -> float:
+        if self.pol.draft_cost is not None:
+            return float(self.pol.draft_cost)
+        if self.t_draft is None or self.t_verify is None or self.t_verify <= 0:
+            return 0.25  # before both are measured: draft, and measure
+        return self.t_draft / self.t_verify
+
+    def time(self, which: str, seconds: float) -> None:
+        old = getattr(self, which)
+        setattr(self, which, seconds if old is None else (1 - self.pol.ema) * old + self.pol.ema * seconds)
+
+    def update(self, probs: np.ndarray, accepted: int) -> None:
+        """One verification's outcome: drafts ``probs[:accepted]`` accepted, the next (if
+        any) rejected; later drafts were never tested."""
+        seen = probs[:accepted + 1]
+        ok = np.arange(seen.size) < accepted
+        b = np.minimum((seen * self.pol.bins).astype(np.int64), self.pol.bins - 1)
+        np.add.at(self.bin_tries, b, 1.0)
+        np.add.at(self.bin_hits, b, ok.astype(float))
+        self.tries += seen.size
+        self.hits += float(ok.sum())
+
+    def summary(self) -> dict[str, Any]:
+        return {"rho": self.rho, "acceptance": self.alpha, "seconds_draft": self.t_draft,
+                "seconds_verification": self.t_verify}
 
 
 #: the default draft cap of ``adaptive``
@@ -147,22 +202,26 @@ class LatentDrafter:
     ``tok``) are unused here; test stubs (oracle drafters) read them."""
 
     def __init__(self, model, dynamics):
+        from ..models.transformer import frozen_head_params
+
         if dynamics is None:
             raise AnalysisError("speculative decoding needs NextLat's latent dynamics p_psi (none given)")
         self.model = model
         self.dynamics = dynamics.eval()
+        # read once: the bridge's weight properties cost more than a small p_psi step
+        self.W_E = model.W_E.detach()
+        self.head = tuple(p.detach() for p in frozen_head_params(model))
 
     def step(self, h, tok, rows, pos):
-        """ĥ at position ``pos`` from the latent at ``pos - 1`` and the token at ``pos``."""
-        from ..models.transformer import token_embeddings
-
-        return self.dynamics(h, token_embeddings(self.model, tok))
+        """ĥ at position ``pos`` from the latent at ``pos - 1`` and the token at ``pos``
+        (``e(x)`` = the token's embedding row, ``models.transformer.token_embeddings``)."""
+        return self.dynamics(h, self.W_E[tok])
 
     def logits(self, h, rows, pos):
         """Logits of the token after position ``pos`` from the latent ``h`` there."""
-        from ..models.objective import _frozen_logits
+        from ..models.objective import frozen_logits
 
-        return _frozen_logits(self.model, h)
+        return frozen_logits(self.model, h, head=self.head)
 
 
 # --------------------------------------------------------------------------------------
@@ -179,7 +238,9 @@ class SpeculativeResult:
     drafted: list[int] = field(default_factory=list)  # drafted tokens, one per verification
     draft_calls: int = 0  # p_psi calls summed over rows
     seconds: float = 0.0
-    final_tau: list[float] = field(default_factory=list)  # adaptive: threshold per row at the end
+    #: what the draft-length policy learned (timings of a draft step and of a verification,
+    #: their ratio rho; adaptive: the acceptance rate it reached)
+    policy_state: dict[str, Any] = field(default_factory=dict)
     regime: str = REGIME_FULL
     positions: int = 0  # token positions the transformer computed, summed over rows
     refreshed: int = 0  # near-tie verifications re-decided on the full forward
@@ -232,18 +293,21 @@ def speculative_decode(model, drafter: Any, prompts: np.ndarray, max_new: int, *
     stop = stop_array(stop_mask, int(model.cfg.d_vocab))
     dev = next(model.parameters()).device
     res = SpeculativeResult([], pol.name, 0, 0, 0)
+    state = AdaptiveState(pol)  # one per call: what later batches learn from earlier ones
     sync(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
         for s in range(0, n, batch_size):
-            _speculative_batch(model, drafter, prompts[s:s + batch_size], s, max_new, pol, stop, hook, regime,
+            _speculative_batch(model, drafter, prompts[s:s + batch_size], s, max_new, pol, state, stop, hook, regime,
                                pad_id, dev, res)
     sync(dev)
     res.seconds = time.perf_counter() - t0
+    res.policy_state = state.summary()
     return res
 
 
-def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook, regime, pad_id, dev, res) -> None:
+def _speculative_batch(model, drafter, prompts, offset, max_new, pol, state, stop, hook, regime, pad_id, dev,
+                       res) -> None:
     import torch
 
     from ..models.objective import normalize_latent
@@ -255,14 +319,13 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
         return
     buf = torch.full((b, P + max_new + 1), pad_id, dtype=torch.long, device=dev)
     buf[:, :P] = torch.as_tensor(prompts, device=dev)
-    dec = open_decoder(model, b, P + max_new - 1, regime, hook)
+    dec = open_decoder(model, b, P + max_new, regime, hook)  # the last draft may sit at P + max_new - 1
     res.regime = dec.regime
     cached = dec.regime == REGIME_CACHED
     row_ids = torch.arange(b, device=dev) + offset
     length = np.full(b, P, dtype=np.int64)  # committed tokens per row (the cache holds all but the pending one)
     n_gen = np.zeros(b, dtype=np.int64)
     done = np.zeros(b, dtype=bool)
-    tau = np.full(b, float(pol.tau0))
     # the prompt forward: the first greedy token and the latent it came from
     logits, resid = dec.append(buf[:, :P], resid=True)
     g, k = greedy_pick(model, logits[:, -1], lambda i: buf[i, :P], cached)
@@ -288,9 +351,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
         rt = torch.as_tensor(rows, device=dev)
         # how many tokens each live row may draft
         cap = np.maximum(np.minimum(np.minimum(pol.k, max_new - n_gen[rows]), n_ctx - length[rows]), 0)
-        drafts, n_draft, dprob, stop_p, stop_tok = _draft(drafter, pol, h[rt], g[rt], row_ids[rt],
-                                                         torch.as_tensor(length[rows] - 1, device=dev), cap,
-                                                         tau[rows], stop, res)
+        drafts, n_draft, dprob = _draft(drafter, pol, state, h[rt], g[rt], row_ids[rt],
+                                        torch.as_tensor(length[rows] - 1, device=dev), cap, stop, res)
         # one verification for every live row: the pending token and its drafts at once
         K = drafts.shape[1]
         fed = torch.cat([g[rt][:, None], drafts.clamp(min=0)], dim=1)  # [r, K + 1] (past a row's drafts: unused)
@@ -298,7 +360,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
         for i in np.flatnonzero(n_draft):
             buf[rows[i], length[rows[i]]:length[rows[i]] + n_draft[i]] = drafts[i, :n_draft[i]]
         ragged = None if (counts == K + 1).all() else torch.as_tensor(counts, device=dev)
-        logits, resid = dec.append(fed, None if rows.size == b else rt, resid=True, counts=ragged)
+        t_verify = time.perf_counter()
+        logits, resid = dec.append(fed, None if rows.size == b else rows, resid=True, counts=ragged)
         res.forwards += int(rows.size)
         res.verifications += int(rows.size)
         res.batched_forwards += 1
@@ -307,7 +370,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
         if cached:
             preds, k = _refresh_ties(model, logits, preds, counts, buf, rows, length, dev)
             res.refreshed += k
-        preds_np = preds.cpu().numpy()
+        preds_np = preds.cpu().numpy()  # (waits for the device: the timing below is complete)
+        state.time("t_verify", time.perf_counter() - t_verify)
         drafts_np = drafts.cpu().numpy()
         sel = np.zeros(rows.size, dtype=np.int64)
         keep = np.zeros(rows.size, dtype=np.int64)  # cache length per row after the roll-back
@@ -328,9 +392,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
                 if n_gen[r] >= max_new:
                     done[r] = True
             sel[i] = a
-            if pol.kind == "adaptive":
-                tau[r] = update_tau(pol, tau[r], a, nd, dprob[i, a] if a < nd else math.nan,
-                                    int(preds_np[i, a]), stop_p[i], int(stop_tok[i]))
+            if nd:
+                state.update(dprob[i, :nd], a)
         dec.truncate(torch.as_tensor(keep, device=dev), rt)
         ar = torch.arange(rows.size, device=dev)
         st = torch.as_tensor(sel, device=dev)
@@ -339,52 +402,51 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, stop, hook
         h[rt] = normalize_latent(resid[ar, st].float()).to(h.dtype)
     gen = buf[:, P:].cpu().numpy()
     res.tokens.extend(gen[i, :int(c)] for i, c in enumerate(n_gen))
-    res.final_tau.extend(float(t) for t in tau)
 
 
-def _draft(drafter, pol, h, g, row_ids, pos, cap, tau, stop, res):
+def _draft(drafter, pol, state, h, g, row_ids, pos, cap, stop, res):
     """Up to ``cap`` drafted tokens per row from latents ``h`` and pending tokens ``g``:
-    (drafts ``[r, K]`` (-1 past each row's count), counts, head probability of each draft,
-    probability and token of the candidate the adaptive threshold stopped (NaN / -1 where
-    none))."""
+    (drafts ``[r, K]`` (-1 past each row's count), counts, head probability of each draft).
+    ``adaptive`` stops a row when ``ADAPTIVE_RULE`` says the next draft does not pay. Only
+    the rows still drafting are computed at each step."""
     import torch
 
     dev = h.device
     r = h.shape[0]
     K = int(cap.max()) if r else 0
-    drafts = torch.full((r, K), -1, dtype=torch.long, device=dev)
+    drafts = np.full((r, K), -1, dtype=np.int64)
     dprob = np.zeros((r, max(K, 1)))
     n_draft = np.zeros(r, dtype=np.int64)
-    stop_p = np.full(r, np.nan)
-    stop_tok = np.full(r, -1, dtype=np.int64)
-    drafting = cap > 0
-    cur_h, cur_tok = h, g
+    reach = np.ones(r)  # adaptive: estimated probability that every draft so far is accepted
+    go = cap > 0
+    if pol.kind == "adaptive":
+        go &= state.alpha >= state.rho
+    act = np.flatnonzero(go)  # rows still drafting
+    at = torch.as_tensor(act, device=dev)
+    cur_h, cur_tok, cur_ids, cur_pos = h[at], g[at], row_ids[at], pos[at]
     for j in range(K):
-        act = np.flatnonzero(drafting)
         if act.size == 0:
             break
-        at = torch.as_tensor(act, device=dev)
-        hh = drafter.step(cur_h[at], cur_tok[at], row_ids[at], pos[at])
+        t0 = time.perf_counter()
+        hh = drafter.step(cur_h, cur_tok, cur_ids, cur_pos)
+        prob, tok = torch.softmax(drafter.logits(hh, cur_ids, cur_pos).float(), -1).max(-1)
+        both = torch.stack((prob.double(), tok.double())).cpu().numpy()  # one transfer (and wait) per step
+        state.time("t_draft", time.perf_counter() - t0)
         res.draft_calls += int(act.size)
-        lg = drafter.logits(hh, row_ids[at], pos[at]).float()
-        prob, tok = torch.softmax(lg, -1).max(-1)
-        tok_np, prob_np = tok.cpu().numpy(), prob.double().cpu().numpy()
-        keep = np.ones(act.size, dtype=bool)
+        prob_np, tok_np = both[0], both[1].astype(np.int64)
+        drafts[act, j] = tok_np
+        dprob[act, j] = prob_np
+        n_draft[act] += 1
+        cont = (n_draft[act] < cap[act]) & ~stop[tok_np]
         if pol.kind == "adaptive":
-            keep = prob_np >= tau[act]
-            stop_p[act[~keep]] = prob_np[~keep]
-            stop_tok[act[~keep]] = tok_np[~keep]
-        ka = act[keep]
-        drafts[torch.as_tensor(ka, device=dev), j] = tok[torch.as_tensor(np.flatnonzero(keep), device=dev)]
-        dprob[ka, j] = prob_np[keep]
-        n_draft[ka] += 1
-        nh, nt = cur_h.clone(), cur_tok.clone()
-        nh[at], nt[at] = hh.to(nh.dtype), tok
-        cur_h, cur_tok = nh, nt
-        pos = pos + 1
-        drafting[act[~keep]] = False
-        drafting[ka] &= (n_draft[ka] < cap[ka]) & ~stop[tok_np[keep]]
-    return drafts, n_draft, dprob, stop_p, stop_tok
+            reach[act] *= state.calibrated(prob_np)
+            cont &= reach[act] * state.alpha >= state.rho
+        if not cont.all():
+            ct = torch.as_tensor(np.flatnonzero(cont), device=dev)
+            hh, tok, cur_ids, cur_pos = hh[ct], tok[ct], cur_ids[ct], cur_pos[ct]
+            act = act[cont]
+        cur_h, cur_tok, cur_pos = hh.to(cur_h.dtype), tok, cur_pos + 1
+    return torch.as_tensor(drafts, device=dev), n_draft, dprob
 
 
 def _refresh_ties(model, logits, preds, counts, buf, rows, length, dev):
@@ -407,24 +469,6 @@ def _refresh_ties(model, logits, preds, counts, buf, rows, length, dev):
     return preds, int(idx.size)
 
 
-def update_tau(pol: DraftPolicy, tau: float, accepted: int, drafted: int, p_rejected: float, next_token: int,
-               p_stop: float, tok_stop: int) -> float:
-    """One step of ``ADAPTIVE_RULE`` after a verification: ``p_rejected`` is the head
-    probability of the first rejected draft (NaN when none was rejected), ``tok_stop`` /
-    ``p_stop`` the candidate the threshold stopped (-1 / NaN when drafting ended for another
-    reason: the cap, the budget, a drafted stop token) and ``next_token`` the transformer's
-    token at that position (what the candidate would have been checked against)."""
-    if accepted < drafted:  # a confident draft was wrong: be more careful
-        tau = tau + pol.eta_up * (p_rejected - tau)
-    elif tok_stop >= 0 and tok_stop == next_token:  # stopped a draft that would have been accepted
-        tau = tau - pol.eta_down * (tau - p_stop)
-    return _clip(pol, tau)
-
-
-def _clip(pol: DraftPolicy, tau: float) -> float:
-    return float(min(pol.tau_max, max(pol.tau_min, tau)))
-
-
 # --------------------------------------------------------------------------------------
 # comparison of outputs
 # --------------------------------------------------------------------------------------
@@ -433,6 +477,10 @@ def same_tokens(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> np.ndarray:
     if len(a) != len(b):
         raise AnalysisError(f"same_tokens: {len(a)} vs {len(b)} sequences")
     return np.array([x.shape == y.shape and bool(np.array_equal(x, y)) for x, y in zip(a, b)], dtype=bool)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else float(a / b)
 
 
 def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[str, Any]:
@@ -462,6 +510,7 @@ def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[s
         "positions_per_token": spec.positions / n_tok if n_tok else math.nan,
         "greedy_positions_per_token": greedy.positions / n_greedy,
         "near_ties_refreshed": int(spec.refreshed + greedy.refreshed),
+        "draft_cost_ratio": _ratio(spec.policy_state.get("seconds_draft"), spec.policy_state.get("seconds_verification")),
         "draft_calls": int(spec.draft_calls),
         "draft_calls_per_token": spec.draft_calls / n_tok if n_tok else math.nan,
         "batched_forwards": int(spec.batched_forwards),
@@ -473,4 +522,4 @@ def summary(spec: SpeculativeResult, greedy: GreedyResult, k_max: int) -> dict[s
 
 
 __all__ = ["REGIME_NOTES", "ADAPTIVE_RULE", "ADAPTIVE_CAP", "DraftPolicy", "parse_policy", "LatentDrafter",
-           "GreedyResult", "SpeculativeResult", "greedy_decode", "speculative_decode", "update_tau", "same_tokens", "summary"]
+           "GreedyResult", "SpeculativeResult", "greedy_decode", "speculative_decode", "AdaptiveState", "same_tokens", "summary"]

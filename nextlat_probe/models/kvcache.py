@@ -33,14 +33,15 @@ picks one and its ``regime`` (``REGIME_CACHED`` / ``REGIME_FULL``) is what recor
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from jaxtyping import Int
 from torch import Tensor
 
-from .fastpath import _inner, _linear
+from .fastpath import _inner
 
-#: the two decoding regimes a record can name (``params["decoding"]``)
+#: the two decoding regimes a record can name (``params["regime"]``)
 REGIME_CACHED = "kv_cache"
 REGIME_FULL = "full_forward"
 REGIMES = (REGIME_CACHED, REGIME_FULL)
@@ -150,6 +151,22 @@ def _positions(start: Tensor, k: int, counts, capacity: int, n_ctx: int, device)
     return pos, valid, T
 
 
+def _weights(module) -> tuple[Tensor, Tensor | None]:
+    """(weight, bias or None) of the linear layer a bridge component wraps."""
+    inner = _inner(module)
+    return inner.weight, getattr(inner, "bias", None)
+
+
+def _np_rows(rows, batch: int) -> np.ndarray:
+    """Row indices as a numpy array (a tensor is read back from its device)."""
+    if isinstance(rows, Tensor):
+        rows = rows.detach().cpu().numpy()
+    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= batch):
+        raise ValueError(f"rows must lie in 0..{batch - 1}")
+    return rows
+
+
 def _rows_of(rows, batch: int, device) -> Tensor:
     if rows is None:
         return torch.arange(batch, device=device)
@@ -158,8 +175,10 @@ def _rows_of(rows, batch: int, device) -> Tensor:
 
 class CachedDecoder:
     """Incremental forward of ``model`` for ``batch`` rows of up to ``capacity`` tokens
-    (default the model's context). ``hook`` is unused (the last residual is always the
-    last block's output); it exists so that both decoders take the same arguments."""
+    (default the model's context). The bridge's modules are looked up once, here: a
+    decoding step then costs a few tensor operations per layer and no bridge attribute
+    lookups (which dominate a small model's step). A decoder reads the parameters as they
+    are during its life; build a new one after changing the model."""
 
     regime = REGIME_CACHED
 
@@ -176,18 +195,43 @@ class CachedDecoder:
         self.H, self.dh = int(cfg.n_heads), int(cfg.d_head)
         self.cache = KVCache(int(cfg.n_layers), int(batch), self.capacity, self.H, self.dh,
                              device=self.device, dtype=self.dtype)
+        # rows keep their index; their keys live in slots of the cache (``compact`` moves them)
+        self.batch = int(batch)
+        self.slot = np.arange(self.batch)
+        self.row_of_slot = np.arange(self.batch)
         self.rotary = None
         if (getattr(cfg, "positional_embedding_type", None) or "standard").lower() == "rotary":
             self.rotary = _inner(model.blocks[0].attn).rotary
+        self.embed = _inner(model.embed).weight
+        self.pos_table = None if self.rotary is not None else _inner(model.pos_embed).weight
+        self.layers = []
+        for block in model.blocks:
+            attn, mlp = _inner(block.attn), _inner(block.mlp)
+            self.layers.append((_inner(block.ln1), _weights(attn.q), _weights(attn.k), _weights(attn.v),
+                                _weights(attn.o), float(attn.scale), _inner(block.ln2), mlp.act,
+                                getattr(mlp, "ln", None), _weights(mlp.fc_in), _weights(mlp.fc_out)))
+        self.ln_final, self.unembed = _inner(model.ln_final), _weights(model.unembed)
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
+        """Tokens each row holds (by row, whatever its slot)."""
         return self.cache.lengths
 
     def truncate(self, lengths, rows=None) -> None:
         """Roll rows back (or forward over what they already hold) to ``lengths``."""
         r = _rows_of(rows, self.cache.lengths.numel(), self.device)
         self.cache.lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+
+    def compact(self, rows) -> None:
+        """Keep only ``rows`` in the cache, in slots ``0 .. len(rows) - 1`` (one copy): later
+        appends to them read contiguous keys. Other rows can no longer be appended to."""
+        rows = _np_rows(rows, self.batch)
+        old = torch.as_tensor(self.slot[rows], device=self.device)
+        self.cache.k = self.cache.k[:, old]
+        self.cache.v = self.cache.v[:, old]
+        self.slot[:] = -1
+        self.slot[rows] = np.arange(rows.size)
+        self.row_of_slot = rows.copy()
 
     @torch.no_grad()
     def append(self, tokens: Int[Tensor, "b k"], rows=None, resid: bool = False, counts=None):
@@ -196,16 +240,53 @@ class CachedDecoder:
         logits ``[b, k, vocab]`` at those positions, and with ``resid`` also the last block's
         residual output ``[b, k, d_model]``. ``counts`` (one per row, 1..k): row ``i`` takes
         only its first ``counts[i]`` tokens (ragged appends); the outputs past them are
-        meaningless and nothing of them enters the cache."""
-        model, cache = self.model, self.cache
+        meaningless and nothing of them enters the cache.
+
+        The computation runs over the contiguous span of cache slots that holds ``rows`` (a
+        view of the cache, no copy); rows of the span not appended to ride along with nothing
+        taken. When ``rows`` fill less than half their span (rows of a batch that finished
+        early), the cache is first compacted to them."""
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         b, k = tokens.shape
-        r = _rows_of(rows, cache.lengths.numel(), self.device)
-        start = cache.lengths[r]
+        r_np = np.arange(b) if rows is None else _np_rows(rows, self.batch)
+        slots = self.slot[r_np]
+        if (slots < 0).any():
+            raise ValueError("append: row(s) no longer in the cache (compacted away)")
+        lo, hi = (int(slots.min()), int(slots.max()) + 1) if b else (0, 0)
+        if b and b < 0.5 * (hi - lo):
+            self.compact(r_np)
+            slots = self.slot[r_np]
+            lo, hi = 0, b
+        span = hi - lo
+        r = torch.as_tensor(r_np, device=self.device)
+        full = (counts is None and span == b and bool((slots == np.arange(lo, hi)).all()))
+        if full:  # the rows are the span, in order: no padding
+            sel, toks, cnt, span_rows = None, tokens, None, r
+        else:  # the whole span, each appended row at its slot, the others taking nothing
+            sel = torch.as_tensor(slots - lo, device=self.device)
+            toks = torch.zeros((span, k), dtype=torch.long, device=self.device)
+            toks[sel] = tokens
+            cnt = torch.zeros(span, dtype=torch.long, device=self.device)
+            cnt[sel] = k if counts is None else torch.as_tensor(counts, dtype=torch.long, device=self.device)
+            span_rows = torch.as_tensor(self.row_of_slot[lo:hi], device=self.device)
+        lengths = self.cache.lengths
+        start = lengths[span_rows]
+        logits, x, taken = self._run(toks, start, cnt, lo, hi)
+        if sel is None:
+            lengths[r] = start + taken
+            return (logits, x) if resid else logits
+        lengths[r] = start[sel] + taken[sel]
+        return (logits[sel], x[sel]) if resid else logits[sel]
+
+    def _run(self, tokens, start, counts, lo: int, hi: int):
+        """The forward of ``tokens [span, k]`` for the cache slots ``lo:hi`` (lengths
+        ``start``, ``counts`` taken per slot or all): (logits, last residual, tokens taken)."""
+        cache = self.cache
+        span, k = tokens.shape
         pos, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx, self.device)
-        x = F.embedding(tokens, _inner(model.embed).weight)
+        x = F.embedding(tokens, self.embed)
         if self.rotary is None:
-            x = x + _inner(model.pos_embed).weight[pos]
+            x = x + self.pos_table[pos]
             cos = sin = None
         else:
             rd = int(self.rotary.rotary_dim)
@@ -213,40 +294,35 @@ class CachedDecoder:
             sin = self.rotary.sin_cached[pos].to(x.dtype).unsqueeze(2)
         # key position j is visible from query position p iff j <= p (causal); keys past a
         # row's own length hold stale values and are masked the same way
-        hidden = torch.arange(T, device=self.device)[None, None, :] > pos[:, :, None]  # [b, k, T]
-        hidden = hidden[:, None]  # [b, 1, k, T] (broadcast over heads)
-        rows_col = r[:, None]
-        for layer, block in enumerate(model.blocks):
-            attn = _inner(block.attn)
-            h = _inner(block.ln1)(x)
-            q = _linear(h, _inner(attn.q)).view(b, k, self.H, self.dh)
-            kk = _linear(h, _inner(attn.k)).view(b, k, self.H, self.dh)
-            v = _linear(h, _inner(attn.v)).view(b, k, self.H, self.dh)
+        hidden = (torch.arange(T, device=self.device)[None, None, :] > pos[:, :, None])[:, None]  # [span, 1, k, T]
+        slot_col = torch.arange(span, device=self.device)[:, None]
+        H, dh = self.H, self.dh
+        for layer, (ln1, wq, wk, wv, wo, scale, ln2, act, mid_ln, w_in, w_out) in enumerate(self.layers):
+            keys, vals = cache.k[layer][lo:hi], cache.v[layer][lo:hi]  # views of the cache
+            h = ln1(x)
+            q = F.linear(h, *wq).view(span, k, H, dh)
+            kk = F.linear(h, *wk).view(span, k, H, dh)
+            v = F.linear(h, *wv).view(span, k, H, dh)
             if cos is not None:
                 q, kk = _rotate(q, cos, sin, rd), _rotate(kk, cos, sin, rd)
             if valid is None:
-                cache.k[layer][rows_col, pos] = kk
-                cache.v[layer][rows_col, pos] = v
+                keys[slot_col, pos] = kk
+                vals[slot_col, pos] = v
             else:
-                at = (rows_col.expand(b, k)[valid], pos[valid])
-                cache.k[layer][at] = kk[valid]
-                cache.v[layer][at] = v[valid]
-            keys, vals = cache.k[layer][:, :T], cache.v[layer][:, :T]
-            if rows is not None:  # the appended rows only (a copy; every row in order is a view)
-                keys, vals = keys[r], vals[r]
-            keys, vals = keys.transpose(1, 2), vals.transpose(1, 2)  # [b, H, T, dh]
-            scores = torch.matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / attn.scale  # [b, H, k, T]
+                at = (slot_col.expand(span, k)[valid], pos[valid])
+                keys[at] = kk[valid]
+                vals[at] = v[valid]
+            keys, vals = keys[:, :T].transpose(1, 2), vals[:, :T].transpose(1, 2)  # [span, H, T, dh]
+            scores = torch.matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / scale  # [span, H, k, T]
             pattern = F.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
-            z = torch.matmul(pattern, vals).transpose(1, 2).reshape(b, k, self.H * self.dh)
-            x = x + _linear(z, _inner(attn.o))
-            mlp = _inner(block.mlp)
-            mid = mlp.act(_linear(_inner(block.ln2)(x), _inner(mlp.fc_in)))
-            if getattr(mlp, "ln", None) is not None:
-                mid = mlp.ln(mid)
-            x = x + _linear(mid, _inner(mlp.fc_out))
-        cache.lengths[r] = start + (k if counts is None else valid.sum(1))
-        logits = _linear(_inner(model.ln_final)(x), _inner(model.unembed))
-        return (logits, x) if resid else logits
+            z = torch.matmul(pattern, vals).transpose(1, 2).reshape(span, k, H * dh)
+            x = x + F.linear(z, *wo)
+            mid = act(F.linear(ln2(x), *w_in))
+            if mid_ln is not None:
+                mid = mid_ln(mid)
+            x = x + F.linear(mid, *w_out)
+        logits = F.linear(self.ln_final(x), *self.unembed)
+        return logits, x, (k if valid is None else valid.sum(1))
 
 
 class FullForwardDecoder:
