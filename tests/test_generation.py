@@ -118,6 +118,8 @@ def test_greedy_pick_near_ties_take_the_full_forward():
     assert tok.tolist() == [0, 0] and k == 1
     tok, k = gen.greedy_pick(model, logits, lambda i: None, False)
     assert tok.tolist() == [1, 0] and k == 0
+    tok, k = gen.greedy_pick(model, logits[:, [1, 0, 2]] + torch.tensor([0.0, 1.0, 0.0]), lambda i: None, True)
+    assert tok.tolist() == [1, 1] and k == 0  # a clear winner is never re-decided
 
 
 def test_plain_functions_recompute_and_report_no_model_regime():

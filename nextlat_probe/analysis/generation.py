@@ -347,25 +347,30 @@ def open_decoder(model, batch: int, capacity: int, regime: str = "auto", hook: s
         raise AnalysisError(str(exc)) from None
 
 
-def greedy_pick(model, logits, prefix_of, approximate: bool):
-    """(argmax tokens ``[r]`` of ``logits [r, V]``, rows re-decided): rows whose best two
-    logits are within ``TIE_LOGIT`` take the argmax of the full forward over
+def greedy_pick(model, logits, prefix_of, approximate: bool) -> tuple[np.ndarray, int]:
+    """(argmax tokens ``[r]`` of ``logits [r, V]`` as a host array, rows re-decided): rows
+    whose best two logits are within ``TIE_LOGIT`` take the argmax of the full forward over
     ``prefix_of(rows) -> tokens [r', L]`` (its last position) when ``approximate``."""
     import torch
 
-    tok = logits.argmax(-1)
-    if not approximate or logits.shape[0] == 0 or logits.shape[-1] < 2:
+    if logits.device.type == "cpu":  # host memory already: numpy, no further tensor operations
+        lg = logits.float().numpy()
+        tok = lg.argmax(axis=-1)
+        fragile = near_tie(lg, TIE_LOGIT) if approximate else np.zeros(tok.size, dtype=bool)
+    else:  # on the device: the argmax and the gap of the best two, read back together
+        lg = logits.float()
+        gap = lg.topk(2, dim=-1).values if lg.shape[-1] > 1 else lg.repeat(1, 2)
+        both = torch.stack((lg.argmax(-1).double(), (gap[:, 0] - gap[:, 1]).double())).cpu().numpy()
+        tok = both[0].astype(np.int64)
+        fragile = (both[1] < TIE_LOGIT) & approximate
+    if not fragile.any():
         return tok, 0
-    top2 = logits.float().topk(2, dim=-1).values
-    fragile = (top2[:, 0] - top2[:, 1]) < TIE_LOGIT
-    if not bool(fragile.any()):
-        return tok, 0
-    idx = fragile.nonzero()[:, 0]
+    idx = np.flatnonzero(fragile)
     with torch.no_grad():
-        ref = model(prefix_of(idx))[:, -1]
-    tok = tok.clone()
-    tok[idx] = ref.argmax(-1)
-    return tok, int(idx.numel())
+        ref = model(torch.as_tensor(prefix_of(idx), device=logits.device))[:, -1]
+    tok = tok.copy()
+    tok[idx] = ref.argmax(-1).cpu().numpy()
+    return tok, int(idx.size)
 
 
 def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = None, batch_size: int = 64,
@@ -376,7 +381,8 @@ def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = 
 
     A row stops after a token with ``stop_mask[token]`` True, after ``max_new`` tokens, or
     when the context is full (at most ``n_ctx + 1`` tokens in all). Every regime gives the
-    same tokens (near-ties: module docstring)."""
+    same tokens (near-ties: module docstring). The bookkeeping stays on the host: one
+    decoder call and one read-back of the picked tokens per step."""
     import torch
 
     model.eval()
@@ -390,20 +396,19 @@ def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = 
     sync(dev)
     t0 = time.perf_counter()
     with torch.no_grad():
-        stop_t = torch.as_tensor(stop, device=dev)
         for s in range(0, n, batch_size):
             b = min(batch_size, n - s)
-            buf = torch.full((b, P + max_new), pad_id, dtype=torch.long, device=dev)
-            buf[:, :P] = torch.as_tensor(prompts[s:s + batch_size], device=dev)
-            n_gen = torch.zeros(b, dtype=torch.long, device=dev)
             if max_new == 0:
                 out.extend(np.zeros(0, dtype=np.int64) for _ in range(b))
                 continue
+            buf = np.full((b, P + max_new), pad_id, dtype=np.int64)
+            buf[:, :P] = prompts[s:s + batch_size]
+            n_gen = np.zeros(b, dtype=np.int64)
             dec = open_decoder(model, b, P + max_new - 1, regime)
             used = dec.regime
             cached = dec.regime == "kv_cache"
-            rows = torch.arange(b, device=dev)
-            logits = dec.append(buf[:, :P])[:, -1]
+            rows = np.arange(b)
+            logits = dec.append(torch.as_tensor(buf[:, :P], device=dev))[:, -1]
             length = P
             calls += 1
             forwards += b
@@ -413,19 +418,18 @@ def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = 
                 refreshed += k
                 buf[rows, length] = tok
                 n_gen[rows] += 1
-                keep = ~stop_t[tok]
                 length += 1
                 if length - P >= max_new:
                     break
+                keep = ~stop[tok]
                 rows, tok = rows[keep], tok[keep]
-                if rows.numel() == 0:
+                if rows.size == 0:
                     break
-                logits = dec.append(tok[:, None], None if rows.numel() == b else rows)[:, -1]
+                logits = dec.append(torch.as_tensor(tok[:, None], device=dev), None if rows.size == b else rows)[:, -1]
                 calls += 1
-                forwards += int(rows.numel())
-                positions += int(rows.numel()) * (1 if cached else length)
-            gen = buf[:, P:].cpu().numpy()
-            out.extend(gen[i, :int(c)] for i, c in enumerate(n_gen.cpu().numpy()))
+                forwards += int(rows.size)
+                positions += int(rows.size) * (1 if cached else length)
+            out.extend(buf[i, P:P + int(c)].copy() for i, c in enumerate(n_gen))
     sync(dev)
     return GreedyResult(out, forwards, calls, time.perf_counter() - t0, used, positions, refreshed)
 

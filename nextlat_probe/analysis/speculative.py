@@ -328,7 +328,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, state, sto
     done = np.zeros(b, dtype=bool)
     # the prompt forward: the first greedy token and the latent it came from
     logits, resid = dec.append(buf[:, :P], resid=True)
-    g, k = greedy_pick(model, logits[:, -1], lambda i: buf[i, :P], cached)
+    g_np, k = greedy_pick(model, logits[:, -1], lambda i: buf[torch.as_tensor(i, device=dev), :P], cached)
+    g = torch.as_tensor(g_np, device=dev)
     res.refreshed += k
     h = normalize_latent(resid[:, -1].float())  # latent at the last committed position
     res.forwards += b

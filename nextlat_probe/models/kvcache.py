@@ -113,15 +113,15 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, rd: int) -> Tensor:
 
 
 class KVCache:
-    """Keys and values of ``batch`` rows, ``capacity`` positions each, and the number of
-    positions each row holds (``lengths``, int64 on the model's device)."""
+    """Keys and values of ``batch`` rows, ``capacity`` positions each, in one tensor
+    ``kv [layer, slot, position, 2 (key, value), head, d_head]``, and the number of positions
+    each row holds (``lengths``, int64 on the host: positions and masks are built there, so
+    a decoding step never waits for the device to learn its own shapes)."""
 
     def __init__(self, n_layers: int, batch: int, capacity: int, n_heads: int, d_head: int, *,
                  device: torch.device, dtype: torch.dtype):
-        shape = (n_layers, batch, capacity, n_heads, d_head)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.lengths = torch.zeros(batch, dtype=torch.long, device=device)
+        self.kv = torch.zeros((n_layers, batch, capacity, 2, n_heads, d_head), device=device, dtype=dtype)
+        self.lengths = np.zeros(batch, dtype=np.int64)
         self.capacity = int(capacity)
 
     @staticmethod
@@ -132,23 +132,35 @@ class KVCache:
         return per * int(batch) * int(capacity) * torch.finfo(dtype).bits // 8
 
 
-def _positions(start: Tensor, k: int, counts, capacity: int, n_ctx: int, device):
+def _host(x, dtype=np.int64) -> np.ndarray:
+    """A host (numpy) copy of indices or lengths given as a tensor, array or sequence."""
+    if isinstance(x, Tensor):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=dtype)
+
+
+def _positions(start: np.ndarray, k: int, counts, capacity: int, n_ctx: int):
     """(positions ``[b, k]``, bool ``[b, k]`` of the tokens taken or None when all are,
     positions attended ``T``) of an append of ``k`` tokens to rows of lengths ``start``.
     Positions of tokens not taken are clamped into the table (their outputs are unused)."""
-    b = start.numel()
-    pos = start[:, None] + torch.arange(k, device=device)[None, :]
-    valid = None
-    if counts is not None:
-        valid = torch.arange(k, device=device)[None, :] < torch.as_tensor(counts, device=device)[:, None]
-    last = pos if valid is None else torch.where(valid, pos, 0)
-    T = int(last.max()) + 1 if b else 0
+    pos = start[:, None] + np.arange(k)[None, :]
+    valid = None if counts is None else np.arange(k)[None, :] < _host(counts)[:, None]
+    last = pos if valid is None else np.where(valid, pos, 0)
+    T = int(last.max()) + 1 if pos.size else 0
     if T > capacity:
         raise ValueError(f"append: {T} positions exceed the decoder's capacity of {capacity} "
                          f"(the model's context is {n_ctx})")
     if valid is not None:
-        pos = torch.minimum(pos, torch.as_tensor(max(T - 1, 0), device=device))
+        pos = np.minimum(pos, max(T - 1, 0))
     return pos, valid, T
+
+
+def _np_rows(rows, batch: int) -> np.ndarray:
+    """Row indices as a numpy array (a tensor is read back from its device)."""
+    rows = _host(rows).reshape(-1)
+    if rows.size and (rows.min() < 0 or rows.max() >= batch):
+        raise ValueError(f"rows must lie in 0..{batch - 1}")
+    return rows
 
 
 def _weights(module) -> tuple[Tensor, Tensor | None]:
@@ -157,28 +169,13 @@ def _weights(module) -> tuple[Tensor, Tensor | None]:
     return inner.weight, getattr(inner, "bias", None)
 
 
-def _np_rows(rows, batch: int) -> np.ndarray:
-    """Row indices as a numpy array (a tensor is read back from its device)."""
-    if isinstance(rows, Tensor):
-        rows = rows.detach().cpu().numpy()
-    rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-    if rows.size and (rows.min() < 0 or rows.max() >= batch):
-        raise ValueError(f"rows must lie in 0..{batch - 1}")
-    return rows
-
-
-def _rows_of(rows, batch: int, device) -> Tensor:
-    if rows is None:
-        return torch.arange(batch, device=device)
-    return torch.as_tensor(rows, dtype=torch.long, device=device)
-
-
 class CachedDecoder:
     """Incremental forward of ``model`` for ``batch`` rows of up to ``capacity`` tokens
-    (default the model's context). The bridge's modules are looked up once, here: a
+    (default the model's context). The bridge's modules are looked up once, here (a
     decoding step then costs a few tensor operations per layer and no bridge attribute
-    lookups (which dominate a small model's step). A decoder reads the parameters as they
-    are during its life; build a new one after changing the model."""
+    lookups, which dominate a small model's step), and the query, key and value projections
+    are one matrix product (their weights concatenated here). A decoder reads the parameters
+    as they are at its creation; build a new one after changing the model."""
 
     regime = REGIME_CACHED
 
@@ -205,30 +202,33 @@ class CachedDecoder:
         self.embed = _inner(model.embed).weight
         self.pos_table = None if self.rotary is not None else _inner(model.pos_embed).weight
         self.layers = []
-        for block in model.blocks:
-            attn, mlp = _inner(block.attn), _inner(block.mlp)
-            self.layers.append((_inner(block.ln1), _weights(attn.q), _weights(attn.k), _weights(attn.v),
-                                _weights(attn.o), float(attn.scale), _inner(block.ln2), mlp.act,
-                                getattr(mlp, "ln", None), _weights(mlp.fc_in), _weights(mlp.fc_out)))
+        with torch.no_grad():
+            for block in model.blocks:
+                attn, mlp = _inner(block.attn), _inner(block.mlp)
+                (wq, bq), (wk, bk), (wv, bv) = _weights(attn.q), _weights(attn.k), _weights(attn.v)
+                biases = [b if b is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+                          for w, b in ((wq, bq), (wk, bk), (wv, bv))]
+                qkv = (torch.cat([wq, wk, wv]), torch.cat(biases))
+                self.layers.append((_inner(block.ln1), qkv, _weights(attn.o), 1.0 / float(attn.scale),
+                                    _inner(block.ln2), mlp.act, getattr(mlp, "ln", None), _weights(mlp.fc_in),
+                                    _weights(mlp.fc_out)))
         self.ln_final, self.unembed = _inner(model.ln_final), _weights(model.unembed)
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
         """Tokens each row holds (by row, whatever its slot)."""
-        return self.cache.lengths
+        return torch.as_tensor(self.cache.lengths, device=self.device)
 
     def truncate(self, lengths, rows=None) -> None:
         """Roll rows back (or forward over what they already hold) to ``lengths``."""
-        r = _rows_of(rows, self.cache.lengths.numel(), self.device)
-        self.cache.lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        r = np.arange(self.batch) if rows is None else _np_rows(rows, self.batch)
+        self.cache.lengths[r] = _host(lengths)
 
     def compact(self, rows) -> None:
         """Keep only ``rows`` in the cache, in slots ``0 .. len(rows) - 1`` (one copy): later
         appends to them read contiguous keys. Other rows can no longer be appended to."""
         rows = _np_rows(rows, self.batch)
-        old = torch.as_tensor(self.slot[rows], device=self.device)
-        self.cache.k = self.cache.k[:, old]
-        self.cache.v = self.cache.v[:, old]
+        self.cache.kv = self.cache.kv[:, torch.as_tensor(self.slot[rows], device=self.device)]
         self.slot[:] = -1
         self.slot[rows] = np.arange(rows.size)
         self.row_of_slot = rows.copy()
@@ -248,42 +248,41 @@ class CachedDecoder:
         early), the cache is first compacted to them."""
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         b, k = tokens.shape
-        r_np = np.arange(b) if rows is None else _np_rows(rows, self.batch)
-        slots = self.slot[r_np]
+        r = np.arange(b) if rows is None else _np_rows(rows, self.batch)
+        slots = self.slot[r]
         if (slots < 0).any():
             raise ValueError("append: row(s) no longer in the cache (compacted away)")
         lo, hi = (int(slots.min()), int(slots.max()) + 1) if b else (0, 0)
         if b and b < 0.5 * (hi - lo):
-            self.compact(r_np)
-            slots = self.slot[r_np]
-            lo, hi = 0, b
-        span = hi - lo
-        r = torch.as_tensor(r_np, device=self.device)
-        full = (counts is None and span == b and bool((slots == np.arange(lo, hi)).all()))
-        if full:  # the rows are the span, in order: no padding
-            sel, toks, cnt, span_rows = None, tokens, None, r
-        else:  # the whole span, each appended row at its slot, the others taking nothing
-            sel = torch.as_tensor(slots - lo, device=self.device)
-            toks = torch.zeros((span, k), dtype=torch.long, device=self.device)
-            toks[sel] = tokens
-            cnt = torch.zeros(span, dtype=torch.long, device=self.device)
-            cnt[sel] = k if counts is None else torch.as_tensor(counts, dtype=torch.long, device=self.device)
-            span_rows = torch.as_tensor(self.row_of_slot[lo:hi], device=self.device)
+            self.compact(r)
+            slots, lo, hi = self.slot[r], 0, b
         lengths = self.cache.lengths
-        start = lengths[span_rows]
-        logits, x, taken = self._run(toks, start, cnt, lo, hi)
+        if counts is None and hi - lo == b and (slots == np.arange(lo, hi)).all():
+            sel = None  # the rows are the span, in order: nothing to pad
+            cnt = None
+        else:  # the whole span, each appended row at its slot, the others taking nothing
+            sel = slots - lo
+            padded = torch.zeros((hi - lo, k), dtype=torch.long, device=self.device)
+            padded[torch.as_tensor(sel, device=self.device)] = tokens
+            tokens = padded
+            cnt = np.zeros(hi - lo, dtype=np.int64)
+            cnt[sel] = k if counts is None else _host(counts)
+        start = lengths[self.row_of_slot[lo:hi]]
+        pos, valid, T = _positions(start, k, cnt, self.capacity, self.n_ctx)
+        logits, x = self._run(tokens, pos, valid, T, lo, hi)
+        taken = k if valid is None else valid.sum(1)
+        lengths[self.row_of_slot[lo:hi]] = start + taken
         if sel is None:
-            lengths[r] = start + taken
             return (logits, x) if resid else logits
-        lengths[r] = start[sel] + taken[sel]
-        return (logits[sel], x[sel]) if resid else logits[sel]
+        at = torch.as_tensor(sel, device=self.device)
+        return (logits[at], x[at]) if resid else logits[at]
 
-    def _run(self, tokens, start, counts, lo: int, hi: int):
-        """The forward of ``tokens [span, k]`` for the cache slots ``lo:hi`` (lengths
-        ``start``, ``counts`` taken per slot or all): (logits, last residual, tokens taken)."""
-        cache = self.cache
+    def _run(self, tokens, pos_np: np.ndarray, valid_np, T: int, lo: int, hi: int):
+        """(logits, last residual) of ``tokens [span, k]`` at positions ``pos_np`` for the
+        cache slots ``lo:hi``; only the positions ``valid_np`` (all when None) are cached."""
+        dev = self.device
         span, k = tokens.shape
-        pos, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx, self.device)
+        pos = torch.as_tensor(pos_np, device=dev)
         x = F.embedding(tokens, self.embed)
         if self.rotary is None:
             x = x + self.pos_table[pos]
@@ -293,36 +292,31 @@ class CachedDecoder:
             cos = self.rotary.cos_cached[pos].to(x.dtype).unsqueeze(2)
             sin = self.rotary.sin_cached[pos].to(x.dtype).unsqueeze(2)
         # key position j is visible from query position p iff j <= p (causal); keys past a
-        # row's own length hold stale values and are masked the same way
-        hidden = (torch.arange(T, device=self.device)[None, None, :] > pos[:, :, None])[:, None]  # [span, 1, k, T]
-        slot_col = torch.arange(span, device=self.device)[:, None]
+        # row's own length hold stale values and are hidden the same way
+        visible = torch.as_tensor(np.arange(T)[None, None, :] <= pos_np[:, :, None], device=dev)[:, None]
+        if valid_np is None:
+            at = (torch.arange(span, device=dev)[:, None], pos)
+        else:
+            rr, cc = np.nonzero(valid_np)
+            at = (torch.as_tensor(rr, device=dev), torch.as_tensor(pos_np[rr, cc], device=dev))
+            keep = torch.as_tensor(valid_np, device=dev)
         H, dh = self.H, self.dh
-        for layer, (ln1, wq, wk, wv, wo, scale, ln2, act, mid_ln, w_in, w_out) in enumerate(self.layers):
-            keys, vals = cache.k[layer][lo:hi], cache.v[layer][lo:hi]  # views of the cache
-            h = ln1(x)
-            q = F.linear(h, *wq).view(span, k, H, dh)
-            kk = F.linear(h, *wk).view(span, k, H, dh)
-            v = F.linear(h, *wv).view(span, k, H, dh)
+        for layer, (ln1, wqkv, wo, scale, ln2, act, mid_ln, w_in, w_out) in enumerate(self.layers):
+            kv = self.cache.kv[layer, lo:hi]  # [span, capacity, 2, H, dh]: a view of the cache
+            q, kk, v = F.linear(ln1(x), *wqkv).view(span, k, 3, H, dh).unbind(2)
             if cos is not None:
                 q, kk = _rotate(q, cos, sin, rd), _rotate(kk, cos, sin, rd)
-            if valid is None:
-                keys[slot_col, pos] = kk
-                vals[slot_col, pos] = v
-            else:
-                at = (slot_col.expand(span, k)[valid], pos[valid])
-                keys[at] = kk[valid]
-                vals[at] = v[valid]
-            keys, vals = keys[:, :T].transpose(1, 2), vals[:, :T].transpose(1, 2)  # [span, H, T, dh]
-            scores = torch.matmul(q.transpose(1, 2), keys.transpose(-2, -1)) / scale  # [span, H, k, T]
-            pattern = F.softmax(scores.masked_fill(hidden, float("-inf")), dim=-1)
-            z = torch.matmul(pattern, vals).transpose(1, 2).reshape(span, k, H * dh)
-            x = x + F.linear(z, *wo)
+            new = torch.stack((kk, v), dim=2)  # [span, k, 2, H, dh]
+            kv[at] = new if valid_np is None else new[keep]
+            keys, vals = kv[:, :T].unbind(2)  # [span, T, H, dh]
+            z = F.scaled_dot_product_attention(q.transpose(1, 2), keys.transpose(1, 2), vals.transpose(1, 2),
+                                               attn_mask=visible, scale=scale)
+            x = x + F.linear(z.transpose(1, 2).reshape(span, k, H * dh), *wo)
             mid = act(F.linear(ln2(x), *w_in))
             if mid_ln is not None:
                 mid = mid_ln(mid)
             x = x + F.linear(mid, *w_out)
-        logits = F.linear(self.ln_final(x), *self.unembed)
-        return logits, x, (k if valid is None else valid.sum(1))
+        return F.linear(self.ln_final(x), *self.unembed), x
 
 
 class FullForwardDecoder:
@@ -340,31 +334,34 @@ class FullForwardDecoder:
         p = next(model.parameters())
         self.device = p.device
         self.tokens = torch.zeros((int(batch), self.capacity), dtype=torch.long, device=self.device)
-        self._lengths = torch.zeros(int(batch), dtype=torch.long, device=self.device)
+        self._lengths = np.zeros(int(batch), dtype=np.int64)
         self.hook = hook or f"blocks.{int(model.cfg.n_layers) - 1}.hook_resid_post"
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
-        return self._lengths
+        return torch.as_tensor(self._lengths, device=self.device)
 
     def truncate(self, lengths, rows=None) -> None:
-        r = _rows_of(rows, self._lengths.numel(), self.device)
-        self._lengths[r] = torch.as_tensor(lengths, dtype=torch.long, device=self.device)
+        r = np.arange(self._lengths.size) if rows is None else _np_rows(rows, self._lengths.size)
+        self._lengths[r] = _host(lengths)
 
     @torch.no_grad()
     def append(self, tokens: Int[Tensor, "b k"], rows=None, resid: bool = False, counts=None):
         """As ``CachedDecoder.append``."""
         tokens = torch.as_tensor(tokens, dtype=torch.long, device=self.device)
         b, k = tokens.shape
-        r = _rows_of(rows, self._lengths.numel(), self.device)
-        start = self._lengths[r]
-        pos, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx, self.device)
+        r_np = np.arange(b) if rows is None else _np_rows(rows, self._lengths.size)
+        r = torch.as_tensor(r_np, device=self.device)
+        start = self._lengths[r_np]
+        pos_np, valid, T = _positions(start, k, counts, self.capacity, self.n_ctx)
+        pos = torch.as_tensor(pos_np, device=self.device)
         if valid is None:
             self.tokens[r[:, None], pos] = tokens
-            self._lengths[r] = start + k
+            self._lengths[r_np] = start + k
         else:
-            self.tokens[r[:, None].expand(b, k)[valid], pos[valid]] = tokens[valid]
-            self._lengths[r] = start + valid.sum(1)
+            v = torch.as_tensor(valid, device=self.device)
+            self.tokens[r[:, None].expand(b, k)[v], pos[v]] = tokens[v]
+            self._lengths[r_np] = start + valid.sum(1)
         store: dict[str, Tensor] = {}
         if resid:
             def keep(act, hook):
