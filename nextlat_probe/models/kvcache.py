@@ -209,10 +209,10 @@ class CachedDecoder:
                 biases = [b if b is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
                           for w, b in ((wq, bq), (wk, bk), (wv, bv))]
                 qkv = (torch.cat([wq, wk, wv]), torch.cat(biases))
-                self.layers.append((_inner(block.ln1), qkv, _weights(attn.o), 1.0 / float(attn.scale),
-                                    _inner(block.ln2), mlp.act, getattr(mlp, "ln", None), _weights(mlp.fc_in),
-                                    _weights(mlp.fc_out)))
-        self.ln_final, self.unembed = _inner(model.ln_final), _weights(model.unembed)
+                self.layers.append((_norm_fn(_inner(block.ln1)), qkv, _weights(attn.o), 1.0 / float(attn.scale),
+                                    _norm_fn(_inner(block.ln2)), mlp.act, getattr(mlp, "ln", None),
+                                    _weights(mlp.fc_in), _weights(mlp.fc_out)))
+        self.ln_final, self.unembed = _norm_fn(_inner(model.ln_final)), _weights(model.unembed)
 
     @property
     def lengths(self) -> Int[Tensor, " batch"]:
@@ -279,22 +279,29 @@ class CachedDecoder:
 
     def _run(self, tokens, pos_np: np.ndarray, valid_np, T: int, lo: int, hi: int):
         """(logits, last residual) of ``tokens [span, k]`` at positions ``pos_np`` for the
-        cache slots ``lo:hi``; only the positions ``valid_np`` (all when None) are cached."""
+        cache slots ``lo:hi``; only the positions ``valid_np`` (all when None) are cached.
+        When every row appends at the same position (greedy steps, prompts of one length)
+        positions are slices and a single new token needs no mask: no index tensors at all."""
         dev = self.device
         span, k = tokens.shape
-        pos = torch.as_tensor(pos_np, device=dev)
+        p0 = int(pos_np[0, 0]) if valid_np is None and (pos_np[:, 0] == pos_np[0, 0]).all() else None
+        pos = slice(p0, p0 + k) if p0 is not None else torch.as_tensor(pos_np, device=dev)
         x = F.embedding(tokens, self.embed)
         if self.rotary is None:
             x = x + self.pos_table[pos]
             cos = sin = None
         else:
             rd = int(self.rotary.rotary_dim)
-            cos = self.rotary.cos_cached[pos].to(x.dtype).unsqueeze(2)
-            sin = self.rotary.sin_cached[pos].to(x.dtype).unsqueeze(2)
+            cos = self.rotary.cos_cached[pos].to(x.dtype).unsqueeze(-2)
+            sin = self.rotary.sin_cached[pos].to(x.dtype).unsqueeze(-2)
         # key position j is visible from query position p iff j <= p (causal); keys past a
         # row's own length hold stale values and are hidden the same way
-        visible = torch.as_tensor(np.arange(T)[None, None, :] <= pos_np[:, :, None], device=dev)[:, None]
-        if valid_np is None:
+        visible = None
+        if not (p0 is not None and k == 1):
+            visible = torch.as_tensor(np.arange(T)[None, None, :] <= pos_np[:, :, None], device=dev)[:, None]
+        if p0 is not None:
+            at = (slice(None), pos)
+        elif valid_np is None:
             at = (torch.arange(span, device=dev)[:, None], pos)
         else:
             rr, cc = np.nonzero(valid_np)
@@ -317,6 +324,15 @@ class CachedDecoder:
                 mid = mid_ln(mid)
             x = x + F.linear(mid, *w_out)
         return F.linear(self.ln_final(x), *self.unembed), x
+
+
+def _norm_fn(module):
+    """``module`` as a function: ``F.layer_norm`` straight for a ``torch.nn.LayerNorm`` (no
+    module-call overhead), the module itself otherwise (RMS, param-free norms)."""
+    if type(module) is torch.nn.LayerNorm:
+        shape, w, b, eps = module.normalized_shape, module.weight, module.bias, module.eps
+        return lambda x: F.layer_norm(x, shape, w, b, eps)
+    return module
 
 
 class FullForwardDecoder:
