@@ -55,6 +55,7 @@ from .generation import (
     check_prompts,
     greedy_decode,
     greedy_pick,
+    near_tie,
     open_decoder,
     stop_array,
     sync,
@@ -69,15 +70,16 @@ REGIME_NOTES = {
                  "prefix",
 }
 ADAPTIVE_RULE = (
-    "online, from this run's own verifications: before each draft, the probability that it will be accepted "
-    "(every earlier draft of the verification accepted too) is estimated as the product of the calibrated "
-    "acceptance rates of the drafts so far (the acceptance rate of drafts whose head probability fell in the same "
-    "of `bins` equal bins, Beta(1, 1) prior) times the overall acceptance rate; the draft is made while that "
-    "estimate is at least rho = seconds per p_psi step / seconds per verification (moving averages, weight `ema`, of "
-    "this run's calls; `draft_cost` fixes rho instead), and never past `cap` drafts or a drafted stop token. Every "
-    "verification updates the rates (its accepted drafts and its first rejected one) and the timings, so the draft "
-    "length keeps following the drafter's quality and the device's costs (rho below the acceptance rate: no drafts, "
-    "plain greedy steps)"
+    "online, from this run's own verifications: each draft's chance of acceptance (every earlier draft of the "
+    "verification accepted too) is estimated as the product of calibrated acceptance rates (the rate of drafts whose "
+    "head probability fell in the same of `bins` equal bins, Beta(1, 1) prior), the next draft's as that product "
+    "times the overall acceptance rate alpha; with n drafts of expected yield E tokens (the pending token counts 1) "
+    "costing 1 + n*rho verifications, where rho = seconds per p_psi step / seconds per verification round without "
+    "its drafting (moving averages, weight `ema`, of this run's calls; `draft_cost` fixes rho), one more draft is "
+    "made while it raises the expected tokens per second: reach*alpha*(1 + n*rho) >= rho*E; never past `cap` "
+    "drafts or a drafted stop token. Every verification updates the rates (its accepted drafts and its first "
+    "rejected one) and the timings, so the draft length keeps following the drafter's quality and the device's costs "
+    "(alpha below rho: no drafts, plain greedy steps)"
 )
 
 
@@ -308,6 +310,8 @@ def speculative_decode(model, drafter: Any, prompts: np.ndarray, max_new: int, *
 
 def _speculative_batch(model, drafter, prompts, offset, max_new, pol, state, stop, hook, regime, pad_id, dev,
                        res) -> None:
+    """Decode one batch of prompts into ``res``. Tokens and lengths stay on the host; the
+    device holds the cache and the latents."""
     import torch
 
     from ..models.objective import normalize_latent
@@ -317,8 +321,8 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, state, sto
     if max_new == 0:
         res.tokens.extend(np.zeros(0, dtype=np.int64) for _ in range(b))
         return
-    buf = torch.full((b, P + max_new + 1), pad_id, dtype=torch.long, device=dev)
-    buf[:, :P] = torch.as_tensor(prompts, device=dev)
+    buf = np.full((b, P + max_new + 1), pad_id, dtype=np.int64)
+    buf[:, :P] = prompts
     dec = open_decoder(model, b, P + max_new, regime, hook)  # the last draft may sit at P + max_new - 1
     res.regime = dec.regime
     cached = dec.regime == REGIME_CACHED
@@ -326,92 +330,81 @@ def _speculative_batch(model, drafter, prompts, offset, max_new, pol, state, sto
     length = np.full(b, P, dtype=np.int64)  # committed tokens per row (the cache holds all but the pending one)
     n_gen = np.zeros(b, dtype=np.int64)
     done = np.zeros(b, dtype=bool)
-    # the prompt forward: the first greedy token and the latent it came from
-    logits, resid = dec.append(buf[:, :P], resid=True)
-    g_np, k = greedy_pick(model, logits[:, -1], lambda i: buf[torch.as_tensor(i, device=dev), :P], cached)
-    g = torch.as_tensor(g_np, device=dev)
+    # the prompt forward: the first greedy token (pending) and the latent it came from
+    logits, resid = dec.append(torch.as_tensor(buf[:, :P], device=dev), resid=True)
+    g, k = greedy_pick(model, logits[:, -1], lambda i: buf[i, :P], cached)
     res.refreshed += k
     h = normalize_latent(resid[:, -1].float())  # latent at the last committed position
     res.forwards += b
     res.batched_forwards += 1
     res.positions += b * P
     while True:
+        t_round = time.perf_counter()
         # commit the pending greedy token
         rows = np.flatnonzero(~done)
         if rows.size == 0:
             break
-        rt = torch.as_tensor(rows, device=dev)
-        g_np = g[rt].cpu().numpy()
-        buf[rt, torch.as_tensor(length[rows], device=dev)] = g[rt]
+        buf[rows, length[rows]] = g[rows]
         length[rows] += 1
         n_gen[rows] += 1
-        done[rows] |= stop[g_np] | (n_gen[rows] >= max_new)
+        done[rows] |= stop[g[rows]] | (n_gen[rows] >= max_new)
         rows = np.flatnonzero(~done)
         if rows.size == 0:
             break
         rt = torch.as_tensor(rows, device=dev)
-        # how many tokens each live row may draft
+        # how many tokens each live row may draft, and the drafts
         cap = np.maximum(np.minimum(np.minimum(pol.k, max_new - n_gen[rows]), n_ctx - length[rows]), 0)
-        drafts, n_draft, dprob = _draft(drafter, pol, state, h[rt], g[rt], row_ids[rt],
-                                        torch.as_tensor(length[rows] - 1, device=dev), cap, stop, res)
+        drafts, n_draft, dprob, t_drafting = _draft(drafter, pol, state, h[rt], torch.as_tensor(g[rows], device=dev),
+                                                    row_ids[rt], torch.as_tensor(length[rows] - 1, device=dev), cap,
+                                                    stop, res)
         # one verification for every live row: the pending token and its drafts at once
         K = drafts.shape[1]
-        fed = torch.cat([g[rt][:, None], drafts.clamp(min=0)], dim=1)  # [r, K + 1] (past a row's drafts: unused)
         counts = n_draft + 1
-        for i in np.flatnonzero(n_draft):
-            buf[rows[i], length[rows[i]]:length[rows[i]] + n_draft[i]] = drafts[i, :n_draft[i]]
-        ragged = None if (counts == K + 1).all() else torch.as_tensor(counts, device=dev)
-        t_verify = time.perf_counter()
+        L = length[rows]
+        cols = L[:, None] + np.arange(K)[None, :]
+        has = np.arange(K)[None, :] < n_draft[:, None]
+        buf[rows[:, None].repeat(K, 1)[has], cols[has]] = drafts[has]
+        fed = torch.as_tensor(np.concatenate([g[rows][:, None], np.maximum(drafts, 0)], axis=1), device=dev)
+        ragged = None if (counts == K + 1).all() else counts
         logits, resid = dec.append(fed, None if rows.size == b else rows, resid=True, counts=ragged)
         res.forwards += int(rows.size)
         res.verifications += int(rows.size)
         res.batched_forwards += 1
-        res.positions += int(rows.size) * (K + 1) if cached else int((length[rows] + n_draft).max()) * int(rows.size)
-        preds = logits.argmax(-1)  # [r, K + 1]: the transformer's token after the pending one and each draft
-        if cached:
-            preds, k = _refresh_ties(model, logits, preds, counts, buf, rows, length, dev)
-            res.refreshed += k
-        preds_np = preds.cpu().numpy()  # (waits for the device: the timing below is complete)
-        state.time("t_verify", time.perf_counter() - t_verify)
-        drafts_np = drafts.cpu().numpy()
-        sel = np.zeros(rows.size, dtype=np.int64)
-        keep = np.zeros(rows.size, dtype=np.int64)  # cache length per row after the roll-back
-        for i, r in enumerate(rows):
-            L, nd = int(length[r]), int(n_draft[i])
-            agree = preds_np[i, :nd] == drafts_np[i, :nd]
-            a = nd if agree.all() else int(np.argmin(agree))
-            res.accepted.append(a)
-            res.drafted.append(nd)
-            keep[i] = L + a  # the pending token and the accepted drafts stay in the cache
-            if a:
-                acc = drafts_np[i, :a]
-                hit = np.flatnonzero(stop[acc])
-                used = int(hit[0]) + 1 if hit.size else a  # greedy stops at the first stop token
-                done[r] |= bool(hit.size)
-                length[r] += used
-                n_gen[r] += used
-                if n_gen[r] >= max_new:
-                    done[r] = True
-            sel[i] = a
-            if nd:
-                state.update(dprob[i, :nd], a)
-        dec.truncate(torch.as_tensor(keep, device=dev), rt)
-        ar = torch.arange(rows.size, device=dev)
-        st = torch.as_tensor(sel, device=dev)
-        g, h = g.clone(), h.clone()
-        g[rt] = preds[ar, st]
-        h[rt] = normalize_latent(resid[ar, st].float()).to(h.dtype)
-    gen = buf[:, P:].cpu().numpy()
-    res.tokens.extend(gen[i, :int(c)] for i, c in enumerate(n_gen))
+        res.positions += int(rows.size) * (K + 1) if cached else int((L + n_draft).max()) * int(rows.size)
+        preds = _verified(model, logits, counts, buf, rows, L, cached, res)  # [r, K + 1], host
+        # the longest agreeing prefix of each row's drafts, its roll-back and next pending token
+        agree = (preds[:, :K] == drafts) & has
+        a = np.where(agree.all(axis=1), n_draft, np.argmin(agree, axis=1)) if K else np.zeros(rows.size, np.int64)
+        res.accepted.extend(a.tolist())
+        res.drafted.extend(n_draft.tolist())
+        dec.truncate(L + a, rows)  # the pending token and the accepted drafts stay in the cache
+        for i in np.flatnonzero(a):
+            r, ai = rows[i], int(a[i])
+            hit = np.flatnonzero(stop[drafts[i, :ai]])
+            used = int(hit[0]) + 1 if hit.size else ai  # greedy stops at the first stop token
+            done[r] |= bool(hit.size)
+            length[r] += used
+            n_gen[r] += used
+            done[r] |= bool(n_gen[r] >= max_new)
+        for i in np.flatnonzero(n_draft):
+            state.update(dprob[i, :n_draft[i]], int(a[i]))
+        g[rows] = preds[np.arange(rows.size), a]
+        h = h.clone()
+        h[rt] = normalize_latent(resid[torch.arange(rows.size, device=dev), torch.as_tensor(a, device=dev)].float())
+        # what a verification costs beside the drafting: the forward and all this bookkeeping
+        state.time("t_verify", time.perf_counter() - t_round - t_drafting)
+    res.tokens.extend(buf[i, P:P + int(c)].copy() for i, c in enumerate(n_gen))
 
 
 def _draft(drafter, pol, state, h, g, row_ids, pos, cap, stop, res):
     """Up to ``cap`` drafted tokens per row from latents ``h`` and pending tokens ``g``:
-    (drafts ``[r, K]`` (-1 past each row's count), counts, head probability of each draft).
-    ``adaptive`` stops a row when ``ADAPTIVE_RULE`` says the next draft does not pay. Only
-    the rows still drafting are computed at each step."""
+    (drafts ``[r, K]`` on the host, -1 past each row's count; counts; head probability of
+    each draft; seconds spent). ``adaptive`` stops a row when ``ADAPTIVE_RULE`` says the next
+    draft would not raise the expected tokens per second. Only the rows still drafting are
+    computed at each step."""
     import torch
 
+    t_start = time.perf_counter()
     dev = h.device
     r = h.shape[0]
     K = int(cap.max()) if r else 0
@@ -419,10 +412,13 @@ def _draft(drafter, pol, state, h, g, row_ids, pos, cap, stop, res):
     dprob = np.zeros((r, max(K, 1)))
     n_draft = np.zeros(r, dtype=np.int64)
     reach = np.ones(r)  # adaptive: estimated probability that every draft so far is accepted
+    gain = np.ones(r)  # adaptive: expected tokens of the verification so far (the pending one, 1)
     go = cap > 0
     if pol.kind == "adaptive":
-        go &= state.alpha >= state.rho
+        go &= _pays(state, reach, gain, n_draft)
     act = np.flatnonzero(go)  # rows still drafting
+    if act.size == 0:
+        return drafts, n_draft, dprob, time.perf_counter() - t_start
     at = torch.as_tensor(act, device=dev)
     cur_h, cur_tok, cur_ids, cur_pos = h[at], g[at], row_ids[at], pos[at]
     for j in range(K):
@@ -441,33 +437,55 @@ def _draft(drafter, pol, state, h, g, row_ids, pos, cap, stop, res):
         cont = (n_draft[act] < cap[act]) & ~stop[tok_np]
         if pol.kind == "adaptive":
             reach[act] *= state.calibrated(prob_np)
-            cont &= reach[act] * state.alpha >= state.rho
+            gain[act] += reach[act]
+            cont &= _pays(state, reach[act], gain[act], n_draft[act])
         if not cont.all():
             ct = torch.as_tensor(np.flatnonzero(cont), device=dev)
             hh, tok, cur_ids, cur_pos = hh[ct], tok[ct], cur_ids[ct], cur_pos[ct]
             act = act[cont]
         cur_h, cur_tok, cur_pos = hh.to(cur_h.dtype), tok, cur_pos + 1
-    return torch.as_tensor(drafts, device=dev), n_draft, dprob
+    return drafts, n_draft, dprob, time.perf_counter() - t_start
 
 
-def _refresh_ties(model, logits, preds, counts, buf, rows, length, dev):
-    """``preds`` with the rows that hold a near-tie (best two logits within ``TIE_LOGIT``) at
-    a verified position re-decided on the full forward over the committed tokens and the
-    drafts (what plain greedy decoding re-decides on), and how many rows that was."""
+def _pays(state, reach, gain, n) -> np.ndarray:
+    """bool per row: one more draft raises the expected tokens per second of the
+    verification (``ADAPTIVE_RULE``): with ``n`` drafts so far of expected yield ``gain``
+    (tokens) at a cost of ``1 + n * rho`` verifications, the next one adds ``reach * alpha``
+    tokens for ``rho``; it pays when ``reach * alpha / rho >= gain / (1 + n * rho)``."""
+    rho = state.rho
+    return reach * state.alpha * (1.0 + n * rho) >= rho * gain
+
+
+def _verified(model, logits, counts, buf, rows, L, approximate: bool, res) -> np.ndarray:
+    """The transformer's greedy token after each fed position (host ``[r, K + 1]``). With
+    ``approximate`` (a cache), a row with a near-tie (best two logits within ``TIE_LOGIT``) at
+    a verified position is re-decided on the full forward over its committed tokens and
+    drafts, as greedy decoding re-decides it."""
     import torch
 
-    top2 = logits.float().topk(2, dim=-1).values
-    tie = (top2[..., 0] - top2[..., 1]) < TIE_LOGIT  # [r, K + 1]
-    tie &= torch.arange(logits.shape[1], device=dev)[None, :] < torch.as_tensor(counts, device=dev)[:, None]
-    idx = tie.any(dim=1).nonzero()[:, 0].cpu().numpy()
-    if idx.size == 0:
-        return preds, 0
-    preds = preds.clone()
+    dev = logits.device
+    lg = logits.float()
+    if not approximate:
+        return lg.argmax(-1).cpu().numpy()
+    fed = np.arange(lg.shape[1])[None, :] < np.asarray(counts)[:, None]
+    if dev.type == "cpu":  # host memory already: numpy, no further tensor operations
+        host = lg.numpy()
+        preds = host.argmax(-1)
+        r, K1, V = host.shape
+        tie = near_tie(host.reshape(r * K1, V), TIE_LOGIT).reshape(r, K1) & fed
+        idx = np.flatnonzero(tie.any(axis=1))
+    else:  # on the device: argmax and near-tie flags, read back together
+        top2 = lg.topk(2, dim=-1).values
+        tie = ((top2[..., 0] - top2[..., 1]) < TIE_LOGIT) & torch.as_tensor(fed, device=dev)  # [r, K + 1]
+        both = torch.cat([lg.argmax(-1), tie.any(dim=1, keepdim=True).long()], dim=1).cpu().numpy()
+        preds, idx = both[:, :-1], np.flatnonzero(both[:, -1])
     for i in idx:  # rare: one full forward per such row
-        L, c = int(length[rows[i]]), int(counts[i])
-        ref = model(buf[rows[i]:rows[i] + 1, :L + c - 1])[0, L - 1:]
-        preds[i, :c] = ref.argmax(-1)
-    return preds, int(idx.size)
+        c = int(counts[i])
+        with torch.no_grad():
+            ref = model(torch.as_tensor(buf[rows[i]:rows[i] + 1, :L[i] + c - 1], device=dev))[0, L[i] - 1:]
+        preds[i, :c] = ref.argmax(-1).cpu().numpy()
+    res.refreshed += int(idx.size)
+    return preds
 
 
 # --------------------------------------------------------------------------------------
