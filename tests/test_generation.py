@@ -49,6 +49,7 @@ def test_cached_and_full_forward_world_model_metrics_agree():
             out[regime] = res.to_dict()
     assert out["kv_cache"]["settings"].pop("regime") == "kv_cache"
     assert out["full_forward"]["settings"].pop("regime") == "full_forward"
+    assert out["full_forward"]["settings"].pop("regime_note") == "full forwards requested"
     assert out["kv_cache"] == out["full_forward"]
 
 
