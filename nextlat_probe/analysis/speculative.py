@@ -444,7 +444,8 @@ def _draft(drafter, pol, state, h, g, row_ids, pos, cap, stop, res):
             hh, tok, cur_ids, cur_pos = hh[ct], tok[ct], cur_ids[ct], cur_pos[ct]
             act = act[cont]
         cur_h, cur_tok, cur_pos = hh.to(cur_h.dtype), tok, cur_pos + 1
-    return drafts, n_draft, dprob, time.perf_counter() - t_start
+    width = int(n_draft.max()) if r else 0  # the verification feeds no more than the longest draft
+    return drafts[:, :width], n_draft, dprob, time.perf_counter() - t_start
 
 
 def _pays(state, reach, gain, n) -> np.ndarray:
