@@ -7,8 +7,9 @@ Rows: fixed k in {1, 2, 4, 8}, fixed:16 (the cap of adaptive, for reference) and
 on (a) a trained NextLat checkpoint (fresh tiny taxi one, or --ckpt) and (b) a bigger
 preset with UNTRAINED random weights and a random non-zero p_psi (timing only: its drafts
 are rarely accepted, so it shows the cost of drafting and verifying when drafts fail).
-Regime: no KV cache (the TransformerLens native bridge has none): greedy and speculative
-both run full forwards over the prefix; they are timed alternately in this run.
+Regime: the key/value cache (``models.kvcache``) for both greedy and speculative decoding
+(the speedup is over cached greedy); they are timed alternately in this run.
+``benchmarks/generation.py`` adds cached vs full-forward greedy and batch-1 timings.
 """
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def untrained(n_prompts, repeats, quick):
             s = s1 if s is None or s1.seconds < s.seconds else s
         rows.append((pol, summary(s, g, 16)))
     show(f"UNTRAINED preset n_layers=4 d_model={d} n_ctx={cfg.n_ctx} d_vocab=64, random p_psi (timing only), "
-         f"{n_prompts} random 4-token prompts, {new} new tokens, regime no_kv_cache, fastest of {repeats}", rows)
+         f"{n_prompts} random 4-token prompts, {new} new tokens, regime {s.regime}, fastest of {repeats}", rows)
 
 
 def main():

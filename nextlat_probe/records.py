@@ -34,6 +34,13 @@ this shape. No other module invents a row format.
 A *rate* is always ``{"value", "low", "high", "n", "count"}``: ``count`` successes of
 ``n``, with the Wilson 95% interval (``scipy.stats.binomtest(...).proportion_ci``);
 ``value``/``low``/``high`` are ``None`` when ``n == 0`` (nothing to measure).
+
+Records of analyses that decode (``worldmodel``, ``mapping`` behaviour, ``taskeval`` path-star,
+``speculative``) say how: ``params["regime"]`` is ``kv_cache`` (a key/value cache,
+``models.kvcache``) or ``full_forward`` (a full forward over the prefix per step), both joined
+by ``+`` if a run used both, with ``params["regime_note"]`` saying why a model was not
+cached (and, for ``speculative``, what the regime means for its timings). The regime never
+changes a metric (``analysis.generation``: near-ties are decided on the full forward).
 """
 from __future__ import annotations
 

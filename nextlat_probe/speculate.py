@@ -4,10 +4,12 @@ NextLat's latent dynamics p_psi drafts tokens from the transformer's own hidden 
 transformer verifies them in one forward, and the output is exactly greedy decoding's
 (checked on every prompt: ``identical``). Prints, per checkpoint and draft policy
 (``--draft fixed:4 --draft adaptive ...``): drafted tokens accepted per verification, tokens
-per transformer forward, p_psi calls per token, and the wall-clock speedup over plain
-greedy decoding measured side by side in the same run. Regime: no key/value cache (the
-TransformerLens native bridge has none), full forwards over the prefix for both. GPT
-checkpoints have no p_psi and are refused. Python: ``nextlat_probe.compare.run_speculative``;
+per transformer forward, token positions the transformer computed per token, the draft
+acceptance rate, p_psi calls per token, and the wall-clock speedup over greedy decoding
+measured side by side in the same run. Regime (``--regime``): both decode from a key/value
+cache (``kv_cache``, ``models.kvcache``) wherever the model is supported, else with a full
+forward over the prefix per step (``full_forward``, also on request). GPT checkpoints have no
+p_psi and are refused. Python: ``nextlat_probe.compare.run_speculative``;
 algorithms: ``nextlat_probe.analysis.speculative``.
 """
 from __future__ import annotations
@@ -37,7 +39,9 @@ def table(records: list[dict[str, Any]]) -> str:
         m = r["metrics"]
         rows.append({"model": r["name"], "policy": r["variant"], "identical": "yes" if m["identical_to_greedy"] else
                      f"NO ({m['n_identical']}/{m['n_prompts']})",
-                     "accepted/verif": f"{m['mean_accepted']:.2f}", "tokens/forward": f"{m['tokens_per_forward']:.2f}",
+                     "accepted/verif": f"{m['mean_accepted']:.2f}", "acceptance": f"{m['draft_acceptance']:.2f}",
+                     "tokens/forward": f"{m['tokens_per_forward']:.2f}",
+                     "positions/token": f"{m['positions_per_token']:.2f} (greedy {m['greedy_positions_per_token']:.2f})",
                      "p_psi calls/token": f"{m['draft_calls_per_token']:.2f}",
                      "greedy s": f"{m['seconds_greedy']:.3f}", "spec s": f"{m['seconds_speculative']:.3f}",
                      "speedup": f"{m['speedup']:.2f}x", "tokens": str(m["tokens_generated"])})
@@ -65,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix-len", type=int, default=4, help="prompt length on non-taxi worlds (default 4)")
     p.add_argument("--batch-size", type=int, default=64, help="prompts decoded together (default 64)")
     p.add_argument("--repeats", type=int, default=1, help="alternating timing runs, fastest kept (default 1)")
+    p.add_argument("--regime", choices=("auto", "kv_cache", "full_forward"), default="auto",
+                   help="decoding regime of greedy and speculative decoding alike: auto (a key/value cache where the "
+                        "model allows it, else full forwards), kv_cache (refuse models without one) or full_forward "
+                        "(a full forward over the prefix per step) (default auto)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prompts")
     add_output_args(p)
     return p
@@ -86,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     models = load_cli_models(args, device)
     records = run_speculative(models, draft=draft, n_prompts=args.n_prompts, max_new=args.max_new,
                               prefix_len=args.prefix_len, seed=args.seed, device=device,
-                              progress=progress_enabled(args), batch_size=args.batch_size, repeats=args.repeats)
+                              progress=progress_enabled(args), batch_size=args.batch_size, repeats=args.repeats,
+                              regime=args.regime)
     if args.plot is not None:
         from .plots.interactive import speculative_figure, write_html
 

@@ -180,12 +180,15 @@ def test_records_cli_and_figure(tiny_taxi_ckpts, tiny_mess3_ckpts, capsys, tmp_p
     for r in recs:
         check_record(r)
         assert r["analysis"] == "speculative" and r["variant"] in ("fixed:2", "adaptive")
-        assert r["params"]["regime"] == "no_kv_cache" and "rule" in r["params"]
+        assert r["params"]["regime"] == "kv_cache" and "rule" in r["params"]
+        assert r["protocol"]["name"] == "kv_cache" and "cache" in r["params"]["regime_note"]
         m = r["metrics"]
         assert m["identical_to_greedy"] is True and m["n_prompts"] == 6
         for key in ("mean_accepted", "forwards_per_token", "draft_calls", "seconds_speculative", "seconds_greedy",
-                    "speedup", "accepted_histogram", "tokens_generated"):
+                    "speedup", "accepted_histogram", "tokens_generated", "draft_acceptance", "positions_per_token"):
             assert key in m
+        # a cached greedy step computes one position per token after the prompt forward
+        assert m["greedy_positions_per_token"] < 2.0
     speculative_figure(recs)
     out = tmp_path / "s.html"
     with pytest.raises(SystemExit) as exc:
@@ -194,3 +197,53 @@ def test_records_cli_and_figure(tiny_taxi_ckpts, tiny_mess3_ckpts, capsys, tmp_p
     assert exc.value.code == 0
     doc = json.loads(capsys.readouterr().out)
     assert [r["variant"] for r in doc] == ["fixed:2", "adaptive"] and out.exists()
+    assert all(r["params"]["regime"] == "kv_cache" and r["metrics"]["identical_to_greedy"] for r in doc)
+    with pytest.raises(SystemExit) as exc:  # the full-forward regime on request: same tokens
+        run_main(speculate.main, [str(tiny_taxi_ckpts["nextlat"]), "--n-prompts", "3", "--draft", "fixed:2",
+                                  "--regime", "full_forward", "--json"])
+    assert exc.value.code == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc[0]["params"]["regime"] == "full_forward" and doc[0]["metrics"]["identical_to_greedy"]
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 64])
+def test_identical_to_greedy_at_batch_sizes(batch_size, tiny_taxi_ckpts):
+    """Speculative decoding (both policies) from the cache, at batch 1, 7 and 64, gives cached
+    greedy's tokens, which are full-forward greedy's."""
+    m, prompts, new, stop = _setup(tiny_taxi_ckpts["nextlat"], n=64, seed=2)
+    ref = greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=64, regime="full_forward")
+    assert ref.regime == "full_forward"
+    cached = greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size)
+    assert cached.regime == "kv_cache"
+    for a, b in zip(cached.tokens, ref.tokens):
+        np.testing.assert_array_equal(a, b)
+    # a cached greedy step computes one position: the prompt, then one per further token
+    assert cached.positions == sum(prompts.shape[1] + len(t) - 1 for t in ref.tokens)
+    drafter = LatentDrafter(m.model, m.dynamics)
+    for pol in ("fixed:3", "adaptive"):
+        res = speculative_decode(m.model, drafter, prompts, new, policy=pol, stop_mask=stop, batch_size=batch_size)
+        assert res.regime == "kv_cache" and len(res.tokens) == 64
+        for a, b in zip(res.tokens, ref.tokens):
+            np.testing.assert_array_equal(a, b)
+        assert res.n_tokens / res.forwards > 1.0  # drafts were accepted
+
+
+def test_untrained_models_of_every_position_scheme():
+    """Rotary and no-position models decode from the cache too, identically to greedy."""
+    from nextlat_probe.models.config import ModelConfig
+    from nextlat_probe.models.dynamics import LatentDynamics
+    from nextlat_probe.models.transformer import build_transformer
+
+    for positional in ("rotary", "none"):
+        cfg = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_mlp=64, n_ctx=16, d_vocab=7,
+                          positional=positional)
+        model = build_transformer(cfg, seed=5).eval()
+        torch.manual_seed(5)
+        dyn = LatentDynamics(32)
+        prompts = np.random.default_rng(5).integers(0, 7, size=(9, 2))
+        ref = greedy_decode(model, prompts, 20, regime="full_forward")
+        for pol in ("fixed:2", "adaptive"):
+            res = speculative_decode(model, LatentDrafter(model, dyn), prompts, 20, policy=pol, batch_size=4)
+            assert res.regime == "kv_cache"
+            for a, b in zip(res.tokens, ref.tokens):
+                np.testing.assert_array_equal(a, b)

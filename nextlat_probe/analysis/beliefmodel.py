@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 
 from ..records import Rate
+from .generation import Sample, extend, regime_of
 from .stats import AnalysisError
-from .worldmodel import EPSILON, PairMean, _sample_rows, as_predictor, resolve_protocol
+from .worldmodel import EPSILON, PairMean, as_predictor, resolve_protocol
 
 #: this package's protocol for worlds without a map (no published reference exists for HMMs:
 #: the definitions follow Vafa et al.'s compression and per-pair distinction, with the
@@ -164,9 +165,7 @@ def compression_beliefs(predict: Any, pairs: PrefixPairs, rng: np.random.Generat
     per_pair = np.zeros(len(pairs), dtype=bool)
     n_acc = 0
     for k, A, B, idx in pairs.groups():
-        X = np.repeat(A, M, axis=0)
-        for _ in range(C):
-            X = np.concatenate([X, _sample_rows(predict.last(X), rng, epsilon)[:, None]], axis=1)
+        X = extend(predict, np.repeat(A, M, axis=0), C, Sample(rng, epsilon))  # C tokens after each prefix
         Y = np.concatenate([np.repeat(B, M, axis=0), X[:, k:]], axis=1)
         p = predict.token_probs(Y)[:, k - 1:]  # the continuation's tokens after B
         accepted = (p > epsilon).all(axis=1)
@@ -286,7 +285,7 @@ def evaluate_belief_model(predict: Any, world, n_pairs: int = 200, seed: int = 0
         notes.append("no pair of different beliefs has a distinguishing suffix in the world's support "
                      f"(up to {K} tokens): distinction is undefined")
     settings = {"n_pairs": int(n_pairs), "seed": int(seed), "epsilon": float(epsilon), "seq_len": length,
-                "n_seqs": n_seqs, "protocol": block["name"]}
+                "n_seqs": n_seqs, "protocol": block["name"], **regime_of(predict)}
     counts = {"compression_pairs": len(same), "distinction_pairs": len(diff),
               "distinction_skipped": int(dist["skipped"])}
     return BeliefModelResult(comp["pairs"], comp["continuations"], dist["precision"], dist["recall"],

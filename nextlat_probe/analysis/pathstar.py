@@ -7,7 +7,8 @@ token ``t + 1``; logits or probabilities both work, only the argmax is read.
 (a perfect model) and ``RandomArmPredictor`` the chance baseline.
 
 - ``greedy_paths``: generate the path after the prompt greedily (top-1 over the whole
-  vocabulary), one predictor call per token, without teacher forcing.
+  vocabulary), without teacher forcing (``analysis.generation.extend``: a transformer's
+  tokens enter a key/value cache one at a time).
 - ``pathstar_scores``: rates (``records.rate``, Wilson 95%) over the generated paths:
 
   - ``exact_path``: the whole path (start copy included) equals the true one;
@@ -35,6 +36,7 @@ import numpy as np
 
 from ..errors import AnalysisError
 from ..records import rate
+from .generation import Greedy, extend, regime_of
 from .worldmodel import Predictor, as_predictor
 
 
@@ -53,7 +55,7 @@ def exact_predictor(world) -> Predictor:
 
 def greedy_paths(predict: Any, prompts: np.ndarray, n_steps: int) -> np.ndarray:
     """int64 ``[n, n_steps]``: ``n_steps`` tokens generated greedily after ``prompts``
-    ``[n, P]`` (argmax of the predictor's last row, fed back; one call per step)."""
+    ``[n, P]`` (the argmax of the next-token distribution, fed back)."""
     predict = as_predictor(predict)
     prompts = np.asarray(prompts)
     if prompts.ndim != 2 or (prompts.size and not np.issubdtype(prompts.dtype, np.integer)):
@@ -65,14 +67,9 @@ def greedy_paths(predict: Any, prompts: np.ndarray, n_steps: int) -> np.ndarray:
     if limit is not None and n_steps and prompts.shape[1] + n_steps - 1 > limit:
         raise AnalysisError(f"greedy_paths: {prompts.shape[1]} prompt tokens and {n_steps} steps need a context "
                             f"of {prompts.shape[1] + n_steps - 1}; the predictor's is {limit}")
-    tokens = prompts.astype(np.int64)
-    for _ in range(n_steps):
-        if tokens.shape[0] == 0:
-            tokens = np.zeros((0, tokens.shape[1] + 1), dtype=np.int64)
-            continue
-        nxt = np.asarray(predict.last(tokens)).argmax(axis=-1).astype(np.int64)
-        tokens = np.concatenate([tokens, nxt[:, None]], axis=1)
-    return tokens[:, prompts.shape[1]:]
+    if prompts.shape[0] == 0 or n_steps == 0:
+        return np.zeros((prompts.shape[0], n_steps), dtype=np.int64)
+    return extend(predict, prompts.astype(np.int64), n_steps, Greedy())[:, prompts.shape[1]:]
 
 
 def pathstar_scores(world, prompts: np.ndarray, paths: np.ndarray) -> dict[str, Any]:
@@ -124,7 +121,7 @@ def evaluate_pathstar(predict: Any, world, n_graphs: int = 1000, seed: int = 0) 
     prompts = tokens[:, :world.prompt_length]
     out = pathstar_scores(world, prompts, greedy_paths(predict, prompts, world.path_length))
     out["forced"] = forced_accuracy(predict, world, tokens)
-    out["params"] = {"n_graphs": int(n_graphs), "seed": int(seed), **world.spec()}
+    out["params"] = {"n_graphs": int(n_graphs), "seed": int(seed), **world.spec(), **regime_of(predict)}
     return out
 
 

@@ -81,6 +81,16 @@ import numpy as np
 from ..records import Rate, wilson_interval  # noqa: F401  (re-exported)
 from ..worlds.base import WorldError
 from ..worlds.trips import check_sequences, trace_tolerant
+from .generation import (
+    TIE_PROB,
+    Rule,
+    Session,
+    extend,
+    near_tie,
+    regime_of,
+    sample_cutoff,
+    sample_cutoff_fragile,
+)
 from .stats import AnalysisError
 
 EPSILON = 0.01
@@ -205,6 +215,11 @@ class Predictor:
             out[rows] = probs
         return np.zeros((0, 0)) if out is None else out
 
+    def session(self, prefixes: np.ndarray, lengths: np.ndarray | None, steps: int, pad_id: int = 0) -> Session:
+        """A decoding session over ``prefixes`` (``analysis.generation``): this base asks
+        ``at`` for every step's distributions."""
+        return Session(self, prefixes, lengths, steps, pad_id)
+
 
 class _FunctionPredictor(Predictor):
     def __init__(self, fn: Callable[[np.ndarray], np.ndarray], max_length: int | None = None):
@@ -227,12 +242,36 @@ def as_predictor(predict: Any) -> Predictor:
 class ModelPredictor(Predictor):
     """Softmax of a transformer's logits, under ``torch.no_grad`` and in row batches.
 
-    The model is put in eval mode. ``max_length`` is its context ``n_ctx``."""
+    The model is put in eval mode. ``max_length`` is its context ``n_ctx``. Its decoding
+    sessions (``session``: every generation) use a key/value cache (``models.kvcache``) when
+    the model is supported and the cache fits ``max_cache_bytes``, else full forwards;
+    ``regime`` forces one (``auto``, ``kv_cache``, ``full_forward``). ``regimes`` collects
+    the regime of every session opened (``generation.regime_of``)."""
 
-    def __init__(self, model, batch_size: int = 256):
+    def __init__(self, model, batch_size: int = 256, regime: str = "auto", max_cache_bytes: int | None = None):
+        from ..models.kvcache import REGIMES
+
+        if regime not in ("auto",) + REGIMES:
+            raise AnalysisError(f"regime must be auto, {' or '.join(REGIMES)}, got {regime!r}")
         self.model = model.eval()
         self.batch_size = int(batch_size)
         self.max_length = int(model.cfg.n_ctx)
+        self.regime = regime
+        self.max_cache_bytes = max_cache_bytes
+        self.regimes: dict[str, str | None] = {}
+
+    def session(self, prefixes: np.ndarray, lengths: np.ndarray | None, steps: int, pad_id: int = 0) -> Session:
+        from ..models.kvcache import REGIME_FULL, fallback_reason
+        from .generation import CachedSession
+
+        n, W = np.shape(prefixes)
+        width = min(self.max_length, W + int(steps))
+        why = fallback_reason(self.model, n, width, regime=self.regime, max_cache_bytes=self.max_cache_bytes)
+        if why is None:
+            return CachedSession(self.model, self, prefixes, lengths, steps, pad_id)
+        if self.regime == "kv_cache":
+            raise AnalysisError(f"no key/value cache for this model: {why}")
+        return Session(self, prefixes, lengths, steps, pad_id, regime=REGIME_FULL, note=why)
 
     def _run(self, tokens: np.ndarray, mode: str) -> np.ndarray:
         """mode: ``all`` (float32 [n, L, V]), ``last`` ([n, V]), ``gather`` ([n, L - 1],
@@ -291,9 +330,10 @@ class ModelPredictor(Predictor):
         return self._run(tokens, ("at", np.asarray(pos, dtype=np.int64)))
 
 
-def model_predictor(model, batch_size: int = 256) -> ModelPredictor:
-    """Wrap a transformer (``model(tokens) -> logits [n, L, V]``) as a predictor."""
-    return ModelPredictor(model, batch_size=batch_size)
+def model_predictor(model, batch_size: int = 256, regime: str = "auto") -> ModelPredictor:
+    """Wrap a transformer (``model(tokens) -> logits [n, L, V]``) as a predictor (decoding
+    with a key/value cache where the model allows: ``ModelPredictor``)."""
+    return ModelPredictor(model, batch_size=batch_size, regime=regime)
 
 
 class OraclePredictor(Predictor):
@@ -423,24 +463,19 @@ def _trip_ids(world) -> np.ndarray:
 # --------------------------------------------------------------------------------------
 # generation
 # --------------------------------------------------------------------------------------
-def _sample_rows(probs: np.ndarray, rng: np.random.Generator, epsilon: float) -> np.ndarray:
-    """Epsilon-cutoff sampling: drop tokens with probability < epsilon, renormalise, draw
-    (rows where nothing survives take their argmax)."""
-    q = np.where(probs >= epsilon, probs, 0.0)
-    c = np.cumsum(q, axis=1)
-    total = c[:, -1]
-    u = rng.random(probs.shape[0]) * total
-    idx = np.minimum((c <= u[:, None]).sum(axis=1), probs.shape[1] - 1)
-    return np.where(total > 0, idx, probs.argmax(axis=1))
+def _detour_choices(world, probs: np.ndarray, pick: np.ndarray, allowed: np.ndarray):
+    """(``others``: allowed turns other than the model's ``pick`` when there are any, else
+    all allowed; the turn probabilities ``[r, 8]``)."""
+    d_pick = pick - world.dir0
+    not_pick = allowed & (np.arange(8)[None, :] != d_pick[:, None])
+    others = np.where(not_pick.any(axis=1, keepdims=True), not_pick, allowed)
+    return others, probs[:, world.dir0:world.dir0 + 8]
 
 
 def _detour(world, kind: str, probs: np.ndarray, pick: np.ndarray, allowed: np.ndarray,
             u: np.ndarray) -> np.ndarray:
     """Token replacing the model's ``pick`` on rows with a non-empty ``allowed`` [r, 8]."""
-    d_pick = pick - world.dir0
-    not_pick = allowed & (np.arange(8)[None, :] != d_pick[:, None])
-    others = np.where(not_pick.any(axis=1, keepdims=True), not_pick, allowed)
-    turn_p = probs[:, world.dir0:world.dir0 + 8]
+    others, turn_p = _detour_choices(world, probs, pick, allowed)
     if kind == "random":
         c = np.cumsum(others, axis=1)
         d = np.minimum((c <= (u * c[:, -1])[:, None]).sum(axis=1), 7)
@@ -451,6 +486,88 @@ def _detour(world, kind: str, probs: np.ndarray, pick: np.ndarray, allowed: np.n
     else:
         raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
     return world.dir0 + d
+
+
+def _detour_fragile(world, kind: str, probs: np.ndarray, pick: np.ndarray, allowed: np.ndarray) -> np.ndarray:
+    """bool per row: ``_detour``'s choice could change if the probabilities moved by
+    ``TIE_PROB`` (two candidate turns that close; ``random`` reads no probability)."""
+    others, turn_p = _detour_choices(world, probs, pick, allowed)
+    if kind == "least_likely":
+        return near_tie(turn_p, TIE_PROB, mask=allowed, lowest=True)
+    if kind == "second_most_likely":
+        return near_tie(turn_p, TIE_PROB, mask=others)
+    return np.zeros(len(pick), dtype=bool)
+
+
+class _TripRule(Rule):
+    """Taxi trips for ``generate``: greedy or epsilon-cutoff picks, the detour rule, and the
+    street-map automaton that ends a row after any non-turn token."""
+
+    def __init__(self, world, prefixes, lengths, limit, sample, epsilon, rng, detour, detour_p, max_turns):
+        n = prefixes.shape[0]
+        tr = trace_trips(world, prefixes)
+        at = (np.arange(n), lengths - 1)
+        self.world, self.n, self.rng = world, n, rng
+        self.sample, self.epsilon = bool(sample), float(epsilon)
+        self.node, self.turns, self.ok = tr["node"][at].copy(), tr["turns"][at].copy(), tr["ok"][at].copy()
+        self.dest = tr["dest"]
+        self.alive = ~tr["ended"][at] & (limit > 0)
+        self.succ = np.asarray(world.map.succ)
+        self.kinds = np.full(n, -1, dtype=np.int64)
+        if detour is not None:
+            names = [detour] * n if isinstance(detour, str) else list(detour)
+            for kind in set(names) - {None}:
+                if kind not in DETOUR_KINDS:
+                    raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
+            self.kinds = np.array([-1 if k is None else DETOUR_KINDS.index(k) for k in names], dtype=np.int64)
+        self.p_detour = np.broadcast_to(np.asarray(detour_p, dtype=np.float64), (n,))
+        self.detouring = (self.kinds >= 0) & (self.p_detour > 0)
+        self.dist = None
+        self.max_turns = max_turns
+        if self.detouring.any():
+            if max_turns is None:
+                raise AnalysisError("generate: detours need max_turns (the turn budget)")
+            dests, self.dest_col = np.unique(np.clip(self.dest, 0, None), return_inverse=True)
+            self.dist = world.map.distances_to(dests)  # [k, N] turns to each destination
+        self.u = np.zeros(0)
+
+    def start(self, step):
+        self.u_detour, self.u_pick = self.rng.random(self.n), self.rng.random(self.n)  # every row: reproducible
+
+    def draw(self, rows):
+        if self.sample:
+            self.u = self.rng.random(rows.size)
+
+    def choose(self, rows, probs, at):
+        if self.sample:
+            tok = sample_cutoff(probs, self.u[at], self.epsilon)
+            fragile = sample_cutoff_fragile(probs, self.u[at], self.epsilon)
+        else:
+            tok, fragile = probs.argmax(axis=1), near_tie(probs, TIE_PROB)
+        if self.dist is not None:
+            nd = self.node[rows]
+            nb = self.succ[nd]
+            left = self.max_turns - self.turns[rows] - 1
+            allowed = (nb >= 0) & (self.dist[self.dest_col[rows][:, None], np.clip(nb, 0, None)] <= left[:, None])
+            go = (self.detouring[rows] & self.ok[rows] & (nd != self.dest[rows])
+                  & (self.u_detour[rows] < self.p_detour[rows]) & allowed.any(axis=1))
+            for code, kind in enumerate(DETOUR_KINDS):
+                g = go & (self.kinds[rows] == code)
+                if g.any():
+                    fragile[g] |= _detour_fragile(self.world, kind, probs[g], tok[g], allowed[g])
+                    tok[g] = _detour(self.world, kind, probs[g], tok[g], allowed[g], self.u_pick[rows][g])
+        return tok, fragile
+
+    def advance(self, rows, tok):
+        d = tok - self.world.dir0
+        is_turn = (d >= 0) & (d < 8)
+        node = self.node[rows]
+        nxt = self.succ[node, np.clip(d, 0, 7)]
+        move = is_turn & (nxt >= 0)
+        self.ok[rows] &= move | ((tok == self.world.end_id) & (node == self.dest[rows]))
+        self.node[rows] = np.where(move, nxt, node)
+        self.turns[rows] += is_turn
+        return is_turn
 
 
 def generate(predict: Any, world, prefixes: np.ndarray, n_new: int | np.ndarray, *,
@@ -466,69 +583,15 @@ def generate(predict: Any, world, prefixes: np.ndarray, n_new: int | np.ndarray,
     detour rule of the module docstring with probability ``detour_p`` (scalar or per
     row) at each step; ``max_turns`` is the turn budget it protects. Returns int64
     ``[n, W + max n_new]``; row ``i``'s new tokens start at ``lengths[i]``. All rows are
-    predicted together: one predictor call per step."""
+    decoded together (``analysis.generation.extend``: a key/value cache for a transformer)."""
     predict = as_predictor(predict)
     prefixes = np.asarray(prefixes, dtype=np.int64)
     n, W = prefixes.shape
     lengths = np.full(n, W, dtype=np.int64) if lengths is None else np.asarray(lengths, dtype=np.int64)
     limit = np.broadcast_to(np.asarray(n_new, dtype=np.int64), (n,))
-    steps = int(limit.max()) if n else 0
     rng = np.random.default_rng() if rng is None else rng
-    tokens = np.full((n, W + steps), world.pad_id, dtype=np.int64)
-    tokens[:, :W] = np.where(np.arange(W)[None, :] < lengths[:, None], prefixes, world.pad_id)
-    tr = trace_trips(world, prefixes)
-    at = (np.arange(n), lengths - 1)
-    node, turns, ok = tr["node"][at].copy(), tr["turns"][at].copy(), tr["ok"][at].copy()
-    dest = tr["dest"]
-    alive = ~tr["ended"][at] & (limit > 0)
-    succ = np.asarray(world.map.succ)
-    kinds = np.full(n, -1, dtype=np.int64)
-    if detour is not None:
-        names = [detour] * n if isinstance(detour, str) else list(detour)
-        for kind in set(names) - {None}:
-            if kind not in DETOUR_KINDS:
-                raise AnalysisError(f"unknown detour kind {kind!r}; choose one of {', '.join(DETOUR_KINDS)}")
-        kinds = np.array([-1 if k is None else DETOUR_KINDS.index(k) for k in names], dtype=np.int64)
-    p_detour = np.broadcast_to(np.asarray(detour_p, dtype=np.float64), (n,))
-    detouring = (kinds >= 0) & (p_detour > 0)
-    dist = None
-    if detouring.any():
-        if max_turns is None:
-            raise AnalysisError("generate: detours need max_turns (the turn budget)")
-        dests, dest_col = np.unique(np.clip(dest, 0, None), return_inverse=True)
-        dist = world.map.distances_to(dests)  # [k, N] turns to each destination
-    cur = lengths.copy()  # next cell to fill
-    for s in range(steps):
-        u_detour, u_pick = rng.random(n), rng.random(n)  # drawn for all rows: reproducible
-        alive &= s < limit
-        rows = np.flatnonzero(alive)
-        if rows.size == 0:
-            break
-        c = cur[rows]
-        probs = predict.at(tokens[rows, :int(c.max())], c - 1)
-        tok = _sample_rows(probs, rng, epsilon) if sample else probs.argmax(axis=1)
-        if dist is not None:
-            nd = node[rows]
-            nb = succ[nd]
-            left = max_turns - turns[rows] - 1
-            allowed = (nb >= 0) & (dist[dest_col[rows][:, None], np.clip(nb, 0, None)] <= left[:, None])
-            go = (detouring[rows] & ok[rows] & (nd != dest[rows]) & (u_detour[rows] < p_detour[rows])
-                  & allowed.any(axis=1))
-            for code, kind in enumerate(DETOUR_KINDS):
-                g = go & (kinds[rows] == code)
-                if g.any():
-                    tok[g] = _detour(world, kind, probs[g], tok[g], allowed[g], u_pick[rows][g])
-        tokens[rows, c] = tok
-        cur[rows] += 1
-        d = tok - world.dir0
-        is_turn = (d >= 0) & (d < 8)
-        nxt = succ[node[rows], np.clip(d, 0, 7)]
-        move = is_turn & (nxt >= 0)
-        ok[rows] &= move | ((tok == world.end_id) & (node[rows] == dest[rows]))
-        node[rows] = np.where(move, nxt, node[rows])
-        turns[rows] += is_turn
-        alive[rows[~is_turn]] = False
-    return tokens
+    rule = _TripRule(world, prefixes, lengths, limit, sample, epsilon, rng, detour, detour_p, max_turns)
+    return extend(predict, prefixes, limit, rule, lengths=lengths, alive=rule.alive, pad_id=world.pad_id)
 
 
 def turn_budget(world, predict: Any, prompt_len: int = 2, max_turns: int | None = None) -> int:
@@ -1225,6 +1288,7 @@ def evaluate_world_model(predict: Any, world, n_pairs: int = 200, seed: int = 0,
                 "protocol": protocol}
     if protocol == "vafa2024":
         settings["n_suffix_samples"] = int(block["n_suffix_samples"])
+    settings.update(regime_of(predict))  # kv_cache / full_forward: how the trips were decoded
     block = {**block, "detour_kinds": list(detour_kinds), "detour_probs": [float(p) for p in detour_probs]}
     counts = {"compression_skipped": comp["skipped"], "distinction_pairs": dist["pairs"],
               "distinction_skipped": dist["skipped"]}

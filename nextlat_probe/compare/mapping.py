@@ -86,6 +86,7 @@ def run_mapping(
     (``nextlat_probe.analysis.mapping.reconstruct_map``).
     With ``inputs`` the node means come from its shared sequences and cached states."""
     from ..activations import collect, layer_label
+    from ..analysis.generation import regime_of
     from ..analysis.mapping import embed_node_states, node_means, reconstruct_map
     from ..analysis.worldmodel import check_taxi_world, generate, model_predictor, turn_budget
     from ..progress import progress as bar
@@ -133,7 +134,8 @@ def run_mapping(
         rep = embed_node_states(means, world.map, seed=seed)
         ident = identity(m)
         params = {"n_trips": int(n_trips), "epsilon": float(epsilon), "max_turns": int(budget),
-                  "max_distance": float(recon.max_distance), "distance": recon.distance, "seed": int(seed)}
+                  "max_distance": float(recon.max_distance), "distance": recon.distance, "seed": int(seed),
+                  **regime_of(predict)}
         out.append(make_record(ident, "mapping", behaviour_metrics(recon, list_edges), params, variant="behaviour",
                                protocol=recon.protocol_dict()))
         for emb in (rep.probe, rep.mds):

@@ -2,10 +2,11 @@
 transformer verifies, the output is plain greedy decoding's (checked, ``identical_to_greedy``).
 
 One ``speculative`` record per model and policy (``variant`` = the policy name, e.g.
-``fixed:4`` or ``adaptive``). ``params["regime"]`` is ``no_kv_cache``: TransformerLens 4.3's
-native bridge models have no key/value cache, so greedy and speculative decoding both run a
-full forward over the prefix at every step, and their wall-clock times are measured side by
-side in the same call (``repeats`` alternating runs, the fastest of each kept).
+``fixed:4`` or ``adaptive``). ``params["regime"]`` names the decoding regime of both
+(``kv_cache``: greedy and speculative decoding from a key/value cache, ``models.kvcache``;
+``full_forward``: a full forward over the prefix at every step, for models the cache does
+not support or on request), and their wall-clock times are measured side by side in the
+same call (``repeats`` alternating runs, the fastest of each kept).
 Prompts: taxi worlds: held-out ``(origin, destination)`` pairs (2 tokens, greedy trips with
 the turn budget of ``analysis.worldmodel``, stopping after ``end`` or any non-turn token);
 other worlds: sampled prefixes of ``prefix_len`` tokens, generation up to ``max_new`` tokens
@@ -90,15 +91,17 @@ def run_speculative(
     progress: bool = False,
     batch_size: int = 64,
     repeats: int = 1,
+    regime: str = "auto",
 ) -> list[dict[str, Any]]:
     """One ``speculative`` record per model and draft policy (``fixed:K``, ``adaptive``,
     ``adaptive:CAP``). ``max_new``: tokens generated at most per prompt (default: taxi, the
     turn budget of ``analysis.worldmodel`` plus ``end``; other worlds, up to the context).
     ``repeats``: greedy and speculative decoding are timed alternately this many times and
-    the fastest run of each is kept (the counts do not depend on it)."""
+    the fastest run of each is kept (the counts do not depend on it). ``regime``: ``auto``
+    (the key/value cache where the model allows it), ``kv_cache`` or ``full_forward``, for
+    both decoders."""
     from ..analysis.speculative import (
-        REGIME,
-        REGIME_NOTE,
+        REGIME_NOTES,
         LatentDrafter,
         greedy_decode,
         parse_policy,
@@ -111,6 +114,8 @@ def run_speculative(
         raise AnalysisError(f"n_prompts must be positive, got {n_prompts}")
     if repeats < 1:
         raise AnalysisError(f"repeats must be positive, got {repeats}")
+    if regime not in ("auto",) + tuple(REGIME_NOTES):
+        raise AnalysisError(f"regime must be auto, {' or '.join(REGIME_NOTES)}, got {regime!r}")
     policies = [parse_policy(p) for p in draft]
     if not policies:
         raise AnalysisError("no draft policy given (e.g. fixed:4 or adaptive)")
@@ -123,22 +128,26 @@ def run_speculative(
         prompts, new, stop, pparams = prompts_for(m.world, m.model, n_prompts, seed, prefix_len, max_new)
         pad = int(getattr(m.world, "pad_id", 0) or 0)
         drafter = LatentDrafter(m.model, m.dynamics)
-        greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size, pad_id=pad)  # warm-up, untimed
+        greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size, pad_id=pad,
+                      regime=regime)  # warm-up, untimed
         for pol in policies:
             best_g = best_s = None
             for _ in range(int(repeats)):
-                g = greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size, pad_id=pad)
+                g = greedy_decode(m.model, prompts, new, stop_mask=stop, batch_size=batch_size, pad_id=pad,
+                                  regime=regime)
                 s = speculative_decode(m.model, drafter, prompts, new, policy=pol, stop_mask=stop,
-                                       batch_size=batch_size, pad_id=pad)
+                                       batch_size=batch_size, pad_id=pad, regime=regime)
                 best_g = g if best_g is None or g.seconds < best_g.seconds else best_g
                 best_s = s if best_s is None or s.seconds < best_s.seconds else best_s
             metrics = summary(best_s, best_g, pol.k)
-            params = {"regime": REGIME, "regime_note": REGIME_NOTE, **pol.params(), "n_prompts": int(n_prompts),
+            used = best_s.regime if best_s.regime == best_g.regime else f"{best_g.regime}+{best_s.regime}"
+            note = "; ".join(dict.fromkeys(REGIME_NOTES[r] for r in (best_g.regime, best_s.regime)))
+            params = {"regime": used, "regime_note": note, **pol.params(), "n_prompts": int(n_prompts),
                       "max_new": int(new), **pparams, "seed": int(seed), "batch_size": int(batch_size),
                       "repeats": int(repeats), "device": str(m.device), "timing": "greedy and speculative "
                       "alternately in one call, fastest of `repeats` each; speedup = greedy / speculative seconds"}
             out.append(make_record(identity(m), "speculative", metrics, params, variant=pol.name,
-                                   protocol={"name": REGIME, "note": REGIME_NOTE, **pol.params()}))
+                                   protocol={"name": used, "note": note, **pol.params()}))
     return out
 
 

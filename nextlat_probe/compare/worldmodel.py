@@ -45,6 +45,7 @@ def run_worldmodel(
     device: str = "cpu",
     progress: bool = False,
     batch_size: int = 256,
+    regime: str = "auto",
 ) -> list[dict[str, Any]]:
     """One ``worldmodel`` record per model. Taxi worlds (visible origin) get every metric;
     other worlds get compression and distinction by ``evaluate_belief_model`` (protocol
@@ -59,7 +60,11 @@ def run_worldmodel(
     ``ood`` (taxi): out-of-distribution settings (``analysis.worldmodel.ood_world``: e.g.
     ``longer``, ``walk=random``); each adds a record per model with ``variant`` ``ood
     <setting>`` and ``params["eval_world"]`` / ``params["train_world"]``, scored with the
-    same protocol and seed, beside the in-distribution record (``variant`` None)."""
+    same protocol and seed, beside the in-distribution record (``variant`` None).
+
+    ``regime``: how trips, continuations and suffixes are decoded (``auto``: a key/value
+    cache where the model allows it, ``models.kvcache``; ``kv_cache``; ``full_forward``); the
+    records are the same in every regime and ``params["regime"]`` names the one used."""
     from ..analysis.beliefmodel import check_belief_world
     from ..analysis.worldmodel import (
         check_taxi_world,
@@ -89,10 +94,11 @@ def run_worldmodel(
     out = []
     for m in bar(loaded, desc="world-model metrics", disable=not progress):
         if getattr(m.world, "name", None) != "taxi":
-            out.append(_belief_record(m, n_pairs, seed, epsilon, n_continuations, suffix_len, batch_size))
+            out.append(_belief_record(m, n_pairs, seed, epsilon, n_continuations, suffix_len, batch_size, regime))
             continue
         for text, world in [(None, m.world)] + eval_worlds.get(m.path, []):
-            res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size), world, n_pairs=n_pairs,
+            res = evaluate_world_model(model_predictor(m.model, batch_size=batch_size, regime=regime), world,
+                                       n_pairs=n_pairs,
                                        seed=seed, epsilon=epsilon, max_turns=max_turns,
                                        n_continuations=n_continuations, suffix_len=suffix_len,
                                        detour_probs=tuple(detour_probs), truth=truth, protocol=protocol,
@@ -129,11 +135,11 @@ def _rates(res: Any, keys: Sequence[str]) -> dict[str, Any]:
 
 
 def _belief_record(m: Any, n_pairs: int, seed: int, epsilon: float, n_continuations: int | None,
-                   suffix_len: int | None, batch_size: int) -> dict[str, Any]:
+                   suffix_len: int | None, batch_size: int, regime: str = "auto") -> dict[str, Any]:
     from ..analysis.beliefmodel import evaluate_belief_model
     from ..analysis.worldmodel import model_predictor
 
-    res = evaluate_belief_model(model_predictor(m.model, batch_size=batch_size), m.world, n_pairs=n_pairs,
+    res = evaluate_belief_model(model_predictor(m.model, batch_size=batch_size, regime=regime), m.world, n_pairs=n_pairs,
                                 seed=seed, epsilon=epsilon, n_continuations=n_continuations, suffix_len=suffix_len)
     metrics = _rates(res, BELIEF_RATES)
     metrics.update({k: int(v) for k, v in res.counts.items()})

@@ -111,10 +111,11 @@ def masked_cross_entropy(
     return (nll * m).sum() / m.sum().clamp_min(1.0)
 
 
-def frozen_logits(model, x: Tensor) -> Tensor:
+def frozen_logits(model, x: Tensor, head: tuple[Tensor, ...] | None = None) -> Tensor:
     """softmax input U_frozen · LN(x): the model's own output head with detached weights
-    (NextLat's KL head; analyses decode p_psi's latents with it too)."""
-    w, b, W_U, b_U = (p.detach() for p in frozen_head_params(model))
+    (NextLat's KL head; analyses decode p_psi's latents with it too). ``head``: the
+    detached ``frozen_head_params(model)``, when the caller read them once already."""
+    w, b, W_U, b_U = head if head is not None else (p.detach() for p in frozen_head_params(model))
     eps = float(getattr(model.cfg, "eps", 1e-5))
     if getattr(model.cfg, "normalization_type", "LN") == "RMS":
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
