@@ -171,16 +171,14 @@ def test_checkpoint_file_mode_follows_umask(tmp_path):
 
 
 def test_prefetched_batches_give_the_same_run(tmp_path):
-    """Batches drawn ahead in a thread are the batches of the same steps: bit-identical
-    weights, with or without prefetch, also across a resume."""
-    plain = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                  tmp_path / "plain", progress=False, prefetch=False).checkpoint
-    ahead = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                  tmp_path / "ahead", progress=False, prefetch=True).checkpoint
+    """Batches drawn ahead in a thread (the host sampler) are the batches of the same steps:
+    bit-identical weights, with or without prefetch, also across a resume."""
+    taxi = dict(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12, sampler="host")
+    plain = train(cfg(**taxi), tmp_path / "plain", progress=False, prefetch=False).checkpoint
+    ahead = train(cfg(**taxi), tmp_path / "ahead", progress=False, prefetch=True).checkpoint
     assert_same(state(plain)[0], state(ahead)[0])
     assert_same(state(plain)[1], state(ahead)[1])
-    half = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                 tmp_path / "half", progress=False, prefetch=True, stop_at=7).checkpoint
+    half = train(cfg(**taxi), tmp_path / "half", progress=False, prefetch=True, stop_at=7).checkpoint
     done = train(resume=half, progress=False, prefetch=True, out_dir=tmp_path / "half").checkpoint
     assert_same(state(plain)[0], state(done)[0])
 
@@ -201,6 +199,6 @@ def test_prefetch_error_reaches_the_trainer_and_the_thread_ends(tmp_path, monkey
 
     monkeypatch.setattr(HMM, "sample", flaky)
     with pytest.raises(RuntimeError, match="sampler broke"):
-        train(cfg(steps=20), tmp_path / "r", progress=False, prefetch=True)
+        train(cfg(steps=20, sampler="host"), tmp_path / "r", progress=False, prefetch=True)
     assert not [t for t in threading.enumerate() if t.name == "batch-prefetch" and t.is_alive()]
     assert len(seen) <= 6  # the thread stopped drawing after the error (at most `depth` ahead)
