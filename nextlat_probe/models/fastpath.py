@@ -102,6 +102,21 @@ class FastModel:
         b_U = self.b_U if self.b_U is not None else W_U.new_zeros(W_U.shape[-1])
         return w, (b if b is not None else torch.zeros_like(w)), W_U, b_U
 
+    def parameters(self):
+        """The tensors it reads (the bridge's own parameters), the token embedding first."""
+        yield self.W_E
+        if self.W_pos is not None:
+            yield self.W_pos
+        for block in self.blocks:
+            for w, b in block:
+                yield w
+                if b is not None:
+                    yield b
+        for w, b in (self.ln_final, self.unembed):
+            yield w
+            if b is not None:
+                yield b
+
     def __call__(self, tokens: Int[Tensor, "batch pos"]):
         return _forward(self, tokens)
 

@@ -248,20 +248,27 @@ class _Objective(torch.nn.Module):
     module whose forward is a training step's forward pass and losses (``compute_losses``):
     what DDP wraps, so the reducer syncs p_psi's and the heads' gradients with the
     transformer's. State dicts are always taken from ``model`` / ``aux`` themselves.
-    ``dense``: NextLat's roll-out over every start (no ``nonzero``: nothing waits for the
-    device); ``compiled``: the whole loss computation compiled (``_compiled_losses``)."""
+    ``fast``: the hook-free forward, on the model's parameters gathered once
+    (``fastpath.FastModel``: no per-step walk over the bridge); ``dense``: NextLat's
+    roll-out over every start (no ``nonzero``: nothing waits for the device);
+    ``compiled``: the whole loss computation compiled (``_compiled_losses``)."""
 
     def __init__(self, model, aux, ocfg: ObjectiveConfig, last_hook: str, fast: bool, dense: bool = False,
                  compiled=None):
+        from ..models import fastpath
+
         super().__init__()
         self.model = model
         self.aux = aux
         self.ocfg, self.last_hook, self.fast, self.dense, self.compiled = ocfg, last_hook, fast, dense, compiled
+        last = last_hook == last_resid_hook(model.cfg)  # the hook-free forward returns the last block's residual
+        self.fast_model = fastpath.FastModel(model) if fast and last and fastpath.supports(model) else None
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
         if self.compiled is not None:
             return self.compiled(batch)
-        return compute_losses(self.model, self.aux, batch, self.ocfg, self.last_hook, fast=self.fast, dense=self.dense)
+        model = self.fast_model if self.fast_model is not None else self.model
+        return compute_losses(model, self.aux, batch, self.ocfg, self.last_hook, fast=self.fast, dense=self.dense)
 
 
 def train(
