@@ -27,6 +27,8 @@ from nextlat_probe.worlds.hmm import HMM
 
 N = 6000
 ALPHA = 1e-4
+#: the CPU always; a CUDA device too where there is one (its generator draws other numbers)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def frequency_p_values(ref: np.ndarray, dev: np.ndarray, vocab: int) -> np.ndarray:
@@ -51,15 +53,15 @@ def per_sequence_nll(world, tokens: np.ndarray) -> np.ndarray:
         return np.where(scored, -np.log(p), 0.0).sum(axis=1)
 
 
-def draw(world, length, n=N, seed=0) -> np.ndarray:
-    sampler = samplers.sampler_for(world, length, "cpu")
-    return sampler.draw(n, torch.Generator().manual_seed(seed)).numpy()
+def draw(world, length, n=N, seed=0, device="cpu") -> np.ndarray:
+    sampler = samplers.sampler_for(world, length, device)
+    return sampler.draw(n, torch.Generator(device=device).manual_seed(seed)).cpu().numpy()
 
 
-def check_same_distribution(world, length, dev=None):
+def check_same_distribution(world, length, dev=None, device="cpu"):
     """The assertions of the module docstring; returns the device tokens."""
     ref = world.sample(N, length, seed=12345).tokens
-    dev = draw(world, length) if dev is None else dev
+    dev = draw(world, length, device=device) if dev is None else dev
     assert dev.dtype == np.int64 and dev.shape == ref.shape
     p = frequency_p_values(ref, dev, world.vocab_size)
     assert p.min() > ALPHA / p.size, f"cell p = {p.min():.2e} < {ALPHA / p.size:.2e}"
@@ -92,12 +94,13 @@ WORLDS = {
 }
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(WORLDS))
-def test_device_sampler_draws_the_reference_distribution(name):
+def test_device_sampler_draws_the_reference_distribution(name, device):
     make, length = WORLDS[name]
     world = make()
     length = length or world.default_length
-    dev = check_same_distribution(world, length)
+    dev = check_same_distribution(world, length, device=device)
     if name.startswith("taxi"):
         check = world.check_sequences(dev)
         assert check["valid"].all()  # legal, ended, and (visible origin) at the destination
@@ -110,7 +113,7 @@ def test_device_sampler_draws_the_reference_distribution(name):
         if name == "taxi_noisy_holdout":
             assert not world.is_held_out(origin, dest).any() and (turns <= world.max_len).all()
             held = world.variant(pairs="held_out")
-            d2 = draw(held, held.default_length, n=500)
+            d2 = draw(held, held.default_length, n=500, device=device)
             assert held.is_held_out(d2[:, 0], d2[:, 1]).all() and held.check_sequences(d2)["valid"].all()
     if name == "pathstar":
         g = world.parse(dev)  # every prompt is a path-star graph
@@ -119,17 +122,19 @@ def test_device_sampler_draws_the_reference_distribution(name):
         assert world.exact_cross_entropy(dev) == 0.0 and (g.start == g.centre).all()
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(WORLDS))
-def test_device_targets_are_the_worlds_targets(name):
+def test_device_targets_are_the_worlds_targets(name, device):
     make, length = WORLDS[name]
     world = make()
     length = length or world.default_length
-    for tokens in (draw(world, length, n=64, seed=3), world.sample(64, length, seed=3).tokens):
-        t = torch.as_tensor(tokens)
+    for tokens in (draw(world, length, n=64, seed=3, device=device), world.sample(64, length, seed=3).tokens):
+        t = torch.as_tensor(tokens, device=device)
         targets, scored = samplers.output_targets(world, t)
         want_t, want_s = world.output_targets(tokens)
-        assert np.array_equal(scored.numpy(), want_s) and np.array_equal(targets.numpy()[want_s], want_t[want_s])
-        assert np.array_equal(samplers.position_mask(world, t).numpy(), world.position_mask(tokens))
+        assert np.array_equal(scored.cpu().numpy(), want_s)
+        assert np.array_equal(targets.cpu().numpy()[want_s], want_t[want_s])
+        assert np.array_equal(samplers.position_mask(world, t).cpu().numpy(), world.position_mask(tokens))
 
 
 def test_a_wrong_sampler_fails_the_checks():

@@ -19,8 +19,8 @@ the first bad step. Elsewhere every step is checked at once, before its update.
 
 A checkpoint is only ever written with finite weights, no unread non-finite step and the
 validation loss of THOSE weights (every save evaluates first), so "the last good
-checkpoint" is good. Which files
-of a run folder training may touch is decided by ``training.folder``.
+checkpoint" is good. Which files of a run folder training may touch is decided by
+``training.folder``.
 
 Under ``torchrun`` (``training.distributed``) the same loop runs in every process: each
 draws the same global batch and takes its own rows (``shard_batch``), normalises its
