@@ -94,12 +94,17 @@ WORLDS = {
 }
 
 
+def world_of(name):
+    """(world, sequence length) of a ``WORLDS`` entry."""
+    make, length = WORLDS[name]
+    world = make()
+    return world, length or world.default_length
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(WORLDS))
 def test_device_sampler_draws_the_reference_distribution(name, device):
-    make, length = WORLDS[name]
-    world = make()
-    length = length or world.default_length
+    world, length = world_of(name)
     dev = check_same_distribution(world, length, device=device)
     if name.startswith("taxi"):
         check = world.check_sequences(dev)
@@ -125,9 +130,7 @@ def test_device_sampler_draws_the_reference_distribution(name, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("name", list(WORLDS))
 def test_device_targets_are_the_worlds_targets(name, device):
-    make, length = WORLDS[name]
-    world = make()
-    length = length or world.default_length
+    world, length = world_of(name)
     for tokens in (draw(world, length, n=64, seed=3, device=device), world.sample(64, length, seed=3).tokens):
         t = torch.as_tensor(tokens, device=device)
         targets, scored = samplers.output_targets(world, t)

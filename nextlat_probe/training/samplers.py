@@ -123,7 +123,7 @@ class A5Sampler(DeviceSampler):
 
 
 class PathStarSampler(DeviceSampler):
-    """``PathStar.sample``: the same layout, token for token, from the same draws."""
+    """``PathStar.sample``: the same draws, laid out by the world itself (``PathStar.lay_out``)."""
 
     def draw(self, n: int, gen: torch.Generator) -> Tensor:
         w, dev = self.world, self.device
@@ -137,16 +137,7 @@ class PathStarSampler(DeviceSampler):
         order = _uniform(n, gen, dev, E).argsort(dim=1)  # prompt slot k holds generated edge order[k]
         shuffled = edges[rows[:, None], order]
         tokens = torch.empty((n, w.default_length), dtype=torch.int64, device=dev)
-        tokens[:, 0:3 * E:3] = shuffled[:, :, 0]
-        tokens[:, 1:3 * E:3] = shuffled[:, :, 1]
-        tokens[:, 2:3 * E - 1:3] = w.edge_sep_id
-        tokens[:, w.sep_pos] = w.sep_id
-        tokens[:, w.start_pos] = centre
-        tokens[:, w.goal_pos] = arm_nodes[rows, goal, -1]
-        tokens[:, w.eq_pos] = w.equals_id
-        tokens[:, w.prompt_length] = centre
-        tokens[:, w.prompt_length + 1:] = arm_nodes[rows, goal]
-        return tokens
+        return w.lay_out(tokens, shuffled, centre, arm_nodes[rows, goal])
 
 
 def next_hop_table(world: Taxi) -> np.ndarray:
