@@ -1035,6 +1035,9 @@ def _update(run: _Run, step: int, total: dict[str, torch.Tensor], gnorm: torch.T
         raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; stopped before the update ({run.last_good_text()})")
     run.opt.step()
     run.sched.step()
+    # the gradients are dropped at once, not at the next step's backward: with CUDA graphs
+    # (compile's reduce-overhead) they live in the graphs' memory, which the next forward reuses
+    run.opt.zero_grad(set_to_none=True)
 
 
 def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:
