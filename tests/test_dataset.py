@@ -160,3 +160,10 @@ def test_import_trips_counts_every_kind_of_line_exactly(tmp_path, capsys):
     assert code == 0, err
     assert "no exact floor (imported trips" in out
     assert read_checkpoint(R / "ckpt.pt")["train_config"]["dataset"]["source"] == "imported"
+
+
+def test_cli_help_is_fast_and_imports_no_torch():
+    from helpers import assert_light_help
+
+    assert_light_help("nextlat_probe.data", "write", "import-trips", "info")
+    assert_light_help("nextlat_probe.train", "--data", "--sampler", "--compile", "--no-tf32")
