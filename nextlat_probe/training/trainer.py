@@ -383,6 +383,8 @@ def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, An
             saved.device = cfg.device
         if cfg is not None and cfg.precision is not None:
             saved.precision = cfg.precision
+        if cfg is not None and not cfg.tf32:  # an execution setting, like the precision: may be switched off
+            saved.tf32 = False
         return saved, world_of(state), _resumed_dataset(saved, state)
     cfg = cfg if cfg is not None else TrainConfig()
     if cfg.data is None:
