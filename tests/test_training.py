@@ -210,11 +210,12 @@ def test_new_runs_sample_on_the_device_and_old_checkpoints_resume_on_the_host(tm
     sampler it was trained with, bit for bit."""
     new = read_checkpoint(train(cfg(steps=2), tmp_path / "new", progress=False).checkpoint)["train_config"]
     assert new["sampler_used"] == "device" and new["sampler_device"] == "cpu" and new["sampler_chunk"] >= 1
-    assert new["sampler"] is None and new["tf32"] is False and new["finite_check_every"] == 1
+    assert new["sampler"] is None and new["tf32"] is True and new["tf32_used"] is False  # TF32 is for CUDA
+    assert new["finite_check_every"] == 1
     straight = train(cfg(sampler="host"), tmp_path / "straight", progress=False).checkpoint
     half = train(cfg(sampler="host"), tmp_path / "old", progress=False, stop_at=10).checkpoint
     raw = torch.load(half, weights_only=True)
-    for key in ("sampler", "sampler_used", "tf32", "finite_check_every"):  # what older versions did not write
+    for key in ("sampler", "sampler_used", "tf32", "tf32_used", "finite_check_every", "data"):  # not written before
         del raw["train_config"][key]
     torch.save(raw, half)
     resumed = train(None, tmp_path / "old", resume=half, progress=False).checkpoint

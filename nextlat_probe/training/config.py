@@ -53,7 +53,7 @@ class TrainConfig:
     #: on CUDA, float32 matmuls in TF32 (torch's "high" float32 matmul precision): 8x the
     #: float32 peak of an A100/H100 for 10-bit mantissas in the products (the sums stay
     #: float32; validation always runs in full float32). False: IEEE float32 ("highest").
-    #: Recorded as train_config.tf32 (what the run used; False off CUDA)
+    #: What the run used is recorded as train_config.tf32_used (False off CUDA)
     tf32: bool = True
     #: where batches are drawn (``training.batches``): "device" (the world's torch sampler on
     #: the training device; no host work per step), "host" (the world's numpy sampler, the

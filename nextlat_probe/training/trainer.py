@@ -843,7 +843,7 @@ def _runtime(run: _Run) -> dict[str, Any]:
     processes, precision, TF32, compilation, how often finiteness is read, and where the
     batches come from (``sampler_used``; the device sampler's chunk and device kind, or the
     dataset's identity)."""
-    out = {"world_size": run.dist.world_size, "precision_used": run.precision, "tf32": run.tf32,
+    out = {"world_size": run.dist.world_size, "precision_used": run.precision, "tf32_used": run.tf32,
            "compile": run.compiled, "finite_check_every": run.check_every}
     if run.compiled:
         out["compile_mode"] = run.compile_mode
