@@ -20,9 +20,11 @@ forward (``--no-fast-forward``), both against ``plain``.
 How it measures, and why:
 - Every variant lives in ONE process, is built at the same size and steps on the SAME batch
   (taxi trips, batch 64, the world's default length), so only the objective differs.
-- The GPT and NextLat steps are the trainer's own step (``trainer._build`` for the model,
-  optimiser and schedule; then compute_losses -> zero_grad -> backward -> clip_grad_norm_
-  -> AdamW -> LambdaLR), so the numbers are what ``nextlat_probe.train`` pays.
+- The GPT and NextLat steps are the trainer's own step (``trainer._new_run`` for the model,
+  optimiser and schedule; then ``trainer._losses`` -> ``_backward`` (zero_grad, backward,
+  clip_grad_norm_) -> ``_update`` (AdamW, LambdaLR)), so the numbers are what
+  ``nextlat_probe.train`` pays: on CUDA with its GPU settings (fused AdamW, finiteness read
+  lazily, NextLat's dense roll-out), on a CPU exactly as before.
 - Variants are stepped round-robin, one step each per round, in an order rotated every
   round: drifting machine load (other jobs, thermal throttling) then hits every variant
   alike instead of whichever happened to run last. Warm-up rounds are discarded and
@@ -96,38 +98,35 @@ class Variant:
     times: list[float] = field(default_factory=list)  # seconds per timed step
 
 
-def build_variants(preset: str, world, tokens, device) -> list[Variant]:
+def build_variants(preset: str, world, tokens, device, args) -> list[Variant]:
     """The four variants at one model size, all stepping on the same batch."""
     import torch
 
     from nextlat_probe.models.config import ModelConfig
-    from nextlat_probe.models.objective import compute_losses
     from nextlat_probe.models.transformer import build_transformer, last_resid_hook, move
+    from nextlat_probe.training import trainer
     from nextlat_probe.training.config import TrainConfig
-    from nextlat_probe.training.trainer import _build, to_batch
+    from nextlat_probe.training.trainer import to_batch
 
     seq_len = tokens.shape[1]
     batch = to_batch(world, tokens, device)
 
     def trainer_variant(name: str, objective: str, horizon: int, fast: bool = True) -> Variant:
-        cfg = TrainConfig(objective=objective, horizon=horizon, preset=preset, device=str(device))
-        mcfg, ocfg, model, dynamics, opt, sched = _build(cfg, world, seq_len, device)
-        model.train()
-        hook = last_resid_hook(mcfg)
-        params = [p for g in opt.param_groups for p in g["params"]]
+        cfg = TrainConfig(world=args.world, objective=objective, horizon=horizon, preset=preset, device=str(device),
+                          seq_len=seq_len, n_val=8, fast_forward=fast)
+        cuda = device.type == "cuda"
+        run = trainer._new_run(cfg, world, fused=cuda)  # the trainer's model, optimiser and schedule
+        if cuda:  # what training does on CUDA: finiteness read lazily, fused AdamW skips bad steps
+            run.check_every, run.guard = 10, trainer._FiniteGuard(run.device)
+        trainer._prepare_step(run)
+        run.model.train()
 
-        def step() -> None:  # the body of trainer.train's loop, minus data and logging
-            losses = compute_losses(model, dynamics, batch, ocfg, hook, fast=fast)
-            if not torch.isfinite(losses["loss"]):
-                raise RuntimeError(f"{objective} d={horizon}: loss became non-finite")
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
-            opt.step()
-            sched.step()
+        def step() -> None:  # the trainer's step (trainer._train_step) on the shared batch, minus data and logging
+            losses, total = trainer._losses(run, batch)
+            trainer._update(run, 1, total, trainer._backward(run, 1, losses, total))
 
-        parts = dict(model=model, dynamics=dynamics, opt=opt, sched=sched, ocfg=ocfg, hook=hook,
-                     params=params, clip=cfg.grad_clip, batch=batch)
+        parts = dict(model=run.model, dynamics=run.aux, opt=run.opt, sched=run.sched, ocfg=run.ocfg,
+                     hook=last_resid_hook(run.mcfg), params=run.params(), clip=cfg.grad_clip, batch=batch)
         return Variant(name, step, parts)
 
     # Bare TransformerLens: the simplest possible training step, same model size and batch
@@ -353,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for preset in args.presets:
         steps = args.steps or DEFAULT_STEPS.get(preset, (20, 6))[1 if args.quick else 0]
-        variants = build_variants(preset, world, tokens, device)
+        variants = build_variants(preset, world, tokens, device, args)
         t0 = time.perf_counter()
         run_round_robin(variants, warmup, steps, sync)
         print(f"[{preset}: {warmup} warm-up + {steps} timed rounds in {time.perf_counter() - t0:.0f} s]", flush=True)

@@ -38,6 +38,11 @@ Layout (``FORMAT_VERSION`` 1)::
     mtp_config              {"d_model", "horizon", "d_hidden"} or None
     optimizer, scheduler    state_dicts (for exact resume)
     rng                     {"torch": ByteTensor}
+                            (train_config also records how the run was executed: processes,
+                            precision, TF32, compilation, and where its batches came from:
+                            sampler_used device / host / data, the device sampler's
+                            sampler_chunk and sampler_device, a dataset's identity; the batch
+                            of every step is a function of these, the seed and the step)
     metrics                 validation numbers of THESE weights (step, val_loss, val_floor, val_gap)
 """
 from __future__ import annotations
@@ -268,6 +273,8 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
     tcfg = data.get("train_config")
     if tcfg is not None and (not isinstance(tcfg, dict) or tcfg.get("objective", objective) != objective):
         raise CheckpointError(p, "train_config is not a dict or disagrees with the objective")
+    if tcfg is not None:
+        _validate_batch_source(p, tcfg)
     _validate_numbers(p, data)
 
     sd = data["model"]
@@ -303,6 +310,34 @@ def validate_checkpoint(data: dict[str, Any], path: str | os.PathLike) -> tuple[
         })
     _validate_mtp(p, data, mcfg, ocfg)
     return mcfg, ocfg
+
+
+#: most steps a device-sampler chunk may hold (``training.batches``; far above its default)
+MAX_SAMPLER_CHUNK = 1 << 20
+
+
+def _validate_batch_source(p: Path, tcfg: dict[str, Any]) -> None:
+    """Where a run's batches came from (``training.batches``), as its train_config records
+    it: ``sampler`` (asked for), ``sampler_used``, the device sampler's ``sampler_chunk``
+    and ``sampler_device``, a dataset run's ``data`` and ``dataset`` identity. A resume
+    draws the same batches from these, so they must be what training writes."""
+    asked, used = tcfg.get("sampler"), tcfg.get("sampler_used")
+    if asked not in (None, "device", "host"):
+        raise CheckpointError(p, f"train_config.sampler {asked!r} is not device, host or null")
+    if used not in (None, "device", "host", "data"):
+        raise CheckpointError(p, f"train_config.sampler_used {used!r} is not device, host or data")
+    chunk = tcfg.get("sampler_chunk")
+    if used == "device" and (not isinstance(chunk, int) or isinstance(chunk, bool) or not 0 < chunk <= MAX_SAMPLER_CHUNK):
+        raise CheckpointError(p, f"train_config.sampler_chunk {chunk!r} is not a step count in [1, {MAX_SAMPLER_CHUNK}]")
+    if used == "device" and tcfg.get("sampler_device") not in ("cpu", "cuda", "mps"):
+        raise CheckpointError(p, f"train_config.sampler_device {tcfg.get('sampler_device')!r} is not cpu, cuda or mps")
+    if (used == "data") != (tcfg.get("data") is not None):
+        raise CheckpointError(p, "train_config.data and sampler_used disagree (a dataset run reads its rows)")
+    if used == "data":
+        ds = tcfg.get("dataset")
+        fingerprint = ds.get("fingerprint") if isinstance(ds, dict) else None
+        if not isinstance(tcfg["data"], str) or not isinstance(fingerprint, str) or len(fingerprint) != 64:
+            raise CheckpointError(p, "train_config.dataset must name the dataset (path, fingerprint) it was trained on")
 
 
 def _validate_mtp(p: Path, data: dict[str, Any], mcfg: Any, ocfg: Any) -> None:

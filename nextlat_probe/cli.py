@@ -25,7 +25,8 @@ from .errors import NextLatError, UsageError, one_line
 EXIT_USAGE = 2
 
 __all__ = ["EXIT_USAGE", "UsageError", "ArgumentParser", "HelpFormatter", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
-           "cli_inputs", "add_sequence_args",
+           "cli_inputs", "add_sequence_args", "add_world_args", "world_spec", "WORLD_FLAGS",
+           "world_flag_value",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
            "progress_enabled", "table_text", "print_table", "finish", "add_limit_args"]
 
@@ -243,6 +244,88 @@ def add_output_args(p: argparse.ArgumentParser, plot: bool = True) -> None:
         g.add_argument("--plot", type=Path, default=None, metavar="FILE.html",
                        help="write an offline interactive HTML page (plotly.js embedded) here")
     g.add_argument("--no-progress", action="store_true", help="no progress output on stderr")
+
+
+def add_world_args(p: argparse.ArgumentParser) -> None:
+    """The world flags of ``train`` and ``data write``: shorthands for keys of the ``--world``
+    spec (``world_spec`` reads them)."""
+    g = p.add_argument_group("world options (shorthands for keys of the --world spec)")
+    g.add_argument("--map-size", default=None, metavar="N|AxS",
+                   help="taxi: synthetic map with N x N (or A x S) intersections")
+    g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
+    g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
+    g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
+    g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
+    g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
+    g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
+    g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
+                   help="taxi, shortest/noisy walks: hold this fraction of origin/destination pairs out of "
+                        "training (scored later with worldmodel --ood pairs=held_out)")
+    g.add_argument("--holdout-seed", type=int, default=None, help="taxi: seed of the held-out pair split (default 0)")
+    g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
+                   help="a5: tagging (inputs only, every output scored against the running product; the default) "
+                        "or interleaved (g1 s1 g2 s2 ...)")
+    g.add_argument("--degree", type=int, default=None, help="pathstar: arms of the star graph (default 2)")
+    g.add_argument("--arm-length", type=int, default=None, help="pathstar: nodes per arm (default 4)")
+    g.add_argument("--nodes", type=int, default=None, help="pathstar: node labels drawn per graph (default 50)")
+
+
+#: world flags -> (their key in the --world spec, the world they apply to): shorthands, so
+#: ``--world taxi --walk shortest`` is ``--world taxi:walk=shortest``
+WORLD_FLAGS = {
+    "map_size": ("map_size", "taxi"), "map": ("map", "taxi"), "walk": ("walk", "taxi"),
+    "origin": ("origin", "taxi"), "min_len": ("min_len", "taxi"), "max_len": ("max_len", "taxi"),
+    "map_seed": ("seed", "taxi"), "holdout": ("holdout", "taxi"), "holdout_seed": ("holdout_seed", "taxi"),
+    "form": ("form", "a5"), "degree": ("degree", "pathstar"), "arm_length": ("length", "pathstar"),
+    "nodes": ("nodes", "pathstar"),
+}
+
+
+def world_flag_value(args: argparse.Namespace, dest: str):
+    """A world flag's value as the spec would hold it (``--map-size 6`` is ``map_size=6``)."""
+    from .worlds.registry import spec_value
+
+    value = getattr(args, dest)
+    if dest == "map":
+        return str(value)
+    return spec_value(value) if isinstance(value, str) and dest == "map_size" else value
+
+
+def world_spec(args: argparse.Namespace, worlds: tuple[str, ...]) -> tuple[str, dict]:
+    """(world name, world options) of ``--world SPEC`` and the world flags of
+    ``add_world_args``, refused in one line when the world is not one of ``worlds``, a flag
+    belongs to another world or disagrees with a key of the spec."""
+    from .worlds import WorldError, parse_spec
+    from .worlds.registry import check_options
+    from .worlds.streetmap import parse_map_size
+
+    name, opts = parse_spec(args.world)
+    if name not in worlds:
+        raise UsageError(f"--world {args.world!r}: unknown world {name!r}; choose one of {', '.join(worlds)}")
+    for dest, (key, world) in WORLD_FLAGS.items():
+        if getattr(args, dest) is None:
+            continue
+        if name != world:
+            raise UsageError(f"{_flag(dest)} applies only to --world {world}")
+        value = world_flag_value(args, dest)
+        if key in opts and opts[key] != value:
+            raise UsageError(f"{_flag(dest)} {value} disagrees with --world {args.world!r} ({key}={opts[key]!r})")
+        opts[key] = value
+    if "map_size" in opts:
+        try:
+            parse_map_size(opts["map_size"])
+        except WorldError:
+            where = "--map-size" if args.map_size is not None else f"--world {args.world!r}: map_size"
+            raise UsageError(f"{where} {opts['map_size']!r}: expected N or AxS, e.g. 6 or 8x12") from None
+    try:
+        check_options(name, opts)
+    except WorldError as exc:
+        raise UsageError(f"--world {args.world!r}: {exc}") from None
+    return name, opts
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
 
 
 # --------------------------------------------------------------------------------------

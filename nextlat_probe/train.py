@@ -21,7 +21,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from .cli import ArgumentParser, UsageError, add_limit_args, run_main
+from .cli import WORLD_FLAGS, ArgumentParser, UsageError, add_limit_args, add_world_args, run_main
+from .cli import world_flag_value as _flag_value
+from .cli import world_spec as _world_spec
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 #: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
@@ -71,90 +73,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="forward/loss precision: bf16 autocast (CUDA only; weights and loss reductions stay float32) "
                         "or fp32; default auto: bf16 on a CUDA device that supports it, fp32 otherwise. "
                         "With --resume: the run's own unless given")
+    p.add_argument("--no-tf32", action="store_true",
+                   help="CUDA: float32 matmuls in IEEE float32 instead of TF32 (the default for fp32 on CUDA: "
+                        "several times faster; validation always runs in full float32)")
+    p.add_argument("--sampler", choices=("device", "host"), default=None,
+                   help="where batches are drawn: device (the world's torch sampler on the training device; the "
+                        "default) or host (its numpy sampler, the reference: what runs before device sampling used). "
+                        "Same distribution, different draws. With --resume: the run's own")
+    p.add_argument("--data", type=Path, default=None, metavar="DIR",
+                   help="train on a token dataset (python -m nextlat_probe.data write / import-trips) instead of "
+                        "sampling: its meta.json names the world and the sequence length")
     p.add_argument("--prefetch", action=argparse.BooleanOptionalAction, default=None,
-                   help="draw the next batches in a background thread while the device computes (default: on CUDA "
-                        "only); batches depend on the seed and step alone, so the run is the same either way")
+                   help="host sampler and --data: read or draw the next batches in a background thread while the "
+                        "device computes (default: on CUDA only); batches depend on the seed and step alone, so the "
+                        "run is the same either way")
     p.add_argument("--log", action="append", default=None, metavar="TRACKER",
                    help="also show the run in tensorboard (event files in OUT/tensorboard/) and/or wandb (Weights & "
                         "Biases: online only if you configured W&B, else offline into OUT/wandb/); repeatable or a "
                         "comma list. The trackers show the rows of metrics.jsonl, which stays the record")
-    p.add_argument("--compile", action="store_true",
-                   help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
-                        "uncompiled, with a warning, if compilation fails")
+    p.add_argument("--compile", nargs="?", const="auto", default=None,
+                   choices=("auto", "default", "reduce-overhead", "max-autotune"), metavar="MODE",
+                   help="torch.compile a step's forward pass and losses (the hook-free forward) as one graph; MODE: "
+                        "auto (CUDA graphs for small steps on one GPU, else default), default, reduce-overhead or "
+                        "max-autotune. Falls back to eager, with a warning, if compiling fails")
     add_limit_args(p)
-    g = p.add_argument_group("world options (shorthands for keys of the --world spec)")
-    g.add_argument("--map-size", default=None, metavar="N|AxS",
-                   help="taxi: synthetic map with N x N (or A x S) intersections")
-    g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
-    g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
-    g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
-    g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
-    g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
-    g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
-    g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                   help="taxi, shortest/noisy walks: hold this fraction of origin/destination pairs out of "
-                        "training (scored later with worldmodel --ood pairs=held_out)")
-    g.add_argument("--holdout-seed", type=int, default=None, help="taxi: seed of the held-out pair split (default 0)")
-    g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
-                   help="a5: tagging (inputs only, every output scored against the running product; the default) "
-                        "or interleaved (g1 s1 g2 s2 ...)")
-    g.add_argument("--degree", type=int, default=None, help="pathstar: arms of the star graph (default 2)")
-    g.add_argument("--arm-length", type=int, default=None, help="pathstar: nodes per arm (default 4)")
-    g.add_argument("--nodes", type=int, default=None, help="pathstar: node labels drawn per graph (default 50)")
+    add_world_args(p)
     return p
-
-
-#: world flags -> (their key in the --world spec, the world they apply to): shorthands, so
-#: ``--world taxi --walk shortest`` is ``--world taxi:walk=shortest``
-WORLD_FLAGS = {
-    "map_size": ("map_size", "taxi"), "map": ("map", "taxi"), "walk": ("walk", "taxi"),
-    "origin": ("origin", "taxi"), "min_len": ("min_len", "taxi"), "max_len": ("max_len", "taxi"),
-    "map_seed": ("seed", "taxi"), "holdout": ("holdout", "taxi"), "holdout_seed": ("holdout_seed", "taxi"),
-    "form": ("form", "a5"), "degree": ("degree", "pathstar"), "arm_length": ("length", "pathstar"),
-    "nodes": ("nodes", "pathstar"),
-}
-
-
-def _flag_value(args: argparse.Namespace, dest: str):
-    """A world flag's value as the spec would hold it (``--map-size 6`` is ``map_size=6``)."""
-    from .worlds.registry import spec_value
-
-    value = getattr(args, dest)
-    if dest == "map":
-        return str(value)
-    return spec_value(value) if isinstance(value, str) and dest == "map_size" else value
-
-
-def world_spec(args: argparse.Namespace) -> tuple[str, dict]:
-    """(world name, world options) of ``--world SPEC`` and the world flags, refused in one
-    line when a flag belongs to another world or disagrees with a key of the spec."""
-    from .worlds import WorldError, parse_spec
-    from .worlds.registry import check_options
-    from .worlds.streetmap import parse_map_size
-
-    name, opts = parse_spec(args.world)
-    if name not in WORLDS:
-        raise UsageError(f"--world {args.world!r}: unknown world {name!r}; choose one of {', '.join(WORLDS)}")
-    for dest, (key, world) in WORLD_FLAGS.items():
-        if getattr(args, dest) is None:
-            continue
-        if name != world:
-            raise UsageError(f"{option(dest)} applies only to --world {world}")
-        value = _flag_value(args, dest)
-        if key in opts and opts[key] != value:
-            raise UsageError(f"{option(dest)} {value} disagrees with --world {args.world!r} ({key}={opts[key]!r})")
-        opts[key] = value
-    if "map_size" in opts:
-        try:
-            parse_map_size(opts["map_size"])
-        except WorldError:
-            where = "--map-size" if args.map_size is not None else f"--world {args.world!r}: map_size"
-            raise UsageError(f"{where} {opts['map_size']!r}: expected N or AxS, e.g. 6 or 8x12") from None
-    try:
-        check_options(name, opts)
-    except WorldError as exc:
-        raise UsageError(f"--world {args.world!r}: {exc}") from None
-    return name, opts
 
 
 #: CLI options that are TrainConfig fields. With --resume the stored config is continued, so
@@ -164,7 +108,13 @@ TRAIN_OPTIONS = {
     "lambda_kl": "lambda_kl", "preset": "preset", "batch_size": "batch_size", "seq_len": "seq_len",
     "n_ctx": "n_ctx", "lr": "lr", "warmup": "warmup_steps", "seed": "seed", "eval_every": "eval_every",
     "save_every": "save_every", "keep_every": "keep_every", "n_val": "n_val", "positional": "positional",
+    "sampler": "sampler",
 }
+
+
+def world_spec(args: argparse.Namespace) -> tuple[str, dict]:
+    """(world name, world options) of ``--world SPEC`` and the world flags (``cli.world_spec``)."""
+    return _world_spec(args, WORLDS)
 
 
 def given_options(argv: list[str] | None) -> set[str]:
@@ -229,6 +179,8 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     from .training.tracking import parse_trackers
 
     tracking = parse_trackers(args.log)  # an unknown tracker or a missing package fails here too
+    if args.data is not None and args.resume is None:
+        _check_data_options(args, given)
     if args.resume is not None:
         from .checkpoint import read_checkpoint
 
@@ -236,11 +188,12 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
         check_resume_options(args, given, state)
         out = args.out or Path(state["_path"]).parent
         cfg = None
-        if args.steps is not None or args.device is not None or args.precision is not None:
-            cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto", precision=_precision(args))
+        if args.steps is not None or args.device is not None or args.precision is not None or args.no_tf32:
+            cfg = TrainConfig(steps=args.steps or 0, device=args.device or "auto", precision=_precision(args),
+                              tf32=not args.no_tf32)
     else:
         out = args.out
-        world, options = world_spec(args)
+        world, options = world_spec(args) if args.data is None else (WORLDS[0], {})  # --data: its own world
         try:
             cfg = TrainConfig(
                 world=world,
@@ -265,6 +218,9 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
                 save_every=args.save_every,
                 keep_every=args.keep_every,
                 precision=_precision(args),
+                tf32=not args.no_tf32,
+                sampler=args.sampler,
+                data=str(args.data) if args.data is not None else None,
             )
         except ValueError as exc:
             raise UsageError(str(exc)) from None
@@ -289,8 +245,28 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             used.append(f"{res.objective_config.horizon} extra head(s)")
         print(f"used {', '.join(used)}")
     gap = res.val_loss - res.val_floor
-    print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
+    if res.val_floor == res.val_floor:
+        floor = f"exact floor {res.val_floor:.4f} (gap {gap:.4f})"
+    else:
+        floor = "no exact floor (imported trips: their generating process is unknown)"
+    print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, {floor}")
     return 0
+
+
+#: options that describe the world or its sampling: a dataset brings its own
+_DATA_CONFLICTS = ("world", "seq_len", "sampler", *WORLD_FLAGS)
+
+
+def _check_data_options(args: argparse.Namespace, given: set[str]) -> None:
+    """``--data`` names the world (its meta.json) and the rows: refuse options that would
+    describe another one."""
+    clash = [d for d in _DATA_CONFLICTS if d in given]
+    if clash:
+        raise UsageError(f"{option(clash[0])} does not go with --data: {args.data}/meta.json names the world and the "
+                         "sequence length")
+    if not (args.data / "meta.json").is_file():
+        raise UsageError(f"--data {args.data}: no dataset there (no meta.json; write one with python -m "
+                         "nextlat_probe.data write)")
 
 
 def _precision(args: argparse.Namespace) -> str | None:
@@ -308,7 +284,11 @@ def check_resume_options(args: argparse.Namespace, given: set[str], state: dict)
         raise UsageError(f"--no-fast-forward conflicts with {path} (fast_forward = {stored_fast!r}); {why}")
     # options a run may leave to the world: compare with what the run actually used
     used = {"positional": dict(state.get("model_config") or {}).get("positional", "learned"),
-            "lambda_kl": dict(state.get("objective_config") or {}).get("lambda_kl", 1.0)}
+            "lambda_kl": dict(state.get("objective_config") or {}).get("lambda_kl", 1.0),
+            "sampler": saved.get("sampler_used") or "host"}
+    if "data" in given and str(args.data) != str(saved.get("data")) and \
+            Path(args.data).resolve() != Path(str(saved.get("data"))).resolve():
+        raise UsageError(f"--data {args.data} conflicts with {path} (data = {saved.get('data')!r}); {why}")
     for dest, key in TRAIN_OPTIONS.items():
         stored = saved.get(key) if saved.get(key) is not None or key not in used else used[key]
         if dest in given and getattr(args, dest) != stored:

@@ -16,7 +16,7 @@ LAYERS = [
     {"experiments", "sweeps", "cluster"},
     {"tables", "plots"},
     {"cli", "rank", "probe", "transition", "worldmodel", "mapping", "train", "taxi", "demo", "report", "speculate", "sweep", "export",
-     "taskeval"},
+     "taskeval", "data"},
 ]
 CLIS = LAYERS[-1] - {"cli"}
 #: a module that sits lower than its package: the streaming statistics depend on numpy

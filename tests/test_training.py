@@ -171,16 +171,14 @@ def test_checkpoint_file_mode_follows_umask(tmp_path):
 
 
 def test_prefetched_batches_give_the_same_run(tmp_path):
-    """Batches drawn ahead in a thread are the batches of the same steps: bit-identical
-    weights, with or without prefetch, also across a resume."""
-    plain = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                  tmp_path / "plain", progress=False, prefetch=False).checkpoint
-    ahead = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                  tmp_path / "ahead", progress=False, prefetch=True).checkpoint
+    """Batches drawn ahead in a thread (the host sampler) are the batches of the same steps:
+    bit-identical weights, with or without prefetch, also across a resume."""
+    taxi = dict(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12, sampler="host")
+    plain = train(cfg(**taxi), tmp_path / "plain", progress=False, prefetch=False).checkpoint
+    ahead = train(cfg(**taxi), tmp_path / "ahead", progress=False, prefetch=True).checkpoint
     assert_same(state(plain)[0], state(ahead)[0])
     assert_same(state(plain)[1], state(ahead)[1])
-    half = train(cfg(world="taxi", world_options={"map_size": 4, "max_len": 8}, seq_len=None, steps=12),
-                 tmp_path / "half", progress=False, prefetch=True, stop_at=7).checkpoint
+    half = train(cfg(**taxi), tmp_path / "half", progress=False, prefetch=True, stop_at=7).checkpoint
     done = train(resume=half, progress=False, prefetch=True, out_dir=tmp_path / "half").checkpoint
     assert_same(state(plain)[0], state(done)[0])
 
@@ -201,6 +199,104 @@ def test_prefetch_error_reaches_the_trainer_and_the_thread_ends(tmp_path, monkey
 
     monkeypatch.setattr(HMM, "sample", flaky)
     with pytest.raises(RuntimeError, match="sampler broke"):
-        train(cfg(steps=20), tmp_path / "r", progress=False, prefetch=True)
+        train(cfg(steps=20, sampler="host"), tmp_path / "r", progress=False, prefetch=True)
     assert not [t for t in threading.enumerate() if t.name == "batch-prefetch" and t.is_alive()]
     assert len(seen) <= 6  # the thread stopped drawing after the error (at most `depth` ahead)
+
+
+def test_new_runs_sample_on_the_device_and_old_checkpoints_resume_on_the_host(tmp_path):
+    """A new run draws its batches with the device sampler (recorded with its chunk); a
+    checkpoint from before device sampling (no ``sampler_used``) resumes with the host
+    sampler it was trained with, bit for bit."""
+    new = read_checkpoint(train(cfg(steps=2), tmp_path / "new", progress=False).checkpoint)["train_config"]
+    assert new["sampler_used"] == "device" and new["sampler_device"] == "cpu" and new["sampler_chunk"] >= 1
+    assert new["sampler"] is None and new["tf32"] is True and new["tf32_used"] is False  # TF32 is for CUDA
+    assert new["finite_check_every"] == 1
+    straight = train(cfg(sampler="host"), tmp_path / "straight", progress=False).checkpoint
+    half = train(cfg(sampler="host"), tmp_path / "old", progress=False, stop_at=10).checkpoint
+    raw = torch.load(half, weights_only=True)
+    for key in ("sampler", "sampler_used", "tf32", "tf32_used", "finite_check_every", "data"):  # not written before
+        del raw["train_config"][key]
+    torch.save(raw, half)
+    resumed = train(None, tmp_path / "old", resume=half, progress=False).checkpoint
+    assert read_checkpoint(resumed)["train_config"]["sampler_used"] == "host"
+    assert_same(state(straight)[0], state(resumed)[0])
+    assert_same(state(straight)[1], state(resumed)[1])
+
+
+def test_device_side_finiteness_checks_skip_the_update_and_stop_at_the_next_read(tmp_path, monkeypatch):
+    """check_every > 1 (the CUDA default): no step waits to know whether it was finite; a
+    non-finite step's update is skipped on the device (fused AdamW's found_inf), the flag is
+    read every check_every steps and at every log, evaluation and save, and training stops
+    there naming the bad step; no checkpoint sees it."""
+    from nextlat_probe.worlds import make_world
+
+    c = cfg(objective="gpt")
+    run = trainer_mod._new_run(c, make_world("mess3"), fused=True)
+    run.check_every, run.guard = 4, trainer_mod._FiniteGuard(run.device)
+    assert all(g["fused"] for g in run.opt.param_groups)
+    trainer_mod._train_step(run, 1)
+    before = {k: v.clone() for k, v in run.model.state_dict().items()}
+    steps_before = [run.opt.state[p]["step"].clone() for p in run.params()]
+    real = trainer_mod.compute_losses
+
+    def poisoned(*a, **k):
+        out = real(*a, **k)
+        out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_losses", poisoned)
+    trainer_mod._train_step(run, 2)  # no exception: nothing was read
+    monkeypatch.setattr(trainer_mod, "compute_losses", real)
+    assert_same(before, run.model.state_dict())  # the update was skipped ...
+    assert all(torch.equal(a, run.opt.state[p]["step"]) for a, p in zip(steps_before, run.params()))  # ... wholly
+    trainer_mod._train_step(run, 3)  # and training goes on from the good weights
+    assert not torch.equal(before["embed.weight"], run.model.state_dict()["embed.weight"])
+    with pytest.raises(TrainingDiverged, match="loss became nan at step 2; its update was skipped and training stopped at step 3"):
+        run.guard.check(run, 3)
+
+    calls = {"n": 0}
+
+    def nan_at_7(*a, **k):
+        out = real(*a, **k)
+        calls["n"] += 1
+        if calls["n"] == 7:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer_mod, "compute_losses", nan_at_7)
+    with pytest.raises(TrainingDiverged, match="at step 7; its update was skipped and training stopped at step 8"):
+        train(c, tmp_path / "run", progress=False, check_every=4)
+    saved = read_checkpoint(tmp_path / "run" / "ckpt.pt")
+    assert saved["step"] == 5 and saved["train_config"]["finite_check_every"] == 4
+    assert all(torch.isfinite(v).all() for v in saved["model"].values() if v.is_floating_point())
+    assert not [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if r.get("step", 0) > 5]
+
+
+@pytest.mark.slow
+def test_compiled_step_is_one_graph_without_recompiles_under_autocast(tmp_path):
+    """--compile traces a step's forward and losses as ONE graph over the model's parameters
+    (fastpath.FastModel): under bf16 autocast no dtype-driven recompile happens (dynamo is
+    told to raise on any recompile), and the compiled losses are the eager ones."""
+    import torch._dynamo
+
+    from nextlat_probe.models.objective import compute_losses
+    from nextlat_probe.models.transformer import last_resid_hook
+    from nextlat_probe.worlds import make_world
+
+    world = make_world("taxi", map_size=4, max_len=6)
+    run = trainer_mod._new_run(cfg(world="taxi", world_options={"map_size": 4, "max_len": 6}, seq_len=None, horizon=2,
+                                   batch_size=4), world)
+    run.precision = "bf16"  # CPU autocast: the issue's failure was bf16 activations meeting float32 code
+    torch._dynamo.reset()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        trainer_mod._prepare_step(run, compile=True)
+        for step in (1, 2, 3):
+            batch, _ = trainer_mod._next_batch(run, step)
+            with run.autocast():
+                eager = compute_losses(run.model, run.aux, batch, run.ocfg, last_resid_hook(run.mcfg), dense=True)
+            losses, total = trainer_mod._losses(run, batch)
+            for k in eager:
+                assert float(losses[k].detach()) == pytest.approx(float(eager[k].detach()), rel=2e-2, abs=2e-3), k
+            trainer_mod._update(run, step, total, trainer_mod._backward(run, step, losses, total))
+    assert run.compiled and run.compile_mode == "default"

@@ -63,8 +63,8 @@ class Batch:
     ``World.output_targets``): the output at position t is scored against ``targets[:, t]``
     where ``scored[:, t]``; ``valid`` marks non-padding positions (NextLat's pairs).
 
-    The optional counts are the denominators of the loss means when this batch is one
-    rank's rows of a larger (global) batch (``loss_denominators`` of the global batch): the
+    The optional counts (floats, or 0-d tensors for a batch made on the device) are the
+    denominators of the loss means when this batch is one rank's rows of a larger (global) batch (``loss_denominators`` of the global batch): the
     scored targets (CE), those of each MTP head k = 1..d, and NextLat's counted pairs per
     roll-out step i = 1..d. None (the default): this batch's own counts, as always."""
 
@@ -72,33 +72,59 @@ class Batch:
     targets: Int[Tensor, "batch pos"]
     scored: Bool[Tensor, "batch pos"]
     valid: Bool[Tensor, "batch pos"]
-    n_scored: float | None = None
-    n_head_scored: Sequence[float] | None = None
-    n_pairs: Sequence[float] | None = None
+    n_scored: float | Tensor | None = None
+    n_head_scored: Sequence[float | Tensor] | None = None
+    n_pairs: Sequence[float | Tensor] | None = None
 
 
-def loss_denominators(scored: np.ndarray, valid: np.ndarray, cfg: ObjectiveConfig) -> dict[str, object]:
+def loss_denominators(scored, valid, cfg: ObjectiveConfig) -> dict[str, object]:
     """The counts every loss mean divides by, over a WHOLE batch (``scored`` / ``valid`` as
     in ``Batch``), as ``Batch`` fields: a rank that scores only its own rows of that batch
     and divides by these gets a partial loss whose sum over ranks is the whole batch's loss
-    (padded taxi trips and NextLat's pairs make each rank's own counts differ)."""
-    scored = np.asarray(scored, dtype=bool)
-    valid = np.asarray(valid, dtype=bool)
+    (padded taxi trips and NextLat's pairs make each rank's own counts differ).
+
+    numpy arrays give Python floats; tensors (a batch made on the device) give 0-d float32
+    tensors on their device, so reading the counts never waits for the device."""
+    if torch.is_tensor(scored):
+        scored, valid = scored.bool(), valid.bool()
+
+        def count(m):
+            return m.sum(dtype=torch.float32)
+
+        zero = scored.new_zeros((), dtype=torch.float32)
+    else:
+        scored = np.asarray(scored, dtype=bool)
+        valid = np.asarray(valid, dtype=bool)
+
+        def count(m):
+            return float(m.sum())
+
+        zero = 0.0
     L = scored.shape[1]
-    out: dict[str, object] = {"n_scored": float(scored.sum())}
+    out: dict[str, object] = {"n_scored": count(scored)}
     if cfg.objective == "mtp":
-        out["n_head_scored"] = tuple(float(scored[:, k:].sum()) if k < L else 0.0 for k in range(1, cfg.horizon + 1))
+        out["n_head_scored"] = tuple(count(scored[:, k:]) if k < L else zero for k in range(1, cfg.horizon + 1))
     elif cfg.objective == "nextlat":
         d = min(cfg.horizon, L - 1)
-        out["n_pairs"] = tuple(float((valid[:, : L - i] & valid[:, i:]).sum()) for i in range(1, d + 1))
+        out["n_pairs"] = tuple(count(valid[:, : L - i] & valid[:, i:]) for i in range(1, d + 1))
     return out
+
+
+def _denominator(count, fallback: Tensor) -> Tensor | float:
+    """A loss mean's denominator: ``count`` (a float or a 0-d tensor: a global batch's
+    count) when given, else ``fallback`` (this batch's own); never below 1."""
+    if count is None:
+        return fallback.clamp_min(1.0)
+    if torch.is_tensor(count):
+        return count.clamp_min(1.0)
+    return max(float(count), 1.0)
 
 
 def masked_cross_entropy(
     logits: Float[Tensor, "batch pos vocab"],
     targets: Int[Tensor, "batch pos"],
     scored: Bool[Tensor, "batch pos"],
-    count: float | None = None,
+    count: float | Tensor | None = None,
 ) -> Tensor:
     """Mean CE of ``logits[:, t]`` against ``targets[:, t]`` over the scored positions (for a
     next-token world ``targets[:, t]`` is token t + 1: see ``World.output_targets``).
@@ -106,9 +132,7 @@ def masked_cross_entropy(
     lp = logits.float().log_softmax(-1)
     nll = -lp.gather(-1, targets[..., None])[..., 0]
     m = scored.to(nll.dtype)
-    if count is not None:
-        return (nll * m).sum() / max(float(count), 1.0)
-    return (nll * m).sum() / m.sum().clamp_min(1.0)
+    return (nll * m).sum() / _denominator(count, m.sum())
 
 
 def frozen_logits(model, x: Tensor, head: tuple[Tensor, ...] | None = None) -> Tensor:
@@ -135,7 +159,8 @@ def nextlat_latent_losses(
     valid: Bool[Tensor, "batch pos"],
     horizon: int,
     with_kl: bool = True,
-    pair_counts: Sequence[float] | None = None,
+    pair_counts: Sequence[float | Tensor] | None = None,
+    dense: bool = False,
 ) -> tuple[Tensor, Tensor]:
     """(L_next-h, L_KL) for normalised live latents ``h``.
 
@@ -150,6 +175,11 @@ def nextlat_latent_losses(
     every other row would be multiplied by a zero mask, so skipping it changes nothing but
     the cost (padded taxi batches are ~40% padding). The frozen head's view of the targets
     does not depend on i, so it is computed once and indexed.
+
+    ``dense``: roll out EVERY start instead (step i: all ``[batch, L - i]`` rows, the
+    uncounted ones masked out). The same losses up to float round-off, at more arithmetic,
+    but with static shapes and no ``nonzero`` (which waits for the device): what a GPU step
+    and ``torch.compile`` want.
     """
     emb = token_embeddings(model, tokens).detach()  # e(x): detached, SPEC §1
     target = h.detach()
@@ -160,12 +190,15 @@ def nextlat_latent_losses(
         return zero, zero
     # pair[i-1][b, t]: (h_t, h_{t+i}) counts; need[i-1][b, t]: some pair at step >= i counts.
     pair = [F.pad(valid[:, : L - i] & valid[:, i:], (0, i)) for i in range(1, d + 1)]
-    need = list(pair)
-    for i in range(d - 2, -1, -1):
-        need[i] = need[i] | need[i + 1]
     if with_kl:
         logp_true = _frozen_logits(model, target).float().log_softmax(-1)
         p_true = logp_true.exp()
+    if dense:
+        return _dense_rollout(model, dynamics, h, target, emb, pair, d, with_kl, pair_counts,
+                              (logp_true, p_true) if with_kl else None)
+    need = list(pair)
+    for i in range(d - 2, -1, -1):
+        need[i] = need[i] | need[i + 1]
     b, t = need[0].nonzero(as_tuple=True)
     pred = h[b, t]
     loss_h, loss_kl = zero, zero
@@ -174,10 +207,7 @@ def nextlat_latent_losses(
         b, t, pred = b[keep], t[keep], pred[keep]
         pred = dynamics(pred, emb[b, t + i])  # ĥ_{t+i} from ĥ_{t+i-1} and x_{t+i}
         m = pair[i - 1][b, t].to(h.dtype)
-        if pair_counts is None:
-            denom = pair[i - 1].sum().to(h.dtype).clamp_min(1.0)
-        else:
-            denom = max(float(pair_counts[i - 1]), 1.0)
+        denom = _denominator(None if pair_counts is None else pair_counts[i - 1], pair[i - 1].sum().to(h.dtype))
         sl1 = F.smooth_l1_loss(pred, target[b, t + i], reduction="none").mean(-1)
         loss_h = loss_h + (sl1 * m).sum() / denom
         if with_kl:
@@ -187,13 +217,35 @@ def nextlat_latent_losses(
     return loss_h / d, loss_kl / d
 
 
+def _dense_rollout(model, dynamics, h, target, emb, pair, d, with_kl, pair_counts, true):
+    """``nextlat_latent_losses`` with every start rolled out: step i predicts
+    ĥ_{t+i} for all t < L - i at once (``[batch, L - i, D]``)."""
+    L = h.shape[1]
+    zero = h.new_zeros(())
+    loss_h, loss_kl = zero, zero
+    pred = h[:, : L - 1]
+    for i in range(1, d + 1):
+        pred = dynamics(pred[:, : L - i], emb[:, i:])  # ĥ_{t+i} for every start t
+        m = pair[i - 1][:, : L - i]
+        denom = _denominator(None if pair_counts is None else pair_counts[i - 1], pair[i - 1].sum().to(h.dtype))
+        sl1 = F.smooth_l1_loss(pred, target[:, i:], reduction="none").mean(-1)
+        # where, not a product: an uncounted row (padding) must not leak a NaN into the sum
+        loss_h = loss_h + torch.where(m, sl1, 0.0).sum() / denom
+        if with_kl:
+            logp_true, p_true = true
+            logp_pred = _frozen_logits(model, pred).float().log_softmax(-1)
+            kl = (p_true[:, i:] * (logp_true[:, i:] - logp_pred)).sum(-1)
+            loss_kl = loss_kl + torch.where(m, kl, 0.0).sum() / denom
+    return loss_h / d, loss_kl / d
+
+
 def mtp_head_losses(
     model,
     heads: MTPHeads,
     resid: Float[Tensor, "batch pos d_model"],
     targets: Int[Tensor, "batch pos"],
     scored: Bool[Tensor, "batch pos"],
-    counts: Sequence[float] | None = None,
+    counts: Sequence[float | Tensor] | None = None,
 ) -> list[Tensor]:
     """CE of every extra head, [CE_1 .. CE_d]: head k at position t reads the live residual
     ``resid[:, t]``, is decoded by the model's own (live) final LayerNorm and unembedding
@@ -222,6 +274,8 @@ def _forward_keeping_resid(model, tokens: Tensor, last_hook: str, fast: bool = T
     where the fast path applies (the trainer's compiled version of it)."""
     from . import fastpath
 
+    if isinstance(model, fastpath.FastModel):  # already gathered for the hook-free forward
+        return (forward or fastpath.forward)(model, tokens)
     if fast and last_hook == f"blocks.{model.cfg.n_layers - 1}.hook_resid_post" and fastpath.supports(model):
         return (forward or fastpath.forward)(model, tokens)
     store: dict[str, Tensor] = {}
@@ -243,13 +297,16 @@ def compute_losses(
     last_hook: str,
     fast: bool = True,
     forward: Callable | None = None,
+    dense: bool = False,
 ) -> dict[str, Tensor]:
     """One forward pass -> {"loss", "ce", "next_h", "kl"} (the last two are 0 for GPT), plus
     "mtp" (the mean extra-head CE) for MTP. ``dynamics`` is the objective's own module:
     p_psi for NextLat, the ``MTPHeads`` for MTP, None for GPT. "ce" is always the standard
     head's CE, computed exactly as for GPT. ``fast``: the hook-free forward where it
     applies (``_forward_keeping_resid``; ``forward`` replaces it, e.g. compiled). The
-    batch's optional counts (``Batch.n_scored`` ...) are the denominators of every mean."""
+    batch's optional counts (``Batch.n_scored`` ...) are the denominators of every mean.
+    ``model`` may be a ``fastpath.FastModel`` (what ``torch.compile`` traces); ``dense``:
+    NextLat's roll-out over every start (``nextlat_latent_losses``)."""
     tokens, valid = batch.tokens, batch.valid
     if cfg.objective == "mtp":
         if not isinstance(dynamics, MTPHeads):
@@ -271,6 +328,6 @@ def compute_losses(
     h = normalize_latent(resid)
     need_kl = cfg.lambda_kl > 0
     next_h, kl = nextlat_latent_losses(model, dynamics, h, tokens, valid, cfg.horizon, with_kl=need_kl,
-                                       pair_counts=batch.n_pairs)
+                                       pair_counts=batch.n_pairs, dense=dense)
     loss = ce + cfg.lambda_h * next_h + cfg.lambda_kl * kl
     return {"loss": loss, "ce": ce, "next_h": next_h, "kl": kl}

@@ -14,6 +14,7 @@ import torch
 
 from ..errors import DeviceError
 from .config import ModelConfig
+from .fastpath import FastModel
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformer_lens.model_bridge import TransformerBridge
@@ -107,7 +108,10 @@ def final_hook_name(cfg: ModelConfig) -> str:
 
 def frozen_head_params(model: "TransformerBridge") -> tuple[torch.Tensor, ...]:
     """(ln_final weight, ln_final bias, W_U [D, V], b_U [V]) — the parameters that map a
-    residual stream to logits. Callers detach them to build NextLat's frozen KL head."""
+    residual stream to logits. Callers detach them to build NextLat's frozen KL head.
+    ``model`` may also be a ``fastpath.FastModel`` (the same tensors, gathered once)."""
+    if isinstance(model, FastModel):
+        return model.head_params
     ln = model.ln_final._original_component
     w = ln.weight
     b = ln.bias if getattr(ln, "bias", None) is not None else torch.zeros_like(w)

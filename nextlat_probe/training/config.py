@@ -11,6 +11,8 @@ from ..models.objective import OBJECTIVES
 
 #: the forward / loss precisions ``TrainConfig.precision`` may name
 PRECISIONS = ("bf16", "fp32")
+#: the samplers ``TrainConfig.sampler`` may name (a dataset is ``TrainConfig.data``)
+SAMPLERS = ("device", "host")
 
 #: The largest float32 value: a learning rate above it overflows in the optimiser update.
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -48,6 +50,21 @@ class TrainConfig:
     #: CUDA device that supports it, fp32 otherwise. The weights and every loss reduction
     #: stay float32; the precision used is recorded in the checkpoint (train_config.precision_used)
     precision: str | None = None
+    #: on CUDA, float32 matmuls in TF32 (torch's "high" float32 matmul precision): 8x the
+    #: float32 peak of an A100/H100 for 10-bit mantissas in the products (the sums stay
+    #: float32; validation always runs in full float32). False: IEEE float32 ("highest").
+    #: What the run used is recorded as train_config.tf32_used (False off CUDA)
+    tf32: bool = True
+    #: where batches are drawn (``training.batches``): "device" (the world's torch sampler on
+    #: the training device; no host work per step), "host" (the world's numpy sampler, the
+    #: reference: what every run before device sampling used), or None: "device" for a new
+    #: run (where the world has one), and on resume what the checkpoint used
+    #: (train_config.sampler_used). The two draw the same distribution, not the same numbers
+    sampler: str | None = None
+    #: a token dataset folder (``python -m nextlat_probe.data``): train on its rows instead
+    #: of sampling; its meta.json names the world (``world`` / ``world_options`` are then
+    #: ignored) and the row length. The checkpoint records its identity (train_config.dataset)
+    data: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -81,6 +98,9 @@ class TrainConfig:
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UsageError(f"precision must be one of {', '.join(PRECISIONS)} (or None: bf16 on CUDA, fp32 otherwise), "
                              f"got {self.precision!r}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise UsageError(f"sampler must be one of {', '.join(SAMPLERS)} (or None: the device sampler for a new "
+                             f"run), got {self.sampler!r}")
         if self.positional is not None and self.positional not in POSITIONAL:
             raise UsageError(f"positional must be one of {', '.join(POSITIONAL)}, got {self.positional!r}")
 

@@ -4,14 +4,23 @@
 ``_restore``, claim the run folder (``training.folder``), ``_open_log``, then ``_loop``:
 per step ``_train_step`` / ``_log_step`` / ``_evaluate`` / ``_save``.
 
-Data is streamed from the world's sampler: the batch for step ``s`` is drawn with the seed
-``(seed, 0, s)``, so a resumed run sees exactly the batches the uninterrupted run would have
-seen, with no sampler state to save. The validation set is drawn once with ``(seed, 1)``
-and never overlaps the training stream's seeds.
+Batches come from ``training.batches``: the world's torch sampler on the training device
+(the default), its numpy sampler on the host (every run from before device sampling), or a
+token dataset on disk. The batch of step ``s`` is a function of the seed and ``s`` alone, so a
+resumed run sees exactly the batches the uninterrupted run would have seen. The validation
+set is drawn once by the world's reference sampler with ``(seed, 1)`` (a dataset's run: its
+``val.bin``) and never overlaps the training stream.
 
-A checkpoint is only ever written with finite weights and the validation loss of THOSE
-weights (every save evaluates first), so "the last good checkpoint" is good. Which files
-of a run folder training may touch is decided by ``training.folder``.
+On CUDA nothing in a step waits for the device: the finiteness of the loss and of the
+gradient norm is checked on the device, and a non-finite step's update is skipped there
+(fused AdamW's ``found_inf``, as mixed-precision training does); the flag is read at every
+log record, evaluation and save (``check_every``), which raise ``TrainingDiverged`` naming
+the first bad step. Elsewhere every step is checked at once, before its update.
+
+A checkpoint is only ever written with finite weights, no unread non-finite step and the
+validation loss of THOSE weights (every save evaluates first), so "the last good
+checkpoint" is good. Which files of a run folder training may touch is decided by
+``training.folder``.
 
 Under ``torchrun`` (``training.distributed``) the same loop runs in every process: each
 draws the same global batch and takes its own rows (``shard_batch``), normalises its
@@ -26,7 +35,7 @@ import contextlib
 import math
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,8 +66,10 @@ from ..models.objective import (
 from ..models.transformer import build_transformer, last_resid_hook, move
 from ..safeio import error_line, weights_problem
 from ..worlds import World, make_world
-from . import distributed
+from . import distributed, samplers
+from .batches import batch_rng, host_batch, make_batches, val_rng  # noqa: F401  (batch_rng: re-exported)
 from .config import TrainConfig
+from .dataset import TokenDataset, open_dataset
 from .distributed import Dist
 from .folder import (
     RunFolder,
@@ -98,14 +109,6 @@ def default_lambda_kl(world: World) -> float:
     return float(getattr(world, "default_lambda_kl", 1.0))
 
 
-def batch_rng(seed: int, step: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), 0, int(step)])
-
-
-def val_rng(seed: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), 1])
-
-
 def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     """Linear warm-up, then cosine decay to ``min_lr_ratio`` of the peak at ``steps``."""
 
@@ -119,38 +122,27 @@ def lr_lambda(cfg: TrainConfig) -> Callable[[int], float]:
     return f
 
 
-def _to_device(a: np.ndarray, device: torch.device) -> torch.Tensor:
-    """A numpy array on ``device`` (on CUDA through pinned memory, without blocking)."""
-    if device.type == "cuda":
-        return torch.from_numpy(np.ascontiguousarray(a)).pin_memory().to(device, non_blocking=True)
-    return torch.as_tensor(a, device=device)
-
-
 def to_batch(world: World, tokens: np.ndarray, device: torch.device) -> Batch:
     """Tokens and the world's per-position targets (``World.output_targets``) as tensors."""
-    targets, scored = world.output_targets(tokens)
+    return host_batch(world, tokens, device)
 
-    def dev(a: np.ndarray) -> torch.Tensor:
-        return _to_device(a, device)
 
-    return Batch(dev(np.asarray(tokens, dtype=np.int64)), dev(targets), dev(scored), dev(world.position_mask(tokens)))
+def shard(batch: Batch, ocfg: ObjectiveConfig, rank: int, world_size: int) -> Batch:
+    """Rank ``rank``'s rows of a GLOBAL batch (equal contiguous blocks), with the global
+    batch's counts as every loss's denominator (``loss_denominators``): the sum over ranks
+    of their partial losses is the global batch's loss."""
+    n = batch.tokens.shape[0]
+    if n % world_size:
+        raise UsageError(f"a batch of {n} sequences does not split evenly over {world_size} processes")
+    counts = loss_denominators(batch.scored, batch.valid, ocfg)
+    rows = slice(rank * (n // world_size), (rank + 1) * (n // world_size))
+    return Batch(batch.tokens[rows], batch.targets[rows], batch.scored[rows], batch.valid[rows], **counts)
 
 
 def shard_batch(world: World, tokens: np.ndarray, device: torch.device, ocfg: ObjectiveConfig, rank: int,
                 world_size: int) -> Batch:
-    """Rank ``rank``'s rows of the GLOBAL batch ``tokens`` (equal contiguous blocks), with
-    the global batch's counts as every loss's denominator (``loss_denominators``): the sum
-    over ranks of their partial losses is the global batch's loss. Only the rank's rows are
-    moved to the device; the counts come from the whole batch in numpy."""
-    tokens = np.asarray(tokens, dtype=np.int64)
-    if len(tokens) % world_size:
-        raise UsageError(f"a batch of {len(tokens)} sequences does not split evenly over {world_size} processes")
-    targets, scored = world.output_targets(tokens)
-    valid = world.position_mask(tokens)
-    n = len(tokens) // world_size
-    rows = slice(rank * n, (rank + 1) * n)
-    return Batch(*(_to_device(a[rows], device) for a in (tokens, targets, scored, valid)),
-                 **loss_denominators(scored, valid, ocfg))
+    """``shard`` of the host batch of ``tokens``."""
+    return shard(to_batch(world, tokens, device), ocfg, rank, world_size)
 
 
 def resolve_precision(requested: str | None, device: torch.device) -> str:
@@ -219,7 +211,12 @@ class _Run:
     dist: Dist = field(default_factory=Dist)  # this process's place in a torchrun job (or the single process)
     precision: str = "fp32"  # what the forward runs in (resolve_precision)
     step_module: Any = None  # what a training step calls: _Objective, under DDP in a multi-process run
-    compiled: bool = False  # the transformer forward of training is torch.compile'd
+    compiled: bool = False  # the step's losses are torch.compile'd
+    compile_mode: str | None = None  # torch.compile's mode when compiled ("default", "reduce-overhead", ...)
+    source: Any = None  # where the batches come from (training.batches)
+    check_every: int = 1  # steps between reads of the device's finiteness flag (1: every step, before its update)
+    guard: Any = None  # the device-side record of the first non-finite step (_FiniteGuard), when check_every > 1
+    tf32: bool = False  # float32 matmuls in TF32 (CUDA with TrainConfig.tf32)
 
     @property
     def dynamics(self) -> LatentDynamics | None:
@@ -250,17 +247,28 @@ class _Objective(torch.nn.Module):
     """The transformer and the objective's own module (p_psi, the MTP heads or None) as ONE
     module whose forward is a training step's forward pass and losses (``compute_losses``):
     what DDP wraps, so the reducer syncs p_psi's and the heads' gradients with the
-    transformer's. State dicts are always taken from ``model`` / ``aux`` themselves."""
+    transformer's. State dicts are always taken from ``model`` / ``aux`` themselves.
+    ``fast``: the hook-free forward, on the model's parameters gathered once
+    (``fastpath.FastModel``: no per-step walk over the bridge); ``dense``: NextLat's
+    roll-out over every start (no ``nonzero``: nothing waits for the device);
+    ``compiled``: the whole loss computation compiled (``_compiled_losses``)."""
 
-    def __init__(self, model, aux, ocfg: ObjectiveConfig, last_hook: str, fast: bool, forward=None):
+    def __init__(self, model, aux, ocfg: ObjectiveConfig, last_hook: str, fast: bool, dense: bool = False,
+                 compiled=None):
+        from ..models import fastpath
+
         super().__init__()
         self.model = model
         self.aux = aux
-        self.ocfg, self.last_hook, self.fast, self.forward_fn = ocfg, last_hook, fast, forward
+        self.ocfg, self.last_hook, self.fast, self.dense, self.compiled = ocfg, last_hook, fast, dense, compiled
+        last = last_hook == last_resid_hook(model.cfg)  # the hook-free forward returns the last block's residual
+        self.fast_model = fastpath.FastModel(model) if fast and last and fastpath.supports(model) else None
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor]:
-        kw = {"fast": self.fast} if self.forward_fn is None else {"fast": self.fast, "forward": self.forward_fn}
-        return compute_losses(self.model, self.aux, batch, self.ocfg, self.last_hook, **kw)
+        if self.compiled is not None:
+            return self.compiled(batch)
+        model = self.fast_model if self.fast_model is not None else self.model
+        return compute_losses(model, self.aux, batch, self.ocfg, self.last_hook, fast=self.fast, dense=self.dense)
 
 
 def train(
@@ -272,10 +280,11 @@ def train(
     extra_steps: int | None = None,
     stop_at: int | None = None,
     overwrite: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
     prefetch: bool | None = None,
     tracking: tuple[str, ...] | list[str] = (),
     tracking_group: str | None = None,
+    check_every: int | None = None,
 ) -> TrainResult:
     """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
     ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
@@ -285,20 +294,27 @@ def train(
     ``steps``, which may be raised via ``cfg.steps`` or ``extra_steps``, and the device).
     ``stop_at``: stop (with a checkpoint) after this step, as an interrupted run would; the
     learning-rate schedule still follows ``cfg.steps``, so resuming continues exactly.
-    ``compile``: ``torch.compile`` the transformer forward of training (the hook-free one;
-    falls back to it uncompiled, with a one-line warning, if compilation fails).
+    ``compile``: ``torch.compile`` a step's forward pass and losses as one graph (on the
+    hook-free forward; static shapes), True / ``"auto"`` or a torch.compile mode (``COMPILE_MODES``;
+    auto: CUDA graphs, ``reduce-overhead``, for small steps on one CUDA device, else
+    ``default``); falls back to the eager step, with a one-line warning, if compiling fails.
     ``prefetch``: draw the next batches in a background thread while the device works on
-    this one (``BatchPrefetcher``; None: on CUDA only). Every step's batch is a function of
-    (seed, step) alone, so the run is the same with or without it.
+    this one (``BatchPrefetcher``; host sampling and datasets only; None: on CUDA only).
+    Every step's batch is a function of (seed, step) alone, so the run is the same with or
+    without it.
     ``tracking``: ``"tensorboard"`` and/or ``"wandb"`` (``training.tracking``): views of
     ``metrics.jsonl`` fed with its rows; ``tracking_group`` groups runs (a sweep's) in W&B.
+    ``check_every``: read the device's finiteness flag every this many steps (and at every
+    log record, evaluation and save); non-finite steps are skipped on the device meanwhile
+    (fused AdamW). None: every step on a CPU (the step stops before its update), every log
+    interval on CUDA. More than 1 on a CPU uses fused AdamW too.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group already initialised) every
     process calls this: ``cfg.batch_size`` is the global batch, split over the processes;
     rank 0 writes the folder; a resume needs the checkpoint's number of processes.
     """
     state = _read_resume(resume) if resume is not None else None
-    cfg, world = _configure(cfg, world, state, extra_steps)
+    cfg, world, dataset = _configure(cfg, world, state, extra_steps)
     with distributed.session(cfg.device) as dist:
         run: _Run | None = None
         folder: RunFolder | None = None
@@ -306,15 +322,19 @@ def train(
         try:
             _check_launch(cfg, state, dist)
             precision = resolve_precision(cfg.precision, dist.device)
-            run = _new_run(cfg, world, state, dist)
-            run.precision = precision
+            checks = _check_interval(cfg, dist.device, check_every)
+            run = _new_run(cfg, world, state, dist, dataset=dataset, fused=checks > 1)
+            run.precision, run.check_every = precision, checks
+            run.guard = _FiniteGuard(run.device) if checks > 1 else None
+            _check_sampler_device(run, state)
             if state is not None:
                 _restore(run, state)
             folder = _claim_folder(run, out_dir, state, overwrite)
-            _prepare_step(run, compile)
-            log = _open_log(run, folder, state, tracking, tracking_group)
-            use_prefetch = run.device.type == "cuda" if prefetch is None else bool(prefetch)
-            _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch)
+            with _fp32_matmuls(run):
+                _prepare_step(run, compile)
+                log = _open_log(run, folder, state, tracking, tracking_group)
+                use_prefetch = run.device.type == "cuda" if prefetch is None else bool(prefetch)
+                _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch and run.source.prefetchable)
             log.close()
             dist.barrier()  # every rank returns after rank 0 wrote the last checkpoint
         except BaseException as exc:
@@ -345,8 +365,10 @@ def _read_resume(resume: str | Path) -> dict[str, Any]:
     return state
 
 
-def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, Any] | None, extra_steps: int | None) -> tuple[TrainConfig, World]:
-    """The run's TrainConfig and world: the stored ones on resume (``steps`` may grow)."""
+def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, Any] | None,
+               extra_steps: int | None) -> tuple[TrainConfig, World, TokenDataset | None]:
+    """The run's TrainConfig, world and dataset (``cfg.data``; else None): the stored ones on
+    resume (``steps`` may grow)."""
     if state is not None:
         try:
             saved = TrainConfig.from_dict(state["train_config"])
@@ -361,9 +383,37 @@ def _configure(cfg: TrainConfig | None, world: World | None, state: dict[str, An
             saved.device = cfg.device
         if cfg is not None and cfg.precision is not None:
             saved.precision = cfg.precision
-        return saved, world_of(state)
+        if cfg is not None and not cfg.tf32:  # an execution setting, like the precision: may be switched off
+            saved.tf32 = False
+        return saved, world_of(state), _resumed_dataset(saved, state)
     cfg = cfg if cfg is not None else TrainConfig()
-    return cfg, world if world is not None else make_world(cfg.world, **cfg.world_options)
+    if cfg.data is None:
+        return cfg, world if world is not None else make_world(cfg.world, **cfg.world_options), None
+    if world is not None:
+        raise UsageError("give a world or a dataset (its meta.json names its world), not both")
+    if cfg.sampler is not None:
+        raise UsageError(f"sampler {cfg.sampler!r} draws from a world; a run on a dataset reads its rows")
+    dataset = open_dataset(cfg.data)
+    if cfg.seq_len is not None and cfg.seq_len != dataset.seq_len:
+        raise UsageError(f"seq_len {cfg.seq_len}: the rows of {dataset.path} have {dataset.seq_len} tokens")
+    cfg = replace(cfg, data=str(dataset.path), world=dataset.world.name, world_options={}, seq_len=dataset.seq_len)
+    return cfg, dataset.world, dataset
+
+
+def _resumed_dataset(saved: TrainConfig, state: dict[str, Any]) -> TokenDataset | None:
+    """The dataset a resumed run was trained on: still there, and still the same data."""
+    if saved.data is None:
+        return None
+    p = state["_path"]
+    stored = dict(state["train_config"].get("dataset") or {}).get("fingerprint")
+    try:
+        dataset = open_dataset(saved.data)
+    except UsageError as exc:
+        raise CheckpointError(p, f"cannot resume: its dataset is gone or broken ({one_line(exc)})") from None
+    if dataset.fingerprint != stored:
+        raise CheckpointError(p, f"cannot resume: {dataset.path} no longer holds the dataset this run was trained on "
+                                 "(its meta.json changed)")
+    return dataset
 
 
 def _check_launch(cfg: TrainConfig, state: dict[str, Any] | None, dist: Dist) -> None:
@@ -387,10 +437,11 @@ def _processes(n: int) -> str:
     return "1 process" if n == 1 else f"{n} processes"
 
 
-def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None, dist: Dist | None = None) -> _Run:
-    """The run's modules (``_build``) on its device, and its validation set (rank 0 only:
-    the others never evaluate). On resume the model config is the checkpoint's own
-    (already validated against its weights)."""
+def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None, dist: Dist | None = None,
+             dataset: TokenDataset | None = None, fused: bool = False) -> _Run:
+    """The run's modules (``_build``) on its device, its batch source (``_sampler``) and its
+    validation set (rank 0 only: the others never evaluate). On resume the model config is
+    the checkpoint's own (already validated against its weights)."""
     dist = dist if dist is not None else Dist(device=distributed.device_for(cfg.device, 1, 0))
     device = dist.device
     seq_len = cfg.seq_len or default_seq_len(world)
@@ -403,20 +454,56 @@ def _new_run(cfg: TrainConfig, world: World, state: dict[str, Any] | None = None
         mcfg = _fresh_model_config(cfg, world, seq_len)
     check_training_memory(cfg, world, seq_len, mcfg, device, where=state["_path"] if state is not None else None,
                           world_size=dist.world_size)
-    run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg), dist=dist)
+    run = _Run(cfg, world, seq_len, device, *_build(cfg, world, seq_len, device, mcfg, fused=fused), dist=dist)
+    stored = dict(state["train_config"]) if state is not None else {}
+    run.source = make_batches(_sampler(cfg, world, stored), world, cfg.batch_size, seq_len, cfg.seed, device,
+                              chunk=stored.get("sampler_chunk"), dataset=dataset)
     if dist.is_main:
-        run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
-        run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
+        if dataset is not None:
+            run.val_tokens = np.asarray(dataset.val[: cfg.n_val], dtype=np.int64)
+            if not len(run.val_tokens):
+                raise UsageError(f"{dataset.path}: val.bin holds no rows to validate on")
+            # imported trips have no known generating process: no exact floor
+            run.val_floor = float(world.exact_cross_entropy(run.val_tokens)) if dataset.exact_floor else float("nan")
+        else:
+            run.val_tokens = world.sample(cfg.n_val, seq_len, seed=val_rng(cfg.seed)).tokens
+            run.val_floor = float(world.exact_cross_entropy(run.val_tokens))
     return run
 
 
-def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, mcfg: ModelConfig | None = None):
+def _sampler(cfg: TrainConfig, world: World, stored: dict[str, Any]) -> str:
+    """The batch source of a run (``training.batches``): a dataset's rows with ``cfg.data``;
+    on resume the one the checkpoint used (``sampler_used``; none recorded: the host sampler,
+    the only one before); else ``cfg.sampler``, by default the device sampler (the host one
+    for a world without a device sampler)."""
+    if cfg.data is not None:
+        return "data"
+    if stored:
+        return str(stored.get("sampler_used") or "host")
+    if cfg.sampler is not None:
+        return cfg.sampler
+    return "device" if samplers.supports(world) else "host"
+
+
+def _check_sampler_device(run: _Run, state: dict[str, Any] | None) -> None:
+    """A device-sampled run resumed on the other kind of device draws other numbers (CPU and
+    CUDA generators differ): equally distributed batches, but not the uninterrupted run's."""
+    was = dict((state or {}).get("train_config") or {}).get("sampler_device")
+    if run.source.kind == "device" and was is not None and was != run.device.type:
+        _warn(run, f"this run drew its batches on {was}; from step {int(state['step']) + 1} on they are drawn on "
+                   f"{run.device.type}, whose generator draws other numbers (same distribution): the run is not the "
+                   "uninterrupted one")
+
+
+def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, mcfg: ModelConfig | None = None,
+           fused: bool = False):
     """(mcfg, ocfg, model, aux, optimiser, schedule), freshly initialised from ``cfg.seed``;
     ``aux`` is the objective's own module: p_psi (NextLat), the extra heads (MTP, d =
     ``cfg.horizon``) or None (GPT), seeded with ``cfg.seed + 1`` after the transformer, so
     the transformer starts identical under every objective. ``mcfg`` defaults to
     ``cfg.preset`` sized for the world (within the checkpoint bounds, so training never
-    makes a model that loading would refuse)."""
+    makes a model that loading would refuse). ``fused``: fused AdamW (one kernel per
+    parameter group, and ``found_inf``: skipping a non-finite step on the device)."""
     if mcfg is None:
         mcfg = _fresh_model_config(cfg, world, seq_len)
     if cfg.objective in ("nextlat", "mtp") and cfg.horizon > seq_len - 1:
@@ -441,6 +528,7 @@ def _build(cfg: TrainConfig, world: World, seq_len: int, device: torch.device, m
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
         betas=(0.9, 0.95),
+        fused=True if fused else None,  # None: torch's default (foreach), what every CPU run used
     )
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg))
     return mcfg, ocfg, model, aux, opt, sched
@@ -518,10 +606,13 @@ def _restore(run: _Run, state: dict[str, Any]) -> None:
     if run.mtp_heads is not None:
         load_weights(run.mtp_heads, state["mtp_heads"], p, why)
     try:
-        run.opt.load_state_dict(state["optimizer"])
+        # this run's choice of fused AdamW, not the saved one (it moves the step counters too)
+        fused = run.opt.param_groups[0].get("fused")
+        saved = state["optimizer"]
+        run.opt.load_state_dict({**saved, "param_groups": [{**g, "fused": fused} for g in saved["param_groups"]]})
         run.sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng"]["torch"])
-    except (RuntimeError, KeyError, TypeError, ValueError, IndexError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
         raise CheckpointError(p, f"cannot resume: training state does not match ({error_line(exc)[:160]})") from None
     problem = _optimizer_state_problem(run)
     if problem:
@@ -586,12 +677,32 @@ def _report_leftovers(run: _Run, folder: RunFolder) -> None:
                    "(delete it if no run is writing this folder)")
 
 
-def _prepare_step(run: _Run, compile: bool) -> None:
-    """What ``_train_step`` calls: the ``_Objective`` (the transformer forward compiled if
-    asked), under DDP in a multi-process run."""
-    forward = _compiled_forward(run) if compile else None
-    module = _Objective(run.model, run.aux, run.ocfg, last_resid_hook(run.mcfg), run.cfg.fast_forward, forward)
+#: torch.compile modes ``train(compile=...)`` takes; "auto" picks one (``_compile_mode``)
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune")
+#: ``compile="auto"`` uses CUDA graphs (``reduce-overhead``) for steps of at most this many
+#: tokens on one CUDA device: there a step's kernels are short and launching them (the host's
+#: work) is what the device waits for; larger steps are bound by the device's arithmetic
+CUDA_GRAPH_TOKENS = 16384
+
+
+def _prepare_step(run: _Run, compile: bool | str = False) -> None:
+    """What ``_train_step`` calls: the ``_Objective`` (its losses compiled if asked), under
+    DDP in a multi-process run. On CUDA NextLat rolls out every start (``dense``): static
+    shapes and no ``nonzero``, which would wait for the device in every step."""
+    compiled = _compiled_losses(run, _compile_mode(run, compile)) if compile else None
+    module = _Objective(run.model, run.aux, run.ocfg, last_resid_hook(run.mcfg), run.cfg.fast_forward,
+                        dense=run.device.type == "cuda", compiled=compiled)
     run.step_module = run.dist.wrap(module)
+
+
+def _compile_mode(run: _Run, requested: bool | str) -> str:
+    mode = "auto" if requested is True else str(requested)
+    if mode not in COMPILE_MODES:
+        raise UsageError(f"compile mode must be one of {', '.join(COMPILE_MODES)}, got {requested!r}")
+    if mode != "auto":
+        return mode
+    small = run.cfg.batch_size * run.seq_len <= CUDA_GRAPH_TOKENS
+    return "reduce-overhead" if run.device.type == "cuda" and small and not run.dist.enabled else "default"
 
 
 def _warn(run: _Run, text: str) -> None:
@@ -600,32 +711,45 @@ def _warn(run: _Run, text: str) -> None:
 
 
 class _FallbackForward:
-    """A compiled forward that falls back to the eager one (once, with a one-line
+    """A compiled function that falls back to the eager one (once, with a one-line
     warning) if compiling or running it fails."""
 
     def __init__(self, compiled, eager, on_failure):
         self.compiled, self.eager, self.on_failure = compiled, eager, on_failure
 
-    def __call__(self, model, tokens):
+    def __call__(self, *args):
         if self.compiled is not None:
             try:
-                return self.compiled(model, tokens)
+                return self.compiled(*args)
             except Exception as exc:  # torch.compile reports its failures at the first call
                 self.compiled = None
                 self.on_failure(exc)
-        return self.eager(model, tokens)
+        return self.eager(*args)
 
 
-def _compiled_forward(run: _Run):
-    """``torch.compile`` of the hook-free forward (``models.fastpath``) training uses, or
-    None (with a one-line warning) where that forward does not apply."""
+def _compiled_losses(run: _Run, mode: str):
+    """``torch.compile`` of a step's forward pass and losses (``compute_losses`` on a
+    ``fastpath.FastModel`` of the model: one graph, no graph breaks, NextLat's dense
+    roll-out; static shapes, so one compilation serves every step), or None (with a
+    one-line warning) where the hook-free forward does not apply. Autocast is the caller's
+    (``_Run.autocast``), traced into the graph like any other state."""
     from ..models import fastpath
 
     if not (run.cfg.fast_forward and fastpath.supports(run.model)):
         _warn(run, "compile applies to the hook-free forward, which this model does not use; training uncompiled")
         return None
+    fast_model = fastpath.FastModel(run.model)
+    aux, ocfg, hook = run.aux, run.ocfg, last_resid_hook(run.mcfg)
+    dense = run.device.type == "cuda"
+
+    def losses(batch: Batch) -> dict[str, torch.Tensor]:
+        return compute_losses(fast_model, aux, batch, ocfg, hook, dense=True)
+
+    def eager(batch: Batch) -> dict[str, torch.Tensor]:
+        return compute_losses(run.model, aux, batch, ocfg, hook, fast=run.cfg.fast_forward, dense=dense)
+
     try:
-        compiled = torch.compile(fastpath.forward)
+        compiled = torch.compile(losses, fullgraph=True, dynamic=False, mode=None if mode == "default" else mode)
     except Exception as exc:
         _warn(run, f"torch.compile is not available ({one_line(exc)[:160]}); training uncompiled")
         return None
@@ -634,8 +758,74 @@ def _compiled_forward(run: _Run):
         run.compiled = False
         _warn(run, f"torch.compile failed ({one_line(exc)[:160]}); training uncompiled")
 
-    run.compiled = True
-    return _FallbackForward(compiled, fastpath.forward, failed)
+    run.compiled, run.compile_mode = True, mode
+    return _FallbackForward(compiled, eager, failed)
+
+
+@contextlib.contextmanager
+def _matmul_precision(device: torch.device, precision: str):
+    """torch's float32 matmul precision (``highest``: IEEE float32; ``high``: TF32) while
+    inside, on CUDA only (elsewhere nothing changes); the previous setting after."""
+    if device.type != "cuda":
+        yield
+        return
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+@contextlib.contextmanager
+def _fp32_matmuls(run: _Run):
+    """Training's float32 matmuls in TF32 on CUDA (``TrainConfig.tf32``): 8x the float32
+    peak on an A100/H100, with 10-bit mantissas in the products (the sums stay float32)."""
+    run.tf32 = run.device.type == "cuda" and bool(run.cfg.tf32)
+    with _matmul_precision(run.device, "high" if run.tf32 else "highest"):
+        yield
+
+
+def _check_interval(cfg: TrainConfig, device: torch.device, requested: int | None) -> int:
+    """Steps between reads of the finiteness flag (``train(check_every=...)``)."""
+    if requested is not None:
+        if int(requested) < 1:
+            raise UsageError(f"check_every must be >= 1, got {requested}")
+        return int(requested)
+    return _log_every(cfg) if device.type == "cuda" else 1
+
+
+def _log_every(cfg: TrainConfig) -> int:
+    return max(1, min(10, cfg.eval_every))
+
+
+class _FiniteGuard:
+    """The first non-finite step of a run, recorded on the device (no step waits to know):
+    ``record`` returns the step's ``found_inf`` flag, with which fused AdamW skips the
+    update on the device; ``check`` (a synchronisation) raises ``TrainingDiverged`` naming
+    the first bad step, if there was one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.full((), -1, dtype=torch.int64, device=device)
+        self.loss = torch.zeros((), dtype=torch.float32, device=device)
+        self.gnorm = torch.zeros((), dtype=torch.float32, device=device)
+
+    def record(self, step: int, loss: torch.Tensor, gnorm: torch.Tensor) -> torch.Tensor:
+        bad = ~(torch.isfinite(loss.detach()) & torch.isfinite(gnorm))
+        first = bad & (self.step < 0)
+        self.step = torch.where(first, step, self.step)
+        self.loss = torch.where(first, loss.detach().float(), self.loss)
+        self.gnorm = torch.where(first, gnorm.float(), self.gnorm)
+        return bad.float()
+
+    def check(self, run: _Run, now: int) -> None:
+        step = int(self.step)
+        if step < 0:
+            return
+        loss, gnorm = float(self.loss), float(self.gnorm)
+        what = f"loss became {loss}" if not math.isfinite(loss) else f"gradient norm became {gnorm}"
+        raise TrainingDiverged(f"{what} at step {step}; its update was skipped and training stopped at step {now} "
+                               f"({run.last_good_text()})")
 
 
 class _NoLog:
@@ -649,8 +839,17 @@ class _NoLog:
 
 
 def _runtime(run: _Run) -> dict[str, Any]:
-    """How this run is being executed (recorded next to its config; not part of its identity)."""
-    return {"world_size": run.dist.world_size, "precision_used": run.precision, "compile": run.compiled}
+    """How this run is being executed (recorded next to its config; not part of its identity):
+    processes, precision, TF32, compilation, how often finiteness is read, and where the
+    batches come from (``sampler_used``; the device sampler's chunk and device kind, or the
+    dataset's identity)."""
+    out = {"world_size": run.dist.world_size, "precision_used": run.precision, "tf32_used": run.tf32,
+           "compile": run.compiled, "finite_check_every": run.check_every}
+    if run.compiled:
+        out["compile_mode"] = run.compile_mode
+    if run.source is not None:
+        out.update(run.source.settings())
+    return out
 
 
 def _open_log(run: _Run, folder: RunFolder, state: dict[str, Any] | None, tracking=(),
@@ -731,37 +930,36 @@ class BatchPrefetcher:
         self._thread.join(timeout=5)
 
 
-def _sample_tokens(run: _Run, step: int) -> np.ndarray:
-    """The global batch of ``step`` (the same on every rank and with or without prefetch)."""
-    return run.world.sample(run.cfg.batch_size, run.seq_len, seed=batch_rng(run.cfg.seed, step)).tokens
-
-
 def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool,
           prefetch: bool = False) -> None:
     from ..progress import progress as progress_bar
 
     cfg = run.cfg
     last = cfg.steps if stop_at is None else min(cfg.steps, int(stop_at))
-    log_every = max(1, min(10, cfg.eval_every))
+    log_every = _log_every(cfg)
     start = run.step
     bar = progress_bar(total=cfg.steps, initial=start, disable=not progress or not run.dist.is_main,
                        desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
     run.model.train()
-    ahead = BatchPrefetcher(lambda s: _sample_tokens(run, s), start + 1, last) if prefetch and last > start else None
+    ahead = BatchPrefetcher(run.source.tokens, start + 1, last) if prefetch and last > start else None
     try:
         for step in range(start + 1, last + 1):
             tokens = ahead.get(step) if ahead is not None else None
             losses, gnorm, n_tokens = _train_step(run, step, tokens)
             run.step = step
             timer[1] += n_tokens
-            if step % log_every == 0 or step == cfg.steps:
-                _log_step(run, log, losses, gnorm, timer, bar)
-            bar.update(1)
+            logs = step % log_every == 0 or step == cfg.steps
             keep = bool(cfg.keep_every) and step % cfg.keep_every == 0
             save = step % cfg.save_every == 0 or step == last
+            evaluate = step % cfg.eval_every == 0 or save or keep
+            if run.guard is not None and (logs or evaluate or step % run.check_every == 0):
+                run.guard.check(run, step)  # nothing non-finite is logged, evaluated or saved
+            if logs:
+                _log_step(run, log, losses, gnorm, timer, bar)
+            bar.update(1)
             # every checkpoint carries the validation loss of its own weights
-            if step % cfg.eval_every == 0 or save or keep:
+            if evaluate:
                 _evaluate(run, log, step)
             if save:
                 _save(run, folder.checkpoint, step)
@@ -778,26 +976,48 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
         _save(run, folder.checkpoint, run.step)
 
 
-def _train_step(run: _Run, step: int, tokens: np.ndarray | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
-    """One optimiser step on the batch of ``step``; stops before the update on a NaN/inf
-    loss or gradient, so the weights (and any later checkpoint) never see it.
+def _train_step(run: _Run, step: int, tokens: Any = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
+    """One optimiser step on the batch of ``step`` (``tokens``: drawn ahead, or None):
+    ``_next_batch``, ``_losses``, ``_backward``, ``_update``. Returns the (global) losses,
+    the gradient norm and the tokens of the global batch.
 
-    In a multi-process run every rank draws the same global batch and scores its own rows
-    (``shard_batch``); the returned losses are the global ones (all-reduced) and both checks
-    read values that are identical on every rank, so all ranks stop together."""
+    A NaN/inf loss or gradient never reaches the weights: with ``check_every`` 1 the step
+    stops before its update (``TrainingDiverged``); otherwise the update is skipped on the
+    device and ``_FiniteGuard.check`` reports it. In a multi-process run every rank draws
+    the same global batch and scores its own rows (``shard``); the losses are the global
+    ones (all-reduced) and both checks read values that are identical on every rank, so all
+    ranks stop together."""
     if run.step_module is None:
         _prepare_step(run, compile=False)
-    d = run.dist
+    batch, n_tokens = _next_batch(run, step, tokens)
+    losses, total = _losses(run, batch)
+    gnorm = _backward(run, step, losses, total)
+    _update(run, step, total, gnorm)
+    return total, gnorm, n_tokens
+
+
+def _next_batch(run: _Run, step: int, tokens: Any = None) -> tuple[Batch, int]:
+    """This rank's rows of the batch of ``step`` on the device, and the global batch's
+    number of tokens."""
     if tokens is None:
-        tokens = _sample_tokens(run, step)
-    if d.enabled:
-        batch = shard_batch(run.world, tokens, run.device, run.ocfg, d.rank, d.world_size)
-    else:
-        batch = to_batch(run.world, tokens, run.device)
+        tokens = run.source.tokens(step)
+    batch = run.source.batch(tokens)
+    if run.dist.enabled:
+        batch = shard(batch, run.ocfg, run.dist.rank, run.dist.world_size)
+    return batch, int(tokens.numel() if torch.is_tensor(tokens) else np.asarray(tokens).size)
+
+
+def _losses(run: _Run, batch: Batch) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The forward pass and losses: (this rank's losses, the global ones)."""
     with run.autocast():
         losses = run.step_module(batch)
-    total = d.sum_losses(losses)  # the global losses (this very dict in a single process)
-    if not torch.isfinite(total["loss"]):
+    return losses, run.dist.sum_losses(losses)  # the global losses (this very dict in a single process)
+
+
+def _backward(run: _Run, step: int, losses: dict[str, torch.Tensor], total: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The gradients, clipped; returns their norm (before clipping)."""
+    d = run.dist
+    if run.guard is None and not torch.isfinite(total["loss"]):
         raise TrainingDiverged(f"loss became {float(total['loss'].detach())} at step {step}; stopped ({run.last_good_text()})")
     run.opt.zero_grad(set_to_none=True)
     # DDP AVERAGES gradients over the ranks, and each partial loss is its rank's share of
@@ -806,12 +1026,20 @@ def _train_step(run: _Run, step: int, tokens: np.ndarray | None = None) -> tuple
     # the norm is always computed: a finite loss can still give an inf/NaN gradient,
     # which must stop training BEFORE the optimiser writes it into the weights
     clip = run.cfg.grad_clip if run.cfg.grad_clip > 0 else float("inf")
-    gnorm = torch.nn.utils.clip_grad_norm_(run.params(), clip)
-    if not torch.isfinite(gnorm):
+    return torch.nn.utils.clip_grad_norm_(run.params(), clip)
+
+
+def _update(run: _Run, step: int, total: dict[str, torch.Tensor], gnorm: torch.Tensor) -> None:
+    """The optimiser and schedule step, unless the loss or the gradient is not finite."""
+    if run.guard is not None:  # decided on the device: fused AdamW skips a flagged step
+        run.opt.found_inf = run.guard.record(step, total["loss"], gnorm)
+    elif not torch.isfinite(gnorm):
         raise TrainingDiverged(f"gradient norm became {float(gnorm)} at step {step}; stopped before the update ({run.last_good_text()})")
     run.opt.step()
     run.sched.step()
-    return total, gnorm, int(np.asarray(tokens).size)
+    # the gradients are dropped at once, not at the next step's backward: with CUDA graphs
+    # (compile's reduce-overhead) they live in the graphs' memory, which the next forward reuses
+    run.opt.zero_grad(set_to_none=True)
 
 
 def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:
@@ -825,8 +1053,11 @@ def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm
 
 def _evaluate(run: _Run, log: MetricsLog | _NoLog, step: int) -> None:
     """The validation loss of the current weights: computed by rank 0 (in float32, whatever
-    the training precision) and broadcast, so every rank decides the same about saving."""
-    vl = evaluate_ce(run.model, run.world, run.val_tokens) if run.dist.is_main else float("nan")
+    the training precision or TF32) and broadcast, so every rank decides the same about saving."""
+    vl = float("nan")
+    if run.dist.is_main:
+        with _matmul_precision(run.device, "highest"):
+            vl = evaluate_ce(run.model, run.world, run.val_tokens)
     if run.dist.enabled:
         vl, run.val_floor = run.dist.broadcast_floats([vl, run.val_floor])
     run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "val_gap": vl - run.val_floor}
@@ -837,6 +1068,8 @@ def _save(run: _Run, path: Path, step: int) -> None:
     """Write a checkpoint of the current state — only if it is good: its own evaluation
     (this step's) is finite and every weight is finite. Otherwise stop, writing nothing.
     Every rank checks (their weights are the same); rank 0 alone writes."""
+    if run.guard is not None:
+        run.guard.check(run, step)
     vl = run.metrics.get("val_loss", float("nan"))
     if run.metrics.get("step") != step or not math.isfinite(float(vl)):
         raise TrainingDiverged(f"validation loss is {vl} at step {step}; not writing {path} ({run.last_good_text()})")

@@ -349,16 +349,8 @@ class PathStar(World):
         goal_gen = rng.integers(0, d, size=n)
         order = np.argsort(rng.random((n, E)), axis=1)  # prompt slot k holds generated edge order[k]
         shuffled = edges[rows[:, None], order]
-        tokens = np.empty((n, self.default_length), dtype=np.int64)
-        tokens[:, 0:3 * E:3] = shuffled[:, :, 0]
-        tokens[:, 1:3 * E:3] = shuffled[:, :, 1]
-        tokens[:, 2:3 * E - 1:3] = self.edge_sep_id
-        tokens[:, self.sep_pos] = self.sep_id
-        tokens[:, self.start_pos] = centre
-        tokens[:, self.goal_pos] = arm_nodes[rows, goal_gen, -1]
-        tokens[:, self.eq_pos] = self.equals_id
-        tokens[:, self.prompt_length] = centre
-        tokens[:, self.prompt_length + 1:] = arm_nodes[rows, goal_gen]
+        tokens = self.lay_out(np.empty((n, self.default_length), dtype=np.int64), shuffled, centre,
+                              arm_nodes[rows, goal_gen])
         # the arm index of the hidden state: rank of each arm's first edge in the prompt
         slot = np.argsort(order, axis=1)  # slot[r, e] = prompt position of generated edge e
         first_slot = slot[:, np.arange(d) * arm]  # [n, d]
@@ -366,6 +358,23 @@ class PathStar(World):
         states = np.repeat(goal_arm[:, None], self.default_length, axis=1).astype(np.int64)
         return Sample(tokens=tokens, states=states,
                       extras={"goal_arm_generated": goal_gen.astype(np.int64), "edge_order": order.astype(np.int64)})
+
+    def lay_out(self, tokens: Any, shuffled: Any, centre: Any, goal_arm: Any) -> Any:
+        """Fill ``tokens`` (``[n, default_length]``; numpy or torch alike) with the layout of
+        the module docstring: the edges in prompt order ``shuffled`` ``[n, E, 2]``, the
+        separators, the start ``centre`` ``[n]``, the goal (the last node of ``goal_arm``
+        ``[n, length]``, the goal arm from the centre outwards), ``=`` and the path."""
+        E = self.n_edges
+        tokens[:, 0:3 * E:3] = shuffled[:, :, 0]
+        tokens[:, 1:3 * E:3] = shuffled[:, :, 1]
+        tokens[:, 2:3 * E - 1:3] = self.edge_sep_id
+        tokens[:, self.sep_pos] = self.sep_id
+        tokens[:, self.start_pos] = centre
+        tokens[:, self.goal_pos] = goal_arm[:, -1]
+        tokens[:, self.eq_pos] = self.equals_id
+        tokens[:, self.prompt_length] = centre
+        tokens[:, self.prompt_length + 1:] = goal_arm
+        return tokens
 
     def beliefs(self, tokens: Any) -> np.ndarray:
         """float64 ``[n, L, degree]``: uniform before the goal token, one-hot on the goal arm

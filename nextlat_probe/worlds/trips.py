@@ -233,15 +233,17 @@ def parse_trips(street_map: StreetMap, trips: Any) -> Trips:
                  malformed=[int(i) for i in np.flatnonzero(~good)])
 
 
-def parse_sequences(source: str | Path | Iterable[str], street_map: StreetMap) -> list[list[int]]:
+def parse_sequences(source: str | Path | Iterable[str], street_map: StreetMap,
+                    line_numbers: bool = False) -> list[list[int]] | tuple[list[list[int]], list[int]]:
     """Read trips in the text format (one per line, whitespace-separated,
     ``origin dest d_1 ... d_k end`` with the map's node ids; trailing ``pad`` allowed).
 
     ``source`` is a path or an iterable of lines; blank lines are skipped and a UTF-8
     byte-order mark before the first line is dropped. Returns token ids in the visible
     vocabulary of ``Taxi(street_map)``; an unknown word becomes -1 (so the line counts as
-    neither legal nor valid). A path that is a directory, cannot be read, or is not UTF-8
-    text raises ``WorldError`` naming it."""
+    neither legal nor valid); with ``line_numbers`` also the 1-based line of each trip. A
+    path that is a directory, cannot be read, or is not UTF-8 text raises ``WorldError``
+    naming it."""
     if isinstance(source, (str, Path)):
         p = Path(source)
         if p.is_dir():
@@ -263,14 +265,15 @@ def parse_sequences(source: str | Path | Iterable[str], street_map: StreetMap) -
     vocab = {name: i for i, name in enumerate(street_map.node_names)}
     vocab.update({d: N + i for i, d in enumerate(DIRECTIONS)})
     vocab.update({"end": N + 8, "pad": N + 9})
-    out = []
+    out, numbers = [], []
     for k, line in enumerate(lines):
         if k == 0 and line.startswith(_BOM):
             line = line[len(_BOM):]
         words = line.split()
         if words:
             out.append([vocab.get(w, -1) for w in words])
-    return out
+            numbers.append(k + 1)
+    return (out, numbers) if line_numbers else out
 
 
 __all__ = ["AFTER_ORIGIN", "WALKING", "ENDED", "PAST_END", "as_token_matrix", "trace", "trace_tolerant",
