@@ -5,6 +5,13 @@
     python -m nextlat_probe.train --resume runs/taxi-nextlat/ckpt.pt --steps 2000
     python -m nextlat_probe.train --world a5 --objective nextlat --out runs/a5-nextlat
     torchrun --standalone --nproc_per_node 2 -m nextlat_probe.train --world taxi --out runs/taxi-ddp
+    python -m nextlat_probe.train --world taxi --map manhattan --preset small --steps 20000 --time-limit 55 --out runs/big
+    python -m nextlat_probe.train --resume runs/big/ckpt.pt --time-limit 55     # the next chunk
+
+``--time-limit MINUTES`` stops the run cleanly before that many minutes (counted from the
+start of the command) with a checkpoint of the step reached, prints how to continue, and
+exits with code 75 (``EXIT_TIME_LIMIT``, EX_TEMPFAIL); a run that reaches its last step exits
+0 as usual. Resuming continues bit for bit, so one run can span several time-limited jobs.
 
 Options left unset take the world's defaults: tagging A5 (``--world a5``) trains at length
 12 in a context of 64 with the positions of ``worlds.a5.POSITIONAL_TAGGING`` and, for
@@ -19,9 +26,13 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .cli import UsageError, add_limit_args, run_main
+
+#: when this command started (``--time-limit`` counts from here, imports included)
+_STARTED = time.monotonic()
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 #: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
@@ -76,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also show the run in tensorboard (event files in OUT/tensorboard/) and/or wandb (Weights & "
                         "Biases: online only if you configured W&B, else offline into OUT/wandb/); repeatable or a "
                         "comma list. The trackers show the rows of metrics.jsonl, which stays the record")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly before this many minutes (fractions allowed; counted from the command's start) "
+                        "with a resumable checkpoint, and exit with code 75; resume with --resume OUT/ckpt.pt")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the transformer forward of training (the hook-free one); falls back to it "
                         "uncompiled, with a warning, if compilation fails")
@@ -85,12 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
     g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
     g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
+    g.add_argument("--noise", type=float, default=None,
+                   help="taxi, --walk noisy: probability of a random (still feasible) turn at each intersection "
+                        "(default 0.1)")
     g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
     g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
     g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
     g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                   help="taxi, shortest/noisy walks: hold this fraction of origin/destination pairs out of "
-                        "training (scored later with worldmodel --ood pairs=held_out)")
+                   help="taxi: hold this fraction of origin/destination pairs out of training (any walk; scored "
+                        "later with worldmodel --ood pairs=held_out)")
     g.add_argument("--holdout-seed", type=int, default=None, help="taxi: seed of the held-out pair split (default 0)")
     g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
                    help="a5: tagging (inputs only, every output scored against the running product; the default) "
@@ -115,7 +132,7 @@ def world_options(args: argparse.Namespace) -> dict:
         return star
     if args.world != "taxi":
         given = [n for n in ("map_size", "map", "walk", "origin", "min_len", "max_len", "map_seed", "holdout",
-                             "holdout_seed") if getattr(args, n) is not None]
+                             "holdout_seed", "noise") if getattr(args, n) is not None]
         if given:
             raise UsageError(f"--{given[0].replace('_', '-')} applies only to --world taxi")
         return {"form": args.form} if args.form is not None else {}
@@ -129,6 +146,7 @@ def world_options(args: argparse.Namespace) -> dict:
         "seed": args.map_seed,
         "holdout": args.holdout,
         "holdout_seed": args.holdout_seed,
+        "noise": args.noise,
     }
     return {k: v for k, v in opts.items() if v is not None}
 
@@ -144,7 +162,7 @@ TRAIN_OPTIONS = {
 #: taxi options -> their world_options key
 WORLD_OPTIONS = {"map_size": "map_size", "map": "map", "walk": "walk", "origin": "origin",
                  "min_len": "min_len", "max_len": "max_len", "map_seed": "seed", "form": "form",
-                 "holdout": "holdout", "holdout_seed": "holdout_seed"}
+                 "holdout": "holdout", "holdout_seed": "holdout_seed", "noise": "noise"}
 
 
 def given_options(argv: list[str] | None) -> set[str]:
@@ -205,6 +223,15 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     from .training.config import TrainConfig
     from .training.trainer import TrainingDiverged, train
 
+    limit = None
+    if args.time_limit is not None:
+        import math
+
+        from .training.trainer import TimeLimit
+
+        if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+            raise UsageError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+        limit = TimeLimit(60.0 * args.time_limit, start=_STARTED)
     resolve_device(args.device)  # an unknown or missing device fails before anything is read
     from .training.tracking import parse_trackers
 
@@ -249,7 +276,8 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             raise UsageError(str(exc)) from None
     try:
         res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                    compile=args.compile, prefetch=args.prefetch, tracking=tracking)
+                    compile=args.compile, prefetch=args.prefetch, tracking=tracking,
+                    time_limit=limit)
     except TrainingDiverged:
         raise  # main prints it (exit 3)
     except ValueError as exc:  # e.g. a world option the world rejects
@@ -269,6 +297,13 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
         print(f"used {', '.join(used)}")
     gap = res.val_loss - res.val_floor
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
+    if res.stopped_by_time:
+        from .training.trainer import EXIT_TIME_LIMIT
+
+        print(f"stopped by --time-limit {args.time_limit:g} at step {res.step} of {res.total_steps}; continue with: "
+              f"python -m nextlat_probe.train --resume {res.checkpoint} --time-limit MINUTES", flush=True)
+        print(f"time limit reached at step {res.step} of {res.total_steps}; exit code {EXIT_TIME_LIMIT}", file=sys.stderr)
+        return EXIT_TIME_LIMIT
     return 0
 
 
