@@ -298,7 +298,7 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     gap = res.val_loss - res.val_floor
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, exact floor {res.val_floor:.4f} (gap {gap:.4f})")
     if res.stopped_by_time:
-        from .training.trainer import EXIT_TIME_LIMIT
+        from .errors import EXIT_TIME_LIMIT
 
         print(f"stopped by --time-limit {args.time_limit:g} at step {res.step} of {res.total_steps}; continue with: "
               f"python -m nextlat_probe.train --resume {res.checkpoint} --time-limit MINUTES", flush=True)

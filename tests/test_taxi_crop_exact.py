@@ -75,24 +75,22 @@ def enumerate_trips(world: Taxi) -> dict[tuple[int, ...], float]:
             z = sum(mine.values())  # conditioned on ending on the side
             trips.update({k: v / (z * N) for k, v in mine.items()})
         return trips
+    def walk(o: int, dest: int, dist: dict[int, int], cur: int, turns: tuple[int, ...], p: float) -> None:
+        if cur == dest:
+            key = (o, dest, *[N + d for d in turns], N + 8)
+            trips[key] = trips.get(key, 0.0) + p
+            return
+        sp = next(d for d, nxt in succ[cur] if dist.get(nxt, 1e9) == dist[cur] - 1)  # first shortest direction
+        feasible = [(d, nxt) for d, nxt in succ[cur] if len(turns) + 1 + dist.get(nxt, 1e9) <= world.max_len]
+        for d, nxt in succ[cur]:
+            q = (1 - world.noise) * (d == sp) + (world.noise / len(feasible) if (d, nxt) in feasible else 0.0)
+            if q > 0:
+                walk(o, dest, dist, nxt, turns + (d,), p * q)
+
     for o in nodes:
         dests = [d for d in nodes if d != o and side[o, d]]
         for dest in dests:
-            dist = distances_to(m, dest)
-
-            def walk(cur: int, turns: tuple[int, ...], p: float) -> None:
-                if cur == dest:
-                    key = (o, dest, *[N + d for d in turns], N + 8)
-                    trips[key] = trips.get(key, 0.0) + p
-                    return
-                sp = next(d for d, nxt in succ[cur] if dist.get(nxt, 1e9) == dist[cur] - 1)
-                feasible = [(d, nxt) for d, nxt in succ[cur] if len(turns) + 1 + dist.get(nxt, 1e9) <= world.max_len]
-                for d, nxt in succ[cur]:
-                    q = (1 - world.noise) * (d == sp) + (world.noise / len(feasible) if (d, nxt) in feasible else 0.0)
-                    if q > 0:
-                        walk(nxt, turns + (d,), p * q)
-
-            walk(o, (), 1.0 / (N * len(dests)))
+            walk(o, dest, distances_to(m, dest), o, (), 1.0 / (N * len(dests)))
     return trips
 
 

@@ -10,8 +10,9 @@ import torch
 from helpers import run_cli
 
 from nextlat_probe.checkpoint import read_checkpoint
+from nextlat_probe.errors import EXIT_TIME_LIMIT
 from nextlat_probe.training.config import TrainConfig
-from nextlat_probe.training.trainer import EXIT_TIME_LIMIT, TimeLimit, train
+from nextlat_probe.training.trainer import TimeLimit, train
 
 
 class StepClock:

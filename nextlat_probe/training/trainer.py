@@ -70,11 +70,6 @@ from .folder import (
 from .log import MetricsLog, read_metrics, truncate_metrics
 
 
-#: exit code of ``python -m nextlat_probe.train`` when ``--time-limit`` stopped the run before
-#: its last step (EX_TEMPFAIL of sysexits.h: "try again"); the checkpoint resumes it
-EXIT_TIME_LIMIT = 75
-
-
 @dataclass
 class TimeLimit:
     """Stop a run cleanly, with a resumable checkpoint, before ``seconds`` have passed.
