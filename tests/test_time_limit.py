@@ -97,3 +97,21 @@ def test_cli_time_limit_exit_code_message_and_resume(tmp_path):
     bad = run_cli("nextlat_probe.train", "--world", "mess3", "--time-limit", "0", "--out", str(tmp_path / "x"))
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "--time-limit" in bad.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_train_pair_stops_at_the_limit_and_the_same_call_continues_exactly(tmp_path):
+    from nextlat_probe.errors import TimeLimitReached
+    from nextlat_probe.experiments import train_pair
+
+    kw = dict(seeds=[0], steps=8, objectives=("gpt", "nextlat"), batch_size=8, n_val=16, eval_every=4,
+              save_every=4, device="cpu")
+    straight = train_pair("mess3", out=tmp_path / "straight", **kw)
+    # 10 s per clock read, 120 s: the first run (8 steps) fits, the second stops partway
+    with pytest.raises(TimeLimitReached, match="run the same command again"):
+        train_pair("mess3", out=tmp_path / "chunked", time_limit=TimeLimit(120.0, clock=StepClock(10.0), margin=0.0),
+                   **kw)
+    steps = [read_checkpoint(tmp_path / "chunked" / f"{o}-seed0" / "ckpt.pt")["step"] for o in ("gpt", "nextlat")]
+    assert steps[0] == 8 and 0 <= steps[1] < 8
+    again = train_pair("mess3", out=tmp_path / "chunked", **kw)
+    for a, b in zip(straight, again):
+        assert_same_checkpoint(a.checkpoint, b.checkpoint)
