@@ -6,12 +6,13 @@ first-direction tie rule, noisy shortest paths)."""
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
+from collections import defaultdict
 from itertools import product
 
 import numpy as np
 import pytest
 from scipy import stats
+from test_taxi import bfs_dist, pad_rows
 
 from nextlat_probe.worlds import WorldError
 from nextlat_probe.worlds.streetmap import StreetMap
@@ -30,21 +31,6 @@ def successors(m: StreetMap) -> dict[int, list[tuple[int, int]]]:
     for s, d, t in zip(m.edge_src, m.edge_dir, m.edge_dst):
         out[int(s)].append((int(d), int(t)))
     return {k: sorted(v) for k, v in out.items()}
-
-
-def distances_to(m: StreetMap, dest: int) -> dict[int, int]:
-    back: dict[int, list[int]] = defaultdict(list)
-    for s, _, t in zip(m.edge_src, m.edge_dir, m.edge_dst):
-        back[int(t)].append(int(s))
-    dist = {dest: 0}
-    todo = deque([dest])
-    while todo:
-        u = todo.popleft()
-        for v in back[u]:
-            if v not in dist:
-                dist[v] = dist[u] + 1
-                todo.append(v)
-    return dist
 
 
 def enumerate_trips(world: Taxi) -> dict[tuple[int, ...], float]:
@@ -90,15 +76,8 @@ def enumerate_trips(world: Taxi) -> dict[tuple[int, ...], float]:
     for o in nodes:
         dests = [d for d in nodes if d != o and side[o, d]]
         for dest in dests:
-            walk(o, dest, distances_to(m, dest), o, (), 1.0 / (N * len(dests)))
+            walk(o, dest, bfs_dist({a: dict(nb) for a, nb in succ.items()}, dest), o, (), 1.0 / (N * len(dests)))
     return trips
-
-
-def padded(keys: list[tuple[int, ...]], world: Taxi) -> np.ndarray:
-    out = np.full((len(keys), world.default_length), world.pad_id, dtype=np.int64)
-    for i, k in enumerate(keys):
-        out[i, :len(k)] = k
-    return out
 
 
 WORLDS = [
@@ -135,7 +114,7 @@ def test_exact_predictive_and_floor_match_enumeration(crop, opts):
         assert abs(sum(trips.values()) - 1.0) < 1e-9
         keys = list(trips)
         weights = np.array([trips[k] for k in keys])
-        tokens = padded(keys, w)
+        tokens = pad_rows(w, [list(k) for k in keys], w.default_length)
         probs = w.next_token_probs(tokens)
         # brute-force conditionals: P(prefix + token) / P(prefix), from the enumeration alone
         mass: dict[tuple[int, ...], float] = defaultdict(float)
