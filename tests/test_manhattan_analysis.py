@@ -83,3 +83,41 @@ def test_task_table_gpu_mode_runs_in_time_limited_chunks(tmp_path):
     assert state["step"] == 6 and state["train_config"]["preset"] == "tiny"
     assert state["train_config"]["save_every"] == 1  # the gpu scale saves every ~5% of a run
     assert "| gpt |" in (out / "pathstar_table.md").read_text()
+
+
+def load_script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("manhattan_script", ROOT / "analyses" / "manhattan.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_table_rows_at_equal_steps_and_matched_loss_against_a_hand_computation():
+    from scipy import stats
+
+    mod = load_script()
+    rows = []
+    # per seed: (objective, [(step, val_loss, metric)]), each run with a kept and a final checkpoint
+    runs = {0: {"gpt": [(5, 1.0, 0.2), (10, 0.6, 0.5)], "nextlat": [(5, 0.9, 0.3), (10, 0.8, 0.4)],
+                "mtp": [(5, 0.7, 0.1), (10, 0.5, 0.9)]},
+            1: {"gpt": [(5, 1.1, 0.25), (10, 0.7, 0.45)], "nextlat": [(5, 1.2, 0.35), (10, 0.65, 0.6)],
+                "mtp": [(5, 0.75, 0.15), (10, 0.55, 0.8)]}}
+    for seed, by_obj in runs.items():
+        for obj, pts in by_obj.items():
+            for step, loss, v in pts:
+                rows.append({"run": f"{obj}-s{seed}", "objective": obj, "preset": "tiny", "steps": 10, "step": step,
+                             "seed": seed, "val_loss": loss, "trajectory_valid": v})
+    keys = [("val_loss", "", ".3f"), ("trajectory_valid", "", ".3f")]
+    final = {r["objective"]: r for r in mod.summary_rows(rows, keys, "final")}
+    m = 0.5 * (0.5 + 0.45)
+    lo, hi = stats.t.interval(0.95, 1, loc=m, scale=stats.sem([0.5, 0.45]))
+    assert final["gpt"]["trajectory_valid"] == pytest.approx(m)
+    assert (final["gpt"]["trajectory_valid_low"], final["gpt"]["trajectory_valid_high"]) == pytest.approx((lo, hi))
+    matched = {r["objective"]: r for r in mod.summary_rows(rows, keys, "matched_loss")}
+    # seed 0: best losses 0.6 / 0.8 / 0.5 -> target 0.8: gpt step 10, nextlat step 10, mtp step 5
+    # seed 1: best losses 0.7 / 0.65 / 0.55 -> target 0.7: gpt 10, nextlat 10, mtp 10 (step 5 is at 0.75)
+    assert matched["mtp"]["step_used"] == "5 10" and matched["gpt"]["step_used"] == "10 10"
+    assert matched["mtp"]["trajectory_valid"] == pytest.approx(0.5 * (0.1 + 0.8))
+    assert "[" in mod.cell(final["gpt"], "trajectory_valid", ".3f")
