@@ -43,7 +43,7 @@ def test_manhattan_smoke_runs_resumes_and_reports_what_its_runs_measured(tmp_pat
         mine = [r for r in sweep if r["objective"] == row["objective"] and int(r["step"]) == used]
         assert len(mine) == 1
         for key in ("val_loss", "trajectory_valid", "effective_rank", "edge_recall",
-                    "trajectory_valid@ood:pairs=held_out", "compression@ood:walk=shortest"):
+                    "trajectory_valid@ood:pairs=held_out", "compression@ood:walk=random,pairs=train"):
             assert float(row[key]) == pytest.approx(float(mine[0][key])), key
         wm = [r for r in records if r["analysis"] == "worldmodel" and r["objective"] == row["objective"]
               and r["step"] == used and r["variant"] is None]
