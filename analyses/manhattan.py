@@ -137,6 +137,9 @@ def recipe(args: argparse.Namespace) -> dict:
     if args.walk is not None and args.walk != SCALES["smoke" if args.smoke else args.scale]["walk"]:
         rec["min_len"] = 4 if args.walk == "random" else None
         rec["max_len"] = "diameter" if args.walk == "random" else None
+        if args.ood is None:  # the scale's other walk type may be this one: score the other kind instead
+            other = "shortest" if args.walk != "shortest" else "random,pairs=train"
+            rec["ood"] = ("pairs=held_out", f"walk={other}")
     return rec
 
 
@@ -352,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("seeds", "keep", "n_pairs", "n_trips", "n_seqs", "workers", "batch_size"):
         if not (isinstance(rec[key], int) and rec[key] >= 1):
             raise UsageError(f"--{key.replace('_', '-')} must be a positive integer, got {rec[key]!r}")
+    if not 0 <= rec["holdout"] < 1:
+        raise UsageError(f"--holdout must lie in [0, 1), got {rec['holdout']}")
+    if rec["hops"] is not None and rec["hops"] < 0:
+        raise UsageError(f"--hops must be >= 0 (0: the whole map), got {rec['hops']}")
     if args.time_limit is not None and not (math.isfinite(args.time_limit) and args.time_limit > 0):
         raise UsageError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
     out.mkdir(parents=True, exist_ok=True)
