@@ -2,6 +2,7 @@
 
     .venv/bin/python analyses/task_table.py --task a5          # A5 state tracking, length generalisation
     .venv/bin/python analyses/task_table.py --task pathstar    # path-star planning G(2, 4)
+    .venv/bin/python analyses/task_table.py --task a5 --scale gpu --time-limit 55   # GPU, in chunks; rerun until done
 
 **A5** (``--world a5``, tagging form: inputs g_1..g_T only, the output at t scored against
 the running product s_t): every objective is trained at length 12 (rotary positions,
@@ -30,6 +31,14 @@ Outputs in ``--out``:
 CPU time (2 cores, tiny preset): about 1.5-2 minutes per 1,500-step run plus under a minute
 of evaluation per task; the defaults (3 objectives x 3 seeds) take about 20-30 minutes per
 task.
+
+**GPU mode** (``--scale gpu``): the same table at the scale the tasks need (``SCALES``:
+the ``small`` preset, 20,000 steps per run, 3 seeds, 2,048 evaluation words / graphs;
+``--preset mini`` for a cheaper pass). Run it in time-limited chunks: ``--time-limit
+MINUTES`` (counted from the command's start) stops the run in progress cleanly with a
+resumable checkpoint and exits with code 75; the same command then reuses the finished
+runs, resumes the stopped one bit for bit and goes on; once every run is trained it
+evaluates and writes the table (a few minutes on a GPU). Untested on a GPU so far.
 """
 from __future__ import annotations
 
@@ -39,26 +48,40 @@ import sys
 import time
 from pathlib import Path
 
+_STARTED = time.monotonic()
+
 TASKS = {
     "a5": dict(world="a5", world_options={}, train=dict(lr=3e-3)),
     "pathstar": dict(world="pathstar", world_options={"degree": 2, "length": 4, "nodes": 50}, train=dict(lr=1e-3)),
 }
+
+#: what each scale trains (the flags override): cpu = the laptop table, gpu = the paper's scale
+SCALES = {"cpu": dict(preset="tiny", steps=1500, seeds=3, n_seqs=512),
+          "gpu": dict(preset="small", steps=20000, seeds=3, n_seqs=2048)}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--task", choices=tuple(TASKS), required=True)
     p.add_argument("--objectives", default="gpt,nextlat,mtp", help="comma-separated objectives (default all three)")
-    p.add_argument("--seeds", type=int, default=3, help="training seeds 0..N-1 per objective")
-    p.add_argument("--steps", type=int, default=1500, help="training steps per run")
-    p.add_argument("--preset", default="tiny", choices=("tiny", "mini", "small", "base"))
+    p.add_argument("--scale", choices=tuple(SCALES), default="cpu",
+                   help="cpu: tiny, 1,500 steps; gpu: small, 20,000 steps, 2,048 evaluation sequences (in "
+                        "--time-limit chunks)")
+    p.add_argument("--seeds", type=int, default=None, help="training seeds 0..N-1 per objective (default 3)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the scale's)")
+    p.add_argument("--preset", default=None, choices=("tiny", "mini", "small", "base"),
+                   help="model size (default: the scale's; mini is the cheaper GPU option)")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly before this many minutes (counted from the command's start) with resumable "
+                        "checkpoints and exit with code 75; the same command continues")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=None, help="peak learning rate (default: a5 3e-3, pathstar 1e-3)")
     p.add_argument("--horizon", type=int, default=1, help="NextLat's roll-out depth and MTP's extra heads")
     p.add_argument("--lengths", default="12,18,24,36", help="A5 evaluation lengths")
     p.add_argument("--degree", type=int, default=None, help="pathstar: arms (default 2)")
     p.add_argument("--arm-length", type=int, default=None, help="pathstar: nodes per arm (default 4)")
-    p.add_argument("--n-seqs", type=int, default=512, help="evaluation words per length (A5) or graphs (pathstar)")
+    p.add_argument("--n-seqs", type=int, default=None, help="evaluation words per length (A5) or graphs (pathstar); "
+                   "default: the scale's")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", type=Path, default=None, help="output folder (default runs/analyses/{task})")
@@ -74,8 +97,20 @@ def main(argv: list[str] | None = None) -> int:
     bad = [o for o in objectives if o not in OBJECTIVES]
     if bad or not objectives:
         raise UsageError(f"--objectives: unknown {', '.join(bad) or '(none)'}; choose from {', '.join(OBJECTIVES)}")
+    for key, value in SCALES[args.scale].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.seeds < 1 or args.steps < 1 or args.n_seqs < 1:
         raise UsageError("--seeds, --steps and --n-seqs must be positive")
+    limit = None
+    if args.time_limit is not None:
+        import math
+
+        if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+            raise UsageError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+        from nextlat_probe.training.trainer import TimeLimit
+
+        limit = TimeLimit(60.0 * args.time_limit, start=_STARTED)
     task = TASKS[args.task]
     opts = dict(task["world_options"])
     if args.degree is not None:
@@ -92,10 +127,21 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.time()
     say = (lambda m: None) if args.no_progress else (lambda m: print(f"[{args.task}] {m}", file=sys.stderr, flush=True))
-    runs = train_pair(task["world"], seeds=range(args.seeds), steps=args.steps, out=out / "runs", objectives=objectives,
-                      world_options=opts, progress=not args.no_progress, log=say, preset=args.preset,
-                      batch_size=args.batch_size, lr=args.lr or task["train"]["lr"], horizon=args.horizon,
-                      device=args.device, eval_every=max(1, args.steps // 5), save_every=args.steps)
+    from nextlat_probe.errors import EXIT_TIME_LIMIT, TimeLimitReached
+
+    # the gpu scale saves every ~5% of a run, so a job killed without warning loses at most that
+    # much (a --time-limit stop saves the step reached); part of the run's identity, so it
+    # depends on the scale alone, never on the limit
+    save_every = args.steps if args.scale == "cpu" else max(1, args.steps // 20)
+    try:
+        runs = train_pair(task["world"], seeds=range(args.seeds), steps=args.steps, out=out / "runs",
+                          objectives=objectives, world_options=opts, progress=not args.no_progress, log=say,
+                          preset=args.preset, batch_size=args.batch_size, lr=args.lr or task["train"]["lr"],
+                          horizon=args.horizon, device=args.device, eval_every=max(1, args.steps // 5),
+                          save_every=save_every, time_limit=limit)
+    except TimeLimitReached as exc:
+        print(f"stopped: {exc}")
+        return EXIT_TIME_LIMIT
     t_train = time.time() - t0
     say(f"training done in {t_train:.0f} s; evaluating")
     records = run_taskeval([r.checkpoint for r in runs], lengths=lengths if args.task == "a5" else None,

@@ -255,12 +255,15 @@ def add_world_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--map", type=Path, default=None, help="taxi: edge-list JSON map, or 'manhattan' (the real Manhattan map shipped with the package)")
     g.add_argument("--walk", choices=("random", "shortest", "noisy"), default=None, help="taxi: sequence source")
     g.add_argument("--origin", choices=("visible", "hidden"), default=None, help="taxi: observation mode")
+    g.add_argument("--noise", type=float, default=None,
+                   help="taxi, --walk noisy: probability of a random (still feasible) turn at each intersection "
+                        "(default 0.1)")
     g.add_argument("--min-len", type=int, default=None, help="taxi: shortest walk length")
     g.add_argument("--max-len", type=int, default=None, help="taxi: longest walk length")
     g.add_argument("--map-seed", type=int, default=None, help="taxi: seed of the synthetic map")
     g.add_argument("--holdout", type=float, default=None, metavar="FRACTION",
-                   help="taxi, shortest/noisy walks: hold this fraction of origin/destination pairs out of "
-                        "training (scored later with worldmodel --ood pairs=held_out)")
+                   help="taxi: hold this fraction of origin/destination pairs out of training (any walk; scored "
+                        "later with worldmodel --ood pairs=held_out)")
     g.add_argument("--holdout-seed", type=int, default=None, help="taxi: seed of the held-out pair split (default 0)")
     g.add_argument("--form", choices=("tagging", "interleaved"), default=None,
                    help="a5: tagging (inputs only, every output scored against the running product; the default) "
@@ -276,6 +279,7 @@ WORLD_FLAGS = {
     "map_size": ("map_size", "taxi"), "map": ("map", "taxi"), "walk": ("walk", "taxi"),
     "origin": ("origin", "taxi"), "min_len": ("min_len", "taxi"), "max_len": ("max_len", "taxi"),
     "map_seed": ("seed", "taxi"), "holdout": ("holdout", "taxi"), "holdout_seed": ("holdout_seed", "taxi"),
+    "noise": ("noise", "taxi"),
     "form": ("form", "a5"), "degree": ("degree", "pathstar"), "arm_length": ("length", "pathstar"),
     "nodes": ("nodes", "pathstar"),
 }

@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--n-val", type=int, default=256, help="validation sequences (val.bin)")
     w.add_argument("--seq-len", type=int, default=None, help="tokens per sequence (default: the world's)")
     w.add_argument("--seed", type=int, default=0, help="seed of the draws")
-    w.add_argument("--sampler", choices=("device", "host"), default="device",
-                   help="the world's torch sampler on --device, or its numpy sampler (the reference)")
+    w.add_argument("--sampler", choices=("device", "host"), default=None,
+                   help="the world's torch sampler on --device, or its numpy sampler (the reference); default: "
+                        "device where the world has a device sampler, else host")
     w.add_argument("--device", default="auto", help="device of the torch sampler: auto, cpu, cuda or cuda:N")
     w.add_argument("--out", type=Path, required=True, help="dataset folder (created; refused if it holds one)")
     w.add_argument("--overwrite", action="store_true", help="replace the dataset OUT holds")
@@ -117,6 +118,10 @@ def _write(args: argparse.Namespace) -> int:
     seq_len = args.seq_len or default_seq_len(world)
     if seq_len < 2:
         raise UsageError(f"--seq-len must be at least 2, got {seq_len}")
+    if args.sampler is None:
+        from .training import samplers
+
+        args.sampler = "device" if samplers.supports(world) else "host"
     made = {"command": "write", "world": args.world, "n_seqs": args.n_seqs, "n_val": args.n_val, "seed": args.seed,
             "sampler": args.sampler, "device": device.type if args.sampler == "device" else "cpu"}
     splits = {split: drawn_rows(world, n, seq_len, args.seed, split, args.sampler, device)

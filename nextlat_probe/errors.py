@@ -14,6 +14,10 @@ Kinds::
     ├── CheckpointError     missing, corrupt, foreign, unsafe or inconsistent model file
     ├── AnalysisError       an analysis that cannot run on what it was given
     └── DeviceError         an unknown or unavailable device string
+
+Not an error but a stop: ``TimeLimitReached`` (a sweep or a set of runs stopped by its
+time limit with every finished piece saved); scripts exit with ``EXIT_TIME_LIMIT`` (75,
+EX_TEMPFAIL of sysexits.h: "try again") and the same command continues the work.
 """
 from __future__ import annotations
 
@@ -54,10 +58,21 @@ class CheckpointError(NextLatError):
         return (type(self), (self.path, self.reason))
 
 
+#: exit code of a command stopped by ``--time-limit`` before its work was done; running the
+#: same command again (or ``train --resume``) continues it
+EXIT_TIME_LIMIT = 75
+
+
+class TimeLimitReached(Exception):
+    """Work stopped cleanly by its time limit; everything finished is saved and the same
+    call continues it. Not a ``NextLatError``: nothing was wrong with the input."""
+
+
 def one_line(exc: BaseException) -> str:
     """The first non-empty line of an error's message (its type name when empty)."""
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-__all__ = ["NextLatError", "UsageError", "WorldError", "AnalysisError", "DeviceError", "CheckpointError", "one_line"]
+__all__ = ["NextLatError", "UsageError", "WorldError", "AnalysisError", "DeviceError", "CheckpointError", "one_line",
+           "EXIT_TIME_LIMIT", "TimeLimitReached"]

@@ -124,6 +124,7 @@ def train_pair(
     reuse: bool = True,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    time_limit: Any = None,
     **train_options: Any,
 ) -> list[Run]:
     """Train one run per objective and seed under ``out/{objective}-seed{seed}/``.
@@ -137,9 +138,18 @@ def train_pair(
     interrupted one resumed (exactly, from its last checkpoint) unless ``reuse=False``; a
     run folder holding anything else is moved aside (``.replaced-*``), never deleted.
     Returns the runs in the order (seed, objective).
+
+    ``time_limit`` (a ``training.trainer.TimeLimit``, or seconds from now) bounds the whole
+    call: the run in progress stops cleanly with a resumable checkpoint and
+    ``errors.TimeLimitReached`` is raised; calling again continues (finished runs reused,
+    the stopped one resumed bit for bit).
     """
+    from .errors import TimeLimitReached
     from .training.config import TrainConfig
-    from .training.trainer import train
+    from .training.trainer import TimeLimit, train
+
+    if time_limit is not None and not isinstance(time_limit, TimeLimit):
+        time_limit = TimeLimit(float(time_limit))
 
     seeds = [int(s) for s in seeds]
     if not seeds:
@@ -160,13 +170,19 @@ def train_pair(
             if state == "done":
                 say(f"reusing {folder / 'ckpt.pt'} (finished)")
             else:
+                if time_limit is not None and time_limit.left() <= 0:
+                    raise TimeLimitReached(f"time limit reached before {folder} ({state}); run the same command "
+                                           "again to continue")
                 say(f"{'resuming' if state == 'resume' else 'training'} {obj} on {world}, seed {seed} -> {folder}")
                 # a fresh run moves whatever run the folder held aside (``folder/.replaced-*``)
                 # rather than mixing with it: its kept checkpoints would pollute the trajectory
                 res = train(cfg, folder, resume=folder / "ckpt.pt" if state == "resume" else None, progress=progress,
-                            overwrite=state == "new")
+                            overwrite=state == "new", time_limit=time_limit)
                 if getattr(res, "replaced", None):
                     say(f"moved the run {folder} held before to {res.replaced}")
+                if res.stopped_by_time:
+                    raise TimeLimitReached(f"time limit reached: {folder} stopped at step {res.step} of {steps} "
+                                           "(checkpoint saved); run the same command again to continue")
                 done = {"step": res.step, "val_loss": res.val_loss, "val_floor": res.val_floor}
             runs.append(Run(obj, seed, folder, folder / "ckpt.pt", int(done["step"]),
                             float(done.get("val_loss", math.nan)), float(done.get("val_floor", math.nan))))

@@ -4,6 +4,7 @@
         --steps 1500,6000 --lambda-h 1 --lambda-kl 0,1 --seeds 3 --out runs/sweep --workers 2
     python -m nextlat_probe.sweep ... --dry-run        # the grid: which runs are done / partial / new
     python -m nextlat_probe.sweep --cell tiny:1500 --cell tiny:6000 --cell mini:1500 ...  # cells, not a product
+    python -m nextlat_probe.sweep ... --time-limit 55  # stop cleanly before 55 minutes (exit 75); rerun to go on
 
 Grid, reuse, resume, caching and parallelism: ``nextlat_probe.sweeps``. Finished runs are
 reused, interrupted ones resumed, and every checkpoint's evaluation is cached beside it,
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score the world-model metrics out of distribution (taxi): 'longer' or key=value "
                         "trip settings such as walk=shortest (see worldmodel --ood); repeatable; columns "
                         "METRIC@ood:SETTING in sweep.csv and the beats table")
+    e.add_argument("--mapping", action="store_true", help="also rebuild the street map from each checkpoint's "
+                   "sampled trips (taxi; edge precision / recall, invented streets)")
+    e.add_argument("--n-trips", type=int, default=500, help="trips sampled for --mapping")
     e.add_argument("--gap-threshold", type=float, default=0.05, help="flag a comparison where a model's mean gap "
                    "to the exact floor exceeds this (nats/token)")
     e.add_argument("--gap-ratio", type=float, default=1.5, help="... or where one gap is more than this many "
@@ -106,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also log every run it trains to tensorboard and/or wandb (runs grouped as one sweep); "
                         "repeatable or a comma list")
     x.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
+    x.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly before this many minutes (runs stop with resumable checkpoints) and exit with "
+                        "code 75; the same command continues")
     x.add_argument("--dry-run", action="store_true", help="print the grid (which runs are done, partial or new) "
                    "and stop")
     x.add_argument("--no-figures", action="store_true", help="skip sweep.html / sweep.pdf / sweep.png")
@@ -175,7 +182,8 @@ def config_from_args(args: argparse.Namespace):
                        keep=args.keep, workers=args.workers, device=args.device, train_options=train_options,
                        n_seqs=args.n_seqs, n_pairs=args.n_pairs, eval_seed=args.eval_seed, probe=not args.no_probe,
                        worldmodel=not args.no_worldmodel, ood=tuple(args.ood), cells=tuple(args.cell),
-                       log=tuple(args.log), launcher=args.launcher, slurm=slurm_from_args(args))
+                       log=tuple(args.log), launcher=args.launcher, slurm=slurm_from_args(args),
+                       mapping=args.mapping, n_trips=args.n_trips)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,7 +198,15 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.launcher == "local" or args.slurm_executor == "local":
         resolve_device_arg(args.device)  # an unknown device fails before any training (a cluster's: in its jobs)
-    records = run_sweep(cfg, progress=progress_enabled(args))
+    if args.time_limit is not None and args.launcher == "slurm":
+        raise UsageError("--time-limit applies to local sweeps; a Slurm job's time is its own (--slurm-time)")
+    from .errors import EXIT_TIME_LIMIT, TimeLimitReached
+
+    try:
+        records = run_sweep(cfg, progress=progress_enabled(args), deadline=deadline_of(args.time_limit))
+    except TimeLimitReached as exc:
+        print(f"stopped: {exc}")
+        return EXIT_TIME_LIMIT
     written = write_sweep_outputs(cfg, records, sweep_runs(cfg), Path(cfg.out), figures=not args.no_figures,
                             gap_threshold=args.gap_threshold, gap_ratio=args.gap_ratio)
     print(report_text(cfg, records, written["beats"], written["rows"]))
@@ -201,6 +217,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nAt matched validation loss. {MATCHED_NOTE}\n\n{beats_text(written['beats_matched'])}")
     print("wrote " + ", ".join(str(p) for p in written["paths"]))
     return 0
+
+
+_STARTED = __import__("time").time()
+
+
+def deadline_of(minutes: float | None) -> float | None:
+    """``time.time()`` at which ``--time-limit MINUTES`` (counted from the command's start)
+    runs out; None without a limit."""
+    import math
+
+    if minutes is None:
+        return None
+    if not (math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"--time-limit must be a positive number of minutes, got {minutes}")
+    return _STARTED + 60.0 * float(minutes)
 
 
 # --------------------------------------------------------------------------------------

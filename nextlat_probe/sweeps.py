@@ -19,7 +19,10 @@ kept checkpoint is the final one: ``keep`` points per run, else ``keep + 1``):
 - ``worldmodel`` (taxi worlds with visible origins): valid trajectories, detour robustness
   (random detours, p = 0.75) and compression (``compare.run_worldmodel``, protocol
   vafa2024) on ``n_pairs`` held-out trips (default 100, below run_worldmodel's 200: about
-  10-15 s per tiny checkpoint on one core instead of about 40).
+  10-15 s per tiny checkpoint on one core instead of about 40);
+- ``mapping`` (with ``mapping=True``, same worlds): the map rebuilt from ``n_trips`` sampled
+  trips (edge precision and recall, invented and missed streets) and the node-state
+  embeddings (``compare.run_mapping``).
 
 Reuse and resume. A run whose ``ckpt.pt`` is at its final step, with the same training
 configuration, is not trained again; one interrupted partway resumes exactly from its
@@ -104,11 +107,14 @@ class Metric:
 #: the sweep's metrics, in table order
 METRICS = (
     Metric("val_loss", "training", "lower", "validation loss (nats/token)"),
+    Metric("next_token", "worldmodel", "higher", "next-token validity"),
     Metric("effective_rank", "rank", "lower", "effective rank, last block", "more compact"),
     Metric("r2", "probe", "higher", "belief probe R², last block (held out)"),
     Metric("trajectory_valid", "worldmodel", "higher", "valid trajectories"),
     Metric(f"detour_random@{DETOUR_PROB:g}", "worldmodel", "higher", f"detour robustness (random, p = {DETOUR_PROB:g})"),
     Metric("compression", "worldmodel", "higher", "compression"),
+    Metric("edge_precision", "mapping", "higher", "map from behaviour: edge precision", "fewer invented streets"),
+    Metric("edge_recall", "mapping", "higher", "map from behaviour: edge recall"),
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
 
@@ -185,6 +191,12 @@ class SweepConfig:
     #: evaluate the world-model metrics (taxi worlds with visible origins)
     worldmodel: bool = True
     #: explicit grid cells instead of the presets x steps product, each
+    #: rebuild the map from each checkpoint's sampled trips (taxi worlds with visible origins;
+    #: ``compare.run_mapping``, protocol vafa2024, ``n_trips`` trips) and embed its node states
+    mapping: bool = False
+    #: trips sampled for the map reconstruction (run_mapping's default is 1000)
+    n_trips: int = 500
+    #: explicit grid cells instead of the presets x steps product, each
     #: ``PRESET:STEPS[:lambda_h=V/V...][:lambda_kl=V/V...]`` (lambdas not given: the sweep's
     #: lists); e.g. ``("tiny:1500", "tiny:6000", "mini:1500:lambda_kl=0")`` runs mini only
     #: where it fits. Empty: every preset x every steps value
@@ -240,7 +252,7 @@ class SweepConfig:
                 if not (math.isfinite(v) and v >= 0):
                     raise UsageError(f"--{flag}: {v!r} must be a finite number >= 0")
         positive = {"steps": min(self.steps), "seeds": self.seeds, "keep": self.keep, "workers": self.workers,
-                    "n-seqs": self.n_seqs, "n-pairs": self.n_pairs}
+                    "n-seqs": self.n_seqs, "n-pairs": self.n_pairs, "n-trips": self.n_trips}
         for flag, v in positive.items():
             if not (isinstance(v, int) and v >= 1):
                 raise UsageError(f"--{flag} must be a positive integer, got {v!r}")
@@ -304,7 +316,8 @@ class SweepConfig:
         return {"version": EVAL_VERSION, "layers": "last", "n_seqs": self.n_seqs, "n_test": probe_n_test(self.n_seqs),
                 "seed": self.eval_seed, "probe": self.probe, "worldmodel": self.worldmodel,
                 "n_pairs": self.n_pairs, "detour_probs": [DETOUR_PROB],
-                **({"ood": list(self.ood)} if self.ood else {})}
+                **({"ood": list(self.ood)} if self.ood else {}),
+                **({"mapping": {"n_trips": self.n_trips}} if self.mapping else {})}
 
 
 def parse_cell(text: str, cfg: "SweepConfig") -> tuple[str, int, tuple[float, ...], tuple[float, ...]]:
@@ -611,7 +624,7 @@ def evaluate_checkpoint(ckpt: Path, spec: RunSpec, cfg: SweepConfig, progress: b
     """Evaluate one checkpoint (rank, probe, world-model metrics as ``cfg`` says), write its
     cache and return it (``{"context", "records", ...}``)."""
     from .checkpoint import load_checkpoint
-    from .compare import Inputs, run_probe, run_rank, run_worldmodel
+    from .compare import Inputs, run_mapping, run_probe, run_rank, run_worldmodel
     from .compare.probe import MAX_BELIEF_DIM
     from .models.transformer import resolve_device
 
@@ -624,9 +637,13 @@ def evaluate_checkpoint(ckpt: Path, spec: RunSpec, cfg: SweepConfig, progress: b
     if cfg.probe and ck.world.n_states <= MAX_BELIEF_DIM:
         records += run_probe(None, inputs=inputs, layers="last", n_test=settings["n_test"], classifier=False,
                              seed=cfg.eval_seed, device=device)
-    if cfg.worldmodel and getattr(ck.world, "name", None) == "taxi" and getattr(ck.world, "origin", "visible") == "visible":
+    taxi = getattr(ck.world, "name", None) == "taxi" and getattr(ck.world, "origin", "visible") == "visible"
+    if cfg.worldmodel and taxi:
         records += run_worldmodel([ck], n_pairs=cfg.n_pairs, detour_probs=(DETOUR_PROB,), seed=cfg.eval_seed,
                                   ood=cfg.ood, device=device)
+    if cfg.mapping and taxi:
+        records += run_mapping(None, inputs=inputs, n_trips=cfg.n_trips, layers="last", seed=cfg.eval_seed,
+                               device=device)
     n_params = sum(int(p.numel()) for p in ck.model.parameters())
     n_p_psi = None if ck.dynamics is None else sum(int(p.numel()) for p in ck.dynamics.parameters())
     context = {**spec.to_dict(), "step": int(ck.step), "n_params": n_params, "n_params_p_psi": n_p_psi,
@@ -643,17 +660,32 @@ def _stderr(msg: str) -> None:
 
 
 def process_run(cfg: SweepConfig, spec: RunSpec, progress: bool = False,
-                log: Callable[[str], None] | None = None) -> dict[str, Any]:
+                log: Callable[[str], None] | None = None, deadline: float | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse) one run, then evaluate every checkpoint without a valid
-    cache. Returns ``{"name", "state", "trained", "evaluated", "checkpoints"}``."""
+    cache. Returns ``{"name", "state", "trained", "evaluated", "checkpoints", "stopped"}``.
+
+    ``deadline`` (``time.time()`` seconds): stop cleanly before it. Training stops with a
+    resumable checkpoint (``trainer.TimeLimit``); a checkpoint is evaluated only while the
+    time left exceeds 1.5 times the previous evaluation's. ``stopped`` is then True and the
+    same call later continues where this one stopped."""
+    import time
+
     from .training import trainer
 
     say = log or (lambda msg: None)
+    out = {"name": spec.name, "state": "", "trained": False, "evaluated": 0, "checkpoints": 0, "stopped": False}
+
+    def left() -> float:
+        return math.inf if deadline is None else deadline - time.time()
+
+    if left() <= 0:
+        return {**out, "stopped": True}
     state = run_state(cfg, spec)
+    out["state"] = state.kind
     folder = spec.path(cfg.out)
     if state.kind == "conflict":
         raise UsageError(state.reason)
-    trained = state.kind != "done"
+    out["trained"] = state.kind != "done"
     final_step = state.step
     if state.kind == "done":
         say(f"reusing {spec.folder} (finished, step {state.step})")
@@ -662,20 +694,31 @@ def process_run(cfg: SweepConfig, spec: RunSpec, progress: bool = False,
             say(f"resuming {spec.folder} from {Path(state.resume_from).name} (step {state.step}/{spec.steps})")
         else:
             say(f"training {spec.folder} ({spec.steps} steps)")
+        limit = None if deadline is None else trainer.TimeLimit(max(left(), 1e-3))
         res = trainer.train(spec.train_config(cfg), folder, resume=state.resume_from, progress=progress,
                             overwrite=state.kind == "new" and state.leftovers, tracking=cfg.log,
-                            tracking_group=sweep_group(cfg) if cfg.log else None)
+                            tracking_group=sweep_group(cfg) if cfg.log else None, time_limit=limit)
+        if res.stopped_by_time:
+            say(f"time limit: {spec.folder} stopped at step {res.step}/{spec.steps} (resumes on the next call)")
+            return {**out, "stopped": True}
         final_step = int(res.step)
     ckpts = run_checkpoints(folder, final_step)
+    out["checkpoints"] = len(ckpts)
     settings = cfg.eval_settings()
     todo = [(s, p) for s, p in ckpts if read_cache(p, settings) is None]
     if todo:
         say(f"evaluating {spec.folder}: {len(todo)} of {len(ckpts)} checkpoint(s) (steps "
             f"{', '.join(str(s) for s, _ in todo)})")
+    last = 0.0
     for _, p in todo:
+        if left() <= 1.5 * last:
+            say(f"time limit: {spec.folder} has {len(todo) - out['evaluated']} checkpoint(s) left to evaluate")
+            return {**out, "stopped": True}
+        t0 = time.time()
         evaluate_checkpoint(p, spec, cfg)
-    return {"name": spec.name, "state": state.kind, "trained": trained, "evaluated": len(todo),
-            "checkpoints": len(ckpts)}
+        last = time.time() - t0
+        out["evaluated"] += 1
+    return out
 
 
 def sweep_group(cfg: SweepConfig) -> str:
@@ -699,13 +742,14 @@ def _worker_init(threads: int, limit_settings: dict[str, Any] | None = None) -> 
     torch.set_num_threads(threads)
 
 
-def _worker_task(cfg_dict: dict[str, Any], spec_dict: dict[str, Any]) -> dict[str, Any]:
+def _worker_task(cfg_dict: dict[str, Any], spec_dict: dict[str, Any], deadline: float | None = None) -> dict[str, Any]:
     cfg = SweepConfig.from_dict(cfg_dict)
     spec = RunSpec(**{k: v for k, v in spec_dict.items() if k != "name"})
-    return process_run(cfg, spec, progress=False, log=lambda msg: _stderr(f"[{spec.name}] {msg}"))
+    return process_run(cfg, spec, progress=False, log=lambda msg: _stderr(f"[{spec.name}] {msg}"), deadline=deadline)
 
 
-def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], None] | None = None,
+              deadline: float | None = None) -> list[dict[str, Any]]:
     """Train, resume or reuse every run of the grid and evaluate every kept checkpoint and
     the final one; returns their records (``nextlat_probe.records`` shape, named after the
     runs, one ``step`` per checkpoint), in grid order then by step.
@@ -714,7 +758,11 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], Non
     is trained. The first error (a diverged run, say) stops it too; all finished work is
     kept, and a rerun continues from there. ``progress``: a line (or bar) per finished run
     and, with one worker, the trainer's own progress; ``log`` receives one line per step
-    of work (default: stderr when ``progress``, else nothing)."""
+    of work (default: stderr when ``progress``, else nothing).
+
+    ``deadline`` (``time.time()`` seconds; ``--time-limit``): every run stops cleanly
+    before it (``process_run``); when some work is left, ``errors.TimeLimitReached`` is
+    raised after everything finished has been saved, and the same call continues."""
     from .progress import progress as progress_bar
 
     say = log or (_stderr if progress else (lambda msg: None))
@@ -728,6 +776,7 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], Non
         f"{len(todo)} need training or evaluation" + (f", {cfg.workers} workers x {threads_per_worker(cfg.workers)} "
                                                       f"threads" if cfg.workers > 1 and todo else ""))
     bar = progress_bar(total=len(todo), desc="sweep", disable=not progress or not todo)
+    stopped: list[str] = []
     try:
         if cfg.launcher == "slurm" and todo:
             from .cluster import run_jobs
@@ -735,17 +784,28 @@ def run_sweep(cfg: SweepConfig, progress: bool = False, log: Callable[[str], Non
             run_jobs(cfg, todo, bar, say)
         elif cfg.workers == 1 or len(todo) <= 1:
             for spec in todo:
-                res = process_run(cfg, spec, progress=progress, log=say)
+                res = process_run(cfg, spec, progress=progress, log=say, deadline=deadline)
+                if res["stopped"]:
+                    stopped.append(spec.name)
+                    break
                 bar.set_postfix_str(res["name"])
                 bar.update(1)
         else:
-            _run_parallel(cfg, todo, bar, say)
+            stopped = _run_parallel(cfg, todo, bar, say, deadline)
     finally:
         bar.close()
+    if stopped:
+        from .errors import TimeLimitReached
+
+        left = sum(not (st.kind == "done" and st.evaluated == st.checkpoints) for _, st in plan(cfg))
+        raise TimeLimitReached(f"time limit reached with {left} of {len(planned)} runs still to train or evaluate "
+                               f"(every finished step is saved); run the same command again to continue")
     return collect_records(cfg)
 
 
-def _run_parallel(cfg: SweepConfig, todo: list[RunSpec], bar: Any, say: Callable[[str], None]) -> None:
+def _run_parallel(cfg: SweepConfig, todo: list[RunSpec], bar: Any, say: Callable[[str], None],
+                  deadline: float | None = None) -> list[str]:
+    """Run ``todo`` in ``cfg.workers`` processes; the names of the runs a deadline stopped."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 
@@ -755,8 +815,9 @@ def _run_parallel(cfg: SweepConfig, todo: list[RunSpec], bar: Any, say: Callable
 
     with ProcessPoolExecutor(max_workers=min(cfg.workers, len(todo)), mp_context=ctx, initializer=_worker_init,
                              initargs=(threads, limits.settings())) as pool:
-        futures = {pool.submit(_worker_task, cfg.to_dict(), spec.to_dict()): spec for spec in todo}
+        futures = {pool.submit(_worker_task, cfg.to_dict(), spec.to_dict(), deadline): spec for spec in todo}
         pending = set(futures)
+        stopped: list[str] = []
         while pending:
             done, pending = wait(pending, return_when=FIRST_EXCEPTION)
             for f in done:
@@ -766,10 +827,14 @@ def _run_parallel(cfg: SweepConfig, todo: list[RunSpec], bar: Any, say: Callable
                         p.cancel()
                     raise exc
                 res = f.result()
+                if res["stopped"]:
+                    stopped.append(res["name"])
+                    continue
                 say(f"finished {futures[f].folder} ({'trained' if res['trained'] else 'reused'}, "
                     f"{res['evaluated']} evaluated)")
                 bar.set_postfix_str(res["name"])
                 bar.update(1)
+    return stopped
 
 
 def collect_records(cfg: SweepConfig) -> list[dict[str, Any]]:
@@ -889,6 +954,8 @@ def sweep_table(records: Iterable[Mapping[str, Any]], runs: Mapping[str, Mapping
             if (f"@ood:{setting}" if setting else "") != ood:
                 continue  # in-distribution columns take in-distribution records, each ood its own
             v = (r.get("metrics") or {}).get(base_key)
+            if v is None:
+                continue  # another variant of the analysis (a map's embedding) does not overwrite it
             if is_rate(v):
                 row.update({m: v["value"], f"{m}_low": v["low"], f"{m}_high": v["high"], f"{m}_n": v["n"]})
             else:
@@ -950,21 +1017,26 @@ def convergence_flag(gaps: Sequence[float], threshold: float = 0.05, ratio: floa
 BEATS_AT = ("final", "matched_loss")
 
 
-def matched_pair(chall: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The rows of two runs (all their evaluated checkpoints) compared at matched
-    validation loss: the target is the larger of the two runs' best validation losses (the
-    lowest loss both reach), and each run contributes its first checkpoint (by step) at or
-    below it, the rule of ``analysis.losses.matched_loss_comparison``. None when a run has
-    no finite validation loss."""
+def matched_set(*runs: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]] | None:
+    """The rows of several runs (all their evaluated checkpoints) compared at matched
+    validation loss: the target is the largest of the runs' best validation losses (the
+    lowest loss every run reaches), and each run contributes its first checkpoint (by step)
+    at or below it, the rule of ``analysis.losses.matched_loss_comparison``. None when a run
+    has no finite validation loss."""
     def usable(rs):
         return sorted((dict(r) for r in rs if math.isfinite(_float(r.get("val_loss")))), key=lambda r: r["step"])
 
-    c, b = usable(chall), usable(base)
-    if not c or not b:
+    kept = [usable(rs) for rs in runs]
+    if not kept or not all(kept):
         return None
-    target = max(min(_float(r["val_loss"]) for r in c), min(_float(r["val_loss"]) for r in b))
-    pick = [next(r for r in rs if _float(r["val_loss"]) <= target + 1e-12) for rs in (c, b)]
-    return pick[0], pick[1]
+    target = max(min(_float(r["val_loss"]) for r in rs) for rs in kept)
+    return [next(r for r in rs if _float(r["val_loss"]) <= target + 1e-12) for rs in kept]
+
+
+def matched_pair(chall: Sequence[Mapping[str, Any]], base: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    """``matched_set`` of two runs, as a pair."""
+    pick = matched_set(chall, base)
+    return None if pick is None else (pick[0], pick[1])
 
 
 def beats_table(rows: Iterable[Mapping[str, Any]], metrics: Sequence[str] | None = None, challenger: str = "nextlat",
@@ -1086,7 +1158,7 @@ def compute_series(rows: Iterable[Mapping[str, Any]], metric: str) -> list[dict[
 
 __all__ = ["ood_suffix", "ood_metric_keys", "metrics_of", "SweepConfig", "RunSpec", "RunState", "Metric", "METRICS", "METRIC_KEYS", "LAMBDA_OBJECTIVES",
            "NOT_CONVERGED", "grid", "run_name", "world_label", "parse_world", "plan", "run_state", "run_checkpoints",
-           "kept_checkpoints", "matched_pair", "BEATS_AT", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
+           "kept_checkpoints", "matched_pair", "matched_set", "BEATS_AT", "cache_path", "read_cache", "evaluate_checkpoint", "process_run", "run_sweep",
            "collect", "collect_records", "sweep_runs", "sweep_table", "sweep_columns", "final_rows", "beats_table",
            "paired_interval", "convergence_flag", "compute_series", "threads_per_worker", "available_cores",
            "metric_info", "probe_n_test", "sweep_group", "LAUNCHERS"]

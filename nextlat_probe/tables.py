@@ -396,16 +396,17 @@ def beats_html(beats: list[dict[str, Any]]) -> str:
     return "".join(parts)
 
 
-def sweep_context_text(cfg, records: list[dict[str, Any]], at: str = "final") -> str:
+def sweep_context_text(cfg, records: list[dict[str, Any]], at: str = "final", challenger: str = "NextLat") -> str:
     """What every number is: where the metrics come from and with which settings (each
-    record's full protocol and parameters are in records.jsonl; sweep.csv names them)."""
+    record's full protocol and parameters are in records.jsonl; sweep.csv names them);
+    ``challenger`` names the objective the beats table compares with GPT."""
     from .sweeps import probe_n_test
 
     analyses = {r["analysis"] for r in records}
     where = ("each run's final checkpoint" if at == "final" else
              "matched validation loss (per seed, each model's first kept checkpoint at or below the larger of the "
              "two models' best validation losses; the steps used are listed)")
-    parts = [f"World {cfg.world}; {cfg.seeds} seed(s) per setting. Beats table: NextLat minus GPT at {where}, "
+    parts = [f"World {cfg.world}; {cfg.seeds} seed(s) per setting. Beats table: {challenger} minus GPT at {where}, "
              "paired by seed, mean with a 95% Student t interval (n - 1 degrees of freedom)."]
     ev = [f"effective rank of the last block (uncentred, protocol training_length) on {cfg.n_seqs} sequences"]
     if "probe" in analyses:
@@ -414,9 +415,13 @@ def sweep_context_text(cfg, records: list[dict[str, Any]], at: str = "final") ->
     if "worldmodel" in analyses:
         ev.append(f"world-model metrics on {cfg.n_pairs} held-out trips (--n-pairs; run_worldmodel's default is "
                   "200), protocol vafa2024, random detours at p = 0.75")
+    if "mapping" in analyses:
+        ev.append(f"the map rebuilt from {getattr(cfg, 'n_trips', '?')} sampled trips (protocol vafa2024: edge "
+                  "precision and recall)")
     parts.append("Evaluated: " + "; ".join(ev) + f"; evaluation seed {cfg.eval_seed}.")
     parts.append("Lower is better for the validation loss and the effective rank (more compact); higher for the "
-                 "probe R², valid trajectories, detour robustness and compression. A flagged row compares models "
+                 "probe R², next-token validity, valid trajectories, detour robustness, compression and the map's edge "
+                 "precision and recall. A flagged row compares models "
                  "at different distances from the exact floor: compare them at matched loss (e.g. "
                  "experiments.matched_rank) before reading a difference as an effect of the objective.")
     return " ".join(parts)

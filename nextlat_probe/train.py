@@ -5,6 +5,13 @@
     python -m nextlat_probe.train --resume runs/taxi-nextlat/ckpt.pt --steps 2000
     python -m nextlat_probe.train --world a5 --objective nextlat --out runs/a5-nextlat
     torchrun --standalone --nproc_per_node 2 -m nextlat_probe.train --world taxi --out runs/taxi-ddp
+    python -m nextlat_probe.train --world taxi --map manhattan --preset small --steps 20000 --time-limit 55 --out runs/big
+    python -m nextlat_probe.train --resume runs/big/ckpt.pt --time-limit 55     # the next chunk
+
+``--time-limit MINUTES`` stops the run cleanly before that many minutes (counted from the
+start of the command) with a checkpoint of the step reached, prints how to continue, and
+exits with code 75 (``EXIT_TIME_LIMIT``, EX_TEMPFAIL); a run that reaches its last step exits
+0 as usual. Resuming continues bit for bit, so one run can span several time-limited jobs.
 
 Options left unset take the world's defaults: tagging A5 (``--world a5``) trains at length
 12 in a context of 64 with the positions of ``worlds.a5.POSITIONAL_TAGGING`` and, for
@@ -19,11 +26,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 from .cli import WORLD_FLAGS, ArgumentParser, UsageError, add_limit_args, add_world_args, run_main
 from .cli import world_flag_value as _flag_value
 from .cli import world_spec as _world_spec
+
+#: when this command started (``--time-limit`` counts from here, imports included)
+_STARTED = time.monotonic()
 
 WORLDS = ("mess3", "rrxor", "z1r", "taxi", "a5", "pathstar")
 #: ``models.objective.OBJECTIVES`` (not imported here: nothing heavy before ``main``)
@@ -91,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also show the run in tensorboard (event files in OUT/tensorboard/) and/or wandb (Weights & "
                         "Biases: online only if you configured W&B, else offline into OUT/wandb/); repeatable or a "
                         "comma list. The trackers show the rows of metrics.jsonl, which stays the record")
+    p.add_argument("--time-limit", type=float, default=None, metavar="MINUTES",
+                   help="stop cleanly before this many minutes (fractions allowed; counted from the command's start) "
+                        "with a resumable checkpoint, and exit with code 75; resume with --resume OUT/ckpt.pt")
     p.add_argument("--compile", nargs="?", const="auto", default=None,
                    choices=("auto", "default", "reduce-overhead", "max-autotune"), metavar="MODE",
                    help="torch.compile a step's forward pass and losses (the hook-free forward) as one graph; MODE: "
@@ -175,6 +189,15 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     from .training.config import TrainConfig
     from .training.trainer import TrainingDiverged, train
 
+    limit = None
+    if args.time_limit is not None:
+        import math
+
+        from .training.trainer import TimeLimit
+
+        if not (math.isfinite(args.time_limit) and args.time_limit > 0):
+            raise UsageError(f"--time-limit must be a positive number of minutes, got {args.time_limit}")
+        limit = TimeLimit(60.0 * args.time_limit, start=_STARTED)
     resolve_device(args.device)  # an unknown or missing device fails before anything is read
     from .training.tracking import parse_trackers
 
@@ -226,7 +249,8 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
             raise UsageError(str(exc)) from None
     try:
         res = train(cfg, out_dir=out, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
-                    compile=args.compile, prefetch=args.prefetch, tracking=tracking)
+                    compile=args.compile, prefetch=args.prefetch, tracking=tracking,
+                    time_limit=limit)
     except TrainingDiverged:
         raise  # main prints it (exit 3)
     except ValueError as exc:  # e.g. a world option the world rejects
@@ -250,6 +274,13 @@ def _main(args: argparse.Namespace, given: set[str], quiet: bool = False) -> int
     else:
         floor = "no exact floor (imported trips: their generating process is unknown)"
     print(f"wrote {res.checkpoint} (step {res.step}); val loss {res.val_loss:.4f} nats, {floor}")
+    if res.stopped_by_time:
+        from .errors import EXIT_TIME_LIMIT
+
+        print(f"stopped by --time-limit {args.time_limit:g} at step {res.step} of {res.total_steps}; continue with: "
+              f"python -m nextlat_probe.train --resume {res.checkpoint} --time-limit MINUTES", flush=True)
+        print(f"time limit reached at step {res.step} of {res.total_steps}; exit code {EXIT_TIME_LIMIT}", file=sys.stderr)
+        return EXIT_TIME_LIMIT
     return 0
 
 

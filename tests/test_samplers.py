@@ -159,6 +159,28 @@ def test_worlds_a_sampler_does_not_know_fall_back_to_the_host():
     assert samplers.supports(make_world("z1r"))
 
 
+def test_random_walks_with_held_out_pairs_are_drawn_by_the_host_reference(tmp_path):
+    """Random walks conditioned on the pair split have no device sampler: the default falls
+    back to the host one (the conditioned reference), and asking for the device is refused."""
+    from nextlat_probe.errors import UsageError
+    from nextlat_probe.training.config import TrainConfig
+    from nextlat_probe.training.trainer import train
+
+    world = make_world("taxi", map_size=4, walk="random", holdout=0.3)
+    assert not samplers.supports(world) and samplers.sampler_for(world, world.default_length, "cpu") is None
+    assert samplers.supports(make_world("taxi", map_size=4, walk="shortest", holdout=0.3))
+    with pytest.raises(UsageError, match="held-out pairs"):
+        DeviceBatches(world, 4, world.default_length, 0, torch.device("cpu"))
+    cfg = TrainConfig(world="taxi", world_options={"map_size": 4, "walk": "random", "holdout": 0.3},
+                      objective="gpt", steps=2, batch_size=4, eval_every=2, save_every=2, n_val=8, device="cpu",
+                      warmup_steps=1)
+    res = train(cfg, out_dir=tmp_path / "run", progress=False)
+    state = torch.load(res.checkpoint, weights_only=True)
+    assert state["train_config"]["sampler_used"] == "host"
+    rows = world.sample(4, world.default_length, seed=0).tokens  # the host draws respect the split
+    assert not world.is_held_out(rows[:, 0], rows[:, 1]).any()
+
+
 def test_device_batches_are_a_function_of_seed_and_step():
     """Chunked draws: any order of steps, any instance, the same batch for a step; steps
     (and chunks) differ from each other."""

@@ -105,7 +105,7 @@ def test_each_side_refuses_the_others_trips_and_round_trips():
 
 
 @pytest.mark.parametrize("kw, match", [
-    ({"walk": "random", "holdout": 0.1}, "shortest or noisy"),
+    ({"walk": "random", "holdout": 0.995, "min_len": 1, "max_len": 2}, "no train destination"),
     ({"walk": "shortest", "holdout": 1.0}, r"\[0, 1\)"),
     ({"walk": "shortest", "pairs": "held_out"}, "holdout > 0"),
     ({"walk": "shortest", "holdout": 0.1, "pairs": "test"}, "train or held_out"),

@@ -123,8 +123,8 @@ class DeviceBatches:
                  chunk: int | None = None) -> None:
         sampler = samplers.sampler_for(world, seq_len, device)
         if sampler is None:
-            raise UsageError(f"the {world.name} world has no device sampler (a World subclass of its own); "
-                             "use sampler='host'")
+            why = samplers.unsupported(world) or "a World subclass of its own"
+            raise UsageError(f"the {world.name} world has no device sampler ({why}); use sampler='host' (--sampler host)")
         self.world, self.sampler, self.batch_size, self.seed, self.device = world, sampler, batch_size, seed, device
         self.chunk = int(chunk) if chunk else default_chunk(batch_size, seq_len)
         if self.chunk < 1:

@@ -229,7 +229,8 @@ def drawn_rows(world: World, n: int, seq_len: int, seed: int, split: str, sample
     dev = torch.device(device)
     drawer = samplers.sampler_for(world, seq_len, dev) if sampler == "device" else None
     if sampler == "device" and drawer is None:
-        raise UsageError(f"the {world.name} world has no device sampler; use --sampler host")
+        why = samplers.unsupported(world) or "a World subclass of its own"
+        raise UsageError(f"the {world.name} world has no device sampler ({why}); use --sampler host")
     gen = torch.Generator(device=dev) if drawer is not None else None
     for k, lo in enumerate(range(0, n, _DRAW_ROWS)):
         m = min(_DRAW_ROWS, n - lo)

@@ -260,12 +260,24 @@ _METHODS = ("sample", "target_mask", "position_mask", "output_targets")
 
 def supports(world: World) -> bool:
     """Whether ``world`` has a device sampler (``sampler_for``), without building one."""
-    return any(isinstance(world, cls) and _own(world, cls, _METHODS) for cls, _ in _SAMPLERS)
+    return any(isinstance(world, cls) and _own(world, cls, _METHODS) for cls, _ in _SAMPLERS) and \
+        unsupported(world) is None
+
+
+def unsupported(world: World) -> str | None:
+    """What in a world of a known class has no device sampler (None: everything has one).
+    Random walks conditioned on a held-out pair split are drawn by the reference sampler's
+    backward recursion (``Taxi._sample_random_split``), which stays on the host."""
+    if isinstance(world, Taxi) and world.walk == "random" and world.holdout > 0:
+        return "taxi random walks with held-out pairs (holdout > 0)"
+    return None
 
 
 def sampler_for(world: World, length: int, device: torch.device | str) -> DeviceSampler | None:
     """The device sampler of ``world`` for sequences of ``length`` tokens, or None for a
     world this module does not know (a subclass that changed its sampler or targets)."""
+    if unsupported(world) is not None:
+        return None
     for cls, name in _SAMPLERS:
         if isinstance(world, cls) and _own(world, cls, _METHODS):
             if isinstance(world, PathStar) and int(length) != world.default_length:
@@ -325,4 +337,4 @@ def position_mask(world: World, tokens: Tensor) -> Tensor | None:
 
 
 __all__ = ["DeviceSampler", "HMMSampler", "A5Sampler", "PathStarSampler", "TaxiSampler", "next_hop_table",
-           "supports", "sampler_for", "output_targets", "position_mask"]
+           "supports", "unsupported", "sampler_for", "output_targets", "position_mask"]

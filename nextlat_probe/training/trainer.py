@@ -81,6 +81,36 @@ from .folder import (
 from .log import MetricsLog, read_metrics, truncate_metrics
 
 
+@dataclass
+class TimeLimit:
+    """Stop a run cleanly, with a resumable checkpoint, before ``seconds`` have passed.
+
+    The budget counts from ``start`` (default: when the ``TimeLimit`` is made) on ``clock``
+    (seconds; ``time.monotonic`` unless a test gives its own). Before every step the loop
+    asks whether that step (the slowest recent training step, plus the step's own
+    evaluation and save when it has them) and then stopping (an evaluation and a checkpoint
+    write, as measured in this run) still fit before the limit less ``margin`` (default 2%
+    of the limit, at least 2 s and at most 60 s); if not, it saves and stops.
+    """
+
+    seconds: float
+    clock: Callable[[], float] = time.monotonic
+    start: float | None = None
+    margin: float | None = None
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(float(self.seconds)) and self.seconds > 0):
+            raise UsageError(f"time limit must be a positive number of seconds, got {self.seconds!r}")
+        if self.start is None:
+            self.start = self.clock()
+        if self.margin is None:
+            self.margin = min(60.0, max(2.0, 0.02 * float(self.seconds)))
+
+    def left(self) -> float:
+        """Seconds left before the limit, less the margin."""
+        return float(self.start) + float(self.seconds) - float(self.margin) - self.clock()
+
+
 class TrainingDiverged(NextLatError):
     """The loss, a gradient or a weight became NaN/inf; training stopped and no checkpoint
     was written from the bad state (the message names the last good one, if any). The train
@@ -187,6 +217,8 @@ class TrainResult:
     replaced: Path | None = None  # where ``overwrite`` moved the folder's old run, if it did
     model_config: ModelConfig | None = None  # what the run used (e.g. its positional scheme)
     objective_config: ObjectiveConfig | None = None  # ... and its objective (e.g. lambda_kl)
+    total_steps: int | None = None  # the run's planned total (``TrainConfig.steps``)
+    stopped_by_time: bool = False  # ``time_limit`` stopped it before ``total_steps``; resume continues it
 
 
 @dataclass
@@ -217,6 +249,8 @@ class _Run:
     check_every: int = 1  # steps between reads of the device's finiteness flag (1: every step, before its update)
     guard: Any = None  # the device-side record of the first non-finite step (_FiniteGuard), when check_every > 1
     tf32: bool = False  # float32 matmuls in TF32 (CUDA with TrainConfig.tf32)
+    #: seconds of the last evaluation / checkpoint write (what stopping costs, for ``TimeLimit``)
+    cost: dict[str, float] = field(default_factory=dict)
 
     @property
     def dynamics(self) -> LatentDynamics | None:
@@ -285,6 +319,7 @@ def train(
     tracking: tuple[str, ...] | list[str] = (),
     tracking_group: str | None = None,
     check_every: int | None = None,
+    time_limit: TimeLimit | float | None = None,
 ) -> TrainResult:
     """Train (or resume) a model; writes ``out_dir/ckpt.pt``, ``out_dir/metrics.jsonl`` and
     ``out_dir/run.json`` (the run's identity; see ``training.folder`` for what a run may
@@ -308,11 +343,16 @@ def train(
     log record, evaluation and save); non-finite steps are skipped on the device meanwhile
     (fused AdamW). None: every step on a CPU (the step stops before its update), every log
     interval on CUDA. More than 1 on a CPU uses fused AdamW too.
+    ``time_limit``: a ``TimeLimit`` (or seconds from now): stop cleanly, with a checkpoint
+    of the step reached, before the limit (``TrainResult.stopped_by_time``); resuming from
+    that checkpoint continues bit for bit, as after ``stop_at``.
 
     Under ``torchrun`` (``WORLD_SIZE`` > 1, or a process group already initialised) every
     process calls this: ``cfg.batch_size`` is the global batch, split over the processes;
     rank 0 writes the folder; a resume needs the checkpoint's number of processes.
     """
+    if time_limit is not None and not isinstance(time_limit, TimeLimit):
+        time_limit = TimeLimit(float(time_limit))
     state = _read_resume(resume) if resume is not None else None
     cfg, world, dataset = _configure(cfg, world, state, extra_steps)
     with distributed.session(cfg.device) as dist:
@@ -334,7 +374,8 @@ def train(
                 _prepare_step(run, compile)
                 log = _open_log(run, folder, state, tracking, tracking_group)
                 use_prefetch = run.device.type == "cuda" if prefetch is None else bool(prefetch)
-                _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch and run.source.prefetchable)
+                stopped = _loop(run, folder, log, stop_at, progress, prefetch=use_prefetch and run.source.prefetchable,
+                                time_limit=time_limit)
             log.close()
             dist.barrier()  # every rank returns after rank 0 wrote the last checkpoint
         except BaseException as exc:
@@ -350,7 +391,7 @@ def train(
             raise
     val_loss = float(run.metrics.get("val_loss", float("nan")))
     return TrainResult(folder.checkpoint, run.step, val_loss, run.val_floor, folder.metrics, folder.replaced,
-                       run.mcfg, run.ocfg)
+                       run.mcfg, run.ocfg, total_steps=run.cfg.steps, stopped_by_time=stopped)
 
 
 def _read_resume(resume: str | Path) -> dict[str, Any]:
@@ -930,8 +971,26 @@ class BatchPrefetcher:
         self._thread.join(timeout=5)
 
 
+def _out_of_time(run: _Run, limit: TimeLimit | None, step: int, step_seconds: list[float]) -> bool:
+    """Whether ``step`` and then stopping (an evaluation and a checkpoint write) would not
+    fit in what is left of ``limit`` (rank 0 decides, every rank follows)."""
+    if limit is None:
+        return False
+    stop = None
+    if run.dist.is_main:
+        cfg = run.cfg
+        finish = run.cost.get("evaluate", 0.0) + run.cost.get("save", 0.0)
+        need = max(step_seconds[-20:], default=0.0) + finish
+        if step % cfg.eval_every == 0 or step % cfg.save_every == 0 or (cfg.keep_every and step % cfg.keep_every == 0):
+            need += finish  # the step's own evaluation and save
+        stop = need > limit.left()
+    return bool(run.dist.broadcast_object(stop) if run.dist.enabled else stop)
+
+
 def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, progress: bool,
-          prefetch: bool = False) -> None:
+          prefetch: bool = False, time_limit: TimeLimit | None = None) -> bool:
+    """Train from ``run.step`` to ``stop_at`` (or the end); True when ``time_limit`` stopped
+    it first (with a checkpoint of the step reached)."""
     from ..progress import progress as progress_bar
 
     cfg = run.cfg
@@ -943,10 +1002,17 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
     run.model.train()
     ahead = BatchPrefetcher(run.source.tokens, start + 1, last) if prefetch and last > start else None
+    step_seconds: list[float] = []
+    stopped = False
     try:
         for step in range(start + 1, last + 1):
+            if _out_of_time(run, time_limit, step, step_seconds):
+                stopped = True
+                break
+            t_step = time.perf_counter()
             tokens = ahead.get(step) if ahead is not None else None
             losses, gnorm, n_tokens = _train_step(run, step, tokens)
+            step_seconds.append(time.perf_counter() - t_step)
             run.step = step
             timer[1] += n_tokens
             logs = step % log_every == 0 or step == cfg.steps
@@ -970,10 +1036,14 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
             ahead.close()
         bar.close()
     exists = run.dist.broadcast_object(folder.checkpoint.exists() if run.dist.is_main else None)
-    if run.step == start and not exists:  # nothing to do: make sure one exists
+    saved_here = run.last_good is not None and run.last_good[1] == run.step and exists
+    if (run.step == start and not exists) or (stopped and not saved_here):  # the step reached gets its checkpoint
         if run.metrics.get("step") != run.step:
             _evaluate(run, log, run.step)
         _save(run, folder.checkpoint, run.step)
+    if stopped and run.dist.is_main:
+        log.write({"event": "time_limit", "at_step": run.step, "total_steps": cfg.steps})
+    return stopped
 
 
 def _train_step(run: _Run, step: int, tokens: Any = None) -> tuple[dict[str, torch.Tensor], torch.Tensor, int]:
@@ -1054,10 +1124,12 @@ def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm
 def _evaluate(run: _Run, log: MetricsLog | _NoLog, step: int) -> None:
     """The validation loss of the current weights: computed by rank 0 (in float32, whatever
     the training precision or TF32) and broadcast, so every rank decides the same about saving."""
+    t0 = time.perf_counter()
     vl = float("nan")
     if run.dist.is_main:
         with _matmul_precision(run.device, "highest"):
             vl = evaluate_ce(run.model, run.world, run.val_tokens)
+    run.cost["evaluate"] = time.perf_counter() - t0
     if run.dist.enabled:
         vl, run.val_floor = run.dist.broadcast_floats([vl, run.val_floor])
     run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "val_gap": vl - run.val_floor}
@@ -1080,7 +1152,9 @@ def _save(run: _Run, path: Path, step: int) -> None:
             if not torch.isfinite(w).all():
                 raise TrainingDiverged(f"weight {prefix}{name} is not finite at step {step}; not writing {path} ({run.last_good_text()})")
     if run.dist.is_main:
+        t0 = time.perf_counter()
         save_checkpoint(_payload(run, step), path)
+        run.cost["save"] = time.perf_counter() - t0
     if path.name == "ckpt.pt":
         run.last_good = (path, step)
 

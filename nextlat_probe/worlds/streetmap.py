@@ -50,6 +50,15 @@ DIR_ANGLE = np.array([90.0, 270.0, 0.0, 180.0, 45.0, 135.0, 315.0, 225.0])
 #: Maps shipped with the package, by the name ``--map`` (and ``StreetMap.from_json``) accepts
 #: in place of a file; a file of that name in the working folder still wins.
 BUNDLED_MAPS: dict[str, str] = {"manhattan": "manhattan_streets.json.gz"}
+#: What a map derived from a bundled one (a crop) must carry: its licence and attribution
+#: (``nextlat_probe/maps/README.md``). ``StreetMap.metadata`` of a bundled map holds it.
+BUNDLED_PROVENANCE: dict[str, dict[str, str]] = {"manhattan": {
+    "licence": "Open Database Licence (ODbL) 1.0, https://opendatacommons.org/licenses/odbl/1-0/",
+    "attribution": "Map data (c) OpenStreetMap contributors",
+}}
+#: keys of a map file that describe where it comes from; read into ``StreetMap.metadata``
+#: and written back by ``to_dict(metadata=True)``, never part of a world's spec
+METADATA_KEYS = ("source", "licence", "attribution", "derived_from")
 #: ``StreetMap.layout`` defaults: classical MDS up to this many nodes per component ...
 LAYOUT_MAX_EXACT = 1000
 #: ... landmark MDS with this many landmarks above
@@ -119,6 +128,9 @@ class StreetMap:
                 raise WorldError(f"map {self.name!r}: coords must be [{n}, 2] finite numbers ({bad})")
             coords = c
         self.coords: np.ndarray | None = coords
+        #: provenance of the map file (``METADATA_KEYS``: source, licence, attribution,
+        #: derived_from); carried into crops, left out of world specs and run identities
+        self.metadata: dict[str, Any] = {}
 
     # --- basic properties ---------------------------------------------------------------
     @property
@@ -306,6 +318,65 @@ class StreetMap:
         return StreetMap(keep.size, edges, coords=None if self.coords is None else self.coords[keep],
                          node_ids=[self.node_ids[i] for i in keep], name=name or self.name)
 
+    # --- neighbourhoods (crops) -----------------------------------------------------------
+    def central_node(self) -> int:
+        """The node index ``crop(center="auto")`` grows from: a well-connected central
+        intersection, chosen deterministically.
+
+        Candidates are the nodes of the largest strongly connected component (SCC) with at
+        least two streets out and two in inside it (every node of the SCC if none has); the
+        one with the smallest mean undirected hop distance to the SCC's nodes is taken (the
+        graph's closeness centre), ties to the smallest original node id."""
+        scc = self.largest_scc()
+        inside = np.zeros(self.n_nodes, dtype=bool)
+        inside[scc] = True
+        keep = inside[self.edge_src] & inside[self.edge_dst]
+        deg_out = np.bincount(self.edge_src[keep], minlength=self.n_nodes)
+        deg_in = np.bincount(self.edge_dst[keep], minlength=self.n_nodes)
+        cand = scc[(deg_out[scc] >= 2) & (deg_in[scc] >= 2)]
+        cand = cand if cand.size else scc
+        total = np.empty(cand.size)
+        for lo in range(0, cand.size, 512):  # [512, N] blocks: bounded memory on the full map
+            total[lo:lo + 512] = self.hops(cand[lo:lo + 512])[:, scc].sum(axis=1)
+        best = np.flatnonzero(total == total.min())
+        ids = np.asarray(self.node_ids, dtype=np.int64)[cand[best]]
+        return int(cand[best][int(np.argmin(ids))])
+
+    def crop(self, center: int, hops: int, name: str | None = None) -> StreetMap:
+        """The strongly connected part of the map within ``hops`` undirected hops of node
+        index ``center``: the intersections at most ``hops`` streets away (walked either
+        way), the streets between them, then the strongly connected component holding
+        ``center`` (so every intersection can reach every other one and there are no dead
+        ends). Original node ids, directions and coordinates are kept; ``metadata`` records
+        what it was cut from (``derived_from``) next to the map's licence and attribution.
+        Deterministic. A radius for which ``center`` lies on no cycle is a ``WorldError``
+        naming the smallest radius that works."""
+        c, r = _check_center(self, center), _check_hops(hops)
+        sub = self._crop_nodes(c, r)
+        if sub.size < 2:
+            need = next((k for k in range(r + 1, self.n_nodes + 1) if self._crop_nodes(c, k).size >= 2), None)
+            hint = (f"; the smallest radius with one is --hops {need}" if need is not None
+                    else "; it lies on no cycle at any radius")
+            raise WorldError(f"map {self.name!r}: no cycle through node {self.node_ids[c]} within {r} hop(s), "
+                             f"so nothing strongly connected to crop{hint}")
+        out = self.subgraph(sub, name=name or f"{self.name}-crop{self.node_ids[c]}-r{r}")
+        out.metadata = {**{k: v for k, v in self.metadata.items() if k != "derived_from"},
+                        "derived_from": {"map": self.name, **({"source": self.metadata["source"]}
+                                                                if "source" in self.metadata else {}),
+                                         "center": self.node_ids[c], "hops": r,
+                                         "rule": "strongly connected component of the centre within R undirected hops "
+                                                 "(nextlat_probe StreetMap.crop)"}}
+        out.metadata.pop("source", None)
+        return out
+
+    def _crop_nodes(self, center: int, hops: int) -> np.ndarray:
+        """Sorted indices of ``crop``'s nodes (empty when ``center`` is on no cycle)."""
+        ball = np.flatnonzero(np.isfinite(self.hops(center, limit=hops)[0]))
+        sub = self.subgraph(ball)
+        _, labels = sub.strong_components()
+        mine = labels == labels[int(np.searchsorted(ball, center))]
+        return ball[mine] if mine.sum() >= 2 else np.zeros(0, dtype=np.int64)
+
     def direction_errors(self) -> np.ndarray:
         """Indices of edges whose label is not the compass sector of their displacement
         (empty without coordinates; self-loops are skipped)."""
@@ -317,11 +388,14 @@ class StreetMap:
         return np.flatnonzero(moving & wrong)
 
     # --- serialisation ------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict in the edge-list file format (original node ids)."""
+    def to_dict(self, metadata: bool = False) -> dict[str, Any]:
+        """Plain JSON-able dict in the edge-list file format (original node ids); with
+        ``metadata`` also the map's provenance (``METADATA_KEYS``), as a map file should
+        carry it (a world's spec leaves it out)."""
         ids = self.node_ids
         out: dict[str, Any] = {
             "name": self.name,
+            **({k: self.metadata[k] for k in METADATA_KEYS if k in self.metadata} if metadata else {}),
             "directions": list(DIRECTIONS),
             "nodes": list(ids),
             "edges": [[ids[int(s)], DIRECTIONS[int(d)], ids[int(t)]]
@@ -404,10 +478,20 @@ class StreetMap:
                 raise WorldError(f"{source}: 'coords' must hold {len(ids)} [x, y] pairs, got shape {c.shape}")
             coords = c
         name = data.get("name", Path(source).stem if source != "map" else "streets")
-        return cls(len(ids), edges, coords=coords, node_ids=ids, name=str(name))
+        out = cls(len(ids), edges, coords=coords, node_ids=ids, name=str(name))
+        out.metadata = {k: data[k] for k in METADATA_KEYS if k in data}
+        return out
 
-    def to_json(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict()))
+    def to_bytes(self, metadata: bool = False, compress: bool = False) -> bytes:
+        """The edge-list file's bytes (gzip-compressed with ``compress``, without a
+        timestamp); with ``metadata`` the map's provenance too. The same map gives the same
+        bytes."""
+        raw = json.dumps(self.to_dict(metadata=metadata)).encode("utf-8")
+        return gzip.compress(raw, mtime=0) if compress else raw
+
+    def to_json(self, path: str | Path, metadata: bool = False) -> None:
+        """Write the edge-list file (gzip-compressed when ``path`` ends in ``.gz``)."""
+        Path(path).write_bytes(self.to_bytes(metadata, compress=str(path).endswith(".gz")))
 
     @classmethod
     def from_json(cls, path: str | Path) -> StreetMap:
@@ -429,15 +513,32 @@ class StreetMap:
             raise WorldError(f"{p}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
         except RecursionError:  # "[[[[..." nested deeper than the parser goes
             raise WorldError(f"{p}: not a street map (JSON nested too deeply)") from None
-        shown = str(path) if str(path) in BUNDLED_MAPS and p != Path(path) else str(p)
+        bundled = str(path) in BUNDLED_MAPS and p != Path(path)
+        shown = str(path) if bundled else str(p)
         try:
-            return cls.from_dict(data, source=shown)
+            out = cls.from_dict(data, source=shown)
         except WorldError as exc:  # every problem names the file it is in
             msg = str(exc)
             raise WorldError(msg if msg.startswith(shown) else f"{shown}: {msg}") from None
+        if bundled:
+            out.metadata.update(BUNDLED_PROVENANCE.get(str(path), {}))
+        return out
 
     def __repr__(self) -> str:
         return f"StreetMap({self.name!r}, nodes={self.n_nodes}, edges={self.n_edges})"
+
+
+def _check_center(street_map: StreetMap, center: Any) -> int:
+    if isinstance(center, bool) or not isinstance(center, (int, np.integer)) or not 0 <= int(center) < street_map.n_nodes:
+        raise WorldError(f"map {street_map.name!r}: crop centre must be a node index 0..{street_map.n_nodes - 1}, "
+                         f"got {center!r}")
+    return int(center)
+
+
+def _check_hops(hops: Any) -> int:
+    if isinstance(hops, bool) or not isinstance(hops, (int, np.integer)) or hops < 0:
+        raise WorldError(f"crop radius must be a whole number of hops >= 0, got {hops!r}")
+    return int(hops)
 
 
 def resolve_map_path(path: str | Path) -> Path:

@@ -18,15 +18,18 @@ Sources (``walk``):
   within ``max_len`` turns in total; otherwise the shortest-path turn. Paths therefore
   never exceed ``max_len`` turns and the next-turn distribution stays exact.
 
-Held-out origin/destination pairs (``holdout``, ``pairs``; shortest and noisy walks): a
-fixed fraction ``holdout`` of the ordered pairs (o, d) is set aside by a hash of
-``(o, d, holdout_seed)``, so the split needs no table and is the same on every machine.
-``pairs="train"`` (training) draws the destination uniformly among the origin's pairs that
-are *not* held out, ``pairs="held_out"`` (out-of-distribution evaluation, Vafa et al.'s
-unseen trips) among those that are; the origin stays uniform. ``P(destination | origin)``
-is that uniform distribution, and after the destination token nothing changes, so the
-beliefs stay exact. Random walks have no drawn destination (it is where the walk ends), so
-they have no pair split.
+Held-out origin/destination pairs (``holdout``, ``pairs``; every walk): a fixed fraction
+``holdout`` of the ordered pairs (o, d) is set aside by a hash of ``(o, d, holdout_seed)``,
+so the split needs no table and is the same on every machine. ``pairs="train"``
+(training) keeps only the pairs that are *not* held out, ``pairs="held_out"``
+(out-of-distribution evaluation, Vafa et al.'s unseen trips) only those that are; the
+origin stays uniform. Shortest and noisy walks draw the destination uniformly among the
+origin's pairs on their side. A random walk is conditioned on ending on its side: with
+``w(d | o)`` the unsplit walk's ``P(destination | origin)``, ``P(d | o) ∝ w(d | o)`` on the
+side (``d = o`` included) and the walk given (o, d) is the unsplit walk given (o, d), which
+the sampler draws exactly (forward, by the ``G_t`` below; no rejection). After the
+destination token nothing changes, so the beliefs stay exact; only the belief after the
+origin token (destination and length) is the split's.
 
 Maps that are not strongly connected (the real Manhattan map has dead ends): every source
 lives on the largest strongly connected component (SCC): origins and destinations are drawn
@@ -148,8 +151,8 @@ class Taxi(World):
     origin: ``visible`` (origin and destination tokens first) or ``hidden`` (turns only;
         random walks only).
     noise: probability of a random turn for ``noisy`` (default 0.1).
-    holdout: fraction of ordered origin/destination pairs held out of training (shortest and
-        noisy walks; default 0: none). ``pairs`` picks the side this world draws from,
+    holdout: fraction of ordered origin/destination pairs held out of training (default 0:
+        none). ``pairs`` picks the side this world draws from,
         ``train`` or ``held_out``; ``holdout_seed`` picks the split.
     """
 
@@ -237,9 +240,6 @@ class Taxi(World):
             raise WorldError(f"taxi: holdout must lie in [0, 1), got {holdout}")
         if pairs not in PAIRS:
             raise WorldError(f"taxi: pairs must be train or held_out, got {pairs!r}")
-        if (holdout > 0 or pairs != "train") and self.walk == "random":
-            raise WorldError("taxi: held-out origin/destination pairs need walk=shortest or noisy (a random "
-                             "walk's destination is where it ends, not drawn)")
         if pairs == "held_out" and holdout == 0:
             raise WorldError("taxi: pairs=held_out needs holdout > 0")
         self.holdout, self.pairs, self.holdout_seed = holdout, pairs, holdout_seed
@@ -253,7 +253,10 @@ class Taxi(World):
             inside[self.walk_nodes] = True
             for lo in range(0, self.walk_nodes.size, 256):
                 o = self.walk_nodes[lo:lo + 256]
-                other = inside[None, :] & (np.arange(N)[None, :] != o[:, None])
+                if self.walk == "random":  # where a walk from o can end (o itself included)
+                    other = self._walk_end_probs(o) > 0
+                else:
+                    other = inside[None, :] & (np.arange(N)[None, :] != o[:, None])
                 h = held_out_pairs(o[:, None], np.arange(N)[None, :], N, holdout, holdout_seed) & other
                 held[lo:lo + o.size] = h.sum(axis=1)
                 seen[lo:lo + o.size] = (other & ~h).sum(axis=1)
@@ -263,18 +266,24 @@ class Taxi(World):
                     raise WorldError(f"taxi: with holdout={holdout} (seed {holdout_seed}) origin {bad!r} has no "
                                      f"{side} destination; use a larger map, another holdout or holdout_seed")
 
+    def _on_side(self, origins: np.ndarray) -> np.ndarray:
+        """bool ``[k, N]``: pairs (origin, d) on this world's side of the pair split (all
+        True without a split)."""
+        N = self.map.n_nodes
+        origins = np.asarray(origins, dtype=np.int64)
+        if self.holdout <= 0:
+            return np.ones((origins.size, N), dtype=bool)
+        held = held_out_pairs(origins[:, None], np.arange(N)[None, :], N, self.holdout, self.holdout_seed)
+        return held if self.pairs == "held_out" else ~held
+
     def _allowed_dest(self, origins: np.ndarray) -> np.ndarray:
-        """bool ``[k, N]``: destinations this world may draw for each origin (inside the
-        SCC, not the origin, on this world's side of the pair split)."""
+        """bool ``[k, N]``: destinations a shortest or noisy walk may draw for each origin
+        (inside the SCC, not the origin, on this world's side of the pair split)."""
         N = self.map.n_nodes
         origins = np.asarray(origins, dtype=np.int64)
         inside = np.zeros(N, dtype=bool)
         inside[self.walk_nodes] = True
-        ok = inside[None, :] & (np.arange(N)[None, :] != origins[:, None])
-        if self.holdout > 0:
-            held = held_out_pairs(origins[:, None], np.arange(N)[None, :], N, self.holdout, self.holdout_seed)
-            ok &= held if self.pairs == "held_out" else ~held
-        return ok
+        return inside[None, :] & (np.arange(N)[None, :] != origins[:, None]) & self._on_side(origins)
 
     def is_held_out(self, origin: np.ndarray, dest: np.ndarray) -> np.ndarray:
         """bool: whether each (origin, destination) node pair is in this map's held-out set."""
@@ -290,13 +299,18 @@ class Taxi(World):
         walk keeps ``max_len`` (so trips still fit the models' context) unless it is shorter
         than the map's longest shortest path, where the new walk's default applies.
         ``pairs`` (``train`` / ``held_out``) switches the side of the origin/destination
-        split, which stays this world's (``holdout``, ``holdout_seed``)."""
+        split, which stays this world's (``holdout``, ``holdout_seed``). Switching a
+        shortest or noisy world to ``walk="random"`` without naming ``pairs`` drops the
+        split (random walks over every pair, as before random walks had a split); name
+        ``pairs="train"`` to keep the training side."""
         unknown = set(changes) - {"walk", "min_len", "max_len", "noise", "pairs"}
         if unknown:
             raise WorldError(f"taxi: cannot vary {', '.join(sorted(unknown))} (walk, min_len, max_len, noise, pairs)")
+        named = "pairs" in changes
         split = {"holdout": self.holdout, "pairs": changes.pop("pairs", self.pairs), "holdout_seed": self.holdout_seed}
-        if split["pairs"] == "train" and split["holdout"] > 0 and changes.get("walk", self.walk) == "random":
-            split["holdout"] = 0.0  # a random walk draws no destination: no split to keep
+        if (not named and split["pairs"] == "train" and split["holdout"] > 0 and self.walk != "random"
+                and changes.get("walk") == "random"):
+            split["holdout"] = 0.0
         walk = changes.get("walk", self.walk)
         min_len = changes.get("min_len", self.min_len if walk == "random" == self.walk else None)
         noise = changes.get("noise", self.noise if walk == "noisy" == self.walk else None)
@@ -411,7 +425,7 @@ class Taxi(World):
                              f"need length >= {self.default_length}")
         rng = as_rng(seed)
         if self.walk == "random":
-            path, dirs, L = self._sample_random(n, rng)
+            path, dirs, L = self._sample_random(n, rng) if self.holdout <= 0 else self._sample_random_split(n, rng)
         else:
             path, dirs, L = self._sample_shortest(n, rng)
         origin, dest = path[:, 0], path[np.arange(n), L]
@@ -448,6 +462,46 @@ class Taxi(World):
             active = k < L
             dirs[:, k] = d
             cur = np.where(active, self.walk_succ[cur, d], cur)
+            path[:, k + 1] = cur
+        return path, dirs, L
+
+    def _sample_random_split(self, n: int, rng: np.random.Generator):
+        """Random walks conditioned on their (origin, end) pair lying on this world's side
+        of the split, drawn exactly: origin uniform, destination from ``P(d | o)``, then the
+        walk given (o, d) forward with the probabilities of ``_probs_random`` (``G_t``)."""
+        K, N = self.max_len, self.map.n_nodes
+        cur = self.walk_nodes[rng.integers(self.walk_nodes.size, size=n)]
+        P = self._origin_marginals(cur)[0]
+        c = np.cumsum(P, axis=1)
+        dest = np.minimum(np.argmax(c >= rng.random(n)[:, None] * c[:, -1:], axis=1), N - 1)
+        dests, col = np.unique(dest, return_inverse=True)
+        G = np.zeros((K + 2, N, dests.size))  # G[t][node, j]: P(finish at dests[j] | t turns made, at node)
+        for t in range(K, -1, -1):
+            G[t] = self._A @ G[t + 1]
+            G[t][dests, np.arange(dests.size)] += self.length_probs[t]
+        path = np.empty((n, K + 1), dtype=np.int64)
+        dirs = np.zeros((n, K), dtype=np.int64)
+        L = np.full(n, K, dtype=np.int64)
+        path[:, 0] = cur
+        walking = np.ones(n, dtype=bool)
+        for k in range(K + 1):
+            nb = self.walk_succ[cur]
+            den = G[k][cur, col]
+            p = np.zeros((n, 9))
+            p[:, :8] = np.where(nb >= 0, G[k + 1][np.clip(nb, 0, None), col[:, None]], 0.0)
+            p[:, :8] /= np.maximum(self.walk_deg[cur], 1)[:, None]
+            p[:, 8] = self.length_probs[k] * (cur == dest)
+            p /= np.where(den > 0, den, 1.0)[:, None]
+            c = np.cumsum(p, axis=1)
+            pick = np.argmax(c >= rng.random(n)[:, None] * c[:, -1:], axis=1)
+            stop = walking & (pick == 8)
+            L[stop] = k
+            walking &= ~stop
+            if k == K:
+                break
+            d = np.where(walking, pick, 0)
+            dirs[:, k] = d
+            cur = np.where(walking, self.walk_succ[cur, np.minimum(d, 7)], cur)
             path[:, k + 1] = cur
         return path, dirs, L
 
@@ -558,8 +612,8 @@ class Taxi(World):
         dest_first = probs[:, 0, :N].copy() if length else np.zeros((n, N))
         if length:
             dest[:, 0] = -1
-            if self.walk == "random":
-                to_go[:, 0] = self.length_probs[:K + 1]  # L is independent of the origin
+            if self.walk == "random":  # L given the origin alone (independent of it without a split)
+                to_go[:, 0] = self._origin_marginals(tr["node"][:, 0])[1]
             else:  # distance to a destination drawn from dest_first
                 hops = np.minimum(self.distances[tr["node"][:, 0]], K + 1)
                 first = np.zeros((n, K + 2))
@@ -623,18 +677,43 @@ class Taxi(World):
             raise WorldError(f"taxi: sequence {i} has probability 0 at position {t} "
                              f"(token {self._names[int(tokens[i, t])]!r} cannot follow the prefix)")
 
-    def _dest_given_origin(self, origins: np.ndarray) -> np.ndarray:
-        """float ``[k, N]``: ``P(destination | origin) = sum_l P(L = l) (A^l)[origin, :]``."""
+    def _walk_end_probs(self, origins: np.ndarray) -> np.ndarray:
+        """float ``[k, N]``: where the unsplit random walk from each origin ends,
+        ``w(d | o) = sum_l P(L = l) (A^l)[o, d]``."""
+        return self._walk_marginals(origins)[0]
+
+    def _walk_marginals(self, origins: np.ndarray, side: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(``sum_l P(L = l) (A^l)[o, :]`` ``[k, N]``, and per length ``l`` the mass
+        ``P(L = l) sum_{d in side} (A^l)[o, d]`` ``[k, max_len + 1]``) for each origin ``o``;
+        ``side`` bool ``[k, N]`` (default: every destination)."""
         N = self.map.n_nodes
+        origins = np.asarray(origins, dtype=np.int64)
         uniq, inv = np.unique(origins, return_inverse=True)
         P = np.zeros((N, uniq.size))
         P[uniq, np.arange(uniq.size)] = 1.0
         acc = np.zeros_like(P)
+        by_len = np.zeros((uniq.size, self.max_len + 1))
+        first = np.zeros(uniq.size, dtype=np.int64)
+        first[inv] = np.arange(origins.size)  # a row of ``side`` for each distinct origin
+        mask = None if side is None else np.asarray(side, dtype=bool)[first].T
         for steps in range(self.max_len + 1):
             if self.length_probs[steps] > 0:
                 acc += self.length_probs[steps] * P
+                by_len[:, steps] = self.length_probs[steps] * (P.sum(axis=0) if mask is None else (P * mask).sum(axis=0))
             P = self._AT @ P
-        return acc.T[inv]
+        return acc.T[inv], by_len[inv]
+
+    def _origin_marginals(self, origins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Random walks, after the origin token alone: (``P(destination | origin)`` ``[k, N]``,
+        ``P(L = l | origin)`` ``[k, max_len + 1]``), on this world's side of the pair split
+        (conditioned on the walk ending there)."""
+        side = self._on_side(origins) if self.holdout > 0 else None
+        dest, by_len = self._walk_marginals(origins, side)
+        if side is not None:
+            dest = dest * side
+        dest /= np.maximum(dest.sum(axis=1, keepdims=True), 1e-300)
+        by_len /= np.maximum(by_len.sum(axis=1, keepdims=True), 1e-300)
+        return dest, by_len
 
     def _probs_random(self, tokens: np.ndarray, tr: dict[str, np.ndarray]) -> np.ndarray:
         n, length = tokens.shape
@@ -642,7 +721,7 @@ class Taxi(World):
         out = np.zeros((n, length, self.vocab_size))
         if length == 0:
             return out
-        out[:, 0, :N] = self._dest_given_origin(tr["node"][:, 0])
+        out[:, 0, :N] = self._origin_marginals(tr["node"][:, 0])[0]
         walking = tr["phase"] == 1
         dests, col = np.unique(np.clip(tr["dest"], 0, None), return_inverse=True)
         cols = np.arange(dests.size)
