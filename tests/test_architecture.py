@@ -6,7 +6,7 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "nextlat_probe"
 
 LAYERS = [
-    {"__init__", "errors", "records", "progress", "safeio"},
+    {"__init__", "errors", "records", "labels", "progress", "safeio", "maps"},
     {"worlds"},
     {"models"},
     {"training", "checkpoint", "sources"},
