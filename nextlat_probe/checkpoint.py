@@ -32,7 +32,9 @@ Layout (``FORMAT_VERSION`` 1)::
     mtp_config              {"d_model", "horizon", "d_hidden"} or None
     optimizer, scheduler    state_dicts (for exact resume)
     rng                     {"torch": ByteTensor}
-    metrics                 validation numbers of THESE weights (step, val_loss, val_floor, val_gap)
+    metrics                 validation numbers of THESE weights (step, val_loss, val_floor,
+                            gap_to_floor; files written before 0.2 say val_gap, which
+                            ``load_checkpoint`` reads as gap_to_floor)
 """
 from __future__ import annotations
 
@@ -427,10 +429,21 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
         objective_config=ocfg,
         train_config=dict(data.get("train_config") or {}),
         step=int(data.get("step", 0)),
-        metrics=dict(data.get("metrics") or {}),
+        metrics=current_metrics(data.get("metrics")),
         raw=data,
         mtp_heads=heads,
     )
+
+
+def current_metrics(stored: Any) -> dict[str, Any]:
+    """A checkpoint's stored validation numbers under today's names: ``val_gap`` (before
+    0.2) is read as ``gap_to_floor``, so ``LoadedCheckpoint.metrics`` is the same for old
+    and new files."""
+    m = dict(stored or {})
+    if "val_gap" in m:
+        m.setdefault("gap_to_floor", m["val_gap"])
+        del m["val_gap"]
+    return m
 
 
 def world_of(data: dict[str, Any]) -> Any:
@@ -453,7 +466,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "read_checkpoint",
     "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
-    "world_of", "plain",
+    "world_of", "plain", "current_metrics",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
     "MAX_D_DYNAMICS", "MAX_MTP_HORIZON", "MAX_PARAMETERS",
 ]
