@@ -55,7 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device,
         eval_every=max(50, args.steps // 15),
         save_every=max(100, args.steps // 6),
-        keep_every=max(1, args.steps // 6),  # the matched-loss comparison picks among these
+        # the matched-loss comparison picks among these; rounded up, so that the last one kept
+        # is not a step or two before the final checkpoint (2000 // 6 kept ckpt_step1998)
+        keep_every=max(1, -(-args.steps // 6)),
     )
     ckpts = [run.checkpoint for run in runs]
     print(f"[demo] training done in {time.time() - t0:.0f} s", file=sys.stderr)
