@@ -33,7 +33,7 @@ Layout (``FORMAT_VERSION`` 1)::
     optimizer, scheduler    state_dicts (for exact resume)
     rng                     {"torch": ByteTensor}
     metrics                 validation numbers of THESE weights (step, val_loss, val_floor,
-                            gap_to_floor; files written before 0.2 say val_gap, which
+                            gap_to_floor; older files say val_gap, which
                             ``load_checkpoint`` reads as gap_to_floor)
 """
 from __future__ import annotations
@@ -436,9 +436,9 @@ def load_checkpoint(path: str | os.PathLike, device: str | None = "cpu") -> Load
 
 
 def current_metrics(stored: Any) -> dict[str, Any]:
-    """A checkpoint's stored validation numbers under today's names: ``val_gap`` (before
-    0.2) is read as ``gap_to_floor``, so ``LoadedCheckpoint.metrics`` is the same for old
-    and new files."""
+    """A checkpoint's stored validation numbers under today's names: ``val_gap`` (what older
+    files store; 0.2 renamed it everywhere else) is read as ``gap_to_floor``, so
+    ``LoadedCheckpoint.metrics`` is the same for old and new files."""
     m = dict(stored or {})
     if "val_gap" in m:
         m.setdefault("gap_to_floor", m["val_gap"])

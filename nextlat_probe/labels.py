@@ -113,7 +113,7 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     # training log (metrics.jsonl)
     _L("loss", "training loss", _NATS, _LO, ".4f"),
     _L("ce", "train cross-entropy", _NATS, _LO, ".4f", "train CE"),
-    _L("next_h", "train latent prediction loss (next_h)", "", _LO, ".3g", "train next_h"),
+    _L("next_h", "train next-latent prediction loss", "", _LO, ".3g", "train latent loss"),
     _L("kl", "train KL", _NATS, _LO, ".3g"),
     _L("mtp", "train MTP extra-head cross-entropy", _NATS, _LO, ".4f", "train MTP CE"),
     _L("lr", "learning rate", fmt=".2e"),
@@ -122,9 +122,9 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     # rank
     _L("effective_rank", "effective rank", "", _LO, ".2f", "eff. rank", "more compact"),
     _L("participation_ratio", "participation ratio", "", _LO, ".2f", "PR", "more compact"),
-    _L("n90", "components for 90% of the variance", "", _LO, "d", "n90", "more compact"),
-    _L("n99", "components for 99% of the variance", "", _LO, "d", "n99", "more compact"),
-    _L("d_model", "model width", fmt="d", short="d_model"),
+    _L("n90", "components for 90% of the variance", "", _LO, "d", "dims 90%", "more compact"),
+    _L("n99", "components for 99% of the variance", "", _LO, "d", "dims 99%", "more compact"),
+    _L("d_model", "model width", fmt="d", short="width"),
     _L("n_samples", "hidden states", fmt="d", short="states"),
     _L("spectrum", "singular value", fmt=".3g"),
     # probe
@@ -185,6 +185,14 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     _L("nn_map_neighbour", "nearest neighbour is a map neighbour", "", _HI, ".3f", "NN map neighbour"),
     _L("nn_true_nearest", "nearest neighbour is the true nearest", "", _HI, ".3f", "NN true nearest"),
     _L("n_nodes_seen", "intersections seen", fmt="d"),
+    _L("nodes", "intersections", fmt=""),
+    _L("coords", "embedded coordinates", fmt=""),
+    _L("missed_edges", "missed edges", fmt=""),
+    _L("recovered_edges", "recovered edges", fmt=""),
+    _L("reference", "reference", fmt=""),
+    _L("note", "note", fmt=""),
+    _L("notes", "notes", fmt=""),
+    _L("n_pairs", "trips (origin, destination pairs)", fmt="d"),
     # per-position loss
     _L("positions", "position", fmt="d"),
     _L("floor", "exact floor", _NATS, "", ".4f"),
@@ -210,6 +218,8 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     _L("speedup", "wall-clock speed-up over greedy", "×", _HI, ".2f", "speed-up"),
     # task evaluation (A5, path-star)
     _L("length", "sequence length", fmt="d"),
+    _L("beyond_training", "beyond the training length", fmt=""),
+    _L("per_position", "accuracy per position", "", _HI, ".3f"),
     _L("token_accuracy", "token accuracy", "", _HI, ".3f"),
     _L("sequence_accuracy", "whole-sequence accuracy", "", _HI, ".3f"),
     _L("exact_path", "exact path", "", _HI, ".3f"),

@@ -175,7 +175,7 @@ def identity(model: Any) -> dict[str, Any]:
     ocfg = getattr(model, "objective_config", None)
     horizon = getattr(ocfg, "horizon", None) if objective in ("nextlat", "mtp") else None
     val_loss, val_floor = _finite_or_none(m.get("val_loss")), _finite_or_none(m.get("val_floor"))
-    gap = m.get("gap_to_floor", m.get("val_gap"))  # val_gap: checkpoints written before 0.2
+    gap = m.get("gap_to_floor", m.get("val_gap"))  # val_gap: older checkpoints
     if gap is None and val_loss is not None and val_floor is not None:
         gap = val_loss - val_floor
     return {

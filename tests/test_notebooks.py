@@ -36,9 +36,9 @@ def test_expected_notebooks_exist():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_committed_without_outputs(path):
-    import nbformat
-
     import warnings
+
+    import nbformat
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # e.g. nbformat's MissingIDFieldWarning: every cell has an id
