@@ -109,18 +109,13 @@ def test_no_figure_shows_a_raw_metric_key():
     plotly, paper, wm = _all_figures()
     keys = metric_keys(rank_records() + probe_records() + transition_records() + position_records() + wm)
     bad = {}
-    for name, fig in plotly.items():
-        texts = plotly_texts(fig)
-        assert texts, name
-        hits = {t: raw_keys(t, keys) for t in texts if raw_keys(t, keys)}
-        if hits:
-            bad[f"plotly {name}"] = hits
-    for name, fig in paper.items():
-        texts = mpl_texts(fig)
-        assert texts, name
-        hits = {t: raw_keys(t, keys) for t in texts if raw_keys(t, keys)}
-        if hits:
-            bad[f"paper {name}"] = hits
+    for backend, figures, read in (("plotly", plotly, plotly_texts), ("paper", paper, mpl_texts)):
+        for name, fig in figures.items():
+            texts = read(fig)
+            assert texts, name
+            hits = {t: raw_keys(t, keys) for t in texts if raw_keys(t, keys)}
+            if hits:
+                bad[f"{backend} {name}"] = hits
     assert not bad, bad
     # the check can fail: a raw key in a title is found
     assert raw_keys("trajectory_valid per model", keys) == ["trajectory_valid"]

@@ -387,7 +387,7 @@ def test_training_and_position_pages(tmp_path):
     assert gap["line"]["color"] == GPT  # objective read from the log's start event
     assert [t["name"] for t in traces if t["xaxis"] == "x3"] == ["run-b"]  # GPT's zero next_h left out
     titles = [a["text"] for a in layout["annotations"]]
-    assert f"validation loss − exact floor (floor {FLOOR:.4f} nats/token)" in titles  # the floor, said once
+    assert f"validation loss − exact floor (nats/token); exact floor {FLOOR:.4f} ↓" in titles  # the floor, said once
 
     recs = position_records()
     traces, _ = write_and_read(I.position_loss_figure(recs), tmp_path, "positions")
@@ -410,16 +410,16 @@ def test_mtp_extra_head_loss_gets_its_own_panel(tmp_path):
     runs = {"m": mtp, "n": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
     traces, layout = write_and_read(I.training_curves_figure(runs), tmp_path, "train_mtp")
     titles = [a["text"] for a in layout["annotations"]]
-    assert "train MTP extra-head cross-entropy" in titles
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" in titles
     panel = [t for t in traces if t["name"] == "m" and t["xaxis"] == "x5"]
     assert len(panel) == 1
     np.testing.assert_allclose(decode(panel[0]["y"]), [1.5 + 3.0 / s for s in (20, 40)])
     assert not [t for t in traces if t["name"] == "n" and t["xaxis"] == "x5"]  # NextLat has no extra heads
     plain = {"n": runs["n"]}
     _, layout = write_and_read(I.training_curves_figure(plain), tmp_path, "train_plain")
-    assert "train MTP extra-head cross-entropy" not in [a["text"] for a in layout["annotations"]]
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" not in [a["text"] for a in layout["annotations"]]
     fig = P.training_curves_plot(runs)
-    assert "train MTP extra-head cross-entropy" in [a.get_title() for a in fig.axes]
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" in [a.get_title().replace("\n", " ") for a in fig.axes]
 
 
 def wilson(c, n):

@@ -362,8 +362,14 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
     series, styles, floor = training_series(runs, objectives)
     panels = train_panels(series)
     n_rows = (len(panels) + 1) // 2
-    titles = [t + ((f" (floor {floor:.4f} nats/token)" if floor is not None else " (each run's own floor)")
-                   if k == "gap_to_floor" else "") for k, t in panels]
+    def title(key: str, words: str) -> str:
+        lab = label(key)
+        words += f" ({lab.unit})" if lab.unit else ""
+        if key == "gap_to_floor":
+            words += f"; exact floor {floor:.4f}" if floor is not None else "; each run's own floor"
+        return f"{words} {lab.arrow}".strip()
+
+    titles = [title(k, t) for k, t in panels]
     fig = make_subplots(rows=n_rows, cols=2, subplot_titles=titles, vertical_spacing=0.24 / n_rows)
     pos = {key: (i // 2 + 1, i % 2 + 1) for i, (key, _) in enumerate(panels)}
     for name, s in series.items():
@@ -381,9 +387,8 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
                           row=pos[key][0], col=pos[key][1])
             first = False
     for key, (r, c) in pos.items():
-        unit = label(key).unit
         fig.update_xaxes(title_text=label("step").text, row=r, col=c)
-        fig.update_yaxes(title_text=f"{unit} ↓" if unit else "↓", type="log" if key in LOG_PANELS else "linear",
+        fig.update_yaxes(title_text=label(key).unit or None, type="log" if key in LOG_PANELS else "linear",
                          row=r, col=c)
     fig.update_layout(**_LAYOUT, height=375 * n_rows, width=1100)
     return fig

@@ -152,9 +152,9 @@ def _model_label(name: str, objective: str | None) -> str:
 
 
 def _tidy_log(a, axis: str = "y") -> None:
-    """Readable ticks on a log axis: numbers at 1-2-5 steps when it spans under two
-    decades (no tick at all would show otherwise), decades only above that; no minor
-    labels (matplotlib labels the minor ticks of a short log axis, which crowds them)."""
+    """Readable ticks on a log axis: every digit under one decade, 1-2-5 steps under two
+    (no tick at all would show otherwise), decades only above that; no minor labels
+    (matplotlib labels the minor ticks of a short log axis, which crowds them)."""
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     ax_obj = a.yaxis if axis == "y" else a.xaxis
@@ -162,7 +162,8 @@ def _tidy_log(a, axis: str = "y") -> None:
     if not (lo > 0 and hi > 0):
         return
     decades = abs(np.log10(hi / lo))
-    subs = (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    # under one decade every digit (0.03, 0.04, 0.05), under two 1-2-5, above that decades only
+    subs = tuple(float(k) for k in range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
     ax_obj.set_major_locator(LogLocator(base=10, subs=subs, numticks=8))
     ax_obj.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     ax_obj.set_minor_formatter(NullFormatter())
@@ -341,7 +342,8 @@ def transition_plot(records: list[dict[str, Any]], ax: Any = None, column: str =
                    for n in groups]
         handles += [Line2D([], [], color="#555555", ls=VARIANT_DASHES.get(v, ("", "-."))[1], label=variant_name(v))
                     for v in used]
-        a.legend(handles=handles)
+        # below the axes: inside, the legend would cover the short horizons' points
+        a.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize="x-small")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
         a.set(xlabel="horizon i (steps ahead)", ylabel=label("errors").axis(), yscale="log" if log_y else "linear")
         if log_y:
@@ -357,6 +359,8 @@ def training_curves_plot(runs: dict[str, Any], objectives: dict[str, str] | None
     their floor shows), train CE, next_h and KL vs step, one colour per run (``runs``:
     name -> metrics-log rows or path); panels without data (e.g. next_h for GPT-only runs)
     are left out. The floor itself is written in the first panel's title."""
+    from matplotlib.ticker import MaxNLocator
+
     series, styles, floor = training_series(runs, objectives)
     keys = [(k, t) for k, t in TRAIN_PANELS if any(k in s for s in series.values())]  # only panels with data
     with paper_style():
@@ -367,14 +371,16 @@ def training_curves_plot(runs: dict[str, Any], objectives: dict[str, str] | None
                     st = styles[name]
                     a.plot(*s[key], color=st["color"], ls=mpl_dash(st), label=name,
                            marker="o" if key == "gap_to_floor" else None, ms=2)
+            lab = label(key)
+            title += f" ({lab.unit})" if lab.unit else ""
             if key == "gap_to_floor":
-                title += f" (floor {floor:.4f} {label('val_floor').unit})" if floor is not None else " (each run's floor)"
+                title += f"; exact floor {floor:.4f}" if floor is not None else "; each run's own floor"
                 a.legend(loc="upper right")
             if key in LOG_PANELS:
                 a.set_yscale("log")
                 _tidy_log(a, "y")
-            unit = label(key).unit
-            a.set(xlabel=label("step").text, title=_wrap(title, 48), ylabel=f"{unit} ↓" if unit else "↓")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.set(xlabel=label("step").text, title=_wrap(f"{title} {lab.arrow}".strip(), 52))
     return fig
 
 
@@ -478,19 +484,20 @@ def _worldmodel_parts(records: list[dict[str, Any]], what: str):
     return wm, cell, rank, record_styles(wm)
 
 
-def table1_plot(records: list[dict[str, Any]], column: str = "double"):
+def table1_plot(records: list[dict[str, Any]], column: str = "double", rates: Sequence[str] | None = None):
     """The NextLat paper's Table 1 as a figure, from ``worldmodel`` records (and ``rank``
     records of the same models): the rates that matter — validity (next-token, valid
     trajectories), compression, distinction precision and recall, detour robustness at
     the paper's setting (random detours, p = 0.75) — as rows on one shared [0, 1] axis
     with their 95% intervals; beside them the effective rank of the last block and the gap
     to the exact floor, each on its own axis from zero. Direction marks on every label;
-    the interval is stated under the figure; models coloured by objective."""
+    the interval is stated under the figure; models coloured by objective. ``rates``: other
+    rates to draw instead (e.g. another detour setting)."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
 
     wm, cell, rank, styles = _worldmodel_parts(records, "Table-1 figure")
-    keys = [k for k in TABLE1_RATES if any(k in r["metrics"] for r in wm)]
+    keys = [k for k in (TABLE1_RATES if rates is None else rates) if any(k in r["metrics"] for r in wm)]
     extra = []
     if rank:
         lays = {r["layer"] for r in rank.values()}
