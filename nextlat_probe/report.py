@@ -34,7 +34,7 @@ from .cli import (
     run_main,
     source_options,
 )
-from .compare.inputs import N_SEQS
+from .compare.inputs import N_SEQS, held_out
 from .compare.transition import FIT_STEPS
 
 #: the report's summary, metrics as rows (one column per model); "# ..." keys are
@@ -99,8 +99,6 @@ class Context:
 
     @property
     def n_test(self) -> int:
-        from .compare.inputs import held_out
-
         return held_out(self.n_seqs)
 
     @property
@@ -266,6 +264,9 @@ class Section:
     #: further paper figures of the section: (file stem, function of the context and records
     #: returning a figure, or None when it has nothing to show)
     more: list[tuple[str, Callable[[Context, Any], Any]]] = field(default_factory=list)
+    #: a sentence appended to the caption, from the context and the records (e.g. where the
+    #: report's numbers were computed differently from the CLI's defaults)
+    note: Callable[[Context, Any], str] | None = None
 
     def paper_figures(self, ctx: Context, recs: Any) -> list[tuple[str, Callable[[], Any]]]:
         """(file stem, function making the figure) of each paper figure of the section."""
@@ -291,6 +292,20 @@ def _appendix(recs: list[dict[str, Any]]) -> Any:
         return _plots()[1].worldmodel_plot(recs)
     except AnalysisError:
         return None
+
+
+def _mapping_note(ctx: Context, recs: list[dict[str, Any]]) -> str:
+    """Where the report's maps differ from the mapping CLI's defaults, said beside them."""
+    import inspect
+
+    defaults = inspect.signature(_compare().run_mapping).parameters
+    trips = next((r["params"].get("n_trips") for r in recs if r["variant"] == "behaviour"), None)
+    cli_trips, cli_seqs = defaults["n_trips"].default, defaults["n_seqs"].default
+    if trips == cli_trips and ctx.n_seqs == cli_seqs:
+        return ""
+    return (f"Here the maps are rebuilt from {trips} generated trips and the hidden states of the report's {ctx.n_seqs} "
+            f"sequences; python -m nextlat_probe.mapping uses {cli_trips} trips and {cli_seqs} sequences by default, "
+            "so its counts differ from these.")
 
 
 def _has_points(ctx: Context, recs: list[dict[str, Any]]) -> bool:
@@ -332,7 +347,7 @@ SECTIONS = [
             applies=lambda c, r: bool(r) and not c.is_taxi, more=[("worldmodel_appendix", lambda c, r: _appendix(r))]),
     Section("mapping", "Reconstructed maps", CAPTIONS["maps"],
             lambda c, r: _plots()[0].map_figure(c.true_map, r), lambda c, r: _plots()[1].map_plot(c.true_map, r),
-            "maps"),
+            "maps", note=lambda c, r: _mapping_note(c, r)),
 ]
 #: sections computed only for the visible-origin taxi world
 TAXI_ONLY = {"mapping"}
@@ -515,8 +530,9 @@ def _intro_html(rows, matched: dict[str, Any], records: list[dict[str, Any]],
              "<p class='caption'>One run per objective" + at + " (not a seed average). Metrics are rows, models "
              "columns; ↑ higher is better, ↓ lower is better; brackets: 95% intervals (Wilson for rates; mean ± 1.96 "
              "s.e. over prefix pairs for distinction under protocol vafa2024)."
-             + (f" Hidden-state metrics on {n_seqs} held-out sequences, world-model metrics on the report's trips; "
-                "the protocols are listed below." if n_seqs else "") + "</p>",
+             + (f" Hidden-state metrics on {n_seqs} shared sequences (probe and post-hoc transition scored on the "
+                f"last {held_out(n_seqs)}), world-model metrics on the report's own trips; every protocol is "
+                "listed below." if n_seqs else "") + "</p>",
              summary_html(rows)]
     conv = convergence_note(rows)
     if conv:
@@ -628,7 +644,8 @@ def run_report(
         protocol = ""
         if isinstance(recs, list) and recs and all(isinstance(r, dict) and "protocol" in r for r in recs):
             protocol = protocol_note(recs)  # each section names the protocol its numbers follow (collapsed)
-        pages.append((s.title, s.caption, s.figure(ctx, recs), protocol))
+        caption = s.caption + (" " + s.note(ctx, recs) if s.note is not None else "")
+        pages.append((s.title, caption.strip(), s.figure(ctx, recs), protocol))
         if s.paper is not None:
             for stem, make in s.paper_figures(ctx, recs):
                 paper.append((stem, make))

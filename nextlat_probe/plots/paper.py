@@ -47,6 +47,7 @@ from .geometry import (
 )
 from .style import (
     COLUMN_WIDTHS,
+    INTERVAL_NOTE,
     INVENTED_ALPHA,
     MAP_COLORS,
     MAP_WIDTHS,
@@ -423,11 +424,6 @@ def position_loss_plot(records: list[dict[str, Any]], ax: Any = None, column: st
 # --------------------------------------------------------------------------------------
 # taxi: world-model metrics and maps
 # --------------------------------------------------------------------------------------
-#: how the figures state their intervals
-INTERVAL_NOTE = ("Bars: 95% intervals (Wilson for rates; mean ± 1.96 s.e. over prefix pairs for distinction under "
-                 "protocol vafa2024). ↑ higher is better, ↓ lower is better.")
-
-
 def _rate_rows(a, wm: list[dict[str, Any]], keys: list[str], cell: Any, styles: dict[str, Any], wrap: int = 30) -> None:
     """Metrics as rows on ONE shared [0, 1] axis, each model a dot with its interval as a
     bar, offset within the row (models top to bottom in record order); the row labels are
