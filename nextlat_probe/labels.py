@@ -102,6 +102,8 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     _L("objective", "objective", fmt=""),
     _L("step", "training step", fmt="d", short="step"),
     _L("seed", "seed", fmt="d"),
+    _L("source", "source", fmt=""),
+    _L("intervals", "95% intervals", fmt=""),
     _L("horizon", "roll-out horizon d", fmt="d", short="d"),
     _L("layer", "layer", fmt=""),
     _L("variant", "variant", fmt=""),
@@ -138,6 +140,8 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     _L("r2_per_position", "belief probe R² per position", "", _HI, ".3f"),
     _L("state_accuracy", "hidden-state probe accuracy", "", _HI, ".3f", "state acc."),
     _L("state_chance", "hidden-state chance accuracy", "", "", ".3f", "chance"),
+    _L("n_classes", "hidden states (classes)", fmt="d"),
+    _L("n_states", "belief dimensions", fmt="d"),
     _L("xy_r2", "(x, y) probe R²", "", _HI, ".3f", "(x, y) R²"),
     _L("alpha", "ridge strength", fmt=".3g"),
     _L("n_train", "fitting sequences", fmt="d"),
@@ -163,6 +167,7 @@ LABELS: dict[str, Label] = {lab.key: lab for lab in [
     _L("distinction_recall", "distinction recall", "", _HI, ".3f", "dist. recall"),
     _L("compression_skipped", "compression pairs skipped", fmt="d"),
     _L("distinction_pairs", "distinction pairs", fmt="d"),
+    _L("distinction_skipped", "distinction pairs skipped", fmt="d"),
     _L("distinction_recall_context_skipped", "distinction pairs skipped (context)", fmt="d"),
     # mapping
     _L("explained", "trips explained by the rebuilt map", "", _HI, ".3f", "explained"),
@@ -248,6 +253,18 @@ ANALYSIS_LABELS: dict[tuple[str, str], Label] = {
     ("position_loss", "loss"): _L("loss", "cross-entropy per position", _NATS, _LO, ".4f"),
 }
 
+#: what a suffix adds to a metric's key (``distinction_recall_ci``, ``belief_ratio_n_groups``),
+#: longest first: (suffix, words around the metric's own, format; None = the metric's)
+SUFFIXES = [
+    ("_share_rows_per_position", "share of rows in groups of two or more per position, {}", ".3f"),
+    ("_with_singletons", "{}, single-row groups counted", None),
+    ("_share_rows", "share of rows in groups of two or more, {}", ".3f"),
+    ("_n_groups", "groups behind the {}", "d"),
+    ("_n_pairs", "pairs scored for {}", "d"),
+    ("_n_rows", "rows behind the {}", "d"),
+    ("_note", "note on the {}", ""),
+    ("_ci", "95% interval of {}", None),
+]
 #: ``detour_{kind}@{p}``, optionally ``_legal``
 _DETOUR = re.compile(r"detour_(?P<kind>[a-z_]+)@(?P<p>[0-9.eE+-]+)(?P<legal>_legal)?")
 #: the report's summary-row key for the detour setting it shows
@@ -286,10 +303,10 @@ def label(key: str, analysis: str | None = None) -> Label:
         i = int(m.group("i")) + 1
         base = label("errors", analysis)
         return replace(base, key=key, text=f"{base.text} at horizon {i}", short=f"err@{i}")
-    for suffix, words in (("_ci", "95% interval of"), ("_n_pairs", "pairs scored for")):
+    for suffix, words, fmt in SUFFIXES:
         if key.endswith(suffix) and key[: -len(suffix)] in LABELS:
             base = LABELS[key[: -len(suffix)]]
-            return _L(key, f"{words} {base.text}", fmt="d" if suffix == "_n_pairs" else base.fmt)
+            return _L(key, words.format(base.text), fmt=base.fmt if fmt is None else fmt)
     if key.startswith("params."):
         name = key[len("params."):]
         return LABELS[name] if name in LABELS else _L(key, name.replace("_", " "), fmt="")

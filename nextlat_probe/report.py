@@ -66,8 +66,8 @@ CAPTIONS = {
     "rank_training": "Effective rank of the last block along training, against step (left) and against validation loss (right). The right panel is the matched-loss comparison.",
     "beliefs": "Exact belief states and the linear-probe predictions from the last layer on held-out sequences. A model whose hidden states linearly encode the belief reproduces the geometry.",
     "beliefs_taxi": "Probed (x, y) of the current intersection from the last layer on held-out trips, drawn over the true map and coloured by intersection: a model that knows where it is puts each colour on its own intersection.",
-    "probe_r2": "Weighted R^2 of the linear belief probe on held-out sequences per layer (concat = all blocks together). The shuffled-belief control shows what a probe reaches without a real correspondence.",
-    "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_psi.",
+    "probe_r2": "Weighted R² of the linear belief probe on held-out sequences per layer (all blocks concatenated as the last point). The shuffled-belief control shows what a probe reaches without a real correspondence.",
+    "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_ψ. Right: the share of the hidden states' variance left within groups of equal belief (or equal hidden state and position); 0 means the hidden state is a function of the belief.",
     "worldmodel": "World-model metrics of the taxi world (Vafa et al.; NextLat Table 1), metrics as rows and models as columns, with 95% intervals (Wilson for rates; mean ± 1.96 s.e. over prefix pairs for distinction under protocol vafa2024): next-token validity, valid greedy trajectories, sequence compression, distinction precision and recall, detour robustness at each setting scored, the effective rank of the last block and the validation loss. ↑ higher is better, ↓ lower is better. Paper figures: figures/table1.pdf (the headline metrics) and figures/worldmodel_appendix.pdf (every other one).",
     "beliefmodel": "Compression and distinction on a world with exact beliefs (after Vafa et al.; protocol myhill_nerode): prefixes with the same exact belief should get the same continuations from the model (compression, all-or-nothing per pair over sampled continuations), prefixes with different beliefs should be told apart by the minimal suffixes that distinguish them (distinction precision and recall, per pair). Worlds of full support (Mess3) have no distinguishing suffix: distinction is then undefined, not a number.",
     "maps": "The true street map, then, one row per model, the maps rebuilt from it: from generated trajectories (recovered streets, missing streets dotted, invented edges as arcs; an invented edge back to its own intersection as a small loop) and from hidden states (mean state per intersection embedded in 2-D). The counts in the titles are one-way edges, as in summary.json.",
@@ -423,12 +423,26 @@ def _column_title(row: dict[str, Any]) -> str:
     return f"{row['name']} ({objective_name(row['objective'])})"
 
 
+def _summary_headers(rows: list[dict[str, Any]], short: bool = False) -> dict[str, str]:
+    """Row headers that name where a summary number was measured (the layer of the
+    effective rank), beyond the label's words."""
+    from .labels import label, layer_name
+
+    layers = {r.get("rank_layer") for r in rows if r.get("rank_layer")}
+    if len(layers) != 1:
+        return {}
+    lab = label("effective_rank")
+    words = lab.short if short else lab.text
+    return {"effective_rank": f"{words} ({layer_name(layers.pop())}) {lab.arrow}"}
+
+
 def summary_text(rows: list[dict[str, Any]]) -> str:
     """The summary as a text table: metrics as rows (label, unit, direction), models as
     columns."""
     from .tables import metric_table_text
 
-    return metric_table_text([(_column_title(r), _cells(r)) for r in rows], SUMMARY_KEYS)
+    return metric_table_text([(_column_title(r), _cells(r)) for r in rows], SUMMARY_KEYS,
+                             headers=_summary_headers(rows, short=True))
 
 
 def summary_html(rows: list[dict[str, Any]]) -> str:
@@ -439,7 +453,7 @@ def summary_html(rows: list[dict[str, Any]]) -> str:
 
     styles = checkpoint_styles([r["name"] for r in rows], {r["name"]: r["objective"] for r in rows})
     return metric_table_html([(_column_title(r), _cells(r)) for r in rows], SUMMARY_KEYS,
-                             colors=[styles[r["name"]]["color"] for r in rows])
+                             colors=[styles[r["name"]]["color"] for r in rows], headers=_summary_headers(rows))
 
 
 def _matched_loss(ctx: Context) -> dict[str, Any]:
@@ -473,7 +487,7 @@ def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
             if a is None or b is None or a != a or b != b:
                 continue
             lab = label(key)
-            words = f"{lab.header(unit=False, arrow=False)} ({lab.better} is better)"
+            words = lab.header(unit=False)  # with its direction mark: ↑ higher is better, ↓ lower
             if abs(a - b) <= 1e-9 * max(1.0, abs(a)):
                 out.append(f"{prefix}{words}: tie ({lab.format(a)})")
                 continue
@@ -539,8 +553,9 @@ def _intro_html(rows, matched: dict[str, Any], records: list[dict[str, Any]],
         parts.append(f"<div class='note'>{html.escape(conv)}</div>")
     verdict = _verdict_lines(rows)
     if verdict:
-        parts.append("<p class='caption'>Which is better, metric by metric, at equal training steps — compare "
-                     "also at matched validation loss below.</p><ul class='verdict'>")
+        parts.append("<p class='caption'>Which is better, metric by metric, at equal training steps (↑ higher is "
+                     "better, ↓ lower is better) — compare also at matched validation loss below.</p>"
+                     "<ul class='verdict'>")
         parts += [f"<li>{html.escape(v)}</li>" for v in verdict]
         parts.append("</ul>")
     if matched.get("runs"):
@@ -610,6 +625,7 @@ def run_report(
     ``sources.load_model`` options (``world``, ``config``, ``vocab``, ``hf``) for models this
     toolkit did not train. The defaults (``n_seqs``, its held-out third, ``fit_steps``) are
     the analysis CLIs' and runners' own, so a number here is the number they print."""
+    from .labels import objective_name
     from .plots.page import write_page
     from .progress import progress as bar
     from .records import to_jsonable
@@ -659,7 +675,7 @@ def run_report(
                "seconds": time.time() - t0}
 
     out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
-    title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({m.objective})" for m in ctx.models)
+    title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({objective_name(m.objective)})" for m in ctx.models)
     write_page(pages, out / "report.html", title=title,
                intro_html=_intro_html(rows, matched, records, matched_wm, ctx.n_seqs))
     tmp = out / "summary.json.tmp"
@@ -676,7 +692,8 @@ def run_report(
             print(_matched_worldmodel_line(matched_wm))
         lines = _verdict_lines(rows)
         if lines:
-            print("\nOne run per objective, at equal training steps (not a seed average):")
+            print("\nOne run per objective, at equal training steps (not a seed average; ↑ higher is better, "
+                  "↓ lower is better):")
             for line in lines:
                 print("  - " + line)
         if protocol:

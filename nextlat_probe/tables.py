@@ -275,9 +275,10 @@ def metric_rows(columns: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence
 
 
 def metric_table_text(columns: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence[str],
-                      analysis: str | None = None, corner: str = "metric") -> str:
+                      analysis: str | None = None, corner: str = "metric",
+                      headers: Mapping[str, str] | None = None) -> str:
     """``metric_rows`` as a plain-text table (heading rows as a line of their own)."""
-    rows = metric_rows(columns, keys, analysis, short=True)
+    rows = metric_rows(columns, keys, analysis, short=True, headers=headers)
     heads = [corner] + [t for t, _ in columns]
     body = [r + [""] * (len(heads) - len(r)) if len(r) > 1 else [f"[{r[0]}]"] + [""] * (len(heads) - 1) for r in rows]
     return format_table([dict(zip(heads, b)) for b in body], [(h, h, "") for h in heads])

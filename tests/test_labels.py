@@ -213,8 +213,7 @@ def test_report_summary_is_transposed_and_its_verdicts_cover_every_headline_metr
     assert len(lines) == len(shown)
     detour = [ln for ln in lines if ln.startswith("detour")][0]
     # GPT is better on detour here, and the line says so, naming the setting
-    assert detour == ("detour robustness (random detours, p = 0.75) (higher is better): GPT better "
-                      "(GPT 0.550, NextLat 0.460)")
+    assert detour == "detour robustness (random detours, p = 0.75) ↑: GPT better (GPT 0.550, NextLat 0.460)"
     comp = [ln for ln in lines if ln.startswith("sequence compression")][0]
     assert comp.endswith("NextLat better (GPT 0.400, NextLat 0.650)")
     valid = [ln for ln in lines if ln.startswith("valid trajectories")][0]

@@ -61,3 +61,4 @@ def test_plain_progress_says_it_is_alive_during_a_long_tenth(monkeypatch):
     seconds = [float(ln.split("(")[1].split()[0]) for ln in lines]
     assert len(lines) >= 4, lines
     assert all(300 <= b - a <= 400 for a, b in zip(seconds, seconds[1:])), lines
+

@@ -110,8 +110,8 @@ def _check_what_a_person_reads(out, data, ckpts):
     # protocol lines are there, collapsed
     assert page.count("<details class='protocol'>") >= 5 and "protocol vafa2024" in page
     # the verdict lines cover the headline metrics and name the detour setting
-    assert "detour robustness (random detours, p = 0.75) (higher is better):" in page
-    assert "distinction recall (higher is better):" in page
+    assert "detour robustness (random detours, p = 0.75) ↑:" in page
+    assert "distinction recall ↑:" in page
     # the counts of the map titles are summary.json's, in the page and in the paper figure
     maps = [r for r in records if r["analysis"] == "mapping" and r["variant"] == "behaviour"]
     rows = {r["name"]: r for r in data["summary"]}
@@ -169,6 +169,17 @@ def test_demo_trains_reports_and_reuses(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stderr
 
 
+def test_the_demo_keeps_no_checkpoint_just_before_the_final_one():
+    from nextlat_probe.demo import keep_interval
+
+    assert keep_interval(2000) == 334  # kept at 334 ... 1670, then the final 2000
+    for steps in (12, 60, 100, 999, 2000, 2001, 3000, 6000):
+        k = keep_interval(steps)
+        last = steps // k * k
+        assert 1 <= steps // k <= 6
+        assert last == steps or steps - last >= k // 2, (steps, k, last)
+
+
 @pytest.mark.slow
 def test_report_scores_the_world_model_again_at_matched_loss(tmp_path):
     """A long GPT and a short NextLat: the matched-loss checkpoint of GPT is an early kept
@@ -210,13 +221,13 @@ def test_verdict_lines_compare_each_objective_with_gpt():
     n = {"objective": "nextlat", "effective_rank": 25.0, "val_loss": 0.90, "compression": 0.7}
     m = {"objective": "mtp", "effective_rank": 41.0, "val_loss": 0.84, "compression": float("nan")}
     two = _verdict_lines([g, n])
-    assert two == ["validation loss (lower is better): GPT better (GPT 0.8500, NextLat 0.9000)",
-                   "effective rank (lower is better): NextLat better (GPT 40.00, NextLat 25.00)",
-                   "sequence compression (higher is better): tie (0.700)"]
+    assert two == ["validation loss ↓: GPT better (GPT 0.8500, NextLat 0.9000)",
+                   "effective rank ↓: NextLat better (GPT 40.00, NextLat 25.00)",
+                   "sequence compression ↑: tie (0.700)"]
     three = _verdict_lines([g, n, m])
     assert three[:3] == ["NextLat vs GPT, " + line for line in two]
-    assert three[3:] == ["MTP vs GPT, validation loss (lower is better): MTP better (GPT 0.8500, MTP 0.8400)",
-                         "MTP vs GPT, effective rank (lower is better): GPT better (GPT 40.00, MTP 41.00)"]
+    assert three[3:] == ["MTP vs GPT, validation loss ↓: MTP better (GPT 0.8500, MTP 0.8400)",
+                         "MTP vs GPT, effective rank ↓: GPT better (GPT 40.00, MTP 41.00)"]
     # MTP's undefined compression is left out, not called a tie
     assert _verdict_lines([n, m]) == [] and _verdict_lines([g, g, n]) == []
 

@@ -352,7 +352,7 @@ def map_panels(true_map: Any, records: list[dict[str, Any]], curvature: float = 
                 dirs = [e[1] if len(e) == 3 else None for e in (m.get("invented_edges") or [])]
                 size = float(np.median(np.linalg.norm(true_segs[:, 1] - true_segs[:, 0], axis=1))) if len(true_segs) else 1.0
                 loops = self_loops(layout[inv[loop, 0]], [d for d, is_loop in zip(dirs, loop) if is_loop]
-                                   if len(dirs) == len(inv) else [None] * int(loop.sum()), 0.2 * size)
+                                   if len(dirs) == len(inv) else [None] * int(loop.sum()), 0.1 * size)
                 arcs = np.concatenate([arcs.reshape(-1, loops.shape[1], 2), loops]) if len(arcs) else loops
             # the counts are the record's (summary.json's): every invented edge, self-loops
             # included, and every missed one-way edge

@@ -114,6 +114,24 @@ def _grid(n: int, cols: int | None, default: int = 3) -> tuple[int, int]:
     return -(-n // c), c
 
 
+def _log_axis(fig, values: Any, axis: str = "y", **where: Any) -> None:
+    """A log axis with readable ticks: every digit under one decade of data, 1-2-5 steps
+    under two, decades above that; no minor numbers (plotly labels the minor ticks of a
+    short log axis, which crowds them)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    if v.size == 0:
+        update(type="log", **where)
+        return
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    decades = np.log10(v.max() / v.min())
+    subs = range(1, 10) if decades < 1 else (1, 2, 5) if decades < 2 else (1,)
+    ticks = [m * 10.0**e for e in range(int(lo), int(hi) + 1) for m in subs]
+    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    update(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], **where)
+
+
 def _equal_axes(fig, k: int, row: int, col: int, visible: bool = False) -> None:
     fig.update_xaxes(visible=visible, row=row, col=col)
     fig.update_yaxes(visible=visible, scaleanchor="x" if k == 1 else f"x{k}", scaleratio=1, row=row, col=col)
@@ -154,8 +172,11 @@ def rank_figure(records: list[dict[str, Any]]):
             hovertemplate="%{x}: effective rank %{y:.2f}<br>validation loss %{customdata[0]:.4f} "
             "(gap to the floor %{customdata[1]:.4f})<extra>" + name + "</extra>"),
             row=1, col=2)
-    fig.update_yaxes(type="log", title_text=label("spectrum").axis(), row=1, col=1)
-    fig.update_xaxes(type="log", title_text="component", row=1, col=1)
+    spectra = np.concatenate([as_float_array(r["metrics"].get("spectrum")) for r in recs] or [np.zeros(0)])
+    _log_axis(fig, spectra, "y", row=1, col=1)
+    _log_axis(fig, np.arange(1, max(2, max(len(r["metrics"].get("spectrum") or []) for r in recs) + 1)), "x", row=1, col=1)
+    fig.update_yaxes(title_text=label("spectrum").axis(), row=1, col=1)
+    fig.update_xaxes(title_text="component", row=1, col=1)
     fig.update_yaxes(title_text=label("effective_rank").axis(), row=1, col=2)
     _layer_axis(fig, layers_in_order(recs), row=1, col=2)
     fig.update_layout(**_LAYOUT, height=450, width=1100)
@@ -228,7 +249,7 @@ def belief_figure(records: list[dict[str, Any]], true_map: Any = None, max_point
                         horizontal_spacing=0.03, vertical_spacing=0.1 / n_rows)
     xr, yr = common_limits(lims)
     # panels as tall as the data are: a tall street map gets tall panels, not a thin strip
-    aspect = float(np.clip((yr[1] - yr[0]) / max(xr[1] - xr[0], 1e-12), 0.6, 1.8)) if taxi else 1.0
+    aspect = float(np.clip((yr[1] - yr[0]) / max(xr[1] - xr[0], 1e-12), 0.35, 1.8)) if taxi else 1.0
     tri = np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]])
     for k, p in enumerate(panels, start=1):
         row, col = (k - 1) // n_cols + 1, (k - 1) % n_cols + 1
@@ -264,9 +285,11 @@ def belief_figure(records: list[dict[str, Any]], true_map: Any = None, max_point
         fig.update_xaxes(range=xr, row=row, col=col)
         fig.update_yaxes(range=yr, row=row, col=col)
     fig.update_annotations(font_size=11)
-    panel_w = 360 if not taxi else min(520, 1100 // n_cols)
-    fig.update_layout(**_LAYOUT, height=int(80 + (panel_w * aspect + 40) * n_rows), width=max(440, panel_w * n_cols + 40),
-                      margin=dict(l=20, r=20, t=70, b=20))
+    panel_w = 360 if not taxi else min(540, 1100 // n_cols)
+    fig.update_layout(**_LAYOUT, height=int(110 + (panel_w * aspect + 40) * n_rows), width=max(440, panel_w * n_cols + 40),
+                      margin=dict(l=20, r=20, t=70, b=40))
+    if taxi:  # the legend under the maps: they get the page's width
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0))
     return fig
 
 
@@ -331,7 +354,7 @@ def transition_figure(records: list[dict[str, Any]], log_y: bool = True):
                 marker=dict(symbol=plotly_marker(st), size=6),
                 hovertemplate="horizon %{x}: %{y:.4g}<extra>" + trace + "</extra>"), row=1, col=1)
     for key, vals in ratios.items():
-        words = label(key).header(short=True, arrow=False)
+        words = label(key).header(arrow=False)
         fig.add_trace(go.Bar(x=list(vals), y=np.array(list(vals.values())), name=words,
                              marker_color=[styles[n]["color"] for n in vals],
                              marker_pattern_shape="" if key == "belief_ratio" else "/",
@@ -341,7 +364,9 @@ def transition_figure(records: list[dict[str, Any]], log_y: bool = True):
                          row=1, col=2)
         fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="horizon i (steps ahead)", row=1, col=1)
-    fig.update_yaxes(title_text=label("errors").axis(), type="log" if log_y else "linear", row=1, col=1)
+    fig.update_yaxes(title_text=label("errors").axis(), row=1, col=1)
+    if log_y:
+        _log_axis(fig, np.concatenate([as_float_array(r["metrics"].get("errors")) for r in recs]), "y", row=1, col=1)
     fig.update_layout(**_LAYOUT, height=450, width=1100 if ratios else 800)
     return fig
 
@@ -388,8 +413,10 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
             first = False
     for key, (r, c) in pos.items():
         fig.update_xaxes(title_text=label("step").text, row=r, col=c)
-        fig.update_yaxes(title_text=label(key).unit or None, type="log" if key in LOG_PANELS else "linear",
-                         row=r, col=c)
+        fig.update_yaxes(title_text=label(key).unit or None, row=r, col=c)
+        if key in LOG_PANELS:
+            _log_axis(fig, np.concatenate([s[key][1] for s in series.values() if key in s] or [np.zeros(0)]), "y",
+                      row=r, col=c)
     fig.update_layout(**_LAYOUT, height=375 * n_rows, width=1100)
     return fig
 
@@ -406,6 +433,12 @@ def position_loss_figure(records: list[dict[str, Any]]):
     styles = record_styles(recs)
     floors = [as_float_array(r["metrics"]["floor"]) for r in recs]
     shared = all(f.shape == floors[0].shape and np.allclose(f, floors[0], equal_nan=True) for f in floors)
+    counts = [as_float_array(r["metrics"].get("count")) for r in recs]
+    same_counts = all(c.shape == counts[0].shape and np.array_equal(c, counts[0]) for c in counts)
+    if same_counts and len(counts[0]):  # the same sequences for every model: one set of bars
+        fig.add_trace(go.Bar(x=as_float_array(recs[0]["metrics"]["positions"]), y=counts[0], name="targets (every model)",
+                             marker_color="#9A9A9A", showlegend=False,
+                             hovertemplate="position %{x}: %{y:d} targets<extra></extra>"), row=1, col=3)
     for r, fl in zip(recs, floors):
         name, st = r["name"], styles[r["name"]]
         x, y = as_float_array(r["metrics"]["positions"]), as_float_array(r["metrics"]["loss"])
@@ -416,7 +449,7 @@ def position_loss_figure(records: list[dict[str, Any]]):
                                  line=line, hovertemplate="position %{x}: +%{y:.4f}<extra>" + name + "</extra>"),
                       row=1, col=2)
         cnt = as_float_array(r["metrics"].get("count"))
-        if len(cnt) == len(x):
+        if len(cnt) == len(x) and not same_counts:
             fig.add_trace(go.Bar(x=x, y=cnt, name=f"{name}: targets", legendgroup=name, showlegend=False,
                                  marker_color=st["color"], opacity=0.6,
                                  hovertemplate="position %{x}: %{y:d} targets<extra>" + name + "</extra>"),
@@ -547,7 +580,8 @@ def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 
         shown.add("nodes")
         _equal_axes(fig, k, row, col)
     fig.update_annotations(font_size=11)
-    fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1250, max(600, 410 * n_cols)))
+    fig.update_layout(**_LAYOUT, height=110 + 340 * n_rows, width=min(1150, max(600, 300 * n_cols)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(l=20, r=20, t=80, b=40))
     return fig
 
 

@@ -30,8 +30,16 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
+#: the widest a figure may be on the page (its text column): wider ones are narrowed, so a
+#: page never scrolls sideways
+PAGE_WIDTH = 1150
+
+
 def figure_div(fig: Any) -> str:
-    """A figure as an HTML div that uses the page's embedded plotly.js."""
+    """A figure as an HTML div that uses the page's embedded plotly.js (no wider than
+    ``PAGE_WIDTH``)."""
+    if (fig.layout.width or 0) > PAGE_WIDTH:
+        fig.update_layout(width=PAGE_WIDTH)
     return fig.to_html(full_html=False, include_plotlyjs=False)
 
 
