@@ -356,8 +356,8 @@ def test_probe_and_transition_pages(tmp_path):
     assert own["line"]["dash"] == "dash" and own["line"]["color"] == NEXTLAT
     np.testing.assert_allclose(decode(own["y"]), [0.05, 0.1, 0.2])
     assert not [t for t in traces if t.get("name") == "gpt-0: own p_ψ"]
-    np.testing.assert_allclose(decode(named(traces, "within-belief var")[0]["y"]), [0.3, 0.1])
-    np.testing.assert_allclose(decode(named(traces, "within-(state,pos) var")[0]["y"]), [0.35, 0.12])
+    np.testing.assert_allclose(decode(named(traces, "within-belief variance share")[0]["y"]), [0.3, 0.1])
+    np.testing.assert_allclose(decode(named(traces, "within-(state, position) variance share")[0]["y"]), [0.35, 0.12])
 
 
 FLOOR = 0.8386
@@ -397,7 +397,7 @@ def test_training_and_position_pages(tmp_path):
     np.testing.assert_allclose(decode(loss[0]["y"]), floor + 0.2 / pos)
     np.testing.assert_allclose(decode(loss[1]["y"]), 0.2 / pos, atol=1e-12)
     np.testing.assert_allclose(decode(named(traces, "exact floor")[0]["y"]), floor)
-    counts = named(traces, "gpt-0: targets")[0]  # the count behind every point
+    counts = named(traces, "targets (every model)")[0]  # the count behind every point, once: the same for both
     assert counts["xaxis"] == "x3" and list(decode(counts["y"])) == [10] * 8
 
 

@@ -143,7 +143,9 @@ def _wrap(title: str, width: int = 38) -> str:
 
 def _layer_ticks(a, layers: list[Any]) -> dict[Any, int]:
     pos = {lay: i for i, lay in enumerate(layers)}
-    a.set_xticks(list(pos.values()), [layer_name(k) for k in pos], rotation=30 if len(pos) > 4 else 0)
+    names = [layer_name(k) for k in pos]
+    crowded = sum(len(n) for n in names) > 40  # the names would run into each other: slant them
+    a.set_xticks(list(pos.values()), names, rotation=25 if crowded else 0, ha="right" if crowded else "center")
     return pos
 
 
@@ -303,8 +305,12 @@ def probe_r2_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "
             ctrl = [r["metrics"].get(f"control_{metric}") for r in rows]
             if any(c is not None for c in ctrl):
                 a.plot(x, as_float_array(ctrl), color=st["color"], ls=":", lw=0.8, label=f"{name} shuffled control")
-        a.set(xlabel="layer", ylabel=label(metric, "probe").axis() + " (held out)")
-        a.legend()
+        lab = label(metric, "probe")
+        a.set(xlabel="layer", ylabel=f"{lab.header(arrow=False)} (held out) {lab.arrow}")
+        if ax is None:  # under the figure, clear of the slanted layer names
+            fig.legend(*a.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small")
+        else:
+            a.legend(fontsize="x-small")
     return fig
 
 
@@ -414,7 +420,7 @@ def position_loss_plot(records: list[dict[str, Any]], ax: Any = None, column: st
         if same_counts and len(counts[0]) == len(x0):
             a3.bar(x0, counts[0], width=0.8, color="#9A9A9A", label="every model")
         a2.axhline(0.0, color="#888888", lw=0.6)
-        a1.set(xlabel="position", ylabel=label("loss", "position_loss").axis(), title="loss per position")
+        a1.set(xlabel="position", ylabel=f"{_NATS} ↓", title="cross-entropy per position")
         a2.set(xlabel="position", title="loss − exact floor", ylabel=f"{_NATS} ↓")
         a3.set(xlabel="position", title="targets scored per position", ylabel=label("count").text)
         a1.legend()
