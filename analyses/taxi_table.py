@@ -33,7 +33,8 @@ Outputs in ``--out``:
     taxi_table.tex            the summary as a booktabs LaTeX table
     rank_trajectory.csv       effective rank and validation loss at every kept checkpoint
     rank_matched.csv          the matched-loss checkpoint of every run, with its effective rank
-    worldmodel.pdf/.png       the metrics of every run (bars = 95% Wilson intervals)
+    worldmodel.pdf/.png       the metrics of every run: the rates on one shared [0, 1] axis (bars = 95%
+                              Wilson intervals), effective rank and gap to the floor beside them
     rank_training.pdf/.png    effective rank vs step and vs validation loss, every run
     maps_seed0.pdf/.png       maps rebuilt from the seed-0 models (behaviour, hidden states)
     runs/                     the checkpoints
@@ -72,8 +73,9 @@ OTHER_SOURCES = {"effective_rank": ("rank", "effective_rank"), "effective_rank_m
 TRAJECTORY_COLUMNS = ["name", "objective", "seed", "step", "layer", "effective_rank", "val_loss", "val_floor",
                       "gap_to_floor"]
 MATCHED_COLUMNS = ["name", "objective", "seed", "step", "val_loss", "target_val_loss", "effective_rank"]
-#: world-model figure panels ("detour" as in METRICS); effective rank from the final rank records
-FIGURE_METRICS = ["next_token", "trajectory_valid", "compression", "detour", "effective_rank"]
+#: the rates of the world-model figure ("detour" as in METRICS); effective rank and the gap to
+#: the floor are drawn beside them (``paper.table1_plot``)
+FIGURE_METRICS = ["next_token", "trajectory_valid", "compression", "detour"]
 
 
 def with_detour(columns: list, detour_key: str) -> list:
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                                                     caption=caption, label="tab:taxi"))
 
     with P.paper_style():
-        fig = P.worldmodel_plot(worldmodel + final_rank, columns=with_detour(FIGURE_METRICS, detour_key))
+        fig = P.table1_plot(worldmodel + final_rank, rates=with_detour(FIGURE_METRICS, detour_key))
         P.save_figure(fig, out / "worldmodel", formats=("pdf", "png"))
         fig = P.rank_training_plot(trajectory)
         P.save_figure(fig, out / "rank_training", formats=("pdf", "png"))

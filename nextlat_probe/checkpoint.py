@@ -43,7 +43,9 @@ Layout (``FORMAT_VERSION`` 1)::
                             sampler_used device / host / data, the device sampler's
                             sampler_chunk and sampler_device, a dataset's identity; the batch
                             of every step is a function of these, the seed and the step)
-    metrics                 validation numbers of THESE weights (step, val_loss, val_floor, val_gap)
+    metrics                 validation numbers of THESE weights (step, val_loss, val_floor,
+                            gap_to_floor; older files say val_gap, which
+                            ``load_checkpoint`` reads as gap_to_floor)
 """
 from __future__ import annotations
 
@@ -503,7 +505,7 @@ def build_loaded(data: dict[str, Any], mcfg: Any, ocfg: Any, dev: Any) -> Loaded
         objective_config=ocfg,
         train_config=dict(data.get("train_config") or {}),
         step=int(data.get("step", 0)),
-        metrics=dict(data.get("metrics") or {}),
+        metrics=current_metrics(data.get("metrics")),
         raw=data,
         mtp_heads=heads,
     )
@@ -529,6 +531,17 @@ def load_weights(module: Any, sd: dict[str, Any], path: str | os.PathLike, what:
         raise CheckpointError(path, f"{what} ({why})")
 
 
+def current_metrics(stored: Any) -> dict[str, Any]:
+    """A checkpoint's stored validation numbers under today's names: ``val_gap`` (what older
+    files store; 0.2 renamed it everywhere else) is read as ``gap_to_floor``, so
+    ``LoadedCheckpoint.metrics`` is the same for old and new files."""
+    m = dict(stored or {})
+    if "val_gap" in m:
+        m.setdefault("gap_to_floor", m["val_gap"])
+        del m["val_gap"]
+    return m
+
+
 def world_of(data: dict[str, Any]) -> Any:
     """The world a validated checkpoint dict was trained on; its vocabulary must be the
     model's (a crafted spec must not index past the embedding)."""
@@ -549,7 +562,7 @@ __all__ = [
     "FORMAT", "FORMAT_VERSION", "CheckpointError", "LoadedCheckpoint", "load_checkpoint", "build_loaded", "read_checkpoint",
     "load_plain", "is_nextlat_checkpoint",
     "save_checkpoint", "atomic_write_bytes", "validate_checkpoint", "model_config_problem", "expected_model_shapes",
-    "world_of", "plain", "parameter_count", "load_weights",
+    "world_of", "plain", "parameter_count", "load_weights", "current_metrics",
     "MAX_N_LAYERS", "MAX_D_MODEL", "MAX_N_HEADS", "MAX_D_HEAD", "MAX_D_MLP", "MAX_N_CTX", "MAX_D_VOCAB",
     "MAX_D_DYNAMICS", "MAX_MTP_HORIZON", "MAX_PARAMETERS",
 ]

@@ -26,7 +26,7 @@ EXIT_USAGE = 2
 
 __all__ = ["EXIT_USAGE", "UsageError", "ArgumentParser", "HelpFormatter", "run_main", "print_json", "add_model_args", "source_options", "load_cli_models",
            "cli_inputs", "add_sequence_args", "add_world_args", "world_spec", "WORLD_FLAGS",
-           "world_flag_value",
+           "world_flag_value", "held_out_split",
            "add_output_args", "add_layers_arg", "check_positive", "check_output_path", "resolve_device_arg",
            "progress_enabled", "table_text", "print_table", "finish", "add_limit_args"]
 
@@ -366,6 +366,20 @@ def check_output_path(path: Path | str | None, flag: str = "--plot") -> None:
         raise UsageError(f"{flag} {path}: {exc.strerror or one_line(exc)}") from None
 
 
+def held_out_split(args: argparse.Namespace) -> tuple[int, int]:
+    """(n_seqs, n_test) of ``--n-seqs`` / ``--n-test`` / ``--n-train`` (probe, transition):
+    the held-out part is the last third unless given (``compare.held_out``, the report's
+    rule too); with ``--n-train`` alone, half as many as it."""
+    from .compare.inputs import held_out
+
+    check_positive(n_test=args.n_test, n_train=args.n_train)
+    if args.n_train is not None:
+        n_test = args.n_test if args.n_test is not None else max(1, args.n_train // 2)
+        return args.n_train + n_test, n_test
+    check_positive(n_seqs=args.n_seqs)
+    return args.n_seqs, args.n_test if args.n_test is not None else held_out(args.n_seqs)
+
+
 def resolve_device_arg(device: str) -> str:
     """Validate ``--device`` through the one resolver (one line for unknown / unavailable)."""
     from .models.transformer import resolve_device
@@ -378,11 +392,13 @@ def progress_enabled(args: argparse.Namespace) -> bool:
 
 
 def table_text(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
-    """Records as a text table with the protocol line (their ``params``) under it."""
-    from .tables import protocol_note, text_table
+    """Records as a text table with, under it, the protocol line (their ``params``) and the
+    convergence note (how far from the exact floor each model is: the context of every
+    number)."""
+    from .tables import convergence_note, protocol_note, text_table
 
-    note = protocol_note(records)
-    return text_table(records, columns) + (f"\n{note}" if note else "")
+    notes = [n for n in (protocol_note(records), convergence_note(records)) if n]
+    return "\n".join([text_table(records, columns), *notes])
 
 
 def print_table(records: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> None:

@@ -21,6 +21,13 @@ from .report import MIN_N_SEQS
 DEMO_WORLDS = ("taxi", "mess3", "rrxor", "z1r", "a5")
 
 
+def keep_interval(steps: int, kept: int = 6) -> int:
+    """Steps between the checkpoints kept along training: ``steps / kept`` rounded up, so
+    the last one kept is the final step itself or well before it, never a step or two
+    short of it (2000 // 6 = 333 kept ckpt_step1998 beside the final 2000)."""
+    return max(1, -(-int(steps) // kept))
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m nextlat_probe.demo", description=__doc__.split("\n\n")[0])
     p.add_argument("--world", default="taxi", metavar="SPEC",
@@ -84,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         device=device,
         eval_every=max(50, args.steps // 15),
         save_every=max(100, args.steps // 6),
-        keep_every=max(1, args.steps // 6),  # the matched-loss comparison picks among these
+        keep_every=keep_interval(args.steps),  # the matched-loss comparison picks among these
     )
     ckpts = [run.checkpoint for run in runs]
     print(f"[demo] training done in {time.time() - t0:.0f} s", file=sys.stderr)

@@ -56,8 +56,13 @@ class Run:
         return self.out_dir.name
 
     @property
-    def val_gap(self) -> float:
+    def gap_to_floor(self) -> float:
         return self.val_loss - self.val_floor
+
+    @property
+    def val_gap(self) -> float:
+        """The 0.1 name of ``gap_to_floor`` (kept so older scripts run)."""
+        return self.gap_to_floor
 
     def intermediate(self) -> list[Path]:
         """Intermediate checkpoints ``ckpt_step{N}.pt`` of this run, by step."""
@@ -65,7 +70,7 @@ class Run:
 
     def info(self) -> dict[str, Any]:
         return {"run": self.name, "objective": self.objective, "seed": self.seed, "step": self.step,
-                "val_loss": self.val_loss, "val_floor": self.val_floor, "val_gap": self.val_gap,
+                "val_loss": self.val_loss, "val_floor": self.val_floor, "gap_to_floor": self.gap_to_floor,
                 "checkpoint": str(self.checkpoint)}
 
 

@@ -175,7 +175,7 @@ def model_card(ck: Any, export_config: dict[str, Any], out: Path) -> str:
                             f"{tc.get('n_val', '?')} held-out sequences)"),
         ("exact floor", f"{_fmt(m.get('val_floor'))} nats/token (the world's exact predictive distribution on the "
                         "same tokens)"),
-        ("gap to the floor", f"{_fmt(m.get('val_gap'))} nats/token"),
+        ("gap to the floor", f"{_fmt(m.get('gap_to_floor'))} nats/token"),
         ("model", f"{mc['n_layers']} layers, d_model {mc['d_model']}, {mc['n_heads']} heads of {mc['d_head']}, "
                   f"d_mlp {mc['d_mlp']}, context {mc['n_ctx']}, {mc['d_vocab']} tokens, {mc['act_fn']}, "
                   "learned positions, LayerNorm, untied unembedding"),

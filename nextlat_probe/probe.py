@@ -21,28 +21,21 @@ from .cli import (
     add_output_args,
     add_sequence_args,
     check_output_path,
-    check_positive,
     cli_inputs,
     finish,
+    held_out_split,
     load_cli_models,
     progress_enabled,
     resolve_device_arg,
     run_main,
     table_text,
 )
+from .compare.inputs import N_SEQS
+from .labels import columns
 
-COLUMNS = [
-    ("name", "checkpoint", ""),
-    ("objective", "objective", ""),
-    ("layer", "layer", ""),
-    ("mse", "belief MSE", ".3g"),
-    ("r2", "R^2", ".4f"),
-    ("kl", "KL", ".4f"),
-    ("control_r2", "shuffled R^2", ".3f"),
-    ("state_accuracy", "state acc.", ".3f"),
-    ("xy_r2", "(x,y) R^2", ".3f"),
-    ("val_loss", "val loss", ".4f"),
-]
+#: the printed table: headers, units, directions and formats from ``nextlat_probe.labels``
+COLUMNS = columns(["name", "objective", "layer", "mse", "r2", "kl", "control_r2", "state_accuracy", "xy_r2",
+                   "val_loss", "gap_to_floor"], "probe")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,8 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Linear probes from hidden states to exact belief states, on held-out "
                                 "sequences (the last --n-test of --n-seqs).")
     add_model_args(p)
-    add_sequence_args(p, n_seqs=384, what="sequences in all: the first n_seqs - n_test train, the rest test")
-    p.add_argument("--n-test", type=int, default=128, help="held-out test sequences (default 128)")
+    add_sequence_args(p, n_seqs=N_SEQS, what="sequences in all: the first n_seqs - n_test train, the rest test; "
+                      "the report's default too")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="held-out test sequences (default: the last third of --n-seqs, 85 of 256, as in the report)")
     p.add_argument("--n-train", type=int, default=None,
                    help="training sequences; sets --n-seqs to n_train + n_test (the older spelling)")
     add_layers_arg(p, "all")
@@ -78,16 +73,14 @@ def parse_alpha(text: str) -> float | str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(n_test=args.n_test, n_train=args.n_train)
-    n_seqs = args.n_seqs if args.n_train is None else args.n_train + args.n_test
-    check_positive(n_seqs=n_seqs)
+    n_seqs, n_test = held_out_split(args)
     alpha = parse_alpha(args.alpha)
     check_output_path(args.plot)
     device = resolve_device_arg(args.device)
     from .compare import run_probe
 
     models = load_cli_models(args, device)
-    records = run_probe(None, inputs=cli_inputs(args, models, n_seqs), n_test=args.n_test, layers=args.layers,
+    records = run_probe(None, inputs=cli_inputs(args, models, n_seqs), n_test=n_test, layers=args.layers,
                         protocol="in_sample" if args.in_sample else "held_out",
                         alpha=alpha, classifier=not args.no_classifier, keep_points=3000 if args.plot else 0,
                         seed=args.seed, device=device, progress=progress_enabled(args))

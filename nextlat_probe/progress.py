@@ -2,8 +2,10 @@
 
 On an interactive terminal this is a tqdm bar. Written to anything else (a log file, CI, a
 pipe) a bar's carriage-return redraws become one line per update — hundreds of KB for one
-``make demo`` — so there it prints a plain line at the start, about every 10% (at most
-every ``min_seconds``), and at the end instead.
+``make demo`` — so there it prints a plain line at the start, at every tenth of the work
+(10%, 20%, ...; about ten lines whatever the length) and at the end instead. Work of unknown
+length prints a line every ``min_seconds``; a tenth that takes longer than
+``stall_seconds`` gets one line in between, so a log never looks dead.
 """
 from __future__ import annotations
 
@@ -25,14 +27,15 @@ class PlainProgress:
     iteration) printing occasional plain lines."""
 
     def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
-                 disable: bool = False, stream: TextIO | None = None, min_seconds: float = 10.0, initial: int = 0,
-                 **_: Any):
+                 disable: bool = False, stream: TextIO | None = None, min_seconds: float = 30.0, initial: int = 0,
+                 stall_seconds: float = 300.0, **_: Any):
         self.iterable = iterable
         if total is None and iterable is not None and hasattr(iterable, "__len__"):
             total = len(iterable)  # type: ignore[arg-type]
         self.total, self.desc, self.disable = total, desc, disable
         self.stream = stream or sys.stderr
         self.min_seconds = min_seconds
+        self.stall_seconds = stall_seconds
         self.n = int(initial)
         self.postfix = ""
         self._t0 = self._last = time.monotonic()
@@ -53,7 +56,8 @@ class PlainProgress:
             return  # the end line comes from close()
         now = time.monotonic()
         crossed = bool(self.total) and self.n >= self._next_frac * self.total  # type: ignore[operator]
-        if (crossed and now - self._last >= 1.0) or now - self._last >= self.min_seconds:
+        quiet_for = now - self._last
+        if (crossed and quiet_for >= 1.0) or quiet_for >= (self.stall_seconds if self.total else self.min_seconds):
             if self.total:
                 self._next_frac = (int(10 * self.n / self.total) + 1) / 10
             self._last = now

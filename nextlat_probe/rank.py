@@ -27,20 +27,11 @@ from .cli import (
     run_main,
     table_text,
 )
+from .labels import columns
 
-COLUMNS = [
-    ("name", "checkpoint", ""),
-    ("objective", "objective", ""),
-    ("step", "step", "d"),
-    ("layer", "layer", ""),
-    ("effective_rank", "eff. rank", ".2f"),
-    ("participation_ratio", "PR", ".2f"),
-    ("n90", "n90", "d"),
-    ("n99", "n99", "d"),
-    ("d_model", "d_model", "d"),
-    ("val_loss", "val loss", ".4f"),
-    ("gap_to_floor", "gap to floor", ".4f"),
-]
+#: the printed table: headers, units, directions and formats from ``nextlat_probe.labels``
+COLUMNS = columns(["name", "objective", "step", "layer", "effective_rank", "participation_ratio", "n90", "n99",
+                   "d_model", "val_loss", "gap_to_floor"])
 
 
 def build_parser() -> argparse.ArgumentParser:

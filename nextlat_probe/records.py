@@ -136,6 +136,19 @@ def interval(v: Any) -> tuple[float, float, float]:
     return value(v), math.nan, math.nan
 
 
+def metric_interval(record: Mapping[str, Any], key: str) -> tuple[float, float, float]:
+    """``(value, low, high)`` of metric ``key`` of a record: a rate's Wilson interval, or
+    for a per-pair mean (protocol ``vafa2024``'s distinction) its ``{key}_ci``; NaN bounds
+    when the metric has no interval."""
+    v = metric(record, key)
+    if is_rate(v):
+        return interval(v)
+    ci = metric(record, f"{key}_ci")
+    if isinstance(ci, (list, tuple)) and len(ci) == 2:
+        return value(v), value(ci[0]), value(ci[1])
+    return value(v), math.nan, math.nan
+
+
 def metric(record: Mapping[str, Any], key: str) -> Any:
     """The raw metric ``key`` of a record (a number, list or rate), or None."""
     return record.get("metrics", {}).get(key)
@@ -169,7 +182,7 @@ def identity(model: Any) -> dict[str, Any]:
     ocfg = getattr(model, "objective_config", None)
     horizon = getattr(ocfg, "horizon", None) if objective in ("nextlat", "mtp") else None
     val_loss, val_floor = _finite_or_none(m.get("val_loss")), _finite_or_none(m.get("val_floor"))
-    gap = m.get("val_gap")
+    gap = m.get("gap_to_floor", m.get("val_gap"))  # val_gap: older checkpoints
     if gap is None and val_loss is not None and val_floor is not None:
         gap = val_loss - val_floor
     return {
@@ -279,6 +292,6 @@ def to_jsonable(obj: Any) -> Any:
 
 __all__ = [
     "RECORD_KEYS", "IDENTITY_KEYS", "TRAINING_KEYS", "ANALYSES", "RATE_KEYS", "Rate", "rate", "wilson_interval",
-    "is_rate", "value", "interval", "metric", "metric_value", "identity", "make_record", "check_record", "check_records",
+    "is_rate", "value", "interval", "metric", "metric_interval", "metric_value", "identity", "make_record", "check_record", "check_records",
     "select", "names", "group_by", "to_jsonable",
 ]

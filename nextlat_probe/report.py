@@ -41,32 +41,23 @@ from .cli import (
     run_main,
     source_options,
 )
+from .compare.inputs import N_SEQS, held_out
+from .compare.transition import FIT_STEPS
 
-SUMMARY_COLUMNS = [
-    ("name", "checkpoint", ""),
-    ("objective", "objective", ""),
-    ("step", "step", "d"),
-    ("val_loss", "val loss", ".4f"),
-    ("gap_to_floor", "gap to floor", ".4f"),
-    ("effective_rank", "eff. rank", ".2f"),
-    ("probe_r2", "belief R^2", ".4f"),
-    ("probe_mse", "belief MSE", ".3g"),
-    ("transition_err1", "post-hoc err@1", ".4f"),
-    ("belief_ratio", "within-belief var", ".4f"),
+#: the report's summary, metrics as rows (one column per model); "# ..." keys are
+#: headings; labels, units, directions and formats come from ``nextlat_probe.labels``
+SUMMARY_KEYS = [
+    "# training", "step", "val_loss", "gap_to_floor",
+    "# hidden states", "effective_rank", "probe_r2", "probe_mse", "state_accuracy", "transition_err1", "own_err1",
+    "belief_ratio",
+    "# world model", "next_token", "valid_trajectory", "legal_trajectory", "compression", "distinction_precision",
+    "distinction_recall", "detour", "invented_edges",
 ]
-STATE_COLUMN = ("state_accuracy", "state probe acc.", ".3f")
-TAXI_COLUMNS = [
-    ("next_token", "next-token", ".3f"),
-    ("valid_trajectory", "valid traj.", ".3f"),
-    ("compression", "compression", ".3f"),
-    ("detour", "detour", ".3f"),
-]
-#: ... and for other worlds with exact beliefs (compression and distinction, myhill_nerode)
-BELIEF_COLUMNS = [
-    ("compression", "compression", ".3f"),
-    ("distinction_precision", "dist. precision", ".3f"),
-    ("distinction_recall", "dist. recall", ".3f"),
-]
+#: the headline metrics the verdict lines compare, in order (every one the summary shows
+#: that has a better direction)
+VERDICT_KEYS = ["val_loss", "gap_to_floor", "effective_rank", "probe_r2", "transition_err1", "next_token",
+                "valid_trajectory", "compression", "distinction_precision", "distinction_recall", "detour",
+                "invented_edges"]
 #: the world-model detour setting shown in the summary (the paper's: random detours, p = 0.75)
 SUMMARY_DETOUR = "detour_random@0.75"
 #: summary row key -> worldmodel metric
@@ -76,17 +67,17 @@ WORLDMODEL_SUMMARY = {"next_token": "next_token", "valid_trajectory": "trajector
                       "detour": SUMMARY_DETOUR}
 
 CAPTIONS = {
-    "training": "Validation loss during training with the exact floor (dashed): the cross-entropy of the world's exact predictive distribution on the same validation tokens. The gap is what the model has still to learn.",
-    "position": "Loss per position on held-out sequences next to the exact per-position floor. Early positions carry more uncertainty; a model that tracks the belief state follows the floor.",
+    "training": "Validation loss minus the exact floor during training (log scale), with the training losses. The floor is the cross-entropy of the world's exact predictive distribution on the same validation tokens; the gap is what the model has still to learn.",
+    "position": "Loss per position on held-out sequences next to the exact per-position floor, the excess over it, and how many targets each position's number rests on (later positions of variable-length trips rest on fewer). Early positions carry more uncertainty; a model that tracks the belief state follows the floor.",
     "rank": "Singular-value spectra (left) and effective rank (Roy & Vetterli) per layer (right), uncentred, on the same sequences. Lower = more compact hidden states. Read it with the validation loss: an undertrained model also looks compact.",
     "rank_training": "Effective rank of the last block along training, against step (left) and against validation loss (right). The right panel is the matched-loss comparison.",
     "beliefs": "Exact belief states and the linear-probe predictions from the last layer on held-out sequences. A model whose hidden states linearly encode the belief reproduces the geometry.",
     "beliefs_taxi": "Probed (x, y) of the current intersection from the last layer on held-out trips, drawn over the true map and coloured by intersection: a model that knows where it is puts each colour on its own intersection.",
-    "probe_r2": "Weighted R^2 of the linear belief probe on held-out sequences per layer (concat = all blocks together). The shuffled-belief control shows what a probe reaches without a real correspondence.",
-    "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_psi.",
-    "worldmodel": "World-model metrics of the taxi world (Vafa et al.; NextLat Table 1) with 95% intervals: next-token validity, valid greedy trajectories, sequence compression, distinction precision/recall, detour robustness.",
+    "probe_r2": "Weighted R² of the linear belief probe on held-out sequences per layer (all blocks concatenated as the last point). The shuffled-belief control shows what a probe reaches without a real correspondence.",
+    "transition": "Relative error ||ĥ - h||² / ||h - mean h||² of dynamics rolled out from h_t with the true next tokens, per horizon. Post-hoc dynamics are fitted on frozen hidden states of training sequences (comparable across GPT and NextLat); 'own' is NextLat's p_ψ. Right: the share of the hidden states' variance left within groups of equal belief (or equal hidden state and position); 0 means the hidden state is a function of the belief.",
+    "worldmodel": "World-model metrics of the taxi world (Vafa et al.; NextLat Table 1), metrics as rows and models as columns, with 95% intervals (Wilson for rates; mean ± 1.96 s.e. over prefix pairs for distinction under protocol vafa2024): next-token validity, valid greedy trajectories, sequence compression, distinction precision and recall, detour robustness at each setting scored, the effective rank of the last block and the validation loss. ↑ higher is better, ↓ lower is better. Paper figures: figures/table1.pdf (the headline metrics) and figures/worldmodel_appendix.pdf (every other one).",
     "beliefmodel": "Compression and distinction on a world with exact beliefs (after Vafa et al.; protocol myhill_nerode): prefixes with the same exact belief should get the same continuations from the model (compression, all-or-nothing per pair over sampled continuations), prefixes with different beliefs should be told apart by the minimal suffixes that distinguish them (distinction precision and recall, per pair). Worlds of full support (Mess3) have no distinguishing suffix: distinction is then undefined, not a number.",
-    "maps": "The true street map, then the maps rebuilt from each model: from generated trajectories (invented edges as arcs) and from hidden states (mean state per intersection embedded in 2-D).",
+    "maps": "The true street map, then, one row per model, the maps rebuilt from it: from generated trajectories (recovered streets, missing streets dotted, invented edges as arcs; an invented edge back to its own intersection as a small loop) and from hidden states (mean state per intersection embedded in 2-D). The counts in the titles are one-way edges, as in summary.json.",
 }
 
 
@@ -115,7 +106,7 @@ class Context:
 
     @property
     def n_test(self) -> int:
-        return max(1, self.n_seqs // 3)
+        return held_out(self.n_seqs)
 
     @property
     def objectives(self) -> dict[str, str]:
@@ -195,7 +186,8 @@ def _worldmodel(ctx: Context) -> list[dict[str, Any]]:
             (check_taxi_world if ctx.is_taxi else check_belief_world)(m.world)
     except AnalysisError:
         return []
-    return _compare().run_worldmodel(ctx.models, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device)
+    return _compare().run_worldmodel(ctx.models, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device,
+                                     progress=ctx.progress)
 
 
 def _wm_pairs(ctx: Context) -> int:
@@ -233,7 +225,8 @@ def _worldmodel_matched(ctx: Context) -> list[dict[str, Any]]:
         picked.append(ck)
     if len(picked) < 2:
         return []
-    recs = _compare().run_worldmodel(picked, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device)
+    recs = _compare().run_worldmodel(picked, n_pairs=_wm_pairs(ctx), seed=ctx.seed, device=ctx.device,
+                                     progress=ctx.progress)
     return [{**r, "variant": "matched_loss"} for r in recs]
 
 
@@ -275,6 +268,19 @@ class Section:
     paper: Callable[[Context, Any], Any] | None = None
     stem: str = ""  # file stem of the paper figure
     applies: Callable[[Context, Any], bool] = lambda ctx, recs: bool(recs)
+    #: further paper figures of the section: (file stem, function of the context and records
+    #: returning a figure, or None when it has nothing to show)
+    more: list[tuple[str, Callable[[Context, Any], Any]]] = field(default_factory=list)
+    #: a sentence appended to the caption, from the context and the records (e.g. where the
+    #: report's numbers were computed differently from the CLI's defaults)
+    note: Callable[[Context, Any], str] | None = None
+
+    def paper_figures(self, ctx: Context, recs: Any) -> list[tuple[str, Callable[[], Any]]]:
+        """(file stem, function making the figure) of each paper figure of the section."""
+        if self.paper is None:
+            return []
+        out = [(self.stem, lambda: self.paper(ctx, recs))]
+        return out + [(stem, lambda make=make: make(ctx, recs)) for stem, make in self.more]
 
 
 def _plots():
@@ -282,6 +288,31 @@ def _plots():
     from .plots import paper as P
 
     return I, P
+
+
+def _appendix(recs: list[dict[str, Any]]) -> Any:
+    """The appendix figure of every world-model metric not in the Table-1 figure (None when
+    there is none)."""
+    from .errors import AnalysisError
+
+    try:
+        return _plots()[1].worldmodel_plot(recs)
+    except AnalysisError:
+        return None
+
+
+def _mapping_note(ctx: Context, recs: list[dict[str, Any]]) -> str:
+    """Where the report's maps differ from the mapping CLI's defaults, said beside them."""
+    import inspect
+
+    defaults = inspect.signature(_compare().run_mapping).parameters
+    trips = next((r["params"].get("n_trips") for r in recs if r["variant"] == "behaviour"), None)
+    cli_trips, cli_seqs = defaults["n_trips"].default, defaults["n_seqs"].default
+    if trips == cli_trips and ctx.n_seqs == cli_seqs:
+        return ""
+    return (f"Here the maps are rebuilt from {trips} generated trips and the hidden states of the report's {ctx.n_seqs} "
+            f"sequences; python -m nextlat_probe.mapping uses {cli_trips} trips and {cli_seqs} sequences by default, "
+            "so its counts differ from these.")
 
 
 def _has_points(ctx: Context, recs: list[dict[str, Any]]) -> bool:
@@ -314,16 +345,16 @@ SECTIONS = [
     Section("transition", "Transition consistency", CAPTIONS["transition"],
             lambda c, r: _plots()[0].transition_figure(r), lambda c, r: _plots()[1].transition_plot(r), "transition"),
     Section("worldmodel", "Taxi world model (Table 1 style)", CAPTIONS["worldmodel"],
-            lambda c, r: _plots()[0].worldmodel_table_figure(r + _last_block(c.get("rank"))),
-            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel",
-            applies=lambda c, r: bool(r) and c.is_taxi),
+            lambda c, r: _plots()[0].worldmodel_table_html(r + _last_block(c.get("rank"))),
+            lambda c, r: _plots()[1].table1_plot(r + _last_block(c.get("rank"))), "table1",
+            applies=lambda c, r: bool(r) and c.is_taxi, more=[("worldmodel_appendix", lambda c, r: _appendix(r))]),
     Section("worldmodel", "Belief-state world model: compression and distinction", CAPTIONS["beliefmodel"],
-            lambda c, r: _plots()[0].worldmodel_table_figure(r + _last_block(c.get("rank"))),
-            lambda c, r: _plots()[1].worldmodel_plot(r + _last_block(c.get("rank"))), "worldmodel",
-            applies=lambda c, r: bool(r) and not c.is_taxi),
+            lambda c, r: _plots()[0].worldmodel_table_html(r + _last_block(c.get("rank"))),
+            lambda c, r: _plots()[1].table1_plot(r + _last_block(c.get("rank"))), "table1",
+            applies=lambda c, r: bool(r) and not c.is_taxi, more=[("worldmodel_appendix", lambda c, r: _appendix(r))]),
     Section("mapping", "Reconstructed maps", CAPTIONS["maps"],
             lambda c, r: _plots()[0].map_figure(c.true_map, r), lambda c, r: _plots()[1].map_plot(c.true_map, r),
-            "maps"),
+            "maps", note=lambda c, r: _mapping_note(c, r)),
 ]
 #: sections computed only for the visible-origin taxi world
 TAXI_ONLY = {"mapping"}
@@ -343,14 +374,17 @@ def _last_block(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 # the summary table, built from the records
 # --------------------------------------------------------------------------------------
 def summary_rows(ctx: Context) -> list[dict[str, Any]]:
-    """One display row per model with the headline number of each analysis."""
-    from .records import identity, metric, select, value
+    """One row per model with the headline number of each analysis (summary.json's
+    ``summary``): plain numbers, and under ``intervals`` the 95% interval ``[low, high]`` of
+    each world-model rate (Wilson; distinction under vafa2024: mean -/+ 1.96 s.e.)."""
+    from .records import identity, metric, metric_interval, select, value
 
     recs = ctx.records
     rows = []
     for m in ctx.models:
         n = m.name
         row: dict[str, Any] = identity(m)
+        intervals: dict[str, list[float | None]] = {}
         rank = _last_block(select(recs.get("rank", []), name=n))
         if rank:
             row.update(effective_rank=value(metric(rank[0], "effective_rank")), rank_layer=rank[0]["layer"])
@@ -369,18 +403,64 @@ def summary_rows(ctx: Context) -> list[dict[str, Any]]:
                 row["own_err1"] = r["metrics"]["errors"][0]
         for r in select(recs.get("worldmodel", []), name=n, variant=None):
             mm = r["metrics"]  # taxi: every key; other worlds: compression and distinction only
-            row.update({key: value(mm.get(src)) for key, src in WORLDMODEL_SUMMARY.items()
-                        if src in mm or ctx.is_taxi})
+            for key, src in WORLDMODEL_SUMMARY.items():
+                if src in mm or ctx.is_taxi:
+                    v, lo, hi = metric_interval(r, src)
+                    row[key] = value(v)
+                    if lo == lo and hi == hi:
+                        intervals[key] = [lo, hi]
         for r in select(recs.get("mapping", []), name=n, variant="behaviour"):
             row["invented_edges"] = r["metrics"]["n_invented"]
+        row["intervals"] = intervals
         rows.append(row)
     return rows
 
 
-def summary_columns(rows: list[dict[str, Any]], is_taxi: bool) -> list[tuple[str, str, str]]:
-    belief = [c for c in BELIEF_COLUMNS if any(c[0] in r for r in rows)]
-    return (SUMMARY_COLUMNS + ([STATE_COLUMN] if any("state_accuracy" in r for r in rows) else [])
-            + (TAXI_COLUMNS if is_taxi else belief))
+def _cells(row: dict[str, Any]) -> dict[str, Any]:
+    """A summary row's values for ``tables.metric_rows``: rates with their interval."""
+    out = {k: v for k, v in row.items() if k != "intervals"}
+    for key, (lo, hi) in (row.get("intervals") or {}).items():
+        out[key] = {"value": row.get(key), "low": lo, "high": hi, "n": None, "count": None}
+    return out
+
+
+def _column_title(row: dict[str, Any]) -> str:
+    from .labels import objective_name
+
+    return f"{row['name']} ({objective_name(row['objective'])})"
+
+
+def _summary_headers(rows: list[dict[str, Any]], short: bool = False) -> dict[str, str]:
+    """Row headers that name where a summary number was measured (the layer of the
+    effective rank), beyond the label's words."""
+    from .labels import label, layer_name
+
+    layers = {r.get("rank_layer") for r in rows if r.get("rank_layer")}
+    if len(layers) != 1:
+        return {}
+    lab = label("effective_rank")
+    words = lab.short if short else lab.text
+    return {"effective_rank": f"{words} ({layer_name(layers.pop())}) {lab.arrow}"}
+
+
+def summary_text(rows: list[dict[str, Any]]) -> str:
+    """The summary as a text table: metrics as rows (label, unit, direction), models as
+    columns."""
+    from .tables import metric_table_text
+
+    return metric_table_text([(_column_title(r), _cells(r)) for r in rows], SUMMARY_KEYS,
+                             headers=_summary_headers(rows, short=True))
+
+
+def summary_html(rows: list[dict[str, Any]]) -> str:
+    """The summary as an HTML table: metrics as rows, models as columns (titles in their
+    objective's colour)."""
+    from .plots.style import checkpoint_styles
+    from .tables import metric_table_html
+
+    styles = checkpoint_styles([r["name"] for r in rows], {r["name"]: r["objective"] for r in rows})
+    return metric_table_html([(_column_title(r), _cells(r)) for r in rows], SUMMARY_KEYS,
+                             colors=[styles[r["name"]]["color"] for r in rows], headers=_summary_headers(rows))
 
 
 def _matched_loss(ctx: Context) -> dict[str, Any]:
@@ -391,98 +471,108 @@ def _matched_loss(ctx: Context) -> dict[str, Any]:
     return matched_loss_comparison(group_by(traj, "name")) if traj else {}
 
 
-#: how the verdict lines name the objectives
-OBJECTIVE_LABELS = {"gpt": "GPT", "nextlat": "NextLat", "mtp": "MTP"}
-
-
 def _verdict_lines(rows: list[dict[str, Any]]) -> list[str]:
-    """Plain statements of which model is better on each metric (no spin either way): each
-    objective with exactly one run against the one GPT run (NextLat first, then MTP)."""
+    """Plain statements of which model is better on every headline metric (no spin either
+    way): each objective with exactly one run against the one GPT run (NextLat first, then
+    MTP). Names, directions and formats come from the label registry (so the detour line
+    names its setting); where both 95% intervals are known and overlap, the line says the
+    difference is within them."""
+    from .labels import label, objective_name
+
     gpt = [r for r in rows if r["objective"] == "gpt"]
     if len(gpt) != 1:
         return []
     g = gpt[0]
-    checks = [
-        ("effective_rank", "effective rank (lower = more compact)", -1),
-        ("probe_r2", "belief-probe R^2 (higher = belief more linearly decodable)", 1),
-        ("transition_err1", "post-hoc transition error (lower = more consistent dynamics)", -1),
-        ("val_loss", "validation loss (lower = better next-token prediction)", -1),
-        ("valid_trajectory", "valid-trajectory rate", 1),
-        ("compression", "sequence compression", 1),
-    ]
     challengers = [(obj, [r for r in rows if r["objective"] == obj]) for obj in ("nextlat", "mtp")]
     challengers = [(obj, rs[0]) for obj, rs in challengers if len(rs) == 1]
     out = []
     for obj, n in challengers:
-        who = OBJECTIVE_LABELS[obj]
+        who = objective_name(obj)
         prefix = "" if len(challengers) == 1 else f"{who} vs GPT, "
-        for key, label, sign in checks:
+        for key in VERDICT_KEYS:
             a, b = g.get(key), n.get(key)
             if a is None or b is None or a != a or b != b:
                 continue
+            lab = label(key)
+            words = lab.header(unit=False)  # with its direction mark: ↑ higher is better, ↓ lower
             if abs(a - b) <= 1e-9 * max(1.0, abs(a)):
-                out.append(f"{prefix}{label}: tie ({a:.4g})")
+                out.append(f"{prefix}{words}: tie ({lab.format(a)})")
                 continue
-            better = who if (b - a) * sign > 0 else "GPT"
-            out.append(f"{prefix}{label}: {better} better (GPT {a:.4g}, {who} {b:.4g})")
+            better = who if (b - a) * (1 if lab.better == "higher" else -1) > 0 else "GPT"
+            line = f"{prefix}{words}: {better} better (GPT {lab.format(a)}, {who} {lab.format(b)})"
+            ia, ib = (g.get("intervals") or {}).get(key), (n.get("intervals") or {}).get(key)
+            if ia and ib and None not in ia + ib and max(ia[0], ib[0]) <= min(ia[1], ib[1]):
+                line += "; the 95% intervals overlap"
+            out.append(line)
     return out
 
 
 def _matched_line(mm: dict[str, Any]) -> str:
     return (f"At matched validation loss ({mm['target_val_loss']:.4f}): "
-            + ", ".join(f"{n} eff. rank {v['effective_rank']:.2f} (step {v['step']})" for n, v in mm["runs"].items()))
+            + ", ".join(f"{n} effective rank {v['effective_rank']:.2f} (step {v['step']})" for n, v in mm["runs"].items()))
 
 
 def _matched_worldmodel_line(recs: list[dict[str, Any]]) -> str:
     """The world-model metrics of the matched-loss checkpoints, one clause per model."""
+    from .labels import label
     from .records import metric_value
 
     parts = []
     for r in recs:
         m = r["metrics"]
-        bits = [f"{label} {metric_value(r, key):.3f}" for key, label in
-                (("trajectory_valid", "valid trajectories"), ("compression", "compression"),
-                 (SUMMARY_DETOUR, "detour")) if key in m]
-        parts.append(f"{r['name']} (step {r['step']}, val loss {r['val_loss']:.4f}): " + ", ".join(bits))
+        bits = [f"{label(key).header(short=True, arrow=False)} {label(key).format(metric_value(r, key))}"
+                for key in ("trajectory_valid", "compression", SUMMARY_DETOUR) if key in m]
+        parts.append(f"{r['name']} (step {r['step']}, validation loss {r['val_loss']:.4f}): " + ", ".join(bits))
     return "World-model metrics at matched validation loss: " + "; ".join(parts)
 
 
-def _summary_table_html(rows: list[dict[str, Any]], columns) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for _, h, _ in columns)
-    body = []
-    for r in rows:
-        cells = []
-        for k, _, f in columns:
-            v = r.get(k)
-            txt = "-" if v is None else (format(v, f) if f and isinstance(v, (int, float)) else str(v))
-            cells.append(f"<td>{html.escape(txt)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table class='summary'><tr>{head}</tr>{''.join(body)}</table>"
+def _protocol_details(records: list[dict[str, Any]]) -> str:
+    """Every analysis's protocol and parameters, one line each, in a collapsed block."""
+    from .tables import protocol_note
+
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        by.setdefault(r["analysis"], []).append(r)
+    items = [protocol_note(rs) for rs in by.values()]
+    items = [i for i in items if i]
+    if not items:
+        return ""
+    return ("<details class='protocol'><summary>Protocols and parameters of every number</summary><ul>"
+            + "".join(f"<li>{html.escape(i)}</li>" for i in items) + "</ul></details>")
 
 
-def _intro_html(rows, columns, matched: dict[str, Any], protocol: str,
-                matched_wm: list[dict[str, Any]] | None = None) -> str:
+def _intro_html(rows, matched: dict[str, Any], records: list[dict[str, Any]],
+                matched_wm: list[dict[str, Any]] | None = None, n_seqs: int | None = None) -> str:
     from .tables import convergence_note
 
-    parts = ["<h2 id='summary'>Summary</h2>", _summary_table_html(rows, columns)]
-    if protocol:
-        parts.append(f"<p class='caption'>{html.escape(protocol)}</p>")
+    steps = sorted({r["step"] for r in rows if r.get("step") is not None})
+    at = f" at step {steps[0]}" if len(steps) == 1 else ""
+    parts = ["<h2 id='summary'>Summary</h2>",
+             "<p class='caption'>One run per objective" + at + " (not a seed average). Metrics are rows, models "
+             "columns; ↑ higher is better, ↓ lower is better; brackets: 95% intervals (Wilson for rates; mean ± 1.96 "
+             "s.e. over prefix pairs for distinction under protocol vafa2024)."
+             + (f" Hidden-state metrics on {n_seqs} shared sequences (probe and post-hoc transition scored on the "
+                f"last {held_out(n_seqs)}), world-model metrics on the report's own trips; every protocol is "
+                "listed below." if n_seqs else "") + "</p>",
+             summary_html(rows)]
     conv = convergence_note(rows)
     if conv:
         parts.append(f"<div class='note'>{html.escape(conv)}</div>")
     verdict = _verdict_lines(rows)
     if verdict:
-        parts.append("<p class='caption'>One run per objective at equal training steps — not a seed average; "
-                     "compare also at matched validation loss below.</p><ul>")
+        parts.append("<p class='caption'>Which is better, metric by metric, at equal training steps (↑ higher is "
+                     "better, ↓ lower is better) — compare also at matched validation loss below.</p>"
+                     "<ul class='verdict'>")
         parts += [f"<li>{html.escape(v)}</li>" for v in verdict]
         parts.append("</ul>")
     if matched.get("runs"):
-        items = ", ".join(f"{html.escape(n)}: {v['effective_rank']:.2f} at step {v['step']} (val loss "
+        items = ", ".join(f"{html.escape(n)}: {v['effective_rank']:.2f} at step {v['step']} (validation loss "
                           f"{v['val_loss']:.4f})" for n, v in matched["runs"].items())
         parts.append(f"<div class='note'>Effective rank at matched validation loss (≤ {matched['target_val_loss']:.4f}): "
                      f"{items}.</div>")
     if matched_wm:
         parts.append(f"<div class='note'>{html.escape(_matched_worldmodel_line(matched_wm))}.</div>")
+    parts.append(_protocol_details(records))
     return "\n".join(parts)
 
 
@@ -516,6 +606,8 @@ def write_figures(folder: Path, figures: list[tuple[str, Any]]) -> list[Path]:
     with P.paper_style():
         for stem, make in figures:
             fig = make()
+            if fig is None:  # nothing to show (e.g. no metric beyond the Table-1 figure's)
+                continue
             written += P.save_figure(fig, folder / stem, formats=("pdf", "png"))
             plt.close(fig)
     return written
@@ -557,11 +649,11 @@ def earlier_report(out: Path) -> list[str]:
 def run_report(
     ckpts: list[Any],
     out: str | Path,
-    n_seqs: int = 256,
+    n_seqs: int = N_SEQS,
     seed: int = 0,
     device: str = "cpu",
     horizon: int = 8,
-    fit_steps: int = 600,
+    fit_steps: int = FIT_STEPS,
     figures: bool = True,
     progress: bool = True,
     quiet: bool = False,
@@ -571,12 +663,14 @@ def run_report(
     what summary.json holds: ``summary`` (one row per model), ``records`` (every record),
     ``rank_matched_loss``, the report's ``params`` and ``seconds``. ``source``: the
     ``sources.load_model`` options (``world``, ``config``, ``vocab``, ``hf``) for models this
-    toolkit did not train."""
+    toolkit did not train. The defaults (``n_seqs``, its held-out third, ``fit_steps``) are
+    the analysis CLIs' and runners' own, so a number here is the number they print."""
     from .checkpoint import atomic_write_bytes
+    from .labels import objective_name
     from .plots.page import write_page
     from .progress import progress as bar
     from .records import to_jsonable
-    from .tables import convergence_note, format_table, protocol_note
+    from .tables import convergence_note, protocol_note
 
     t0 = time.time()
     out = Path(out)
@@ -586,23 +680,52 @@ def run_report(
     ctx = prepare(ckpts, n_seqs, seed, device, horizon, fit_steps, progress, **source)
     sections = [s for s in SECTIONS if s.analysis not in TAXI_ONLY or ctx.is_taxi]
     pages, paper = [], []
-    stages = bar(sections, desc="report", disable=not progress)
-    for s in stages:
-        if hasattr(stages, "set_description"):
-            stages.set_description(f"report: {s.title}")
+    claimed: list[bool] = []
+
+    def claim() -> None:
+        """Make ``out`` ready, once, before the first file is written: an earlier report is
+        moved aside (a failed run before this point leaves the folder as it was)."""
+        if claimed:
+            return
+        claimed.append(True)
+        earlier = earlier_report(out)
+        if earlier:
+            from .training.folder import move_aside
+
+            moved = move_aside(out, earlier)
+            if not quiet:
+                print(f"moved the earlier report to {moved}", file=sys.stderr)
+        out.mkdir(parents=True, exist_ok=True)
+
+    # every stage of the work under one progress bar, the last ones too: the world model
+    # again at matched loss and the paper figures take most of a minute on a CPU
+    stages = [("section", s) for s in sections] + [("matched", None)] + ([("figures", None)] if figures else [])
+    steps = bar(stages, desc="report", disable=not progress)
+    for kind, s in steps:
+        if hasattr(steps, "set_description"):
+            steps.set_description("report: " + {"section": getattr(s, "title", ""),
+                                                "matched": "world model at matched validation loss",
+                                                "figures": "paper figures"}[kind])
+        if kind == "matched":
+            matched_wm = ctx.get("worldmodel_matched")
+            continue
+        if kind == "figures":
+            claim()  # only now: a failed run leaves no empty folder
+            write_figures(out / "figures", paper)
+            continue
         recs = ctx.get(s.analysis)
         if not s.applies(ctx, recs):
             continue
-        caption = s.caption
+        protocol = ""
         if isinstance(recs, list) and recs and all(isinstance(r, dict) and "protocol" in r for r in recs):
-            caption += " " + protocol_note(recs)  # each section names the protocol its numbers follow
-        pages.append((s.title, caption, s.figure(ctx, recs)))
+            protocol = protocol_note(recs)  # each section names the protocol its numbers follow (collapsed)
+        caption = s.caption + (" " + s.note(ctx, recs) if s.note is not None else "")
+        pages.append((s.title, caption.strip(), s.figure(ctx, recs), protocol))
         if s.paper is not None:
-            paper.append((s.stem, lambda s=s, recs=recs: s.paper(ctx, recs)))
+            for stem, make in s.paper_figures(ctx, recs):
+                paper.append((stem, make))
     rows = summary_rows(ctx)
-    columns = summary_columns(rows, ctx.is_taxi)
     matched = _matched_loss(ctx)
-    matched_wm = ctx.get("worldmodel_matched")
     records = [r for key, rs in ctx.records.items() if key not in ("training", "worldmodel_matched") for r in rs]
     protocol = protocol_note(records)
     summary = {"format": REPORT_FORMAT, "summary": rows, "records": records, "rank_matched_loss": matched, "worldmodel_matched_loss": matched_wm,
@@ -610,24 +733,13 @@ def run_report(
                           "fit_steps": fit_steps, "n_test": ctx.n_test},
                "seconds": time.time() - t0}
 
-    out.mkdir(parents=True, exist_ok=True)  # only now: a failed run leaves no empty folder
-    earlier = earlier_report(out)
-    if earlier:
-        from .training.folder import move_aside
-
-        moved = move_aside(out, earlier)
-        if not quiet:
-            print(f"moved the earlier report to {moved}", file=sys.stderr)
-    if figures:
-        write_figures(out / "figures", paper)
-    title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({m.objective})" for m in ctx.models)
+    claim()
+    title = "nextlat_probe report: " + " vs ".join(f"{m.name} ({objective_name(m.objective)})" for m in ctx.models)
     write_page(pages, out / "report.html", title=title,
-               intro_html=_intro_html(rows, columns, matched, protocol, matched_wm))
+               intro_html=_intro_html(rows, matched, records, matched_wm, ctx.n_seqs))
     atomic_write_bytes(json.dumps(to_jsonable(summary), indent=1).encode(), out / "summary.json")
     if not quiet:
-        print(format_table(rows, columns))
-        if protocol:
-            print(protocol)
+        print(summary_text(rows))
         conv = convergence_note(rows)
         if conv:
             print(conv)
@@ -637,9 +749,12 @@ def run_report(
             print(_matched_worldmodel_line(matched_wm))
         lines = _verdict_lines(rows)
         if lines:
-            print("\nOne run per objective, at equal training steps (not a seed average):")
+            print("\nOne run per objective, at equal training steps (not a seed average; ↑ higher is better, "
+                  "↓ lower is better):")
             for line in lines:
                 print("  - " + line)
+        if protocol:
+            print("\nProtocols: " + protocol)
     return summary
 
 
@@ -655,9 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_args(p)
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: new, empty, or holding an earlier report (moved into OUT/.replaced-<time>/)")
-    p.add_argument("--n-seqs", type=int, default=256, help="shared sequences for every analysis (default 256)")
+    p.add_argument("--n-seqs", type=int, default=N_SEQS,
+                   help=f"shared sequences for every analysis, the last third held out (default {N_SEQS}, as in the "
+                        "analysis CLIs)")
     p.add_argument("--horizon", type=int, default=8, help="transition roll-out horizon")
-    p.add_argument("--fit-steps", type=int, default=600, help="optimiser steps of post-hoc dynamics fits")
+    p.add_argument("--fit-steps", type=int, default=FIT_STEPS,
+                   help=f"optimiser steps of post-hoc dynamics fits (default {FIT_STEPS}, as in the transition CLI)")
     p.add_argument("--seed", type=int, default=0, help="seed of the sequences and every random choice")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     p.add_argument("--no-figures", action="store_true", help="skip the matplotlib paper figures")

@@ -90,31 +90,47 @@ DETOUR_PROB = 0.75
 
 @dataclass(frozen=True)
 class Metric:
-    """A column of the sweep: the record key, the analysis it comes from, which direction
-    is better and how to say it."""
+    """A column of the sweep: the record key and the analysis it comes from; its words,
+    unit and better direction come from the one label registry (``nextlat_probe.labels``)."""
 
     key: str
     analysis: str  # "training" (the record's own validation loss) or a record analysis
-    better: str  # "higher" | "lower"
-    label: str
-    why: str = ""  # what "better" means, where it is not obvious
+
+    @property
+    def info(self):
+        from .labels import label
+
+        return label(self.key, None if self.analysis == "training" else self.analysis)
+
+    @property
+    def better(self) -> str:
+        """``"higher"`` | ``"lower"``."""
+        return self.info.better
+
+    @property
+    def label(self) -> str:
+        return self.info.header(arrow=False)
+
+    @property
+    def why(self) -> str:
+        return self.info.why
 
     def direction(self) -> str:
         """``lower is better: more compact``."""
-        return f"{self.better} is better" + (f": {self.why}" if self.why else "")
+        return self.info.direction()
 
 
 #: the sweep's metrics, in table order
 METRICS = (
-    Metric("val_loss", "training", "lower", "validation loss (nats/token)"),
-    Metric("next_token", "worldmodel", "higher", "next-token validity"),
-    Metric("effective_rank", "rank", "lower", "effective rank, last block", "more compact"),
-    Metric("r2", "probe", "higher", "belief probe R², last block (held out)"),
-    Metric("trajectory_valid", "worldmodel", "higher", "valid trajectories"),
-    Metric(f"detour_random@{DETOUR_PROB:g}", "worldmodel", "higher", f"detour robustness (random, p = {DETOUR_PROB:g})"),
-    Metric("compression", "worldmodel", "higher", "compression"),
-    Metric("edge_precision", "mapping", "higher", "map from behaviour: edge precision", "fewer invented streets"),
-    Metric("edge_recall", "mapping", "higher", "map from behaviour: edge recall"),
+    Metric("val_loss", "training"),
+    Metric("next_token", "worldmodel"),
+    Metric("effective_rank", "rank"),
+    Metric("r2", "probe"),
+    Metric("trajectory_valid", "worldmodel"),
+    Metric(f"detour_random@{DETOUR_PROB:g}", "worldmodel"),
+    Metric("compression", "worldmodel"),
+    Metric("edge_precision", "mapping"),
+    Metric("edge_recall", "mapping"),
 )
 METRIC_KEYS = tuple(m.key for m in METRICS)
 
@@ -133,8 +149,7 @@ def ood_metric_keys(settings: Sequence[str]) -> tuple[str, ...]:
 def metric_info(key: str) -> Metric:
     if "@ood:" in key:
         base, setting = key.split("@ood:", 1)
-        m = metric_info(base)
-        return Metric(key, m.analysis, m.better, f"{m.label} (out of distribution: {setting})", m.why)
+        return Metric(key, metric_info(base).analysis)
     for m in METRICS:
         if m.key == key:
             return m
@@ -348,8 +363,10 @@ def parse_cell(text: str, cfg: "SweepConfig") -> tuple[str, int, tuple[float, ..
 
 
 def probe_n_test(n_seqs: int) -> int:
-    """Held-out sequences of the probe: the last third."""
-    return max(1, n_seqs // 3)
+    """Held-out sequences of the probe: the last third (``compare.held_out``)."""
+    from .compare import held_out
+
+    return held_out(n_seqs)
 
 
 def available_cores() -> int:

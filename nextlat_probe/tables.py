@@ -228,6 +228,86 @@ def convergence_note(items: Iterable[Mapping[str, Any]], key: str = "gap_to_floo
 
 
 # --------------------------------------------------------------------------------------
+# metrics as rows, models as columns (the world-model table, the report's summary)
+# --------------------------------------------------------------------------------------
+#: a key of ``metric_rows`` that starts with this is a heading row (``"# world model"``)
+GROUP = "# "
+
+
+def metric_cell(v: Any, key: str, analysis: str | None = None) -> str:
+    """One cell of metric ``key`` in its label's format: a rate (or a rate-shaped per-pair
+    mean) as ``value [low, high]``, ``n/a`` when it measured nothing; a number as is."""
+    from .labels import label
+
+    fmt = label(key, analysis).fmt
+    if is_rate(v):
+        if v.get("value") is None:
+            return "n/a"
+        return format_value(v, fmt)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return format_value(v, "")
+    return label(key, analysis).format(v)
+
+
+def metric_rows(columns: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence[str],
+                analysis: str | None = None, short: bool = False,
+                headers: Mapping[str, str] | None = None) -> list[list[str]]:
+    """Metrics as rows, models as columns: one ``[header, cell, cell, ...]`` per key, the
+    header the key's label with unit and direction (``nextlat_probe.labels``), each cell in
+    the label's format (``metric_cell``). ``columns``: ``(column title, {key: value})``
+    per model. A key ``"# words"`` is a heading row (``[words]``). Keys no column has are
+    left out; a column without a key shows ``-``. ``headers``: a row header to use instead
+    of the label's (e.g. ``effective rank (block 1) ↓``)."""
+    from .labels import label
+
+    out: list[list[str]] = []
+    for key in keys:
+        if key.startswith(GROUP):
+            out.append([key[len(GROUP):]])
+            continue
+        if not any(key in vals and vals[key] is not None for _, vals in columns):
+            continue
+        out.append([(headers or {}).get(key) or label(key, analysis).header(short=short)]
+                   + [metric_cell(vals.get(key), key, analysis) for _, vals in columns])
+    while out and len(out[-1]) == 1:  # a heading with nothing under it
+        out.pop()
+    return [r for i, r in enumerate(out) if len(r) > 1 or (i + 1 < len(out) and len(out[i + 1]) > 1)]
+
+
+def metric_table_text(columns: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence[str],
+                      analysis: str | None = None, corner: str = "metric",
+                      headers: Mapping[str, str] | None = None) -> str:
+    """``metric_rows`` as a plain-text table (heading rows as a line of their own)."""
+    rows = metric_rows(columns, keys, analysis, short=True, headers=headers)
+    heads = [corner] + [t for t, _ in columns]
+    body = [r + [""] * (len(heads) - len(r)) if len(r) > 1 else [f"[{r[0]}]"] + [""] * (len(heads) - 1) for r in rows]
+    return format_table([dict(zip(heads, b)) for b in body], [(h, h, "") for h in heads])
+
+
+def metric_table_html(columns: Sequence[tuple[str, Mapping[str, Any]]], keys: Sequence[str],
+                      analysis: str | None = None, corner: str = "metric", colors: Sequence[str] | None = None,
+                      css_class: str = "metrics", headers: Mapping[str, str] | None = None) -> str:
+    """``metric_rows`` as an HTML table: metrics as rows (with unit and direction), models as
+    columns (their titles in ``colors``), heading rows spanning the table. Narrow however
+    many metrics there are: a report never scrolls sideways for it."""
+    import html
+
+    rows = metric_rows(columns, keys, analysis, headers=headers)
+    colors = list(colors or [])
+    head = f"<th>{html.escape(corner)}</th>" + "".join(
+        f"<th style='color:{colors[i]}'>{html.escape(t)}</th>" if i < len(colors) else f"<th>{html.escape(t)}</th>"
+        for i, (t, _) in enumerate(columns))
+    body = []
+    for r in rows:
+        if len(r) == 1:
+            body.append(f"<tr class='group'><th colspan='{len(columns) + 1}'>{html.escape(r[0])}</th></tr>")
+        else:
+            body.append(f"<tr><th scope='row'>{html.escape(r[0])}</th>"
+                        + "".join(f"<td>{html.escape(c)}</td>" for c in r[1:]) + "</tr>")
+    return f"<table class='{css_class}'><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+# --------------------------------------------------------------------------------------
 # summaries over seeds (rows of experiments.summarise) and LaTeX
 # --------------------------------------------------------------------------------------
 def mean_std(row: Mapping[str, Any], metric: str, fmt: str = ".4g", sep: str = " ± ") -> str:
@@ -427,6 +507,6 @@ def sweep_context_text(cfg, records: list[dict[str, Any]], at: str = "final", ch
     return " ".join(parts)
 
 
-__all__ = ["convergence_note", "CONVERGENCE_FACTOR", "CONVERGENCE_MARGIN", "format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
+__all__ = ["GROUP", "metric_cell", "metric_rows", "metric_table_text", "metric_table_html", "convergence_note", "CONVERGENCE_FACTOR", "CONVERGENCE_MARGIN", "format_table", "field", "format_value", "record_rows", "text_table", "flat_row", "write_csv",
            "protocol_note", "mean_std", "mean_std_table", "latex_escape", "latex_table", "BEATS_COLUMNS", "BEATS_MATCHED_COLUMNS", "beats_sections",
            "beats_text", "beats_markdown", "beats_html", "sweep_context_text"]

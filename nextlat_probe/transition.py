@@ -26,21 +26,25 @@ from .cli import (
     check_positive,
     cli_inputs,
     finish,
+    held_out_split,
     load_cli_models,
     progress_enabled,
     resolve_device_arg,
     run_main,
     table_text,
 )
+from .compare.inputs import N_SEQS
+from .compare.transition import FIT_STEPS
+from .labels import columns
 
 
 def table_columns(horizon: int) -> list[tuple[str, str, str]]:
-    cols = [("name", "checkpoint", ""), ("objective", "objective", ""), ("variant", "dynamics", "")]
+    """The printed table's columns (``nextlat_probe.labels``): the errors at horizons 1, 2,
+    4 and ``horizon``, the variance shares, the training state."""
     shown = sorted({1, min(2, horizon), min(4, horizon), horizon})
-    cols += [(f"errors[{i - 1}]", f"err@{i}", ".4f") for i in shown]
-    cols += [("belief_ratio", "within-belief var", ".4f"), ("state_ratio", "within-(state,pos) var", ".4f"),
-             ("val_loss", "val loss", ".4f")]
-    return cols
+    cols = columns(["name", "objective"]) + [("variant", "dynamics", "")]
+    return cols + columns([f"errors[{i - 1}]" for i in shown] + ["belief_ratio", "state_ratio", "val_loss",
+                                                                  "gap_to_floor"])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,28 +52,29 @@ def build_parser() -> argparse.ArgumentParser:
                                 description="Transition consistency of hidden states: relative error of own / "
                                 "post-hoc dynamics per horizon, and belief-level consistency.")
     add_model_args(p)
-    add_sequence_args(p, n_seqs=384, what="sequences in all: the first n_seqs - n_test fit post-hoc dynamics, "
-                      "the rest score")
-    p.add_argument("--n-test", type=int, default=128, help="held-out scoring sequences (default 128)")
+    add_sequence_args(p, n_seqs=N_SEQS, what="sequences in all: the first n_seqs - n_test fit post-hoc dynamics, "
+                      "the rest score; the report's default too")
+    p.add_argument("--n-test", type=int, default=None,
+                   help="held-out scoring sequences (default: the last third of --n-seqs, 85 of 256, as in the report)")
     p.add_argument("--n-train", type=int, default=None,
                    help="fitting sequences; sets --n-seqs to n_train + n_test (the older spelling)")
     p.add_argument("--horizon", type=int, default=8, help="largest roll-out horizon k (default 8)")
-    p.add_argument("--fit-steps", type=int, default=1000, help="optimiser steps of the post-hoc MLP fit")
+    p.add_argument("--fit-steps", type=int, default=FIT_STEPS,
+                   help=f"optimiser steps of the post-hoc MLP fit (default {FIT_STEPS}, as in the report)")
     add_output_args(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    check_positive(horizon=args.horizon, n_test=args.n_test, n_train=args.n_train, fit_steps=args.fit_steps)
-    n_seqs = args.n_seqs if args.n_train is None else args.n_train + args.n_test
-    check_positive(n_seqs=n_seqs)
+    check_positive(horizon=args.horizon, fit_steps=args.fit_steps)
+    n_seqs, n_test = held_out_split(args)
     check_output_path(args.plot)
     device = resolve_device_arg(args.device)
     from .compare import run_transition
 
     inputs = cli_inputs(args, load_cli_models(args, device), n_seqs)
-    records = run_transition(None, inputs=inputs, n_test=args.n_test,
+    records = run_transition(None, inputs=inputs, n_test=n_test,
                              horizon=args.horizon, fit_steps=args.fit_steps, seed=args.seed, device=device,
                              progress=progress_enabled(args))
     if args.plot is not None:

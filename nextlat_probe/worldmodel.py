@@ -4,8 +4,8 @@ Prints the NextLat paper's Table 1 for taxi checkpoints, transposed so that chec
 sit side by side: next-token validity, valid trajectories (every turn legal / legal and
 ending at the destination), sequence compression, distinction precision and recall,
 detour robustness, effective rank (last block) and validation loss. Every cell is
-``rate [95% Wilson interval]``; percentages except compression and distinction, which
-are fractions as in the paper. All checkpoints of the same world are scored on the same
+``rate [95% Wilson interval]`` as a fraction, in the same formats as the report (labels
+from ``nextlat_probe.labels``). All checkpoints of the same world are scored on the same
 held-out trips. Python: ``nextlat_probe.compare.run_worldmodel``; definitions:
 ``nextlat_probe.analysis.worldmodel``. Checkpoints of other next-token worlds with exact
 beliefs (HMMs, interleaved A5) get sequence compression and distinction against the exact
@@ -31,59 +31,32 @@ from .cli import (
     run_main,
 )
 
-PERCENT = ("next_token", "trajectory_legal", "trajectory_valid")
-LABELS = {
-    "next_token": "next-token validity (%)",
-    "trajectory_legal": "traj.: every turn legal (%)",
-    "trajectory_valid": "traj.: legal, ends at dest (%)",
-    "compression": "compression",
-    "distinction_precision": "distinction precision",
-    "distinction_recall": "distinction recall",
-}
-
-
-def _cell(v: Any, percent: bool) -> str:
-    from .records import interval
-
-    x, lo, hi = interval(v)
-    if x != x:
-        return "n/a"
-    f, digits = (100.0, 1) if percent else (1.0, 3)
-    if lo != lo or hi != hi:  # a mean of per-pair scores (protocol vafa2024) has no Wilson interval
-        return f"{f * x:.{digits}f} (pair mean)"
-    return f"{f * x:.{digits}f} [{f * lo:.{digits}f}, {f * hi:.{digits}f}]"
-
 
 def table(records: list[dict[str, Any]]) -> str:
     """``worldmodel`` records (and optionally ``rank`` records of the same models) as one
-    table: metrics as rows, models as columns, the protocol line under it."""
+    table: metrics as rows (labels, units, directions and formats from
+    ``nextlat_probe.labels``, the same as the report's), models as columns, every rate with
+    its 95% interval; the protocol line and the convergence note under it."""
+    from .plots.geometry import worldmodel_columns
     from .records import select
-    from .tables import convergence_note, format_table, protocol_note
+    from .tables import convergence_note, format_table, metric_rows, protocol_note
 
-    wm = select(records, analysis="worldmodel")
-    ranks = {r["name"]: r for r in select(records, analysis="rank")}
+    wm, cols, cell = worldmodel_columns(records)
+    keys = [k for k, _ in cols]
 
     def col(r: dict[str, Any]) -> str:  # out-of-distribution records sit beside their model
         return r["name"] if not r.get("variant") else f"{r['name']} [{r['variant']}]"
 
     names = [col(r) for r in wm]
-    rows: list[dict[str, Any]] = [{"metric": "objective", **{col(r): r["objective"] for r in wm}},
-                                  {"metric": "step", **{col(r): str(r["step"]) for r in wm}}]
-    for key, label in LABELS.items():
-        if any(key in r["metrics"] for r in wm):
-            rows.append({"metric": label, **{col(r): _cell(r["metrics"][key], key in PERCENT)
-                                             if key in r["metrics"] else "-" for r in wm}})
-    for key in [k for k in wm[0]["metrics"] if k.startswith("detour_") and not k.endswith("_legal")]:
-        kind, p = key[len("detour_"):].split("@")
-        rows.append({"metric": f"detour {kind.replace('_', '-')} p={p} (%)",
-                     **{col(r): _cell(r["metrics"][key], True) if key in r["metrics"] else "-" for r in wm}})
-    if ranks:
-        layer = next(iter(ranks.values()))["layer"]
-        rows.append({"metric": f"eff. rank ({layer})",
-                     **{col(r): f"{ranks[r['name']]['metrics']['effective_rank']:.2f}"
-                        for r in wm if r["name"] in ranks and not r.get("variant")}})
-    for key, label in (("val_loss", "val loss"), ("gap_to_floor", "gap to floor")):
-        rows.append({"metric": label, **{col(r): "-" if r[key] is None else f"{r[key]:.4f}" for r in wm}})
+    values = [(col(r), {"step": r["step"], **{k: cell(r, k) for k in keys}}) for r in wm]
+    if select(records, analysis="rank"):
+        for (_, vals), r in zip(values, wm):
+            if r.get("variant"):  # the effective rank was measured on the model's own sequences only
+                vals["effective_rank"] = None
+    rows: list[dict[str, Any]] = [{"metric": "objective", **{col(r): r["objective"] for r in wm}}]
+    for row in metric_rows(values, ["step", *keys], "worldmodel",
+                           headers={"effective_rank": dict(cols)["effective_rank"]} if "effective_rank" in keys else None):
+        rows.append({"metric": row[0], **dict(zip(names, row[1:]))})
     if any(r.get("variant") for r in wm):
         def changed(r: dict[str, Any]) -> str:
             if not r.get("variant"):
@@ -92,12 +65,13 @@ def table(records: list[dict[str, Any]]) -> str:
             return ", ".join(f"{k}={ev[k]}" for k in ev if ev[k] != tr.get(k) and ev[k] is not None)
 
         rows.append({"metric": "evaluated on", **{col(r): changed(r) for r in wm}})
-    cols = [("metric", "metric", "")] + [(n, n, "") for n in names]
+    out = [("metric", "metric", "")] + [(n, n, "") for n in names]
     notes = [f"{r['name']}: {note}" for r in wm for note in r["metrics"].get("notes", [])]
     taxi = any(k.startswith("detour_") for r in wm for k in r["metrics"])
     conv = convergence_note(wm)
-    return (format_table(rows, cols) + "\n" + protocol_note(records) + (f"\n{conv}" if conv else "")
-            + ("\ndetour rows: legal and ending at the destination" if taxi else "")
+    return (format_table(rows, out) + "\n" + "↑ higher is better, ↓ lower is better; [95% interval]"
+            + ("; detour rows: legal and ending at the destination" if taxi else "")
+            + "\n" + protocol_note(records) + (f"\n{conv}" if conv else "")
             + "".join(f"\n{n}" for n in notes))
 
 

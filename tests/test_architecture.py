@@ -6,8 +6,8 @@ from pathlib import Path
 PKG = Path(__file__).resolve().parents[1] / "nextlat_probe"
 
 LAYERS = [
-    {"__init__", "errors", "records", "progress", "safeio", "limits"},
-    {"worlds", "maps"},  # maps: the street-map data shipped with the package
+    {"__init__", "errors", "records", "labels", "progress", "safeio", "limits", "maps"},
+    {"worlds"},
     {"models"},
     {"training", "checkpoint", "sources", "hfexport"},
     {"activations"},

@@ -116,3 +116,20 @@ def test_parameter_bound_counts_no_position_table_for_rotary():
         assert C.model_config_problem(rotary) is None
         assert "parameters" in C.model_config_problem(learned)
     assert C.parameter_count(learned) == blocks + d * (2 * 50 + 64) and C.model_config_problem(learned) is None
+
+
+def test_metrics_say_gap_to_floor_for_old_and_new_files(tiny_mess3_ckpts, tmp_path):
+    """0.2 named the gap to the exact floor ``gap_to_floor``; checkpoints say so, and an older
+    file's ``val_gap`` is read under the new name (same number, no second key)."""
+    from nextlat_probe.records import identity
+
+    raw = torch.load(tiny_mess3_ckpts["gpt"], weights_only=True)
+    m = raw["metrics"]
+    assert "val_gap" not in m and m["gap_to_floor"] == pytest.approx(m["val_loss"] - m["val_floor"])
+    new = load_checkpoint(tiny_mess3_ckpts["gpt"])
+    old_metrics = {k: v for k, v in m.items() if k != "gap_to_floor"} | {"val_gap": m["gap_to_floor"]}
+    old = tmp_path / "old.pt"
+    torch.save({**raw, "metrics": old_metrics}, old)
+    ck = load_checkpoint(old)
+    assert ck.metrics == new.metrics and "val_gap" not in ck.metrics
+    assert identity(ck)["gap_to_floor"] == pytest.approx(m["val_loss"] - m["val_floor"])

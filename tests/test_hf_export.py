@@ -59,7 +59,7 @@ def test_model_card_states_world_objective_steps_and_gap(tiny_mess3_ckpts, expor
     card = (exported["nextlat"] / "README.md").read_text()
     assert "mess3 (x=0.05, a=0.85)" in card and "NextLat" in card
     assert f"{ck.step} of {ck.train_config['steps']}" in card
-    assert f"{ck.metrics['val_loss']:.4f}" in card and f"{ck.metrics['val_gap']:.4f}" in card
+    assert f"{ck.metrics['val_loss']:.4f}" in card and f"{ck.metrics['gap_to_floor']:.4f}" in card
     assert "gap to the floor" in card and "GPT2LMHeadModel.from_pretrained" in card
 
 

@@ -36,10 +36,16 @@ def test_expected_notebooks_exist():
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=NAMES)
 def test_committed_without_outputs(path):
+    import warnings
+
     import nbformat
 
-    nb = nbformat.read(path, as_version=4)
-    nbformat.validate(nb)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. nbformat's MissingIDFieldWarning: every cell has an id
+        nb = nbformat.read(path, as_version=4)
+        nbformat.validate(nb)
+    ids = [c.get("id") for c in nb.cells]
+    assert all(ids) and len(set(ids)) == len(ids), f"cell ids missing or repeated: {ids}"
     assert nb.metadata["kernelspec"]["name"] == "python3"
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code, "no code cells"
@@ -58,6 +64,24 @@ def _text_outputs(cell) -> str:
         elif "data" in out and "text/plain" in out["data"]:
             parts.append(out["data"]["text/plain"])
     return "".join(parts)
+
+
+def _check_html_export(nb, name: str) -> None:
+    """``jupyter nbconvert --to html`` of the executed notebook shows every figure, offline:
+    each plotly output carries an HTML rendering beside its JSON, and the page inlines
+    plotly.js once (no CDN) and draws one plot per figure."""
+    import re
+
+    from nbconvert import HTMLExporter
+
+    figures = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
+               if "application/vnd.plotly.v1+json" in o.get("data", {})]
+    assert figures, f"{name}: no plotly figure"
+    assert all("text/html" in o["data"] for o in figures), f"{name}: a figure without an HTML rendering"
+    body, _ = HTMLExporter().from_notebook_node(nb)
+    assert body.count("Plotly.newPlot(") >= len(figures)
+    assert len(re.findall(r"plotly\.js v\d", body)) == 1, f"{name}: plotly.js not inlined exactly once"
+    assert not re.search(r"<script[^>]*\bsrc\s*=\s*[\"'][^\"']*plotly", body), f"{name}: plotly.js from the network"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +110,7 @@ def test_notebook_runs(path, workdir, monkeypatch):
     last = _text_outputs(code[-1])
     for needle in FINAL_OUTPUT.get(path.name, []):
         assert needle in last, f"{path.name}: final cell output lacks {needle!r}:\n{last}"
+    _check_html_export(nb, path.name)
     assert (workdir / "runs" / "notebooks").is_dir(), "the notebook did not write its runs into its working folder"
 
 

@@ -264,14 +264,15 @@ def test_figures_refuse_records_of_another_analysis():
 def test_rank_pages(tmp_path):
     recs = rank_records()
     traces, layout = write_and_read(I.rank_figure(recs), tmp_path, "rank")
-    t = named(traces, "gpt-0 (gpt)")[0]
+    t = named(traces, "gpt-0 (GPT)")[0]
     assert t["x"] == LAYERS and t["line"]["color"] == GPT  # layers in order, only the latest step
     np.testing.assert_allclose(decode(t["y"]), [er(0, 400, li) for li in range(4)])
-    assert named(traces, "nextlat-0 (nextlat)")[0]["line"]["color"] == NEXTLAT
-    spec = named(traces, "nextlat-0 L0")
+    assert named(traces, "nextlat-0 (NextLat)")[0]["line"]["color"] == NEXTLAT
+    spec = named(traces, "nextlat-0 block 0")  # every spectrum in the legend, its layer in words
     assert len(spec) == 1
     np.testing.assert_allclose(decode(spec[0]["y"]), np.geomspace(5.0, 0.01 * 2 * 2, 16))
     assert layout["xaxis2"]["categoryarray"] == LAYERS
+    assert layout["xaxis2"]["ticktext"] == ["embeddings", "block 0", "block 1", "final LayerNorm"]
 
     traces, _ = write_and_read(I.rank_training_figure(recs), tmp_path, "rank_steps")
     t = named(traces, "gpt-0")
@@ -338,7 +339,7 @@ def test_taxi_belief_page_puts_probed_positions_on_the_map(tmp_path):
 def test_probe_and_transition_pages(tmp_path):
     recs = probe_records()
     traces, _ = write_and_read(I.probe_r2_figure(recs), tmp_path, "probe")
-    t = named(traces, "gpt-0 (gpt)")[0]
+    t = named(traces, "gpt-0 (GPT)")[0]
     np.testing.assert_allclose(decode(t["y"]), [0.5, 0.6, 0.7])
     assert t["line"]["color"] == GPT and t["x"] == ["embed", "L0", "L1"]
     ctrl = named(traces, "nextlat-0 shuffled control")[0]
@@ -346,17 +347,17 @@ def test_probe_and_transition_pages(tmp_path):
     assert ctrl["line"]["dash"] == "dot" and ctrl["line"]["color"] == NEXTLAT
 
     traces, _ = write_and_read(I.transition_figure(transition_records()), tmp_path, "transition")
-    mlp = named(traces, "gpt-0: post-hoc mlp")[0]
+    mlp = named(traces, "gpt-0: post-hoc MLP")[0]
     np.testing.assert_allclose(decode(mlp["y"]), [0.1, 0.2, 0.4])
     assert mlp["line"]["color"] == GPT and mlp["line"]["dash"] == "solid"
     lin = decode(named(traces, "gpt-0: post-hoc linear")[0]["y"])
     assert lin[0] == 0.2 and np.isnan(lin[1]) and named(traces, "gpt-0: post-hoc linear")[0]["line"]["dash"] == "dot"
-    own = named(traces, "nextlat-0: own p_psi")[0]
+    own = named(traces, "nextlat-0: own p_ψ")[0]
     assert own["line"]["dash"] == "dash" and own["line"]["color"] == NEXTLAT
     np.testing.assert_allclose(decode(own["y"]), [0.05, 0.1, 0.2])
-    assert not [t for t in traces if t.get("name") == "gpt-0: own p_psi"]
-    np.testing.assert_allclose(decode(named(traces, "belief ratio")[0]["y"]), [0.3, 0.1])
-    np.testing.assert_allclose(decode(named(traces, "state ratio")[0]["y"]), [0.35, 0.12])
+    assert not [t for t in traces if t.get("name") == "gpt-0: own p_ψ"]
+    np.testing.assert_allclose(decode(named(traces, "within-belief variance share")[0]["y"]), [0.3, 0.1])
+    np.testing.assert_allclose(decode(named(traces, "within-(state, position) variance share")[0]["y"]), [0.35, 0.12])
 
 
 FLOOR = 0.8386
@@ -368,7 +369,8 @@ def metrics_lines(obj, scale):
         if step:
             lines.append(json.dumps({"loss": scale / step, "ce": 1 + scale / step, "next_h": scale / step if obj == "nextlat" else 0.0,
                                      "kl": 0.1 / step if obj == "nextlat" else 0.0, "step": step, "lr": 1e-3}))
-        lines.append(json.dumps({"step": step, "val_loss": 1 + scale / (step + 1), "val_floor": FLOOR, "val_gap": 0.1}))
+        lines.append(json.dumps({"step": step, "val_loss": 1 + scale / (step + 1), "val_floor": FLOOR,
+                                 "gap_to_floor": 1 + scale / (step + 1) - FLOOR}))
     return lines
 
 
@@ -377,13 +379,15 @@ def test_training_and_position_pages(tmp_path):
     (tmp_path / "gpt" / "metrics.jsonl").write_text("\n".join(metrics_lines("gpt", 2.0)) + "\n{\"step\": 6")
     runs = {"run-a": tmp_path / "gpt" / "metrics.jsonl", "run-b": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
     traces, layout = write_and_read(I.training_curves_figure(runs), tmp_path, "train")
-    val = [t for t in traces if t["name"] == "run-a" and t["xaxis"] == "x"][0]
-    np.testing.assert_allclose(decode(val["x"]), [0, 20, 40])
-    np.testing.assert_allclose(decode(val["y"]), [1 + 2.0 / (s + 1) for s in (0, 20, 40)])
-    assert val["line"]["color"] == GPT  # objective read from the log's start event
+    gap = [t for t in traces if t["name"] == "run-a" and t["xaxis"] == "x"][0]
+    np.testing.assert_allclose(decode(gap["x"]), [0, 20, 40])
+    # the first panel: validation loss minus the exact floor, on a log axis
+    np.testing.assert_allclose(decode(gap["y"]), [1 + 2.0 / (s + 1) - FLOOR for s in (0, 20, 40)])
+    assert layout["yaxis"]["type"] == "log"
+    assert gap["line"]["color"] == GPT  # objective read from the log's start event
     assert [t["name"] for t in traces if t["xaxis"] == "x3"] == ["run-b"]  # GPT's zero next_h left out
-    floors = [s for s in layout["shapes"] if s.get("y0") == s.get("y1")]
-    assert len(floors) == 1 and floors[0]["y0"] == pytest.approx(FLOOR)
+    titles = [a["text"] for a in layout["annotations"]]
+    assert f"validation loss − exact floor (nats/token); exact floor {FLOOR:.4f} ↓" in titles  # the floor, said once
 
     recs = position_records()
     traces, _ = write_and_read(I.position_loss_figure(recs), tmp_path, "positions")
@@ -393,6 +397,8 @@ def test_training_and_position_pages(tmp_path):
     np.testing.assert_allclose(decode(loss[0]["y"]), floor + 0.2 / pos)
     np.testing.assert_allclose(decode(loss[1]["y"]), 0.2 / pos, atol=1e-12)
     np.testing.assert_allclose(decode(named(traces, "exact floor")[0]["y"]), floor)
+    counts = named(traces, "targets (every model)")[0]  # the count behind every point, once: the same for both
+    assert counts["xaxis"] == "x3" and list(decode(counts["y"])) == [10] * 8
 
 
 def test_mtp_extra_head_loss_gets_its_own_panel(tmp_path):
@@ -404,16 +410,16 @@ def test_mtp_extra_head_loss_gets_its_own_panel(tmp_path):
     runs = {"m": mtp, "n": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
     traces, layout = write_and_read(I.training_curves_figure(runs), tmp_path, "train_mtp")
     titles = [a["text"] for a in layout["annotations"]]
-    assert "train MTP extra-head CE" in titles
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" in titles
     panel = [t for t in traces if t["name"] == "m" and t["xaxis"] == "x5"]
     assert len(panel) == 1
     np.testing.assert_allclose(decode(panel[0]["y"]), [1.5 + 3.0 / s for s in (20, 40)])
     assert not [t for t in traces if t["name"] == "n" and t["xaxis"] == "x5"]  # NextLat has no extra heads
     plain = {"n": runs["n"]}
     _, layout = write_and_read(I.training_curves_figure(plain), tmp_path, "train_plain")
-    assert "train MTP extra-head CE" not in [a["text"] for a in layout["annotations"]]
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" not in [a["text"] for a in layout["annotations"]]
     fig = P.training_curves_plot(runs)
-    assert "train MTP extra-head CE" in [a.get_title() for a in fig.axes]
+    assert "train MTP extra-head cross-entropy (nats/token) ↓" in [a.get_title().replace("\n", " ") for a in fig.axes]
 
 
 def wilson(c, n):
@@ -428,21 +434,26 @@ def test_worldmodel_table_page(tmp_path):
     rank = [r for r in rank_records() if r["step"] == 400]
     traces, _ = write_and_read(I.worldmodel_table_figure(wm + rank), tmp_path, "table")
     header, cells = traces[0]["header"]["values"], traces[0]["cells"]["values"]
-    assert header == ["model", "next_token", "trajectory_valid", "compression", "eff. rank (L1)", "val loss"]
-    assert cells[0] == ["gpt-0", "nextlat-0"]
+    # metrics as rows (labels with direction marks), models as columns coloured by objective
+    assert header == ["metric", "gpt-0", "nextlat-0"]
+    assert traces[0]["header"]["font"]["color"] == ["#222222", GPT, NEXTLAT]
+    assert cells[0] == ["next-token validity ↑", "valid trajectories (legal, ends at the destination) ↑",
+                        "sequence compression ↑", "effective rank (block 1) ↓", "validation loss (nats/token) ↓",
+                        "gap to the exact floor (nats/token) ↓"]
     for j, (c, n) in enumerate(((95, 100), (188, 200))):
         lo, hi = wilson(c, n)
-        assert cells[1][j] == f"{c / n:.3g} [{lo:.3g}, {hi:.3g}]"
+        assert cells[1 + j][0] == f"{c / n:.3f} [{lo:.3f}, {hi:.3f}]"
         lo, hi = wilson(c - 20, n)
-        assert cells[2][j] == f"{(c - 20) / n:.3g} [{lo:.3g}, {hi:.3g}]"
-    assert cells[3] == ["n/a", "n/a"]  # a rate of nothing measured
-    assert cells[4] == [f"{er(0, 400, 2):.2f}", f"{er(1, 400, 2):.2f}"]
-    assert cells[5] == ["1.0000", "1.0000"]
-    assert traces[0]["cells"]["font"]["color"][0] == [GPT, NEXTLAT]
+        assert cells[1 + j][1] == f"{(c - 20) / n:.3f} [{lo:.3f}, {hi:.3f}]"
+        assert cells[1 + j][2] == "n/a"  # a rate of nothing measured
+        assert cells[1 + j][3] == f"{er(j, 400, 2):.2f}"
+        assert cells[1 + j][4:] == ["1.0000", "0.2000"]
     traces, _ = write_and_read(I.worldmodel_table_figure(wm, columns=["next_token"], formats={"next_token": ".2f"}),
                                tmp_path, "table2")
-    assert traces[0]["header"]["values"] == ["model", "next_token"]
+    assert traces[0]["header"]["values"] == ["metric", "gpt-0", "nextlat-0"]
     assert traces[0]["cells"]["values"][1][0] == "0.95 [{:.2f}, {:.2f}]".format(*wilson(95, 100))
+    page = I.worldmodel_table_html(wm + rank)  # the report's: the same rows, as HTML
+    assert page.count("<tr>") == 1 + 6 and "effective rank (block 1) ↓" in page
 
 
 def test_map_page_shows_the_true_map(tmp_path):
@@ -466,7 +477,10 @@ def test_map_page_shows_the_true_map(tmp_path):
     inv = named(traces, "invented edges")[0]
     assert inv["opacity"] < 1 and inv["line"]["width"] < rec["line"]["width"]
     pts = np.stack([decode(inv["x"]), decode(inv["y"])], axis=1)
-    arcs = pts.reshape(2, -1, 2)[:, :-1]  # two arcs (the self-loop is left out), NaN-separated
+    arcs = pts.reshape(3, -1, 2)[:, :-1]  # two arcs and the self-loop, NaN-separated
+    loop = arcs[2]
+    np.testing.assert_allclose(loop[[0, -1]], m.coords[[3, 3]], atol=1e-9)  # leaves and returns to node 3
+    assert np.linalg.norm(loop - m.coords[3], axis=1).max() > 0.05  # a visible loop, not a point
     np.testing.assert_allclose(arcs[0][[0, -1]], m.coords[[0, far]], atol=1e-9)
     np.testing.assert_allclose(arcs[1][[0, -1]], m.coords[[far, 0]], atol=1e-9)
     a, b = m.coords[0], m.coords[far]
@@ -482,7 +496,9 @@ def test_map_page_shows_the_true_map(tmp_path):
     np.testing.assert_allclose(decode(ints[2]["x"]), np.array(coords)[:, 0])
     titles = [a["text"] for a in layout["annotations"]]
     assert titles[0].startswith("true map (16 intersections, 25 streets)")
-    assert "disparity 0.125" in titles[2]
+    # the counts are the record's (what summary.json says), self-loop included
+    assert "2 invented" in titles[1].replace("<br>", " ") and "2 missed" in titles[1].replace("<br>", " ")
+    assert "disparity 0.125" in titles[2].replace("<br>", " ")
 
 
 def test_write_report_inlines_plotly_once(tmp_path):
@@ -510,10 +526,12 @@ def test_paper_rank_probe_belief(tmp_path):
     fig = P.rank_plot(recs)
     assert len(fig.axes) == 2 and fig.get_size_inches()[0] == pytest.approx(S.DOUBLE_COLUMN)
     assert len(fig.axes[0].get_lines()) == 2 * len(LAYERS) and len(fig.axes[1].get_lines()) == 2
-    (line,), color = _lines(fig, "gpt-0 (gpt)")
+    (line,), color = _lines(fig, "gpt-0 (GPT)")
     assert color == GPT
     np.testing.assert_allclose(line.get_ydata(), [er(0, 400, li) for li in range(4)])
-    assert _lines(fig, "nextlat-0 (nextlat)")[1] == NEXTLAT
+    assert _lines(fig, "nextlat-0 (NextLat)")[1] == NEXTLAT
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["embeddings", "block 0", "block 1", "final LayerNorm"]  # the spectra's layers, named
     check_paper_files(fig, tmp_path, "rank")
     fig = P.rank_training_plot(recs)
     (line,), _ = _lines(fig, "gpt-0")
@@ -523,7 +541,7 @@ def test_paper_rank_probe_belief(tmp_path):
     fig = P.probe_r2_plot(probe_records())
     assert len(fig.axes) == 1 and fig.get_size_inches()[0] == pytest.approx(S.SINGLE_COLUMN)
     assert len(fig.axes[0].get_lines()) == 4  # two models, each with its control
-    (line,), color = _lines(fig, "gpt-0 (gpt)")
+    (line,), color = _lines(fig, "gpt-0 (GPT)")
     np.testing.assert_allclose(line.get_ydata(), [0.5, 0.6, 0.7])
     assert _lines(fig, "gpt-0 shuffled control")[0][0].get_linestyle() == ":"
 
@@ -544,27 +562,40 @@ def test_paper_rank_probe_belief(tmp_path):
 def test_paper_transition_training_position_worldmodel_map(tmp_path):
     fig = P.transition_plot(transition_records())
     assert len(fig.axes[0].get_lines()) == 4
-    (line,), color = _lines(fig, "gpt-0: post-hoc mlp")
+    (line,), color = _lines(fig, "gpt-0: post-hoc MLP")
     assert color == GPT and line.get_linestyle() == "-"
-    assert _lines(fig, "nextlat-0: own p_psi")[0][0].get_linestyle() == "--"
-    assert "gpt-0 (belief 0.3, state 0.35)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert _lines(fig, "nextlat-0: own p_ψ")[0][0].get_linestyle() == "--"
+    assert "gpt-0 (within-belief 0.3, within-state 0.35)" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     check_paper_files(fig, tmp_path, "transition")
     runs = {"gpt": [json.loads(x) for x in metrics_lines("gpt", 2.0)], "nextlat": [json.loads(x) for x in metrics_lines("nextlat", 1.0)]}
     fig = P.training_curves_plot(runs)
     assert _lines(fig, "nextlat")[1] == NEXTLAT
     fig = P.position_loss_plot(position_records())
-    assert len(fig.axes) == 2
+    assert len(fig.axes) == 3
     pos = np.arange(1, 9)
     np.testing.assert_allclose(fig.axes[1].get_lines()[0].get_ydata(), 0.1 / pos, atol=1e-12)
+    assert [p.get_height() for p in fig.axes[2].patches] == [10] * 8  # targets behind each position
 
     wm = worldmodel_records()
-    fig = P.worldmodel_plot(wm + [r for r in rank_records() if r["step"] == 400])
-    visible = [a for a in fig.axes if a.get_visible()]
-    assert len(visible) == 5  # 3 rates + effective rank + val loss
-    assert [a.get_title() for a in visible][:2] == ["next_token", "trajectory_valid"]
-    bar = visible[0].get_lines()[0]
-    np.testing.assert_allclose(bar.get_xdata(), wilson(95, 100))
-    check_paper_files(fig, tmp_path, "worldmodel")
+    fig = P.table1_plot(wm + [r for r in rank_records() if r["step"] == 400])
+    rates, rank, gap = fig.axes
+    assert [t.get_text() for t in rates.get_yticklabels()] == [
+        "next-token validity ↑", "valid trajectories (legal,\nends at the destination) ↑", "sequence compression ↑"]
+    assert rates.get_xlim() == pytest.approx((-0.02, 1.02))  # every rate on one shared axis
+    bars = [ln for ln in rates.get_lines() if len(ln.get_xdata()) == 2]
+    np.testing.assert_allclose(bars[0].get_xdata(), wilson(95, 100))
+    assert rank.get_title().replace("\n", " ") == "effective rank (block 1) ↓" and gap.get_title().endswith("↓")
+    np.testing.assert_allclose(rank.get_lines()[1].get_xdata(), [er(0, 400, 2)])
+    assert "95% intervals" in fig.get_supxlabel().replace("\n", " ")
+    check_paper_files(fig, tmp_path, "table1")
+    with pytest.raises(AnalysisError, match="beyond the Table-1"):
+        P.worldmodel_plot(wm)  # no metric left for the appendix
+    more = [make_record(r["name"] and ident(r["name"], r["objective"]), "worldmodel",
+                        {**r["metrics"], "trajectory_legal": rate(90, 100), "detour_random@0.01": rate(50, 100)},
+                        r["params"]) for r in wm]
+    fig = P.worldmodel_plot(more)
+    assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [
+        "legal trajectories (every turn legal) ↑", "detour robustness (random detours, p = 0.01) ↑"]
 
     m = taxi_map()
     recs, und, *_ = mapping_records(m)
@@ -585,9 +616,9 @@ def test_paper_transition_training_position_worldmodel_map(tmp_path):
 def test_paper_plot_into_given_axes_and_style(tmp_path):
     import matplotlib as mpl
 
-    fig, axes = P.new_figure("single", 1, 2)
+    fig, axes = P.new_figure("single", 1, 3)
     assert P.position_loss_plot(position_records(), ax=axes) is fig
-    with pytest.raises(ValueError, match="needs 2 axes"):
+    with pytest.raises(ValueError, match="needs 3 axes"):
         P.position_loss_plot(position_records(), ax=axes[0])
     before = mpl.rcParams["font.size"]
     with P.paper_style():

@@ -63,10 +63,67 @@ def test_report_on_two_taxi_checkpoints(tiny_taxi_ckpts, tmp_path):
     for r in data["records"]:
         if r["analysis"] in ("rank", "probe", "transition", "position_loss"):
             assert r["params"]["n_seqs"] == 24 and r["params"]["seed"] == 0
-    for stem in ("effective_rank", "transition", "worldmodel", "maps", "position_loss", "beliefs"):
+    for stem in ("effective_rank", "transition", "table1", "worldmodel_appendix", "maps", "position_loss", "beliefs",
+                 "training_curves"):
         pdf = out / "figures" / f"{stem}.pdf"
         assert pdf.stat().st_size > 1000 and pdf.read_bytes().startswith(b"%PDF"), stem
         assert (out / "figures" / f"{stem}.png").stat().st_size > 1000
+    _check_what_a_person_reads(out, data, tiny_taxi_ckpts)
+
+
+def _page_figures(page: str) -> list[dict]:
+    """Every plotly figure of a report page, as {"data", "layout"}."""
+    dec, out = json.JSONDecoder(), []
+    for m in re.finditer(r'Plotly\.newPlot\(\s*"[^"]+",\s*', page):
+        data, end = dec.raw_decode(page, m.end())
+        layout, _ = dec.raw_decode(page, re.compile(r",\s*").match(page, end).end())
+        out.append({"data": data, "layout": layout})
+    return out
+
+
+def _check_what_a_person_reads(out, data, ckpts):
+    """No raw metric key in any table header, section heading or figure title / axis label
+    of the report, its paper figures or its printed table; every metric shown has a label;
+    the counts in the map titles are summary.json's."""
+    from helpers import html_headers, metric_keys, mpl_texts, plotly_texts, raw_keys
+
+    from nextlat_probe.checkpoint import load_checkpoint
+    from nextlat_probe.labels import has_label
+    from nextlat_probe.plots import paper as P
+    from nextlat_probe.report import summary_text
+
+    records = data["records"]
+    unlabelled = {(r["analysis"], k) for r in records for k in r["metrics"]
+                  if k != "points" and not has_label(k, r["analysis"])}
+    assert not unlabelled, unlabelled
+    keys = metric_keys(records + data["summary"])
+    page = (out / "report.html").read_text()
+    heads = html_headers(page)
+    assert "metric" in heads and "valid trajectories (legal, ends at the destination) ↑" in heads
+    assert "distinction precision ↑" in heads and "detour robustness (random detours, p = 0.75) ↑" in heads
+    assert [h for h in heads if raw_keys(h, keys)] == []
+    figs = _page_figures(page)
+    assert len(figs) >= 7  # training, positions, rank, probed maps, probe R², transition, rebuilt maps
+    texts = [t for f in figs for t in plotly_texts(f)]
+    assert [t for t in texts if raw_keys(t, keys)] == []
+    assert [line for line in summary_text(data["summary"]).splitlines() if raw_keys(line.split("  ")[0], keys)] == []
+    # protocol lines are there, collapsed
+    assert page.count("<details class='protocol'>") >= 5 and "protocol vafa2024" in page
+    # the verdict lines cover the headline metrics and name the detour setting
+    assert "detour robustness (random detours, p = 0.75) ↑:" in page
+    assert "distinction recall ↑:" in page
+    # the counts of the map titles are summary.json's, in the page and in the paper figure
+    maps = [r for r in records if r["analysis"] == "mapping" and r["variant"] == "behaviour"]
+    rows = {r["name"]: r for r in data["summary"]}
+    titles = " ".join(t.replace("<br>", " ") for f in figs for t in plotly_texts(f))
+    world = load_checkpoint(ckpts["gpt"]).world
+    paper_titles = " ".join(t.replace("\n", " ") for t in mpl_texts(P.map_plot(world.map, maps)))
+    for r in maps:
+        n = r["metrics"]["n_invented"]
+        assert rows[r["name"]]["invented_edges"] == n
+        want = f"{r['name']}: rebuilt from behaviour - edge recall"
+        assert want in titles and f" {n} invented" in titles.split(want, 1)[1].split("missed")[0], titles
+        assert f" {n} invented" in paper_titles.split(want, 1)[1].split("missed")[0], paper_titles
 
 
 @pytest.mark.slow
@@ -112,6 +169,17 @@ def test_demo_trains_reports_and_reuses(tmp_path):
     assert again.returncode == 0 and "reusing" in again.stderr
 
 
+def test_the_demo_keeps_no_checkpoint_just_before_the_final_one():
+    from nextlat_probe.demo import keep_interval
+
+    assert keep_interval(2000) == 334  # kept at 334 ... 1670, then the final 2000
+    for steps in (12, 60, 100, 999, 2000, 2001, 3000, 6000):
+        k = keep_interval(steps)
+        last = steps // k * k
+        assert 1 <= steps // k <= 6
+        assert last == steps or steps - last >= k // 2, (steps, k, last)
+
+
 @pytest.mark.slow
 def test_report_scores_the_world_model_again_at_matched_loss(tmp_path):
     """A long GPT and a short NextLat: the matched-loss checkpoint of GPT is an early kept
@@ -153,14 +221,14 @@ def test_verdict_lines_compare_each_objective_with_gpt():
     n = {"objective": "nextlat", "effective_rank": 25.0, "val_loss": 0.90, "compression": 0.7}
     m = {"objective": "mtp", "effective_rank": 41.0, "val_loss": 0.84, "compression": float("nan")}
     two = _verdict_lines([g, n])
-    assert two == ["effective rank (lower = more compact): NextLat better (GPT 40, NextLat 25)",
-                   "validation loss (lower = better next-token prediction): GPT better (GPT 0.85, NextLat 0.9)",
-                   "sequence compression: tie (0.7)"]
+    assert two == ["validation loss ↓: GPT better (GPT 0.8500, NextLat 0.9000)",
+                   "effective rank ↓: NextLat better (GPT 40.00, NextLat 25.00)",
+                   "sequence compression ↑: tie (0.700)"]
     three = _verdict_lines([g, n, m])
     assert three[:3] == ["NextLat vs GPT, " + line for line in two]
-    assert three[3:] == ["MTP vs GPT, effective rank (lower = more compact): GPT better (GPT 40, MTP 41)",
-                         "MTP vs GPT, validation loss (lower = better next-token prediction): MTP better "
-                         "(GPT 0.85, MTP 0.84)"]  # MTP's undefined compression is left out, not called a tie
+    assert three[3:] == ["MTP vs GPT, validation loss ↓: MTP better (GPT 0.8500, MTP 0.8400)",
+                         "MTP vs GPT, effective rank ↓: GPT better (GPT 40.00, MTP 41.00)"]
+    # MTP's undefined compression is left out, not called a tie
     assert _verdict_lines([n, m]) == [] and _verdict_lines([g, g, n]) == []
 
 

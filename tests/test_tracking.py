@@ -54,9 +54,9 @@ def test_train_log_tensorboard_writes_the_metrics_log(tmp_path):
     assert res.returncode == 0, res.stderr
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     got, want = _tb_scalars(out), _log_scalars(out)
-    assert {"train/loss", "train/ce", "train/lr", "train/tokens_per_s", "val/val_loss", "val/val_gap"} <= set(want)
+    assert {"train/loss", "train/ce", "train/lr", "train/tokens_per_s", "val/val_loss", "val/gap_to_floor"} <= set(want)
     _assert_same(got, want)
-    assert [s for s, _ in got["train/loss"]] == [10, 20] and [s for s, _ in got["val/val_gap"]] == [0, 20]
+    assert [s for s, _ in got["train/loss"]] == [10, 20] and [s for s, _ in got["val/gap_to_floor"]] == [0, 20]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(out / "tensorboard"))

@@ -275,13 +275,15 @@ def test_worldmodel_cli_table_and_json(tiny_taxi_ckpts, capsys):
     assert main([*args, "--json"]) == 0
     recs = json.loads(capsys.readouterr().out)  # one JSON document, nothing else
     text = table(recs)  # what main prints without --json
-    for label in ("next-token validity", "every turn legal", "compression", "distinction recall",
-                  "detour random p=0.75", "eff. rank", "val loss", "gpt", "nextlat"):
+    for label in ("next-token validity ↑", "every turn legal", "sequence compression ↑", "distinction recall ↑",
+                  "detour robustness (random detours, p = 0.75) ↑", "effective rank (block 1) ↓",
+                  "validation loss (nats/token) ↓", "gpt", "nextlat"):
         assert label in text
     wm = [r for r in recs if r["analysis"] == "worldmodel"]
     ranks = {r["name"]: r for r in recs if r["analysis"] == "rank"}
     nt = wm[1]["metrics"]["next_token"]
-    assert f"{100 * nt['value']:.1f} [{100 * nt['low']:.1f}, {100 * nt['high']:.1f}]" in text
+    assert f"{nt['value']:.3f} [{nt['low']:.3f}, {nt['high']:.3f}]" in text  # fractions, as in the report
+    assert "gap to floor" in text.lower() or "gap to the exact floor" in text  # the convergence context
     assert "n_pairs=24" in text and "seed=5" in text  # the protocol line under the table
     assert "worldmodel: protocol vafa2024 (" in text  # the protocol's name first
     assert [r["objective"] for r in wm] == ["gpt", "nextlat"]

@@ -14,12 +14,12 @@ path-star planning). The array-level mathematics lives in ``nextlat_probe.analys
 Notebook use::
 
     from nextlat_probe.compare import Inputs, run_rank, run_probe
-    inputs = Inputs.build(["runs/gpt/ckpt.pt", "runs/nextlat/ckpt.pt"], n_seqs=384)
+    inputs = Inputs.build(["runs/gpt/ckpt.pt", "runs/nextlat/ckpt.pt"], n_seqs=256)
     records = run_rank(None, inputs=inputs, layers="all") + run_probe(None, inputs=inputs)
 """
 from __future__ import annotations
 
-from .inputs import Inputs, analysis_length, load_models, parse_layers
+from .inputs import N_SEQS, Inputs, analysis_length, held_out, load_models, parse_layers
 from .losses import run_position_loss
 from .mapping import map_from_trips, run_mapping
 from .probe import run_probe
@@ -29,6 +29,6 @@ from .tasks import run_taskeval
 from .transition import run_transition
 from .worldmodel import run_worldmodel
 
-__all__ = ["Inputs", "analysis_length", "load_models", "parse_layers", "run_rank", "run_probe", "run_transition",
+__all__ = ["N_SEQS", "held_out", "Inputs", "analysis_length", "load_models", "parse_layers", "run_rank", "run_probe", "run_transition",
            "run_worldmodel", "run_mapping", "map_from_trips", "run_position_loss", "run_speculative",
            "run_taskeval"]

@@ -22,6 +22,16 @@ from ..errors import UsageError
 SEQUENCE_STREAM = 7
 #: ``all_sequences`` enumerates V^n sequences; more than this is refused (memory and time)
 MAX_ALL_SEQUENCES = 200_000
+#: sequences every hidden-state analysis reads by default, in every runner, CLI and the
+#: report alike (the NextLat paper's 256 for the effective rank), so one metric gives one
+#: number whichever tool computed it
+N_SEQS = 256
+
+
+def held_out(n_seqs: int) -> int:
+    """Sequences held out for scoring by default: the last third (85 of 256). The probe
+    and the post-hoc transition fit on the others; the same rule in every tool."""
+    return max(1, int(n_seqs) // 3)
 
 
 def load_models(models: Sequence[Any], device: str = "cpu", **source: Any) -> list[Any]:

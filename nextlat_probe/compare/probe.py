@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..records import identity, make_record
-from .inputs import Inputs, parse_layers, resolve_inputs
+from .inputs import N_SEQS, Inputs, held_out, parse_layers, resolve_inputs
 
 #: how probe scores are obtained: fit on some sequences and score on held-out ones (ours,
 #: the default), or the published belief-geometry protocol — ordinary least squares with
@@ -49,8 +49,8 @@ def state_targets(world: Any, states: np.ndarray) -> tuple[np.ndarray | None, np
 def run_probe(
     models: Sequence[Any],
     *,
-    n_seqs: int = 384,
-    n_test: int = 128,
+    n_seqs: int = N_SEQS,
+    n_test: int | None = None,
     seq_len: int | None = None,
     layers: str | Sequence[int | str] = "all",
     alpha: float | str = "cv",
@@ -66,7 +66,7 @@ def run_probe(
     side by side) when more than one block is probed.
 
     ``protocol="held_out"``: the first ``n_seqs - n_test`` shared sequences train, the last
-    ``n_test`` test (disjoint sequences). ``protocol="in_sample"`` (Shai et al.'s): fit and
+    ``n_test`` test (disjoint sequences; default ``inputs.held_out``: the last third). ``protocol="in_sample"`` (Shai et al.'s): fit and
     score on every row, with ``alpha`` 0 (ordinary least squares) unless a number is given;
     ``n_test`` is then unused. ``params["protocol"]`` and the metrics ``fit_rows`` /
     ``score_rows`` say which rows produced each number. ``keep_points > 0`` keeps up to that many held-out (true, predicted) points
@@ -85,6 +85,7 @@ def run_probe(
         alpha = 0.0 if alpha == "cv" else alpha
         tr = te = np.arange(n_seqs)
     else:
+        n_test = held_out(n_seqs) if n_test is None else n_test
         if not 1 <= n_test <= n_seqs - 2:
             raise UsageError(f"--n-test must lie in 1..{n_seqs - 2} for {n_seqs} sequences (two or more train), "
                              f"got {n_test}")

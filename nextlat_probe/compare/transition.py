@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..records import identity, make_record
-from .inputs import Inputs, resolve_inputs
+from .inputs import N_SEQS, Inputs, held_out, resolve_inputs
 from .probe import MAX_BELIEF_DIM
 
 VARIANTS = (("own p_psi", "own"), ("post-hoc mlp", "posthoc_mlp"), ("post-hoc linear", "posthoc_linear"))
@@ -24,6 +24,8 @@ VARIANTS = (("own p_psi", "own"), ("post-hoc mlp", "posthoc_mlp"), ("post-hoc li
 
 #: the variance ratios' protocol: groups with at least two rows only (singletons add
 #: nothing to the within-group part); the singleton-inclusive figure is a labelled extra
+#: optimiser steps of the post-hoc dynamics fits, in the runner, the CLI and the report
+FIT_STEPS = 1000
 PROTOCOL = {"name": "groups>=2", "min_group_rows": 2, "ratio": "mean squares (SS_w/(N-G)) / (SS_t/(N-1))"}
 
 
@@ -47,11 +49,11 @@ def latent_states(hidden: np.ndarray) -> np.ndarray:
 def run_transition(
     models: Sequence[Any],
     *,
-    n_seqs: int = 384,
-    n_test: int = 128,
+    n_seqs: int = N_SEQS,
+    n_test: int | None = None,
     seq_len: int | None = None,
     horizon: int = 8,
-    fit_steps: int = 1000,
+    fit_steps: int = FIT_STEPS,
     seed: int = 0,
     device: str = "cpu",
     progress: bool = False,
@@ -59,7 +61,8 @@ def run_transition(
 ) -> list[dict[str, Any]]:
     """One ``transition`` record per model and dynamics variant (``own p_psi`` only for
     models that have one). The first ``n_seqs - n_test`` shared sequences fit the post-hoc
-    dynamics, the last ``n_test`` score every variant."""
+    dynamics, the last ``n_test`` (default ``inputs.held_out``: the last third) score every
+    variant."""
     from ..activations import layer_hook, layer_label
     from ..analysis.transition import grouped_consistency_report, transition_consistency
     from ..progress import progress as bar
@@ -69,6 +72,7 @@ def run_transition(
     inp = resolve_inputs(models, inputs, n_seqs=n_seqs, seq_len=seq_len, seed=seed, device=device,
                          progress=progress)
     n_seqs = inp.n_seqs
+    n_test = held_out(n_seqs) if n_test is None else n_test
     if not 1 <= n_test <= n_seqs - 1:
         raise UsageError(f"--n-test must lie in 1..{n_seqs - 1} for {n_seqs} sequences, got {n_test}")
     tr, te = slice(0, n_seqs - n_test), slice(n_seqs - n_test, n_seqs)

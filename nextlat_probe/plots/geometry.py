@@ -22,7 +22,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from ..errors import AnalysisError
-from ..records import check_records, value
+from ..labels import SUMMARY_DETOUR, label, layer_name
+from ..records import check_records, metric_interval, value
 from ..tables import field
 from .style import belief_colors, checkpoint_styles, place_colors
 
@@ -174,7 +175,7 @@ def points_records(records: list[dict[str, Any]]) -> tuple[list[dict[str, Any]],
 
 
 def panel_title(r: Mapping[str, Any], extra: str = "") -> str:
-    lay = f" ({r['layer']})" if r.get("layer") else ""
+    lay = f" ({layer_name(r['layer'])})" if r.get("layer") else ""
     return f"{r['name']}{lay}{extra}"
 
 
@@ -273,6 +274,26 @@ def bezier_curves(p0: Any, p1: Any, curvature: float = 0.25, n: int = 17) -> np.
     return (1 - t) ** 2 * p0[:, None] + 2 * (1 - t) * t * ctrl[:, None] + t**2 * p1[:, None]
 
 
+#: the way a direction name points on the map (a self-loop bulges that way)
+DIRECTION_VECTORS = {"N": (0.0, 1.0), "E": (1.0, 0.0), "S": (0.0, -1.0), "W": (-1.0, 0.0)}
+
+
+def self_loops(at: Any, directions: list[Any], radius: float, n: int = 17) -> np.ndarray:
+    """Closed loops [E, n, 2] of ``radius`` that leave and return to each point of ``at``
+    [E, 2], bulging toward the direction the edge was taken in (``N``, ``SE`` ...; up when
+    unknown): how an invented edge from an intersection back to itself is drawn."""
+    at = np.asarray(at, dtype=np.float64).reshape(-1, 2)
+    out = np.zeros((len(at), n, 2))
+    t = np.linspace(0.0, 2 * np.pi, n)
+    for i, (p, d) in enumerate(zip(at, directions)):
+        u = np.sum([DIRECTION_VECTORS[c] for c in str(d).upper() if c in DIRECTION_VECTORS] or [(0.0, 1.0)], axis=0)
+        u = u / max(float(np.linalg.norm(u)), 1e-12)
+        centre = p + radius * u
+        start = np.arctan2(-u[1], -u[0])  # the angle at which the circle touches p
+        out[i] = centre + radius * np.stack([np.cos(start + t), np.sin(start + t)], axis=1)
+    return out
+
+
 def polylines_xy(paths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """x and y of [E, k, 2] paths joined into one NaN-separated line (one plotly trace)."""
     if len(paths) == 0:
@@ -292,7 +313,9 @@ def map_panels(true_map: Any, records: list[dict[str, Any]], curvature: float = 
 
     - ``behaviour``: the true map (thin, underneath), recovered streets = the true
       undirected streets none of whose directions is in ``missed_edges``, missing streets
-      (a direction missed), and ``invented_edges`` as Bezier arcs (self-loops left out);
+      (a direction missed), and ``invented_edges`` as Bezier arcs (an edge back to its own
+      intersection as a small loop, ``self_loops``); the title's counts are the record's
+      ``n_invented`` and ``n_missed`` (what summary.json says);
     - ``probe`` / ``mds``: the true map (thin, at the true layout, underneath) and the true
       streets between the embedded ``nodes`` drawn at their ``coords``.
 
@@ -323,13 +346,24 @@ def map_panels(true_map: Any, records: list[dict[str, Any]], curvature: float = 
                     raise AnalysisError(f"map figure: {key} of {r['name']!r} name intersections outside the map (0..{n - 1})")
             gone = _pair_set(missed)
             is_missing = np.array([(int(a), int(b)) in gone for a, b in und], dtype=bool)
-            inv = inv[inv[:, 0] != inv[:, 1]]
+            loop = inv[:, 0] == inv[:, 1]
+            arcs = bezier_curves(layout[inv[~loop, 0]], layout[inv[~loop, 1]], curvature) if (~loop).any() else empty
+            if loop.any():  # a turn the model took that returns to its own intersection: a small loop
+                dirs = [e[1] if len(e) == 3 else None for e in (m.get("invented_edges") or [])]
+                size = float(np.median(np.linalg.norm(true_segs[:, 1] - true_segs[:, 0], axis=1))) if len(true_segs) else 1.0
+                loops = self_loops(layout[inv[loop, 0]], [d for d, is_loop in zip(dirs, loop) if is_loop]
+                                   if len(dirs) == len(inv) else [None] * int(loop.sum()), 0.1 * size)
+                arcs = np.concatenate([arcs.reshape(-1, loops.shape[1], 2), loops]) if len(arcs) else loops
+            # the counts are the record's (summary.json's): every invented edge, self-loops
+            # included, and every missed one-way edge
+            n_inv, n_missed = int(m.get("n_invented", len(inv))), int(m.get("n_missed", len(missed)))
             recall = value(m.get("edge_recall"))
-            extra = f" - edge recall {recall:.2f}" if np.isfinite(recall) else ""
-            out.append(panel(f"{r['name']}: behaviour{extra}, {len(inv)} invented, {int(is_missing.sum())} missing",
+            bits = [f"edge recall {recall:.2f}"] if np.isfinite(recall) else []
+            bits.append(f"{n_inv} invented" + (f" ({int(loop.sum())} back to their own intersection)" if loop.any() else ""))
+            bits.append(f"{n_missed} missed")
+            out.append(panel(f"{r['name']}: rebuilt from behaviour - {', '.join(bits)}",
                              "behaviour", layout, recovered=segments(layout, und[~is_missing]),
-                             missing=segments(layout, und[is_missing]),
-                             invented=bezier_curves(layout[inv[:, 0]], layout[inv[:, 1]], curvature) if len(inv) else empty))
+                             missing=segments(layout, und[is_missing]), invented=arcs))
         else:
             nodes = np.asarray(m.get("nodes") or [], dtype=np.int64).ravel()
             coords = np.asarray(m.get("coords") or [], dtype=np.float64).reshape(-1, 2)
@@ -352,14 +386,38 @@ def map_panels(true_map: Any, records: list[dict[str, Any]], curvature: float = 
 # --------------------------------------------------------------------------------------
 # world-model columns (both backends)
 # --------------------------------------------------------------------------------------
+#: the headline metrics of the NextLat paper's Table 1 (``paper.table1_plot``, the report's
+#: summary), in order: validity, compression, distinction, detour at the paper's setting
+TABLE1_RATES = ("next_token", "trajectory_valid", "compression", "distinction_precision", "distinction_recall",
+                SUMMARY_DETOUR)
+
+
+def interval_cell(r: Mapping[str, Any], key: str) -> Any:
+    """Metric ``key`` of a record as a rate-shaped dict where it has an interval: a rate as
+    it is, a per-pair mean with ``{key}_ci`` (protocol vafa2024's distinction) as
+    ``{"value", "low", "high", "n": pairs, "count": None}``; anything else as it is."""
+    v = field(r, key)
+    if isinstance(v, (int, float)) and not isinstance(v, bool) and f"{key}_ci" in r.get("metrics", {}):
+        x, lo, hi = metric_interval(r, key)
+        fin = [None if not math.isfinite(t) else t for t in (x, lo, hi)]
+        return {"value": fin[0], "low": fin[1], "high": fin[2], "n": r["metrics"].get(f"{key}_n_pairs"), "count": None}
+    return v
+
+
+def has_interval(v: Any) -> bool:
+    return isinstance(v, Mapping) and "low" in v and "value" in v
+
+
 def worldmodel_columns(records: list[dict[str, Any]], columns: list[str] | None = None,
                        what: str = "world-model table") -> tuple[list[dict[str, Any]], list[tuple[str, str]], Any]:
     """(worldmodel records, [(key, header)], cell getter) shared by both backends.
 
-    Columns: ``columns``, else every rate metric of the worldmodel records (first-seen
-    order), then ``effective_rank`` when rank records of the same models are mixed in (the
-    deepest block of each model), then ``val_loss``. ``cell(record, key)`` is the raw value
-    (a rate or number)."""
+    Columns: ``columns``, else every metric with an interval of the worldmodel records
+    (rates, and per-pair means with ``_ci``; first-seen order), then ``effective_rank``
+    when rank records of the same models are mixed in (the deepest block of each model),
+    then ``val_loss`` and ``gap_to_floor``. Headers come from ``nextlat_probe.labels``.
+    ``cell(record, key)`` is the raw value (a rate, a rate-shaped per-pair mean, or a
+    number)."""
     recs = checked(records, ("worldmodel", "rank"), what)
     wm = [r for r in recs if r["analysis"] == "worldmodel"]
     if not wm:
@@ -371,34 +429,42 @@ def worldmodel_columns(records: list[dict[str, Any]], columns: list[str] | None 
     if columns is None:
         keys: list[str] = []
         for r in wm:
-            keys += [k for k, v in r["metrics"].items() if isinstance(v, Mapping) and "low" in v and k not in keys]
+            keys += [k for k in r["metrics"] if has_interval(interval_cell(r, k)) and k not in keys]
         if rank:
             keys.append("effective_rank")
         if any(r["val_loss"] is not None for r in wm):
-            keys.append("val_loss")
+            keys += ["val_loss", "gap_to_floor"]
     else:
         keys = list(columns)
     layers = {r["layer"] for r in rank.values()}
-    rank_head = f"eff. rank ({layers.pop()})" if len(layers) == 1 else "eff. rank (last block)"
-    heads = {"effective_rank": rank_head, "val_loss": "val loss", "gap_to_floor": "gap to floor"}
+    where = layer_name(layers.pop()) if len(layers) == 1 else "last block"
+    heads = {k: label(k, "worldmodel").header() for k in keys}
+    if "effective_rank" in heads:
+        heads["effective_rank"] = label("effective_rank").header().replace("effective rank", f"effective rank ({where})")
 
     def cell(r: Mapping[str, Any], key: str) -> Any:
         if key == "effective_rank" and "effective_rank" not in r["metrics"]:
             other = rank.get(r["name"])
             return None if other is None else other["metrics"].get("effective_rank")
-        return field(r, key)
+        return interval_cell(r, key)
 
-    return wm, [(k, heads.get(k, k)) for k in keys], cell
+    return wm, [(k, heads[k]) for k in keys], cell
 
 
 # --------------------------------------------------------------------------------------
 # training-log series (metrics.jsonl rows, not analysis records)
 # --------------------------------------------------------------------------------------
-TRAIN_PANELS = [("val_loss", "validation loss"), ("ce", "train cross-entropy"), ("next_h", "train next_h (latent)"),
-                ("kl", "train KL"), ("mtp", "train MTP extra-head CE")]
+#: panels of the training curves: (key, title). The first is the validation loss minus the
+#: exact floor on a log axis: on a loss axis from the first evaluation (~4 nats) down, a
+#: difference of 0.03 between two models near their floor would not show
+TRAIN_PANELS = [("gap_to_floor", "validation loss − exact floor"), ("ce", "train cross-entropy"),
+                ("next_h", "train next-latent prediction loss"), ("kl", "train KL"),
+                ("mtp", "train MTP extra-head cross-entropy")]
 #: panels drawn even when no run has them (the 2 x 2 grid every NextLat/GPT report shows);
 #: the others (MTP's extra heads) appear only when some run logged them
-CORE_PANELS = ("val_loss", "ce", "next_h", "kl")
+CORE_PANELS = ("gap_to_floor", "ce", "next_h", "kl")
+#: panels drawn on a log axis
+LOG_PANELS = ("gap_to_floor", "next_h", "kl")
 
 
 def train_panels(series: Mapping[str, Mapping[str, Any]]) -> list[tuple[str, str]]:
@@ -429,7 +495,8 @@ def common_value(values: Iterable[Any], rtol: float = 1e-9) -> float | None:
 
 
 def training_series(runs: Mapping[str, Any], objectives: Mapping[str, str | None] | None = None):
-    """Per run: {metric: (steps, values)} for each of ``TRAIN_PANELS`` plus ``val_floor``;
+    """Per run: {metric: (steps, values)} for each of ``TRAIN_PANELS`` and ``val_loss``
+    (``gap_to_floor``: each evaluation's validation loss minus its exact floor), plus ``val_floor``;
     the run styles; and the floor shared by all runs (None when they differ). ``runs``
     values are metrics-log rows or paths to ``metrics.jsonl`` files (read with
     ``training.log.read_metrics``). Metrics that are all zero (GPT's latent losses) are
@@ -446,9 +513,12 @@ def training_series(runs: Mapping[str, Any], objectives: Mapping[str, str | None
         ev = sorted((r for r in rs if _metric_kind(r) == "eval"), key=lambda r: r["step"])
         tr = sorted((r for r in rs if _metric_kind(r) == "train"), key=lambda r: r["step"])
         s: dict[str, Any] = {}
-        for key, _ in TRAIN_PANELS:
-            src = ev if key == "val_loss" else tr
-            pts = [(r["step"], r[key]) for r in src if r.get(key) is not None]
+        for key in ["val_loss"] + [k for k, _ in TRAIN_PANELS]:
+            if key == "gap_to_floor":
+                pts = [(r["step"], r["val_loss"] - r["val_floor"]) for r in ev
+                       if r.get("val_loss") is not None and r.get("val_floor") is not None]
+            else:
+                pts = [(r["step"], r[key]) for r in (ev if key == "val_loss" else tr) if r.get(key) is not None]
             if pts and any(v != 0 for _, v in pts):
                 s[key] = (as_float_array([p[0] for p in pts]), as_float_array([p[1] for p in pts]))
         floors = [r.get("val_floor") for r in ev if r.get("val_floor") is not None]
@@ -463,8 +533,8 @@ __all__ = [
     "length_series",
     "checked", "layer_key", "layers_in_order", "by_name", "latest_step", "deepest_layer", "as_float_array",
     "SIMPLEX_CORNERS", "simplex_project", "pca_basis", "belief_projection", "subsample", "common_limits",
-    "points_records", "belief_panels", "position_panels", "as_edges", "segments", "bezier_curves", "polylines_xy",
-    "map_panels", "worldmodel_columns", "TRAIN_PANELS", "CORE_PANELS", "train_panels", "run_objective", "common_value", "training_series",
+    "points_records", "belief_panels", "position_panels", "as_edges", "segments", "bezier_curves", "self_loops", "polylines_xy",
+    "map_panels", "worldmodel_columns", "interval_cell", "has_interval", "TABLE1_RATES", "TRAIN_PANELS", "CORE_PANELS", "LOG_PANELS", "train_panels", "run_objective", "common_value", "training_series",
 ]
 
 

@@ -16,9 +16,11 @@ from typing import Any, Mapping
 import numpy as np
 
 from ..errors import AnalysisError
+from ..labels import label, layer_name, objective_name, variant_name
 from ..records import value
-from ..tables import format_value
+from ..tables import format_value, metric_cell
 from .geometry import (
+    LOG_PANELS,
     PATHSTAR_RATES,
     SIMPLEX_CORNERS,
     as_float_array,
@@ -62,9 +64,9 @@ __all__ = [
     "training_curves_figure",
     "position_loss_figure",
     "worldmodel_table_figure",
+    "worldmodel_table_html",
     "map_figure",
     "taskeval_figure",
-    "WORLDMODEL_FORMATS",
 ]
 
 _LAYOUT = dict(template="plotly_white", font=dict(size=13))
@@ -91,19 +93,43 @@ def write_report(sections: list[tuple[str, Any]], path: str | Path, title: str =
 
 
 def _label(rows: list[Mapping[str, Any]]) -> str:
-    return f"{rows[0]['name']} ({rows[0]['objective']})"
+    return f"{rows[0]['name']} ({objective_name(rows[0]['objective'])})"
+
+
+def _layer_axis(fig, layers: list[Any], **where: Any) -> None:
+    """A categorical layer axis in pipeline order, its ticks in words (``block 1``)."""
+    fig.update_xaxes(title_text="layer", categoryorder="array", categoryarray=layers, tickmode="array",
+                     tickvals=layers, ticktext=[layer_name(x) for x in layers], **where)
 
 
 def _wrap(title: str, width: int = 55) -> str:
     """Break a long subplot title onto lines (plotly does not wrap)."""
     import textwrap
 
-    return "<br>".join(textwrap.wrap(str(title), width)) or str(title)
+    return "<br>".join(textwrap.wrap(str(title), width, break_on_hyphens=False)) or str(title)
 
 
 def _grid(n: int, cols: int | None, default: int = 3) -> tuple[int, int]:
     c = max(1, min(cols or default, n))
     return -(-n // c), c
+
+
+def _log_axis(fig, values: Any, axis: str = "y", **where: Any) -> None:
+    """A log axis with readable ticks: every digit under one decade of data, 1-2-5 steps
+    under two, decades above that; no minor numbers (plotly labels the minor ticks of a
+    short log axis, which crowds them)."""
+    v = np.asarray(values, dtype=np.float64).ravel()
+    v = v[np.isfinite(v) & (v > 0)]
+    update = fig.update_yaxes if axis == "y" else fig.update_xaxes
+    if v.size == 0:
+        update(type="log", **where)
+        return
+    lo, hi = np.floor(np.log10(v.min())), np.ceil(np.log10(v.max()))
+    decades = np.log10(v.max() / v.min())
+    subs = range(1, 10) if decades < 1 else (1, 2, 5) if decades < 2 else (1,)
+    ticks = [m * 10.0**e for e in range(int(lo), int(hi) + 1) for m in subs]
+    ticks = [t for t in ticks if v.min() / 1.5 <= t <= v.max() * 1.5]
+    update(type="log", tickmode="array", tickvals=ticks, ticktext=[f"{t:g}" for t in ticks], **where)
 
 
 def _equal_axes(fig, k: int, row: int, col: int, visible: bool = False) -> None:
@@ -122,7 +148,8 @@ def rank_figure(records: list[dict[str, Any]]):
     from plotly.subplots import make_subplots
 
     recs = latest_step(checked(records, "rank", "rank figure"))
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("singular-value spectrum", "effective rank per layer"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("singular-value spectrum (darker = deeper layer)",
+                                                        "effective rank per layer"))
     styles = record_styles(recs)
     for name, rows in by_name(recs).items():
         st = styles[name]
@@ -130,23 +157,28 @@ def rank_figure(records: list[dict[str, Any]]):
         for j, r in enumerate(rows):
             s = as_float_array(r["metrics"].get("spectrum"))
             fig.add_trace(go.Scatter(
-                x=np.arange(1, len(s) + 1), y=s, mode="lines", name=f"{name} {r['layer']}", legendgroup=name,
-                showlegend=False, line=dict(color=st["color"], width=1 + 1.5 * (j == len(rows) - 1), dash=dash),
+                x=np.arange(1, len(s) + 1), y=s, mode="lines", name=f"{name} {layer_name(r['layer'])}",
+                legendgroup=f"{name} spectra", legendgrouptitle_text=f"{name}: spectra",
+                line=dict(color=st["color"], width=1 + 1.5 * (j == len(rows) - 1), dash=dash),
                 opacity=0.35 + 0.65 * (j + 1) / len(rows),
-                hovertemplate="component %{x}<br>singular value %{y:.3g}<extra>" + f"{name} {r['layer']}" + "</extra>"),
+                hovertemplate="component %{x}<br>singular value %{y:.3g}<extra>" + f"{name} {layer_name(r['layer'])}"
+                              + "</extra>"),
                 row=1, col=1)
         fig.add_trace(go.Scatter(
             x=[r["layer"] for r in rows], y=as_float_array([r["metrics"].get("effective_rank") for r in rows]),
             mode="lines+markers", name=_label(rows), legendgroup=name, line=dict(color=st["color"], width=2.5, dash=dash),
             marker=dict(symbol=plotly_marker(st)),
             customdata=np.c_[as_float_array([r["val_loss"] for r in rows]), as_float_array([r["gap_to_floor"] for r in rows])],
-            hovertemplate="%{x}: eff. rank %{y:.2f}<br>val loss %{customdata[0]:.4f} "
-            "(gap %{customdata[1]:.4f})<extra>" + name + "</extra>"),
+            hovertemplate="%{x}: effective rank %{y:.2f}<br>validation loss %{customdata[0]:.4f} "
+            "(gap to the floor %{customdata[1]:.4f})<extra>" + name + "</extra>"),
             row=1, col=2)
-    fig.update_yaxes(type="log", title_text="singular value", row=1, col=1)
-    fig.update_xaxes(type="log", title_text="component", row=1, col=1)
-    fig.update_yaxes(title_text="effective rank", row=1, col=2)
-    fig.update_xaxes(title_text="layer", categoryorder="array", categoryarray=layers_in_order(recs), row=1, col=2)
+    spectra = np.concatenate([as_float_array(r["metrics"].get("spectrum")) for r in recs] or [np.zeros(0)])
+    _log_axis(fig, spectra, "y", row=1, col=1)
+    _log_axis(fig, np.arange(1, max(2, max(len(r["metrics"].get("spectrum") or []) for r in recs) + 1)), "x", row=1, col=1)
+    fig.update_yaxes(title_text=label("spectrum").axis(), row=1, col=1)
+    fig.update_xaxes(title_text="component", row=1, col=1)
+    fig.update_yaxes(title_text=label("effective_rank").axis(), row=1, col=2)
+    _layer_axis(fig, layers_in_order(recs), row=1, col=2)
     fig.update_layout(**_LAYOUT, height=450, width=1100)
     return fig
 
@@ -164,7 +196,8 @@ def rank_training_figure(records: list[dict[str, Any]], layer: str | None = None
     sel = [r for r in recs if r["layer"] == lay]
     if not sel:
         raise AnalysisError(f"rank-along-training figure: no rank records at layer {lay!r}")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"effective rank vs step ({lay})", "effective rank vs validation loss"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(f"effective rank ({layer_name(lay)}) vs step",
+                                                        "effective rank vs validation loss"))
     styles = record_styles(sel)
     for name, rows in by_name(sel).items():
         rows = sorted(rows, key=lambda r: -1 if r["step"] is None else r["step"])
@@ -174,14 +207,15 @@ def rank_training_figure(records: list[dict[str, Any]], layer: str | None = None
         vl = as_float_array([r["val_loss"] for r in rows])
         line = dict(color=st["color"], width=2.5, dash=plotly_dash(st))
         fig.add_trace(go.Scatter(x=step, y=er, mode="lines+markers", name=name, legendgroup=name, line=line,
-                                 hovertemplate="step %{x}: eff. rank %{y:.2f}<extra>" + name + "</extra>"), row=1, col=1)
+                                 hovertemplate="step %{x}: effective rank %{y:.2f}<extra>" + name + "</extra>"),
+                      row=1, col=1)
         fig.add_trace(go.Scatter(x=vl, y=er, mode="lines+markers", name=name, legendgroup=name, showlegend=False, line=line,
                                  customdata=step,
-                                 hovertemplate="val loss %{x:.4f}: eff. rank %{y:.2f} (step %{customdata})<extra>"
+                                 hovertemplate="validation loss %{x:.4f}: effective rank %{y:.2f} (step %{customdata})<extra>"
                                  + name + "</extra>"), row=1, col=2)
-    fig.update_xaxes(title_text="training step", row=1, col=1)
-    fig.update_xaxes(title_text="validation loss", autorange="reversed", row=1, col=2)
-    fig.update_yaxes(title_text="effective rank", row=1, col=1)
+    fig.update_xaxes(title_text=label("step").text, row=1, col=1)
+    fig.update_xaxes(title_text=label("val_loss").axis() + " (training →)", autorange="reversed", row=1, col=2)
+    fig.update_yaxes(title_text=label("effective_rank").axis(), row=1, col=1)
     fig.update_layout(**_LAYOUT, height=450, width=1100)
     return fig
 
@@ -214,6 +248,8 @@ def belief_figure(records: list[dict[str, Any]], true_map: Any = None, max_point
     fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_wrap(p["title"], 45) for p in panels],
                         horizontal_spacing=0.03, vertical_spacing=0.1 / n_rows)
     xr, yr = common_limits(lims)
+    # panels as tall as the data are: a tall street map gets tall panels, not a thin strip
+    aspect = float(np.clip((yr[1] - yr[0]) / max(xr[1] - xr[0], 1e-12), 0.35, 1.8)) if taxi else 1.0
     tri = np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]])
     for k, p in enumerate(panels, start=1):
         row, col = (k - 1) // n_cols + 1, (k - 1) % n_cols + 1
@@ -249,7 +285,11 @@ def belief_figure(records: list[dict[str, Any]], true_map: Any = None, max_point
         fig.update_xaxes(range=xr, row=row, col=col)
         fig.update_yaxes(range=yr, row=row, col=col)
     fig.update_annotations(font_size=11)
-    fig.update_layout(**_LAYOUT, height=60 + 380 * n_rows, width=max(440, 360 * n_cols))
+    panel_w = 360 if not taxi else min(540, 1100 // n_cols)
+    fig.update_layout(**_LAYOUT, height=int(110 + (panel_w * aspect + 40) * n_rows), width=max(440, panel_w * n_cols + 40),
+                      margin=dict(l=20, r=20, t=70, b=40))
+    if taxi:  # the legend under the maps: they get the page's width
+        fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.02, x=0))
     return fig
 
 
@@ -270,15 +310,16 @@ def probe_r2_figure(records: list[dict[str, Any]], metric: str = "r2"):
         fig.add_trace(go.Scatter(
             x=x, y=as_float_array([r["metrics"][metric] for r in rows]), mode="lines+markers", name=_label(rows),
             legendgroup=name, line=dict(color=st["color"], width=2.5, dash=plotly_dash(st)),
-            marker=dict(symbol=plotly_marker(st)), hovertemplate="%{x}: " + metric + " %{y:.4f}<extra>" + name + "</extra>"))
+            marker=dict(symbol=plotly_marker(st)),
+            hovertemplate="%{x}: " + label(metric, "probe").text + " %{y:.4f}<extra>" + name + "</extra>"))
         ctrl = [r["metrics"].get(f"control_{metric}") for r in rows]
         if any(c is not None for c in ctrl):
             fig.add_trace(go.Scatter(
                 x=x, y=as_float_array(ctrl), mode="lines", name=f"{name} shuffled control", legendgroup=name,
                 line=dict(color=st["color"], width=1.2, dash="dot"),
-                hovertemplate="%{x}: control " + metric + " %{y:.4f}<extra>" + name + "</extra>"))
-    fig.update_xaxes(title_text="layer", categoryorder="array", categoryarray=layers_in_order(recs))
-    fig.update_yaxes(title_text=f"probe {metric} (held-out sequences)")
+                hovertemplate="%{x}: shuffled control %{y:.4f}<extra>" + name + "</extra>"))
+    _layer_axis(fig, layers_in_order(recs))
+    fig.update_yaxes(title_text=label(metric, "probe").axis() + " (held-out sequences)")
     fig.update_layout(**_LAYOUT, height=450, width=750)
     return fig
 
@@ -305,23 +346,27 @@ def transition_figure(records: list[dict[str, Any]], log_y: bool = True):
     for name, rows in groups.items():
         st = styles[name]
         for r in rows:
-            label = f"{name}: {r['variant']}"
+            trace = f"{name}: {variant_name(r['variant'])}"
             fig.add_trace(go.Scatter(
                 x=as_float_array(r["metrics"].get("horizons")), y=as_float_array(r["metrics"].get("errors")),
-                mode="lines+markers", name=label, legendgroup=name,
+                mode="lines+markers", name=trace, legendgroup=name,
                 line=dict(color=st["color"], width=2.2, dash=VARIANT_DASHES.get(r["variant"], ("dashdot", "-."))[0]),
                 marker=dict(symbol=plotly_marker(st), size=6),
-                hovertemplate="horizon %{x}: %{y:.4g}<extra>" + label + "</extra>"), row=1, col=1)
+                hovertemplate="horizon %{x}: %{y:.4g}<extra>" + trace + "</extra>"), row=1, col=1)
     for key, vals in ratios.items():
-        fig.add_trace(go.Bar(x=list(vals), y=np.array(list(vals.values())), name=key.replace("_", " "),
+        words = label(key).header(arrow=False)
+        fig.add_trace(go.Bar(x=list(vals), y=np.array(list(vals.values())), name=words,
                              marker_color=[styles[n]["color"] for n in vals],
                              marker_pattern_shape="" if key == "belief_ratio" else "/",
-                             hovertemplate="%{x}: %{y:.4g}<extra>" + key + "</extra>"), row=1, col=2)
+                             hovertemplate="%{x}: %{y:.4g}<extra>" + words + "</extra>"), row=1, col=2)
     if ratios:
-        fig.update_yaxes(title_text="variance ratio (0 = function of the belief / state)", rangemode="tozero", row=1, col=2)
+        fig.update_yaxes(title_text="variance share ↓ (0 = a function of the belief / state)", rangemode="tozero",
+                         row=1, col=2)
         fig.update_layout(barmode="group")
     fig.update_xaxes(title_text="horizon i (steps ahead)", row=1, col=1)
-    fig.update_yaxes(title_text="relative error", type="log" if log_y else "linear", row=1, col=1)
+    fig.update_yaxes(title_text=label("errors").axis(), row=1, col=1)
+    if log_y:
+        _log_axis(fig, np.concatenate([as_float_array(r["metrics"].get("errors")) for r in recs]), "y", row=1, col=1)
     fig.update_layout(**_LAYOUT, height=450, width=1100 if ratios else 800)
     return fig
 
@@ -342,8 +387,15 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
     series, styles, floor = training_series(runs, objectives)
     panels = train_panels(series)
     n_rows = (len(panels) + 1) // 2
-    fig = make_subplots(rows=n_rows, cols=2, subplot_titles=[t for _, t in panels],
-                        vertical_spacing=0.24 / n_rows)
+    def title(key: str, words: str) -> str:
+        lab = label(key)
+        words += f" ({lab.unit})" if lab.unit else ""
+        if key == "gap_to_floor":
+            words += f"; exact floor {floor:.4f}" if floor is not None else "; each run's own floor"
+        return f"{words} {lab.arrow}".strip()
+
+    titles = [title(k, t) for k, t in panels]
+    fig = make_subplots(rows=n_rows, cols=2, subplot_titles=titles, vertical_spacing=0.24 / n_rows)
     pos = {key: (i // 2 + 1, i % 2 + 1) for i, (key, _) in enumerate(panels)}
     for name, s in series.items():
         st = styles[name]
@@ -352,22 +404,19 @@ def training_curves_figure(runs: dict[str, Any], objectives: dict[str, str] | No
             if key not in s:
                 continue
             x, y = s[key]
-            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if key == "val_loss" else "lines", name=name,
+            fig.add_trace(go.Scatter(x=x, y=y, mode="lines+markers" if key == "gap_to_floor" else "lines", name=name,
                                      legendgroup=name, showlegend=first,
                                      line=dict(color=st["color"], width=2, dash=plotly_dash(st)),
-                                     hovertemplate="step %{x}: %{y:.4f}<extra>" + f"{name} {key}" + "</extra>"),
+                                     hovertemplate="step %{x}: %{y:.4g}<extra>" + f"{name}: {label(key).text}"
+                                                   + "</extra>"),
                           row=pos[key][0], col=pos[key][1])
             first = False
-        if floor is None and s["val_floor"] is not None:
-            fig.add_hline(y=s["val_floor"], line=dict(color=st["color"], dash="dash", width=1.2), row=1, col=1,
-                          annotation_text=f"floor {name}", annotation_position="bottom right")
-    if floor is not None:
-        fig.add_hline(y=floor, line=dict(color=MODEL_COLORS["exact"], dash="dash", width=1.2), row=1, col=1,
-                      annotation_text=f"exact floor {floor:.4f}", annotation_position="top right")
     for key, (r, c) in pos.items():
-        fig.update_xaxes(title_text="step", row=r, col=c)
-        if key in ("next_h", "kl"):
-            fig.update_yaxes(type="log", row=r, col=c)
+        fig.update_xaxes(title_text=label("step").text, row=r, col=c)
+        fig.update_yaxes(title_text=label(key).unit or None, row=r, col=c)
+        if key in LOG_PANELS:
+            _log_axis(fig, np.concatenate([s[key][1] for s in series.values() if key in s] or [np.zeros(0)]), "y",
+                      row=r, col=c)
     fig.update_layout(**_LAYOUT, height=375 * n_rows, width=1100)
     return fig
 
@@ -379,10 +428,17 @@ def position_loss_figure(records: list[dict[str, Any]]):
     from plotly.subplots import make_subplots
 
     recs = checked(records, "position_loss", "position-loss figure")
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("loss per position", "loss - exact floor"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=("loss per position", "loss − exact floor",
+                                                        "targets scored per position"))
     styles = record_styles(recs)
     floors = [as_float_array(r["metrics"]["floor"]) for r in recs]
     shared = all(f.shape == floors[0].shape and np.allclose(f, floors[0], equal_nan=True) for f in floors)
+    counts = [as_float_array(r["metrics"].get("count")) for r in recs]
+    same_counts = all(c.shape == counts[0].shape and np.array_equal(c, counts[0]) for c in counts)
+    if same_counts and len(counts[0]):  # the same sequences for every model: one set of bars
+        fig.add_trace(go.Bar(x=as_float_array(recs[0]["metrics"]["positions"]), y=counts[0], name="targets (every model)",
+                             marker_color="#9A9A9A", showlegend=False,
+                             hovertemplate="position %{x}: %{y:d} targets<extra></extra>"), row=1, col=3)
     for r, fl in zip(recs, floors):
         name, st = r["name"], styles[r["name"]]
         x, y = as_float_array(r["metrics"]["positions"]), as_float_array(r["metrics"]["loss"])
@@ -392,6 +448,12 @@ def position_loss_figure(records: list[dict[str, Any]]):
         fig.add_trace(go.Scatter(x=x, y=y - fl, mode="lines+markers", name=name, legendgroup=name, showlegend=False,
                                  line=line, hovertemplate="position %{x}: +%{y:.4f}<extra>" + name + "</extra>"),
                       row=1, col=2)
+        cnt = as_float_array(r["metrics"].get("count"))
+        if len(cnt) == len(x) and not same_counts:
+            fig.add_trace(go.Bar(x=x, y=cnt, name=f"{name}: targets", legendgroup=name, showlegend=False,
+                                 marker_color=st["color"], opacity=0.6,
+                                 hovertemplate="position %{x}: %{y:d} targets<extra>" + name + "</extra>"),
+                          row=1, col=3)
         if not shared:
             fig.add_trace(go.Scatter(x=x, y=fl, mode="lines", name=f"{name} floor", legendgroup=name,
                                      line=dict(color=st["color"], width=1.2, dash="dash")), row=1, col=1)
@@ -401,38 +463,63 @@ def position_loss_figure(records: list[dict[str, Any]]):
                       row=1, col=1)
     fig.add_hline(y=0.0, line=dict(color="#888888", width=1), row=1, col=2)
     fig.update_xaxes(title_text="position")
-    fig.update_yaxes(title_text="cross-entropy (nats)", row=1, col=1)
-    fig.update_layout(**_LAYOUT, height=450, width=1100)
+    fig.update_yaxes(title_text=label("loss", "position_loss").axis(), row=1, col=1)
+    fig.update_yaxes(title_text="nats/token ↓", row=1, col=2)
+    fig.update_yaxes(title_text=label("count").text, row=1, col=3)
+    fig.update_layout(**_LAYOUT, height=430, width=1150, barmode="group")
     return fig
 
 
 # --------------------------------------------------------------------------------------
 # taxi: world-model table and maps
 # --------------------------------------------------------------------------------------
-#: default number formats of the world-model columns (rates: ".3g")
-WORLDMODEL_FORMATS = {"effective_rank": ".2f", "val_loss": ".4f", "gap_to_floor": ".4f"}
+def _worldmodel_columns(records: list[dict[str, Any]], columns: list[str] | None):
+    """(column titles, {key: cell} per model, {key: row header}, model colours) of the
+    world-model table: one column per record (an out-of-distribution or matched-loss record
+    beside its model)."""
+    wm, cols, cell = worldmodel_columns(records, columns)
+    styles = record_styles(wm)
+    titles = [r["name"] if not r.get("variant") else f"{r['name']} [{variant_name(r['variant'])}]" for r in wm]
+    values = [{k: cell(r, k) for k, _ in cols} for r in wm]
+    return titles, values, dict(cols), [styles[r["name"]]["color"] for r in wm]
 
 
 def worldmodel_table_figure(records: list[dict[str, Any]], columns: list[str] | None = None,
                             formats: dict[str, str] | None = None):
     """``worldmodel`` records (optionally mixed with ``rank`` records of the same models, to
-    show their effective rank) as a plotly table: one row per model, each rate as
-    'value [low, high]' (Wilson 95%), model names coloured by objective."""
+    show their effective rank) as a plotly table with the metrics as rows (label, unit and
+    direction from ``nextlat_probe.labels``) and the models as columns (titles coloured by
+    objective), each rate as 'value [low, high]' (Wilson 95%; distinction under vafa2024
+    as the per-pair mean with its interval); ``formats`` overrides a metric's format.
+    However many metrics there are, the table grows down, not sideways."""
     import plotly.graph_objects as go
 
-    wm, cols, cell = worldmodel_columns(records, columns)
-    fmts = {**WORLDMODEL_FORMATS, **(formats or {})}
-    names = [r["name"] for r in wm]
-    styles = record_styles(wm)
-    cells = [names] + [[format_value(cell(r, k), fmts.get(k, ".3g")) for r in wm] for k, _ in cols]
-    font_colors = [[styles[n]["color"] for n in names]] + [["#222222"] * len(wm) for _ in cols]
+    titles, values, heads, colors = _worldmodel_columns(records, columns)
+    fmts = dict(formats or {})
+
+    def show(v: Any, key: str) -> str:
+        return format_value(v, fmts[key]) if key in fmts else metric_cell(v, key, "worldmodel")
+
+    keys = list(heads)
+    cells = [list(heads.values())] + [[show(vals.get(k), k) for k in keys] for vals in values]
     fig = go.Figure(go.Table(
-        header=dict(values=["model", *[h for _, h in cols]], fill_color="#EEEEEE", align="left", font=dict(size=13)),
-        cells=dict(values=cells, align="left", font=dict(color=font_colors, size=13), height=28),
+        columnwidth=[2.2] + [1.2] * len(values),
+        header=dict(values=["metric", *titles], fill_color="#EEEEEE", align="left",
+                    font=dict(size=13, color=["#222222", *colors])),
+        cells=dict(values=cells, align=["left"] + ["right"] * len(values), font=dict(size=13), height=26),
     ))
-    fig.update_layout(**_LAYOUT, height=120 + 32 * len(wm), width=min(1400, max(600, 170 * (len(cols) + 1))),
+    fig.update_layout(**_LAYOUT, height=90 + 27 * (len(keys) + 1), width=min(1150, 420 + 230 * len(values)),
                       margin=dict(l=10, r=10, t=40, b=10))
     return fig
+
+
+def worldmodel_table_html(records: list[dict[str, Any]], columns: list[str] | None = None) -> str:
+    """The same table as ``worldmodel_table_figure``, as plain HTML (the report's; it never
+    scrolls or cuts: metrics as rows, models as columns)."""
+    from ..tables import metric_table_html
+
+    titles, values, heads, colors = _worldmodel_columns(records, columns)
+    return metric_table_html(list(zip(titles, values)), list(heads), "worldmodel", colors=colors, headers=heads)
 
 
 #: map layers in drawing order: geometry key, legend label, colour key, dash
@@ -447,13 +534,25 @@ def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 
     ``behaviour`` = recovered streets (true streets minus ``missed_edges``), missing
     streets dotted, ``invented_edges`` as thin translucent arcs (as in Vafa et al.);
     ``probe`` / ``mds`` = the true streets between the embedded ``nodes`` at their
-    ``coords``. Panels ``cols`` to a row (default up to 3)."""
+    ``coords``. One row per model, [true map | the model's panels], unless ``cols`` asks for
+    that many panels to a row."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    geo = map_panels(true_map, checked(records, "mapping", "map figure"), curvature)
-    n_rows, n_cols = _grid(len(geo), cols)
-    fig = make_subplots(rows=n_rows, cols=n_cols, subplot_titles=[_wrap(g["title"]) for g in geo],
+    recs = checked(records, "mapping", "map figure")
+    geo = map_panels(true_map, recs, curvature)
+    if cols is None:  # a row per model: no model's panels wrap onto the next one's row
+        per_model = [len(g) for g in by_name(recs).values()]
+        n_rows, n_cols = len(per_model), 1 + max(per_model)
+        places = [(1, 1)] + [(r + 1, 2 + j) for r, k in enumerate(per_model) for j in range(k)]
+    else:
+        n_rows, n_cols = _grid(len(geo), cols)
+        places = [((k - 1) // n_cols + 1, (k - 1) % n_cols + 1) for k in range(1, len(geo) + 1)]
+    at = {p: g for p, g in zip(places, geo)}
+    specs = [[{} if (r, c) in at else None for c in range(1, n_cols + 1)] for r in range(1, n_rows + 1)]
+    fig = make_subplots(rows=n_rows, cols=n_cols, specs=specs,
+                        subplot_titles=[_wrap(at[(r, c)]["title"], 48) for r in range(1, n_rows + 1)
+                                        for c in range(1, n_cols + 1) if (r, c) in at],
                         horizontal_spacing=0.03, vertical_spacing=0.12 / n_rows)
     shown: set[str] = set()
 
@@ -464,16 +563,15 @@ def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 
                       row=row, col=col)
         shown.add(group)
 
-    for k, g in enumerate(geo, start=1):
-        row, col = (k - 1) // n_cols + 1, (k - 1) % n_cols + 1
+    for k, ((row, col), g) in enumerate(sorted(at.items(), key=lambda kv: kv[0]), start=1):
         if g["kind"] == "true":
             lines(g["true"], "true map", "true", MAP_COLORS["true"], MAP_WIDTHS["true"], row=row, col=col)
         else:
             lines(g["true"], "true map (under)", "true_under", MAP_COLORS["true_under"], MAP_WIDTHS["true_under"],
                   row=row, col=col)
-        for key, label, dash in _MAP_LAYERS:
+        for key, words, dash in _MAP_LAYERS:
             if len(g[key]):
-                lines(g[key], label, key, MAP_COLORS[key], MAP_WIDTHS[key], dash,
+                lines(g[key], words, key, MAP_COLORS[key], MAP_WIDTHS[key], dash,
                       INVENTED_ALPHA if key == "invented" else 1.0, row, col)
         xy = g["coords"]
         fig.add_trace(go.Scattergl(x=xy[:, 0], y=xy[:, 1], mode="markers", name="intersections", legendgroup="nodes",
@@ -482,7 +580,8 @@ def map_figure(true_map: Any, records: list[dict[str, Any]], curvature: float = 
         shown.add("nodes")
         _equal_axes(fig, k, row, col)
     fig.update_annotations(font_size=11)
-    fig.update_layout(**_LAYOUT, height=80 + 420 * n_rows, width=min(1250, max(600, 410 * n_cols)))
+    fig.update_layout(**_LAYOUT, height=110 + 340 * n_rows, width=min(1150, max(600, 300 * n_cols)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.02, x=0), margin=dict(l=20, r=20, t=80, b=40))
     return fig
 
 
@@ -567,13 +666,13 @@ def taskeval_figure(records: list[dict[str, Any]]):
         return fig
     fig = go.Figure()
     names = list(dict.fromkeys(r["name"] for r in recs))
-    for key, label in PATHSTAR_RATES:
+    for key, words in PATHSTAR_RATES:
         vals = [interval(next(r for r in recs if r["name"] == n)["metrics"][key]) for n in names]
         y = np.array([v[0] for v in vals])
-        fig.add_trace(go.Bar(x=names, y=y, name=label,
+        fig.add_trace(go.Bar(x=names, y=y, name=words,
                              error_y=dict(type="data", symmetric=False, array=np.array([v[2] for v in vals]) - y,
                                           arrayminus=y - np.array([v[1] for v in vals])),
-                             hovertemplate="%{x}: %{y:.3f}<extra>" + label + "</extra>"))
+                             hovertemplate="%{x}: %{y:.3f}<extra>" + words + "</extra>"))
     fig.update_yaxes(title_text="rate", range=[0, 1.05])
     fig.update_layout(**_LAYOUT, barmode="group", height=420, width=max(500, 160 * len(names) + 250))
     return fig

@@ -7,11 +7,20 @@ from typing import Any
 
 PAGE_CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:2em auto;max-width:1200px;color:#222;padding:0 1em}
-h1{font-size:1.6em;margin-bottom:.2em} h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
-p.caption{color:#444;max-width:900px;line-height:1.45} table.summary{border-collapse:collapse;font-size:.9em;margin:1em 0}
-table.summary th,table.summary td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
+h1{font-size:1.5em;margin-bottom:.2em;overflow-wrap:anywhere}
+h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd;padding-bottom:.2em}
+h3{font-size:1.05em}
+p.caption{color:#444;max-width:900px;line-height:1.45}
+table.summary,table.metrics{border-collapse:collapse;font-size:.9em;margin:1em 0;font-variant-numeric:tabular-nums}
+table.summary th,table.summary td,table.metrics th,table.metrics td{border:1px solid #ccc;padding:.3em .6em;text-align:right}
 table.summary th:first-child,table.summary td:first-child{text-align:left} table.summary th{background:#f3f3f3}
-.note{background:#fff8e1;border-left:4px solid #E69F00;padding:.5em 1em;margin:1em 0}
+table.metrics thead th{background:#f3f3f3;text-align:center} table.metrics tbody th{text-align:left;font-weight:normal}
+table.metrics td{white-space:nowrap} table.metrics tr.group th{background:#fafafa;font-weight:bold;text-align:left}
+.figure{overflow-x:auto;max-width:100%}
+ul.verdict{line-height:1.5;max-width:1000px}
+.note{background:#fff8e1;border-left:4px solid #E69F00;padding:.5em 1em;margin:1em 0;max-width:1000px}
+details.protocol{color:#444;font-size:.9em;margin:.4em 0 1em 0;max-width:1000px}
+details.protocol summary{cursor:pointer;color:#0072B2} details.protocol li{margin:.3em 0;overflow-wrap:anywhere}
 """
 
 
@@ -21,13 +30,30 @@ def _plotly_js() -> str:
     return get_plotlyjs()
 
 
+#: the widest a figure may be on the page (its text column): wider ones are narrowed, so a
+#: page never scrolls sideways
+PAGE_WIDTH = 1150
+
+
 def figure_div(fig: Any) -> str:
-    """A figure as an HTML div that uses the page's embedded plotly.js."""
+    """A figure as an HTML div that uses the page's embedded plotly.js (no wider than
+    ``PAGE_WIDTH``)."""
+    if (fig.layout.width or 0) > PAGE_WIDTH:
+        fig.update_layout(width=PAGE_WIDTH)
     return fig.to_html(full_html=False, include_plotlyjs=False)
 
 
-def write_page(sections: list[tuple[str, str, Any]], path: str | Path, title: str = "nextlat_probe", intro_html: str = "") -> Path:
-    """``sections``: (heading, caption, figure-or-html-string). Writes a self-contained page."""
+def protocol_details(text: str, summary: str = "Protocol and parameters") -> str:
+    """A protocol line as a collapsed block: available, without burying what it explains."""
+    if not text:
+        return ""
+    return (f"<details class='protocol'><summary>{html.escape(summary)}</summary>"
+            f"<p>{html.escape(text)}</p></details>")
+
+
+def write_page(sections: list[tuple[Any, ...]], path: str | Path, title: str = "nextlat_probe", intro_html: str = "") -> Path:
+    """``sections``: (heading, caption, figure-or-html-string[, protocol line]). Writes a
+    self-contained page; a section's protocol line is a collapsed block under its figure."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     parts = [
@@ -37,12 +63,14 @@ def write_page(sections: list[tuple[str, str, Any]], path: str | Path, title: st
         f"<h1>{html.escape(title)}</h1>",
         intro_html,
     ]
-    for heading, caption, fig in sections:
+    for heading, caption, fig, *rest in sections:
         anchor = "".join(c if c.isalnum() else "-" for c in heading.lower()).strip("-")
         parts.append(f"<h2 id='{anchor}'>{html.escape(heading)}</h2>")
         if caption:
             parts.append(f"<p class='caption'>{html.escape(caption)}</p>")
-        parts.append(fig if isinstance(fig, str) else figure_div(fig))
+        parts.append(f"<div class='figure'>{fig if isinstance(fig, str) else figure_div(fig)}</div>")
+        if rest and rest[0]:
+            parts.append(protocol_details(rest[0]))
     parts.append("</body></html>")
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:

@@ -21,10 +21,13 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import AnalysisError, UsageError
+from ..labels import label, layer_name, objective_name, variant_name
 from ..records import interval, value
 from .geometry import (
+    LOG_PANELS,
     PATHSTAR_RATES,
     SIMPLEX_CORNERS,
+    TABLE1_RATES,
     TRAIN_PANELS,
     as_float_array,
     belief_panels,
@@ -32,6 +35,7 @@ from .geometry import (
     checked,
     common_limits,
     deepest_layer,
+    has_interval,
     latest_step,
     layers_in_order,
     length_series,
@@ -42,6 +46,8 @@ from .geometry import (
     worldmodel_columns,
 )
 from .style import (
+    COLUMN_WIDTHS,
+    INTERVAL_NOTE,
     INVENTED_ALPHA,
     MAP_COLORS,
     MAP_WIDTHS,
@@ -66,10 +72,13 @@ __all__ = [
     "training_curves_plot",
     "position_loss_plot",
     "worldmodel_plot",
+    "table1_plot",
+    "INTERVAL_NOTE",
     "map_plot",
     "taskeval_plot",
 ]
 
+_NATS = "nats/token"
 #: figure-file metadata without timestamps, so re-saving the same figure gives the same file
 _METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": {}}
 
@@ -129,37 +138,73 @@ def _axes(ax: Any, n: int, column: str, aspect: float = 0.75, rows: int = 1, **k
 
 
 def _wrap(title: str, width: int = 38) -> str:
-    return "\n".join(textwrap.wrap(str(title), width)) or str(title)
+    return "\n".join(textwrap.wrap(str(title), width, break_on_hyphens=False)) or str(title)
 
 
 def _layer_ticks(a, layers: list[Any]) -> dict[Any, int]:
     pos = {lay: i for i, lay in enumerate(layers)}
-    a.set_xticks(list(pos.values()), [str(k) for k in pos])
+    names = [layer_name(k) for k in pos]
+    crowded = sum(len(n) for n in names) > 40  # the names would run into each other: slant them
+    a.set_xticks(list(pos.values()), names, rotation=25 if crowded else 0, ha="right" if crowded else "center")
     return pos
+
+
+def _model_label(name: str, objective: str | None) -> str:
+    """``gpt-seed0 (GPT)``: a model in a legend, its objective in words."""
+    return f"{name} ({objective_name(objective)})"
+
+
+def _tidy_log(a, axis: str = "y") -> None:
+    """Readable ticks on a log axis: every digit under one decade, 1-2-5 steps under two
+    (no tick at all would show otherwise), decades only above that; no minor labels
+    (matplotlib labels the minor ticks of a short log axis, which crowds them)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax_obj = a.yaxis if axis == "y" else a.xaxis
+    lo, hi = a.get_ylim() if axis == "y" else a.get_xlim()
+    if not (lo > 0 and hi > 0):
+        return
+    decades = abs(np.log10(hi / lo))
+    # under one decade every digit (0.03, 0.04, 0.05), under two 1-2-5, above that decades only
+    subs = tuple(float(k) for k in range(1, 10)) if decades < 1 else (1.0, 2.0, 5.0) if decades < 2 else (1.0,)
+    ax_obj.set_major_locator(LogLocator(base=10, subs=subs, numticks=8))
+    ax_obj.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax_obj.set_minor_formatter(NullFormatter())
 
 
 # --------------------------------------------------------------------------------------
 # effective rank
 # --------------------------------------------------------------------------------------
 def rank_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "double"):
-    """``rank`` records: singular-value spectra (log-log; deeper layers darker) and
-    effective rank per layer, one colour per model (latest step of each). Two panels."""
+    """``rank`` records: singular-value spectra (log-log; deeper layers darker, named in
+    the left legend) and effective rank per layer, one colour per model (latest step of
+    each). Two panels."""
+    from matplotlib.lines import Line2D
+
     recs = latest_step(checked(records, "rank", "rank plot"))
+    layers = layers_in_order(recs)
+    shade = {lay: 0.3 + 0.7 * (j + 1) / len(layers) for j, lay in enumerate(layers)}
     with paper_style():
         fig, (a1, a2) = _axes(ax, 2, column)
         styles = record_styles(recs)
-        pos = _layer_ticks(a2, layers_in_order(recs))
+        pos = _layer_ticks(a2, layers)
         for name, rows in by_name(recs).items():
             st = styles[name]
             for j, r in enumerate(rows):
                 s = as_float_array(r["metrics"].get("spectrum"))
                 last = j == len(rows) - 1
-                a1.plot(np.arange(1, len(s) + 1), s, color=st["color"], ls=mpl_dash(st), alpha=0.3 + 0.7 * (j + 1) / len(rows),
-                        lw=1.2 if last else 0.6, label=f"{name} {r['layer']}" if last else None)
+                a1.plot(np.arange(1, len(s) + 1), s, color=st["color"], ls=mpl_dash(st), alpha=shade[r["layer"]],
+                        lw=1.2 if last else 0.6, label=f"{name} {r['layer']}")
             a2.plot([pos[r["layer"]] for r in rows], as_float_array([r["metrics"].get("effective_rank") for r in rows]),
-                    color=st["color"], ls=mpl_dash(st), marker=mpl_marker(st), label=f"{name} ({rows[0]['objective']})")
-        a1.set(xscale="log", yscale="log", xlabel="component", ylabel="singular value", title="spectrum")
-        a2.set(xlabel="layer", ylabel="effective rank", title="effective rank per layer")
+                    color=st["color"], ls=mpl_dash(st), marker=mpl_marker(st),
+                    label=_model_label(name, rows[0]["objective"]))
+        a1.set(xscale="log", yscale="log", xlabel="component", ylabel=label("spectrum").axis(),
+               title="singular-value spectrum")
+        _tidy_log(a1, "x")
+        _tidy_log(a1, "y")
+        a1.legend(handles=[Line2D([], [], color="#333333", alpha=shade[lay], lw=1.0, label=layer_name(lay))
+                           for lay in layers], title="layer (darker = deeper)", loc="lower left")
+        a2.set(xlabel="layer", ylabel=label("effective_rank").axis(), title="effective rank per layer")
         a2.legend()
     return fig
 
@@ -183,8 +228,9 @@ def rank_training_plot(records: list[dict[str, Any]], ax: Any = None, column: st
             kw = dict(color=st["color"], ls=mpl_dash(st), marker=mpl_marker(st))
             a1.plot(as_float_array([r["step"] for r in rows]), er, label=name, **kw)
             a2.plot(as_float_array([r["val_loss"] for r in rows]), er, **kw)
-        a1.set(xlabel="training step", ylabel="effective rank", title=f"rank vs step ({lay})")
-        a2.set(xlabel="validation loss", title="rank vs validation loss")
+        a1.set(xlabel=label("step").text, ylabel=label("effective_rank").axis(),
+               title=f"effective rank ({layer_name(lay)}) vs step")
+        a2.set(xlabel=label("val_loss").axis() + " (training →)", title="effective rank vs validation loss")
         a2.invert_xaxis()
         a1.legend()
     return fig
@@ -209,12 +255,16 @@ def belief_plot(records: list[dict[str, Any]], true_map: Any = None, ax: Any = N
     else:
         panels, is_simplex = belief_panels(recs, max_points, seed)
         lims = [p["xy"] for p in panels] + ([SIMPLEX_CORNERS] if is_simplex else [])
+    xr, yr = common_limits(lims)
     with paper_style():
         n = len(panels)
         n_rows = -(-n // 4)
-        fig, axes = _axes(ax, n, column, aspect=0.9 if is_simplex else 1.0, rows=n_rows)
+        # each panel as tall as the data are (a tall map gets tall panels, not a strip)
+        aspect = (yr[1] - yr[0]) / max(xr[1] - xr[0], 1e-12) if taxi else (0.9 if is_simplex else 1.0)
+        n_cols = -(-n // n_rows)
+        col = column if ax is not None or not taxi else ("single" if n_cols == 1 else "double")
+        fig, axes = _axes(ax, n, col, aspect=float(np.clip(aspect, 0.5, 1.6)), rows=n_rows)
         tri = np.vstack([SIMPLEX_CORNERS, SIMPLEX_CORNERS[:1]])
-        xr, yr = common_limits(lims)
         for a, p in zip(axes, panels):
             if taxi:
                 if len(base["segments"]):
@@ -251,12 +301,16 @@ def probe_r2_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "
             st = styles[name]
             x = [pos[r["layer"]] for r in rows]
             a.plot(x, as_float_array([r["metrics"][metric] for r in rows]), color=st["color"], ls=mpl_dash(st),
-                   marker=mpl_marker(st), label=f"{name} ({rows[0]['objective']})")
+                   marker=mpl_marker(st), label=_model_label(name, rows[0]["objective"]))
             ctrl = [r["metrics"].get(f"control_{metric}") for r in rows]
             if any(c is not None for c in ctrl):
                 a.plot(x, as_float_array(ctrl), color=st["color"], ls=":", lw=0.8, label=f"{name} shuffled control")
-        a.set(xlabel="layer", ylabel=f"probe {metric} (held out)")
-        a.legend()
+        lab = label(metric, "probe")
+        a.set(xlabel="layer", ylabel=f"{lab.header(arrow=False)} (held out) {lab.arrow}")
+        if ax is None:  # under the figure, clear of the slanted layer names
+            fig.legend(*a.get_legend_handles_labels(), loc="outside lower center", ncol=2, fontsize="x-small")
+        else:
+            a.legend(fontsize="x-small")
     return fig
 
 
@@ -265,7 +319,7 @@ def probe_r2_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "
 # --------------------------------------------------------------------------------------
 def transition_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "single", log_y: bool = True):
     """``transition`` records: relative error vs horizon per model (colour) and variant
-    (solid = post-hoc mlp, dashed = own p_psi, dotted = post-hoc linear); the belief /
+    (solid = post-hoc MLP, dashed = own p_ψ, dotted = post-hoc linear); the belief /
     state variance ratios, where defined, are written in the legend."""
     from matplotlib.lines import Line2D
     from matplotlib.ticker import MaxNLocator
@@ -281,20 +335,26 @@ def transition_plot(records: list[dict[str, Any]], ax: Any = None, column: str =
             for r in rows:
                 dash = VARIANT_DASHES.get(r["variant"], ("dashdot", "-."))[1]
                 a.plot(as_float_array(r["metrics"].get("horizons")), as_float_array(r["metrics"].get("errors")),
-                       color=st["color"], ls=dash, marker=mpl_marker(st), ms=2.5, label=f"{name}: {r['variant']}")
+                       color=st["color"], ls=dash, marker=mpl_marker(st), ms=2.5,
+                       label=f"{name}: {variant_name(r['variant'])}")
                 if r["variant"] not in used:
                     used.append(r["variant"])
 
-        def label(n: str) -> str:
+        def legend_label(n: str) -> str:
             m = groups[n][0]["metrics"]
             parts = [f"{k} {value(m.get(k + '_ratio')):.3g}" for k in ("belief", "state") if np.isfinite(value(m.get(k + "_ratio")))]
-            return n if not parts else f"{n} ({', '.join(parts)})"
+            return n if not parts else f"{n} (within-{', within-'.join(parts)})"
 
-        handles = [Line2D([], [], color=styles[n]["color"], marker=mpl_marker(styles[n]), ms=2.5, label=label(n)) for n in groups]
-        handles += [Line2D([], [], color="#555555", ls=VARIANT_DASHES.get(v, ("", "-."))[1], label=v) for v in used]
-        a.legend(handles=handles)
+        handles = [Line2D([], [], color=styles[n]["color"], marker=mpl_marker(styles[n]), ms=2.5, label=legend_label(n))
+                   for n in groups]
+        handles += [Line2D([], [], color="#555555", ls=VARIANT_DASHES.get(v, ("", "-."))[1], label=variant_name(v))
+                    for v in used]
+        # below the axes: inside, the legend would cover the short horizons' points
+        a.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize="x-small")
         a.xaxis.set_major_locator(MaxNLocator(integer=True))
-        a.set(xlabel="horizon i", ylabel="relative error", yscale="log" if log_y else "linear")
+        a.set(xlabel="horizon i (steps ahead)", ylabel=label("errors").axis(), yscale="log" if log_y else "linear")
+        if log_y:
+            _tidy_log(a, "y")
     return fig
 
 
@@ -302,9 +362,12 @@ def transition_plot(records: list[dict[str, Any]], ax: Any = None, column: str =
 # training curves and per-position loss
 # --------------------------------------------------------------------------------------
 def training_curves_plot(runs: dict[str, Any], objectives: dict[str, str] | None = None, ax: Any = None, column: str = "double"):
-    """Validation loss with the exact floor (dashed), train CE, next_h and KL vs step, one
-    colour per run (``runs``: name -> metrics-log rows or path); panels without data (e.g.
-    next_h for GPT-only runs) are left out."""
+    """The validation loss minus the exact floor (log axis: the gap between two models near
+    their floor shows), train CE, next_h and KL vs step, one colour per run (``runs``:
+    name -> metrics-log rows or path); panels without data (e.g. next_h for GPT-only runs)
+    are left out. The floor itself is written in the first panel's title."""
+    from matplotlib.ticker import MaxNLocator
+
     series, styles, floor = training_series(runs, objectives)
     keys = [(k, t) for k, t in TRAIN_PANELS if any(k in s for s in series.values())]  # only panels with data
     with paper_style():
@@ -313,41 +376,53 @@ def training_curves_plot(runs: dict[str, Any], objectives: dict[str, str] | None
             for name, s in series.items():
                 if key in s:
                     st = styles[name]
-                    a.plot(*s[key], color=st["color"], ls=mpl_dash(st), label=name, marker="o" if key == "val_loss" else None, ms=2)
-                if key == "val_loss" and floor is None and s["val_floor"] is not None:
-                    a.axhline(s["val_floor"], color=styles[name]["color"], ls="--", lw=0.8)
-            if key == "val_loss":
-                if floor is not None:
-                    a.axhline(floor, color=MODEL_COLORS["exact"], ls="--", lw=0.8, label="exact floor")
-                a.legend()
-            if key in ("next_h", "kl"):
+                    a.plot(*s[key], color=st["color"], ls=mpl_dash(st), label=name,
+                           marker="o" if key == "gap_to_floor" else None, ms=2)
+            lab = label(key)
+            title += f" ({lab.unit})" if lab.unit else ""
+            if key == "gap_to_floor":
+                title += f"; exact floor {floor:.4f}" if floor is not None else "; each run's own floor"
+                a.legend(loc="upper right")
+            if key in LOG_PANELS:
                 a.set_yscale("log")
-            a.set(xlabel="step", title=title)
+                _tidy_log(a, "y")
+            a.xaxis.set_major_locator(MaxNLocator(integer=True))
+            a.set(xlabel=label("step").text, title=_wrap(f"{title} {lab.arrow}".strip(), 52))
     return fig
 
 
 def position_loss_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "double"):
     """``position_loss`` records: per-position loss vs the exact per-position floor
-    (dashed), and the excess over it. Two panels."""
+    (dashed), the excess over it, and the number of targets scored at each position (the
+    count behind every point: late positions of variable-length trips rest on fewer).
+    Three panels."""
     recs = checked(records, "position_loss", "position-loss plot")
     with paper_style():
-        fig, (a1, a2) = _axes(ax, 2, column)
+        fig, (a1, a2, a3) = _axes(ax, 3, column, aspect=0.9)
         styles = record_styles(recs)
         floors = [as_float_array(r["metrics"]["floor"]) for r in recs]
         shared = all(f.shape == floors[0].shape and np.allclose(f, floors[0], equal_nan=True) for f in floors)
-        for r, fl in zip(recs, floors):
+        counts = [as_float_array(r["metrics"].get("count")) for r in recs]
+        same_counts = all(c.shape == counts[0].shape and np.array_equal(c, counts[0]) for c in counts)
+        for r, fl, cnt in zip(recs, floors, counts):
             name, st = r["name"], styles[r["name"]]
             x, y = as_float_array(r["metrics"]["positions"]), as_float_array(r["metrics"]["loss"])
             a1.plot(x, y, color=st["color"], ls=mpl_dash(st), marker=mpl_marker(st), ms=2, label=name)
             a2.plot(x, y - fl, color=st["color"], ls=mpl_dash(st), marker=mpl_marker(st), ms=2)
             if not shared:
                 a1.plot(x, fl, color=st["color"], ls="--", lw=0.8)
+            if len(cnt) == len(x) and not same_counts:
+                a3.step(x, cnt, where="mid", color=st["color"], ls=mpl_dash(st), label=name)
         if shared:
             a1.plot(as_float_array(recs[0]["metrics"]["positions"]), floors[0], color=MODEL_COLORS["exact"], ls="--",
                     lw=0.8, label="exact floor")
+        x0 = as_float_array(recs[0]["metrics"]["positions"])
+        if same_counts and len(counts[0]) == len(x0):
+            a3.bar(x0, counts[0], width=0.8, color="#9A9A9A", label="every model")
         a2.axhline(0.0, color="#888888", lw=0.6)
-        a1.set(xlabel="position", ylabel="cross-entropy (nats)", title="loss per position")
-        a2.set(xlabel="position", title="loss - exact floor")
+        a1.set(xlabel="position", ylabel=f"{_NATS} ↓", title="cross-entropy per position")
+        a2.set(xlabel="position", title="loss − exact floor", ylabel=f"{_NATS} ↓")
+        a3.set(xlabel="position", title="targets scored per position", ylabel=label("count").text)
         a1.legend()
     return fig
 
@@ -355,32 +430,126 @@ def position_loss_plot(records: list[dict[str, Any]], ax: Any = None, column: st
 # --------------------------------------------------------------------------------------
 # taxi: world-model metrics and maps
 # --------------------------------------------------------------------------------------
+def _rate_rows(a, wm: list[dict[str, Any]], keys: list[str], cell: Any, styles: dict[str, Any], wrap: int = 30) -> None:
+    """Metrics as rows on ONE shared [0, 1] axis, each model a dot with its interval as a
+    bar, offset within the row (models top to bottom in record order); the row labels are
+    the metrics' labels with their direction marks."""
+    k = len(wm)
+    offsets = (np.arange(k)[::-1] - (k - 1) / 2) * (0.6 / max(k, 2))
+    for i, key in enumerate(keys):
+        y0 = len(keys) - 1 - i
+        if i % 2 == 0:
+            a.axhspan(y0 - 0.5, y0 + 0.5, color="#F2F2F2", zorder=0, lw=0)
+        for r, dy in zip(wm, offsets):
+            st = styles[r["name"]]
+            v, lo, hi = interval(cell(r, key))
+            if np.isfinite(lo) and np.isfinite(hi):
+                a.plot([lo, hi], [y0 + dy, y0 + dy], color=st["color"], lw=1.2, solid_capstyle="butt")
+            if np.isfinite(v):
+                a.plot([v], [y0 + dy], marker=mpl_marker(st), color=st["color"], ls="none", ms=3.5)
+    a.set_yticks(np.arange(len(keys))[::-1], [_wrap(label(key, "worldmodel").header(), wrap) for key in keys])
+    a.set_ylim(-0.5, len(keys) - 0.5)
+    a.set_xlim(-0.02, 1.02)
+    a.set_xticks([0, 0.25, 0.5, 0.75, 1.0], ["0", "0.25", "0.5", "0.75", "1"])
+    a.grid(axis="x")
+    a.tick_params(axis="y", length=0)
+
+
+def _value_rows(a, wm: list[dict[str, Any]], get: Any, styles: dict[str, Any], title: str) -> None:
+    """One number per model (no interval: one run), models as rows, from zero."""
+    names = [r["name"] for r in wm]
+    y = np.arange(len(names))[::-1]
+    vals = as_float_array([get(r) for r in wm])
+    for yi, r, v in zip(y, wm, vals):
+        st = styles[r["name"]]
+        if np.isfinite(v):
+            a.plot([0, v], [yi, yi], color=st["color"], lw=1.0, alpha=0.5)
+            a.plot([v], [yi], marker=mpl_marker(st), color=st["color"], ls="none", ms=3.5)
+            a.annotate(f"{v:.3g}", (v, yi), xytext=(3, 3), textcoords="offset points", fontsize=6, color=st["color"])
+    top = np.nanmax(vals) if np.isfinite(vals).any() else 1.0
+    a.set_xlim(0, top * 1.3 if top > 0 else 1.0)
+    a.set_ylim(-0.6, len(names) - 0.4)
+    a.set_yticks(y, [""] * len(names))
+    a.set_title(_wrap(title, 24), fontsize="small")
+    a.tick_params(axis="y", length=0)
+    a.grid(axis="x")
+
+
+def _worldmodel_parts(records: list[dict[str, Any]], what: str):
+    """(in-distribution worldmodel records, cell getter, rank record per name, styles)."""
+    wm, _, cell = worldmodel_columns(records, [], what)
+    wm = [r for r in wm if r["variant"] is None] or wm
+    rank = {}
+    for name, rows in by_name([r for r in records if r["analysis"] == "rank"]).items():
+        lay = deepest_layer(rows)
+        rank[name] = [r for r in rows if r["layer"] == lay][-1]
+    return wm, cell, rank, record_styles(wm)
+
+
+def table1_plot(records: list[dict[str, Any]], column: str = "double", rates: Sequence[str] | None = None):
+    """The NextLat paper's Table 1 as a figure, from ``worldmodel`` records (and ``rank``
+    records of the same models): the rates that matter — validity (next-token, valid
+    trajectories), compression, distinction precision and recall, detour robustness at
+    the paper's setting (random detours, p = 0.75) — as rows on one shared [0, 1] axis
+    with their 95% intervals; beside them the effective rank of the last block and the gap
+    to the exact floor, each on its own axis from zero. Direction marks on every label;
+    the interval is stated under the figure; models coloured by objective. ``rates``: other
+    rates to draw instead (e.g. another detour setting)."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    wm, cell, rank, styles = _worldmodel_parts(records, "Table-1 figure")
+    keys = [k for k in (TABLE1_RATES if rates is None else rates) if any(k in r["metrics"] for r in wm)]
+    extra = []
+    if rank:
+        lays = {r["layer"] for r in rank.values()}
+        where = layer_name(lays.pop()) if len(lays) == 1 else "last block"
+        extra.append((f"{label('effective_rank').text} ({where}) {label('effective_rank').arrow}",
+                      lambda r: value((rank.get(r["name"]) or {"metrics": {}})["metrics"].get("effective_rank"))))
+    if any(r["gap_to_floor"] is not None for r in wm):
+        extra.append((label("gap_to_floor").header(), lambda r: r["gap_to_floor"]))
+    with paper_style():
+        w = COLUMN_WIDTHS[column]
+        fig = Figure(figsize=(w, 0.9 + 0.32 * max(len(keys), 3)), layout="constrained")
+        grid = fig.add_gridspec(1, 1 + len(extra), width_ratios=[3.2] + [1] * len(extra))
+        a = fig.add_subplot(grid[0, 0])
+        _rate_rows(a, wm, keys, cell, styles)
+        a.set_title("world-model metrics (rates)", fontsize="small")
+        for j, (title, get) in enumerate(extra, start=1):
+            _value_rows(fig.add_subplot(grid[0, j]), wm, get, styles, title)
+        handles = [Line2D([], [], color=styles[r["name"]]["color"], marker=mpl_marker(styles[r["name"]]), lw=1.2,
+                          label=_model_label(r["name"], r["objective"]) + (f", step {r['step']}" if r["step"] else ""))
+                   for r in wm]
+        fig.legend(handles=handles, loc="outside upper center", ncol=min(4, len(handles)))
+        fig.supxlabel(_wrap(INTERVAL_NOTE + " One run per model: effective rank and gap have no interval.", 150),
+                      fontsize=6, color="#444444")
+    return fig
+
+
 def worldmodel_plot(records: list[dict[str, Any]], ax: Any = None, column: str = "double", columns: list[str] | None = None):
-    """Paper version of ``interactive.worldmodel_table_figure`` (same records, same
-    columns): one small panel per metric, one point per model with its 95% interval as a
-    horizontal bar, models coloured by objective (top to bottom in record order)."""
-    from matplotlib.ticker import MaxNLocator
+    """The appendix to ``table1_plot``: every other world-model metric with an interval
+    (``columns``, else every rate and per-pair mean of the records not in the Table-1
+    figure: legal trajectories, compression per continuation, the other detour settings
+    and their legal rates ...) as rows on one shared [0, 1] axis, each model a dot with its
+    95% interval, coloured by objective."""
+    from matplotlib.lines import Line2D
 
     wm, cols, cell = worldmodel_columns(records, columns, "world-model plot")
-    names = [r["name"] for r in wm]
+    wm = [r for r in wm if r["variant"] is None] or wm
+    if columns is None:
+        keys = [k for k, _ in cols if k not in TABLE1_RATES and has_interval(cell(wm[0], k))]
+    else:
+        keys = list(columns)
+    if not keys:
+        raise AnalysisError("world-model plot: no metric with an interval beyond the Table-1 figure's")
     styles = record_styles(wm)
     with paper_style():
-        per_row = min(4, len(cols))  # one row of 9 panels collapses at paper widths
-        n_rows = -(-len(cols) // per_row)
-        fig, axes = _axes(ax, len(cols), column, aspect=0.45 + 0.12 * len(wm), rows=n_rows, sharey=True)
-        ypos = np.arange(len(wm))[::-1]
-        for a, (key, head) in zip(axes, cols):
-            for y, r, n in zip(ypos, wm, names):
-                v, lo, hi = interval(cell(r, key))
-                st = styles[n]
-                if np.isfinite(lo) and np.isfinite(hi):
-                    a.plot([lo, hi], [y, y], color=st["color"], lw=1.2)
-                a.plot([v], [y], marker=mpl_marker(st), color=st["color"], ls="none", label=n)
-            a.set_title(_wrap(head, 22), fontsize="small")
-            a.set_yticks(ypos, names)
-            a.set_ylim(-0.6, len(wm) - 0.4)
-            a.margins(x=0.15)
-            a.xaxis.set_major_locator(MaxNLocator(3))
+        fig, (a,) = _axes(ax, 1, column, aspect=0.12 + 0.06 * len(keys))
+        _rate_rows(a, wm, keys, cell, styles, wrap=60)
+        handles = [Line2D([], [], color=styles[r["name"]]["color"], marker=mpl_marker(styles[r["name"]]), lw=1.2,
+                          label=_model_label(r["name"], r["objective"])) for r in wm]
+        a.legend(handles=handles, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=min(4, len(handles)))
+        a.set_xlabel(_wrap(INTERVAL_NOTE, 110), fontsize=6, color="#444444")
     return fig
 
 
@@ -388,8 +557,9 @@ def map_plot(true_map: Any, records: list[dict[str, Any]], ax: Any = None, colum
              node_size: float = 1.0, cols: int | None = None):
     """Paper version of ``interactive.map_figure``: the true map alone first (dark), then
     each ``mapping`` record over a thinner grey copy of it: recovered streets, missing
-    streets (dotted) and thin translucent invented arcs (behaviour), or the true streets
-    between the embedded nodes (probe / mds); panels ``cols`` to a row (default up to 3)."""
+    streets (dotted) and thin translucent invented arcs (behaviour; an invented edge that
+    returns to its own intersection as a small loop), or the true streets between the
+    embedded nodes (probe / mds); one row per model by default, else ``cols`` to a row."""
     from matplotlib.collections import LineCollection
     from matplotlib.lines import Line2D
 

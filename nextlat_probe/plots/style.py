@@ -6,7 +6,12 @@
 - line dashes and markers (repeated models of one objective, transition variants);
 - colours of beliefs, map layers and intersections;
 - paper sizes (``figsize``, single / double column) and matplotlib rcParams
-  (``RCPARAMS``, ``paper_style``).
+  (``RCPARAMS``, ``paper_style``);
+- how intervals and directions are stated (``INTERVAL_NOTE``); the words, units and ↑ / ↓
+  of every metric come from ``nextlat_probe.labels``, never from a key.
+
+A new figure (a map reconstruction, a sweep) gets the same look by drawing inside
+``paper_style()`` at a ``figsize`` width and colouring models with ``record_styles``.
 
 Geometry (projections, map segments and arcs) lives in ``geometry.py``; the records the
 figures read are defined in ``nextlat_probe.records``. Only numpy here (matplotlib is
@@ -63,6 +68,10 @@ VARIANT_DASHES: dict[str, tuple[str, Any]] = {
     "own p_psi": ("dash", "--"),
     "post-hoc linear": ("dot", ":"),
 }
+
+#: how every figure with intervals states them (under the Table-1 figure, its appendix, ...)
+INTERVAL_NOTE = ("Bars: 95% intervals (Wilson for rates; mean ± 1.96 s.e. over prefix pairs for distinction under "
+                 "protocol vafa2024). ↑ higher is better, ↓ lower is better.")
 
 #: paper widths in inches (e.g. NeurIPS / ICML / ACL single column and full text width)
 SINGLE_COLUMN = 3.25
@@ -249,7 +258,7 @@ def paper_style(**overrides: Any) -> Iterator[None]:
 __all__ = [
     "PALETTE", "MODEL_COLORS", "OTHER_COLORS", "MAP_COLORS", "MAP_WIDTHS", "INVENTED_ALPHA", "PLOTLY_DASHES",
     "MPL_DASHES", "PLOTLY_MARKERS", "MPL_MARKERS", "VARIANT_DASHES", "SINGLE_COLUMN", "DOUBLE_COLUMN",
-    "COLUMN_WIDTHS", "RCPARAMS", "figsize", "infer_objective", "model_color", "checkpoint_styles", "record_styles",
+    "COLUMN_WIDTHS", "INTERVAL_NOTE", "RCPARAMS", "figsize", "infer_objective", "model_color", "checkpoint_styles", "record_styles",
     "plotly_dash", "plotly_marker", "mpl_dash", "mpl_marker", "state_colors", "belief_colors", "PLACE_CORNERS",
     "place_colors", "rgb_strings", "paper_style",
 ]

@@ -60,12 +60,11 @@ def _panels(rows: list[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]
 
 
 def _panel_title(metric: str) -> str:
-    from ..sweeps import metric_info
+    """``words (unit) (lower is better: why)``, from the label registry."""
+    from ..labels import label
 
-    if metric == "gap_to_floor":
-        return "gap to the exact floor (nats/token; lower is better)"
-    info = metric_info(metric)
-    return f"{info.label} ({info.direction()})"
+    lab = label(metric)
+    return f"{lab.header(arrow=False)} ({lab.direction()})"
 
 
 def _styles(panels: list[tuple[str, list[dict[str, Any]]]]) -> dict[str, dict[str, Any]]:

@@ -3,7 +3,7 @@
 One JSON object per line, appended as training goes:
 
     {"event": "start", "config": {...}, "model_config": {...}, "world": "mess3"}
-    {"step": 0, "val_loss": ..., "val_floor": ..., "val_gap": ...}          (eval)
+    {"step": 0, "val_loss": ..., "val_floor": ..., "gap_to_floor": ...}     (eval; older logs: "val_gap")
     {"step": 10, "loss": ..., "ce": ..., "next_h": ..., "kl": ..., "lr": ...,
      "grad_norm": ..., "tokens_per_s": ...}                                  (train)
     {"event": "resume", "step": 100}

@@ -5,7 +5,7 @@ the log writes (``MetricsLog(views=...)``), so it shows the same numbers and not
 
     train rows  -> ``train/loss``, ``train/ce``, ``train/next_h``, ``train/kl``, ``train/mtp``,
                    ``train/lr``, ``train/grad_norm``, ``train/tokens_per_s``
-    eval rows   -> ``val/val_loss``, ``val/val_floor``, ``val/val_gap`` (the gap to the exact floor)
+    eval rows   -> ``val/val_loss``, ``val/val_floor``, ``val/gap_to_floor`` (the gap to the exact floor)
     start row   -> the run config (training, model and objective configs, world, runtime)
 
 each scalar at its row's ``step``. Event rows other than ``start`` are not scalars.

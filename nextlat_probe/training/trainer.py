@@ -1000,6 +1000,7 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
     bar = progress_bar(total=cfg.steps, initial=start, disable=not progress or not run.dist.is_main,
                        desc=f"{cfg.objective} {cfg.world}", dynamic_ncols=True)
     timer = [time.perf_counter(), 0]  # [time of the last train record, tokens since]
+    shown: dict[str, float] = {}  # the last train record, shown with the latest evaluation
     run.model.train()
     ahead = BatchPrefetcher(run.source.tokens, start + 1, last) if prefetch and last > start else None
     step_seconds: list[float] = []
@@ -1022,11 +1023,13 @@ def _loop(run: _Run, folder: RunFolder, log: MetricsLog, stop_at: int | None, pr
             if run.guard is not None and (logs or evaluate or step % run.check_every == 0):
                 run.guard.check(run, step)  # nothing non-finite is logged, evaluated or saved
             if logs:
-                _log_step(run, log, losses, gnorm, timer, bar)
+                shown = _log_step(run, log, losses, gnorm, timer, bar)
             bar.update(1)
             # every checkpoint carries the validation loss of its own weights
             if evaluate:
                 _evaluate(run, log, step)
+                if shown:  # the bar (and a log's "done" line) shows this evaluation, not the one before
+                    _show(run, bar, shown)
             if save:
                 _save(run, folder.checkpoint, step)
             if keep:
@@ -1112,13 +1115,23 @@ def _update(run: _Run, step: int, total: dict[str, torch.Tensor], gnorm: torch.T
     run.opt.zero_grad(set_to_none=True)
 
 
-def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list, bar) -> None:
+def _log_step(run: _Run, log: MetricsLog, losses: dict[str, torch.Tensor], gnorm: torch.Tensor, timer: list,
+              bar) -> dict[str, float]:
     now = time.perf_counter()
     rec = {k: float(v.detach()) for k, v in losses.items()}
     rec.update(step=run.step, lr=run.sched.get_last_lr()[0], grad_norm=float(gnorm), tokens_per_s=timer[1] / max(now - timer[0], 1e-9))
     log.write(rec)
     timer[:] = [now, 0]
-    bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=f"{run.metrics.get('val_loss', float('nan')):.4f}")
+    _show(run, bar, rec)
+    return rec
+
+
+def _show(run: _Run, bar, rec: dict[str, float]) -> None:
+    """The bar's numbers: the last train record's losses and the latest validation loss
+    (with the step it was measured at when that is not the bar's step)."""
+    at = run.metrics.get("step")
+    val = f"{run.metrics.get('val_loss', float('nan')):.4f}" + ("" if at == run.step else f" (step {at})")
+    bar.set_postfix(loss=f"{rec['loss']:.4f}", ce=f"{rec['ce']:.4f}", val=val)
 
 
 def _evaluate(run: _Run, log: MetricsLog | _NoLog, step: int) -> None:
@@ -1132,7 +1145,7 @@ def _evaluate(run: _Run, log: MetricsLog | _NoLog, step: int) -> None:
     run.cost["evaluate"] = time.perf_counter() - t0
     if run.dist.enabled:
         vl, run.val_floor = run.dist.broadcast_floats([vl, run.val_floor])
-    run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "val_gap": vl - run.val_floor}
+    run.metrics = {"step": step, "val_loss": vl, "val_floor": run.val_floor, "gap_to_floor": vl - run.val_floor}
     log.write(dict(run.metrics))
 
 
