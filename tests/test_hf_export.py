@@ -86,7 +86,9 @@ def test_round_trip_gives_the_same_weights_and_records(tiny_mess3_ckpts, exporte
         out = []
         for r in records:
             r = {k: v for k, v in r.items() if k not in ("name", "source")}
-            r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith(("seconds_", "speedup"))}
+            # measured times (and the cost ratio timed from them) differ between two runs
+            timed = ("seconds_", "speedup", "draft_cost_ratio")
+            r["metrics"] = {k: v for k, v in r["metrics"].items() if not k.startswith(timed)}
             out.append(r)
         return out
 

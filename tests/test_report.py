@@ -132,7 +132,9 @@ def test_report_cli_on_mess3_and_errors(tiny_mess3_ckpts, tmp_path):
     r = run_cli("nextlat_probe.report", str(tiny_mess3_ckpts["gpt"]), str(tiny_mess3_ckpts["nextlat"]), "--out", str(out),
                 "--n-seqs", "16", "--fit-steps", "20", "--no-figures", "--no-progress")
     assert r.returncode == 0, r.stderr
-    assert re.search(r"gpt\s+gpt", r.stdout) and "nextlat" in r.stdout and "eff. rank" in r.stdout
+    # metrics as rows, one column per model named with its objective in words
+    assert re.search(r"^metric\s+gpt \(GPT\)\s+nextlat \(NextLat\)$", r.stdout, re.M), r.stdout
+    assert re.search(r"^eff\. rank \(block 1\) ↓\s+[0-9.]+\s+[0-9.]+$", r.stdout, re.M), r.stdout
     html = (out / "report.html").read_text()
     assert "Belief geometry: exact vs probed" in html  # 3-state world: the simplex section
     assert "Taxi world model" not in html
