@@ -361,13 +361,18 @@ def test_stdout_on_a_full_device_is_one_line():
 def test_page_writes_leave_no_temporary_on_failure(tmp_path, monkeypatch):
     from nextlat_probe.plots import page
 
-    def fail(self, *args, **kwargs):  # the temporary page is written, then the disk is full
+    def fail(*args, **kwargs):  # the temporary page is written, then the disk is full
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(Path, "replace", fail)
-    with pytest.raises(OSError):
-        page.write_page([("x", "", "<p>x</p>")], tmp_path / "p.html")
-    assert list(tmp_path.iterdir()) == []
+    mine = tmp_path / "p.html.tmp"  # a user's file with the name a fixed temporary would take
+    mine.write_text("keep me")
+    with monkeypatch.context() as m:
+        m.setattr("nextlat_probe.checkpoint.os.replace", fail)
+        with pytest.raises(OSError):
+            page.write_page([("x", "", "<p>x</p>")], tmp_path / "p.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.html.tmp"]
+    page.write_page([("x", "", "<p>x</p>")], tmp_path / "p.html")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.html", "p.html.tmp"] and mine.read_text() == "keep me"
 
 
 # ----------------------------------------------------------------------------- options accepted but wrong

@@ -72,11 +72,8 @@ def write_page(sections: list[tuple[Any, ...]], path: str | Path, title: str = "
         if rest and rest[0]:
             parts.append(protocol_details(rest[0]))
     parts.append("</body></html>")
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    try:
-        tmp.write_text("\n".join(parts), encoding="utf-8")
-        tmp.replace(path)
-    except BaseException:  # a full disk, Ctrl-C: no half-written page left beside the target
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    from ..checkpoint import atomic_write_bytes
+
+    # a temporary of this process's own (never a fixed name that could be a user's file),
+    # removed on failure: a full disk or Ctrl-C leaves no half-written page
+    return atomic_write_bytes("\n".join(parts).encode("utf-8"), path)
