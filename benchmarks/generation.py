@@ -1,7 +1,7 @@
 """Decoding benchmark: key/value-cached greedy against full-forward greedy, and self-speculative
 decoding against cached greedy, measured side by side in one run.
 
-    python benchmarks/generation.py --quick                    # CPU, a few minutes on 2 cores (fastest of 2)
+    python benchmarks/generation.py --quick                    # CPU, about a minute on 2 cores (fastest of 5)
     python benchmarks/generation.py --quick --clock cpu --threads 1   # a CPU shared with other jobs
     python benchmarks/generation.py                            # more prompts, fastest of 3 timings
     python benchmarks/generation.py --device cuda              # the same on a GPU
@@ -175,7 +175,7 @@ def worldmodel_section(ckpt, device, n_pairs, clock):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="fewer prompts and one timing run")
+    ap.add_argument("--quick", action="store_true", help="fewer prompts and a smaller batch (16, not 64)")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     ap.add_argument("--ckpt", default=None, help="a trained NextLat taxi checkpoint (default: train a fresh tiny one)")
     ap.add_argument("--steps", type=int, default=None, help="training steps of the fresh checkpoint")
@@ -200,7 +200,9 @@ def main(argv=None):
             raise UsageError(f"--threads must be positive, got {args.threads}")
         torch.set_num_threads(args.threads)
 
-    repeats, n_prompts, big = (2, 16, 16) if args.quick else (3, 64, 64)
+    # timings of a tenth of a second: the fastest of 5 (quick) or 7 rounds, so a moment of
+    # load from elsewhere does not decide the ratio
+    repeats, n_prompts, big = (5, 16, 16) if args.quick else (7, 64, 64)
     print(f"device {device}" + (f" ({torch.cuda.get_device_name(device)})" if device.startswith("cuda") else
                                 f" ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)")
           + f", timing: {CLOCK[args.clock]}")

@@ -385,7 +385,8 @@ def greedy_decode(model, prompts: np.ndarray, max_new: int, *, stop_mask: Any = 
     decoder call and one read-back of the picked tokens per step."""
     import torch
 
-    model.eval()
+    if model.training:  # (a no-op walk over every submodule otherwise: ms per call at batch 1)
+        model.eval()
     prompts, max_new = check_prompts(model, prompts, max_new)
     n, P = prompts.shape
     stop = stop_array(stop_mask, int(model.cfg.d_vocab))

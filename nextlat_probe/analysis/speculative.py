@@ -289,7 +289,8 @@ def speculative_decode(model, drafter: Any, prompts: np.ndarray, max_new: int, *
     import torch
 
     pol = parse_policy(policy)
-    model.eval()
+    if model.training:  # as greedy_decode: no walk over every submodule when already in eval mode
+        model.eval()
     prompts, max_new = check_prompts(model, prompts, max_new)
     n = prompts.shape[0]
     stop = stop_array(stop_mask, int(model.cfg.d_vocab))
