@@ -14,7 +14,7 @@ checkpoint at or below the lowest loss all of them reach), in distribution and o
 Scales (``SCALES``; every setting can be overridden on the command line):
 
 - ``cpu``: the strongly connected neighbourhood of ``--hops 11`` undirected hops around
-  the map's ``auto`` centre (``taxi crop``: 309 intersections, 573 streets; 12 hops give
+  the map's ``auto`` centre (``taxi crop``: 309 intersections, 573 directed street segments; 12 hops give
   483), shortest-path trips (up to 43 turns, the crop's longest shortest path), 10% of
   origin/destination pairs held out of training; tiny and mini presets, 3 seeds; out of
   distribution: the held-out pairs, and random walks of 4 to 43 turns between training
@@ -366,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     map_arg, street_map = prepare_map(rec, out)
     world = world_spec(rec, map_arg, street_map)
     cfg = sweep_config(rec, world, args, out)
-    say(f"world {world} ({street_map.n_nodes} intersections, {street_map.n_edges} streets); cells "
+    say(f"world {world} ({street_map.n_nodes} intersections, {street_map.n_edges} directed street segments); cells "
         f"{', '.join(cfg.cells)}; {cfg.seeds} seed(s); objectives {', '.join(cfg.objectives)}")
     if args.dry_run:
         from nextlat_probe.sweep import dry_run_text
@@ -416,7 +416,7 @@ def report(cfg, rec: dict, records: list[dict], street_map, out: Path, args, say
             intro = sweep_context_text(cfg, records, at=at, challenger=obj)
             (out / f"{name}.md").write_text(beats_markdown(b, intro))
             write_csv(b, out / f"{name}.csv")
-    context = (f"World `{cfg.world}` ({street_map.n_nodes} intersections, {street_map.n_edges} streets), "
+    context = (f"World `{cfg.world}` ({street_map.n_nodes} intersections, {street_map.n_edges} directed street segments), "
                f"{cfg.seeds} seed(s); cells {', '.join(cfg.cells)}, batch {rec['batch_size']}, lr {rec['lr']:g}, "
                f"horizon {args.horizon} (the paper: d = 8), checkpoints kept: {cfg.keep} per run. World-model metrics "
                f"on {cfg.n_pairs} trips (protocol vafa2024, random detours p = 0.75), map from {cfg.n_trips} sampled "
