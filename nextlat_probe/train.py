@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "several times faster; validation always runs in full float32)")
     p.add_argument("--sampler", choices=("device", "host"), default=None,
                    help="where batches are drawn: device (the world's torch sampler on the training device; the "
-                        "default) or host (its numpy sampler, the reference: what runs before device sampling used). "
+                        "default where the world has one: not taxi random walks with held-out pairs) or host (its numpy sampler, the reference: what runs before device sampling used). "
                         "Same distribution, different draws. With --resume: the run's own")
     p.add_argument("--data", type=Path, default=None, metavar="DIR",
                    help="train on a token dataset (python -m nextlat_probe.data write / import-trips) instead of "
